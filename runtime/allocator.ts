@@ -1,0 +1,635 @@
+import { createHash, randomBytes } from 'crypto';
+import { Pool } from 'pg';
+import { ActionCondition, DnsAction, DnsPublisher, Guard } from './dns-publisher';
+import { AllocatorError, AllocatorErrorCode, SimulatedCrash, asAllocatorError } from './errors';
+import type { GatewaySpec } from './inventory';
+import { migrate as runMigrations, MigrationResult, quoteSchema } from './migrate';
+import { isValidDomain, isValidEnvName, isValidIpv4, orgFqdn, orgWildcardFqdn } from './naming';
+import { NginxOptions, NginxRoutes, RouteChange } from './nginx-routes';
+import { GatewayRow, GatewayState, PoolStore, RegisterResult } from './pool-store';
+import { PowerDnsClient, PowerDnsOptions } from './powerdns-client';
+import { assertGatewayName, assertOrganizationId, validateInventory } from './validation';
+
+export type Failpoint = 'allocate.afterClaim' | 'allocate.afterEffects' | 'release.afterBegin' | 'release.afterEffects';
+
+export interface AllocatorLogEvent {
+  event: string;
+  env: string;
+  gateway?: string;
+  organizationId?: string;
+  from?: GatewayState;
+  to?: GatewayState;
+  ms?: number;
+  code?: AllocatorErrorCode;
+  message?: string;
+  [key: string]: unknown;
+}
+
+export type AllocatorLogger = (event: AllocatorLogEvent) => void;
+
+export interface GatewayAllocatorOptions {
+  envName: string;
+  domain: string;
+  /** Address every organization name resolves to: the stage-1 nginx host. */
+  publicIp: string;
+  /** A connection string (the allocator owns and closes the pool) or an existing pg.Pool (the caller owns it). */
+  pg: { connectionString: string; max?: number } | Pool;
+  powerdns: PowerDnsOptions;
+  nginx: NginxOptions;
+  /** PostgreSQL schema of the pool tables; default `gateway_pool`. */
+  schema?: string;
+  /** TTL of published A records; default 60 s. */
+  dnsTtl?: number;
+  /** How long an allocate/release may hold a gateway in a transitional state before reconcile() may take over; default 30 s. */
+  leaseMs?: number;
+  /** How long allocate/release wait for another process's in-flight operation on the same organization; default 20 s. */
+  waitTimeoutMs?: number;
+  /** One structured event per state change; default: JSON lines on stderr. `null` silences. */
+  logger?: AllocatorLogger | null;
+  /** Testing only: hooks run at points of allocate/release; a SimulatedCrash thrown there skips all clean-up, like a dead process. */
+  failpoints?: Partial<Record<Failpoint, () => void | Promise<void>>>;
+}
+
+export interface Allocation {
+  name: string;
+  host: string;
+  httpPort: number;
+  vpnPort: number;
+  organizationId: string;
+  fqdn: string;
+  wildcardFqdn: string;
+  /** Allocation-scoped gateway token; only the call that created the allocation receives it (it is stored hashed). */
+  token: string | null;
+  /** True for the call that created the allocation, false when an existing one was returned. */
+  created: boolean;
+}
+
+export interface PoolStatus {
+  envName: string;
+  total: number;
+  byState: Record<GatewayState, number>;
+  allocatedOrganizations: number;
+}
+
+export interface GatewayListing {
+  name: string;
+  host: string;
+  httpPort: number;
+  vpnPort: number;
+  state: GatewayState;
+  organizationId: string | null;
+  since: string;
+  lastHeartbeatAt: string | null;
+  leaseExpired: boolean;
+  lastError: string | null;
+}
+
+export interface ReconcileReport {
+  /** Transitional gateways whose owner was gone: allocations rolled back / releases finished. */
+  recovered: Array<{ gateway: string; organizationId: string; was: GatewayState }>;
+  dnsRepaired: string[];
+  routesRepaired: string[];
+  dnsOrphansRemoved: string[];
+  routeOrphansRemoved: string[];
+  /** Transitional gateways left alone because their owner's lease is still running. */
+  inFlight: string[];
+  errors: Array<{ gateway?: string; organizationId?: string; code: AllocatorErrorCode; message: string }>;
+}
+
+export interface AllocatorMetrics {
+  sqlRoundTrips: number;
+  dnsPatches: number;
+  nginxTests: number;
+  nginxReloads: number;
+  nginxReloadMs: number;
+}
+
+const DEFAULT_SCHEMA = 'gateway_pool';
+
+function hashToken(token: string): Buffer {
+  return createHash('sha256').update(token, 'utf8').digest();
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+function defaultLogger(e: AllocatorLogEvent): void {
+  process.stderr.write(`${JSON.stringify({ time: new Date().toISOString(), ...e })}\n`);
+}
+
+/**
+ * Allocates pool gateways to organizations. PostgreSQL holds the state and
+ * decides every transition (registered → ready → allocating → allocated →
+ * releasing → ready); PowerDNS records and stage-1 nginx routes are derived
+ * effects, applied idempotently and rebuilt by reconcile().
+ */
+export class GatewayAllocator {
+  readonly envName: string;
+  readonly domain: string;
+  private readonly pool: Pool;
+  private readonly ownsPool: boolean;
+  private readonly store: PoolStore;
+  private readonly dns: DnsPublisher;
+  private readonly routes: NginxRoutes;
+  private readonly leaseMs: number;
+  private readonly waitTimeoutMs: number;
+  private readonly log: AllocatorLogger;
+  private readonly failpoints: GatewayAllocatorOptions['failpoints'];
+  private readonly schema: string;
+  private readonly table: string;
+  private readonly inflight = new Map<string, Promise<Allocation>>();
+  private baseConfig: Promise<void> | undefined;
+  private closed = false;
+
+  constructor(opts: GatewayAllocatorOptions) {
+    const problems: string[] = [];
+    if (!isValidEnvName(opts.envName)) problems.push('envName must be a short lowercase DNS label');
+    if (!isValidDomain(opts.domain)) problems.push('domain must be a lowercase DNS name without trailing dot');
+    if (!isValidIpv4(opts.publicIp)) problems.push('publicIp must be an IPv4 address');
+    if (!opts.powerdns?.apiUrl || !opts.powerdns.apiKey || !opts.powerdns.zone) problems.push('powerdns needs apiUrl, apiKey and zone');
+    if (!opts.nginx?.confDir || !opts.nginx.tls?.certPath || !opts.nginx.tls.keyPath) problems.push('nginx needs confDir and tls.certPath/keyPath');
+    const schema = opts.schema ?? DEFAULT_SCHEMA;
+    try {
+      quoteSchema(schema);
+    } catch (err) {
+      problems.push((err as Error).message);
+    }
+    if (opts.powerdns?.zone) {
+      const zone = opts.powerdns.zone.replace(/\.$/, '');
+      if (opts.domain !== zone && !opts.domain.endsWith(`.${zone}`)) problems.push(`domain ${opts.domain} is not inside zone ${zone}`);
+    }
+    if (problems.length > 0) throw new AllocatorError('INVALID_CONFIG', `invalid allocator options: ${problems.join('; ')}`, { problems });
+
+    this.envName = opts.envName;
+    this.domain = opts.domain;
+    if (opts.pg instanceof Pool) {
+      this.pool = opts.pg;
+      this.ownsPool = false;
+    } else {
+      this.pool = new Pool({ connectionString: opts.pg.connectionString, max: opts.pg.max ?? 20 });
+      this.ownsPool = true;
+    }
+    // An idle client's error (server restart) must not crash the host process.
+    this.pool.on('error', () => undefined);
+    this.schema = schema;
+    this.table = `${quoteSchema(schema)}.gateways`;
+    this.store = new PoolStore(this.pool, schema);
+    this.leaseMs = opts.leaseMs ?? 30_000;
+    this.waitTimeoutMs = opts.waitTimeoutMs ?? 20_000;
+    this.log = opts.logger === null ? () => undefined : (opts.logger ?? defaultLogger);
+    this.failpoints = opts.failpoints;
+    const guard: Guard = (query, orgs) => this.conditionsHolding(query, orgs);
+    this.dns = new DnsPublisher(new PowerDnsClient(opts.powerdns), this.pool, {
+      envName: opts.envName,
+      domain: opts.domain,
+      publicIp: opts.publicIp,
+      ttl: opts.dnsTtl ?? 60,
+    }, guard);
+    this.routes = new NginxRoutes(opts.nginx, this.pool, opts.envName, opts.domain, guard);
+  }
+
+  // ------------------------------------------------------------ set-up
+
+  /** Creates or upgrades the schema; idempotent and safe from several processes at once. */
+  async migrate(): Promise<MigrationResult> {
+    this.assertOpen();
+    return this.db(() => runMigrations(this.pool, this.schema), 'migration failed');
+  }
+
+  /** Upserts the gateway inventory (the stack output `gatewayInventory`). With `prune`, retires free gateways not listed. */
+  async registerGateways(inventory: GatewaySpec[], options: { prune?: boolean } = {}): Promise<RegisterResult> {
+    this.assertOpen();
+    const specs = validateInventory(inventory);
+    const result = await this.db(() => this.store.register(specs, options.prune ?? false), 'registerGateways failed');
+    this.log({ event: 'inventory.registered', env: this.envName, added: result.added.length, updated: result.updated.length, retired: result.retired.length });
+    return result;
+  }
+
+  /** The gateway says it can be allocated. Returns the resulting state of each; an allocated gateway stays allocated. */
+  async markReady(names: string | string[]): Promise<Record<string, GatewayState>> {
+    this.assertOpen();
+    const list = Array.isArray(names) ? names : [names];
+    list.forEach((n) => assertGatewayName(n));
+    const { changed, states } = await this.db(() => this.store.markReady(list), 'markReady failed');
+    const unknown = list.filter((n) => !states.has(n));
+    if (unknown.length > 0) throw new AllocatorError('UNKNOWN_GATEWAY', `unknown gateway(s): ${unknown.slice(0, 10).join(', ')}`, { unknown });
+    for (const name of changed) this.log({ event: 'gateway.ready', env: this.envName, gateway: name, from: 'registered', to: 'ready' });
+    return Object.fromEntries(list.map((n) => [n, states.get(n) as GatewayState]));
+  }
+
+  // ------------------------------------------------------------ allocate / release
+
+  /**
+   * Allocates a ready gateway to an organization, publishes its DNS names and
+   * stage-1 route, and resolves only once the route is live. Idempotent per
+   * organization, within and across processes.
+   */
+  allocate(organizationId: string): Promise<Allocation> {
+    try {
+      this.assertOpen();
+      assertOrganizationId(organizationId);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    const running = this.inflight.get(organizationId);
+    if (running) return running.then((a) => ({ ...a, token: null, created: false }));
+    const p = this.allocateOnce(organizationId).finally(() => this.inflight.delete(organizationId));
+    this.inflight.set(organizationId, p);
+    return p;
+  }
+
+  private async allocateOnce(orgId: string): Promise<Allocation> {
+    await this.ensureBaseConfig();
+    const deadline = Date.now() + this.waitTimeoutMs;
+    for (;;) {
+      const existing = await this.db(() => this.store.findByOrganization(orgId), 'pool lookup failed');
+      if (existing) {
+        if (existing.state === 'allocated') return this.toAllocation(existing, null, false);
+        if (existing.leaseExpired) {
+          await this.recover(existing, false);
+          continue;
+        }
+        if (Date.now() > deadline) throw this.inProgress(orgId, existing);
+        await sleep(20);
+        continue;
+      }
+      const token = randomBytes(32).toString('base64url');
+      const outcome = await this.db(() => this.store.claim(orgId, hashToken(token), this.leaseMs), 'claim failed');
+      if (outcome.kind === 'org-taken') continue; // another process claimed for this org: wait for it above
+      if (outcome.kind === 'exhausted') {
+        // SKIP LOCKED also skips rows that other claims hold only for an instant.
+        if ((await this.db(() => this.store.countReady(), 'pool lookup failed')) > 0 && Date.now() < deadline) continue;
+        throw new AllocatorError('POOL_EXHAUSTED', `no ready gateway in pool ${this.envName} for organization ${orgId}`, { organizationId: orgId });
+      }
+      return this.completeAllocation(outcome.row, token);
+    }
+  }
+
+  private async completeAllocation(row: GatewayRow, token: string): Promise<Allocation> {
+    const started = Date.now();
+    const orgId = row.organizationId as string;
+    const allocationId = row.allocationId as string;
+    this.log({ event: 'gateway.claimed', env: this.envName, gateway: row.name, organizationId: orgId, from: 'ready', to: 'allocating' });
+    try {
+      await this.failpoint('allocate.afterClaim');
+      await this.effects([
+        this.dns.publish(orgId),
+        this.routes.set({ orgId, target: { gatewayName: row.name, host: row.host, port: row.httpPort } }),
+      ]);
+      await this.failpoint('allocate.afterEffects');
+    } catch (err) {
+      if (err instanceof SimulatedCrash) throw err;
+      const typed = asAllocatorError(err, 'DATABASE_FAILED', 'allocation failed');
+      await this.rollback(row, typed);
+      throw typed;
+    }
+    const done = await this.db(() => this.store.markAllocated(row.name, allocationId), 'marking allocated failed').catch(async (err: AllocatorError) => {
+      await this.rollback(row, err);
+      throw err;
+    });
+    if (!done) {
+      // reconcile() took over after our lease ran out; it owns the clean-up now.
+      throw new AllocatorError('ALLOCATION_LOST', `allocation of ${row.name} to ${orgId} outlived its lease and was rolled back`, { organizationId: orgId });
+    }
+    this.log({ event: 'gateway.allocated', env: this.envName, gateway: row.name, organizationId: orgId, from: 'allocating', to: 'allocated', ms: Date.now() - started });
+    return this.toAllocation(row, token, true);
+  }
+
+  /** Undoes a failed allocation's effects; the gateway returns to the pool, or stays for reconcile() if undo fails too. */
+  private async rollback(row: GatewayRow, cause: AllocatorError): Promise<void> {
+    const orgId = row.organizationId as string;
+    try {
+      await this.undoEffects(orgId);
+      await this.db(() => this.store.returnToPool(row.name, row.allocationId as string), 'rollback failed');
+      this.log({ event: 'gateway.rolled_back', env: this.envName, gateway: row.name, organizationId: orgId, from: 'allocating', to: 'ready', code: cause.code, message: cause.message });
+    } catch (undoErr) {
+      await this.store.abandon(row.name, row.allocationId as string, `${cause.code}: ${cause.message}`).catch(() => undefined);
+      this.log({ event: 'gateway.rollback_deferred', env: this.envName, gateway: row.name, organizationId: orgId, code: cause.code, message: `undo failed, reconcile() will finish: ${(undoErr as Error).message}` });
+    }
+  }
+
+  /** Withdraws DNS and route, returns the gateway to the pool. A second release is NOT_ALLOCATED. */
+  async release(organizationId: string): Promise<{ name: string; organizationId: string }> {
+    this.assertOpen();
+    assertOrganizationId(organizationId);
+    await this.ensureBaseConfig();
+    const deadline = Date.now() + this.waitTimeoutMs;
+    for (;;) {
+      const row = await this.db(() => this.store.findByOrganization(organizationId), 'pool lookup failed');
+      if (!row) throw new AllocatorError('NOT_ALLOCATED', `organization ${organizationId} holds no gateway in pool ${this.envName}`, { organizationId });
+      if (row.state === 'allocated') {
+        const begun = await this.db(() => this.store.beginRelease(organizationId, this.leaseMs), 'release failed');
+        if (!begun) continue;
+        return this.completeRelease(begun);
+      }
+      if (row.leaseExpired) {
+        await this.recover(row, false);
+        return { name: row.name, organizationId };
+      }
+      if (Date.now() > deadline) throw this.inProgress(organizationId, row);
+      await sleep(20);
+    }
+  }
+
+  private async completeRelease(row: GatewayRow): Promise<{ name: string; organizationId: string }> {
+    const started = Date.now();
+    const orgId = row.organizationId as string;
+    this.log({ event: 'gateway.releasing', env: this.envName, gateway: row.name, organizationId: orgId, from: 'allocated', to: 'releasing' });
+    try {
+      await this.failpoint('release.afterBegin');
+      await this.undoEffects(orgId);
+      await this.failpoint('release.afterEffects');
+    } catch (err) {
+      if (err instanceof SimulatedCrash) throw err;
+      const typed = asAllocatorError(err, 'DATABASE_FAILED', 'release failed');
+      await this.store.abandon(row.name, row.allocationId as string, `${typed.code}: ${typed.message}`).catch(() => undefined);
+      this.log({ event: 'gateway.release_deferred', env: this.envName, gateway: row.name, organizationId: orgId, code: typed.code, message: typed.message });
+      throw typed;
+    }
+    await this.db(() => this.store.returnToPool(row.name, row.allocationId as string), 'release failed');
+    this.log({ event: 'gateway.released', env: this.envName, gateway: row.name, organizationId: orgId, from: 'releasing', to: 'ready', ms: Date.now() - started });
+    return { name: row.name, organizationId: orgId };
+  }
+
+  // ------------------------------------------------------------ tokens, heartbeats
+
+  /** Resolves an allocation-scoped gateway token to its allocation, or undefined if unknown or released. */
+  async verifyToken(token: string): Promise<{ gateway: string; organizationId: string } | undefined> {
+    this.assertOpen();
+    if (typeof token !== 'string' || token.length < 16 || token.length > 200) return undefined;
+    const row = await this.db(() => this.store.findByTokenHash(hashToken(token)), 'token lookup failed');
+    return row ? { gateway: row.name, organizationId: row.organizationId as string } : undefined;
+  }
+
+  /** Issues a new allocation token for an allocated organization (the previous one stops working). */
+  async rotateToken(organizationId: string): Promise<string> {
+    this.assertOpen();
+    assertOrganizationId(organizationId);
+    const token = randomBytes(32).toString('base64url');
+    const row = await this.db(() => this.store.rotateToken(organizationId, hashToken(token)), 'token rotation failed');
+    if (!row) throw new AllocatorError('NOT_ALLOCATED', `organization ${organizationId} holds no allocated gateway`, { organizationId });
+    return token;
+  }
+
+  async heartbeat(gatewayName: string): Promise<void> {
+    this.assertOpen();
+    assertGatewayName(gatewayName);
+    if (!(await this.db(() => this.store.heartbeat(gatewayName), 'heartbeat failed'))) {
+      throw new AllocatorError('NOT_ALLOCATED', `gateway ${gatewayName} is not allocated`, { gateway: gatewayName });
+    }
+  }
+
+  /** Allocated gateways silent for longer than maxSilenceMs (heartbeat or allocation time). */
+  async findSilent(maxSilenceMs: number): Promise<GatewayListing[]> {
+    this.assertOpen();
+    return (await this.db(() => this.store.findSilent(maxSilenceMs), 'lookup failed')).map(toListing);
+  }
+
+  /** The current allocation of an organization, if it holds an allocated gateway. */
+  async getAllocation(organizationId: string): Promise<Allocation | undefined> {
+    this.assertOpen();
+    assertOrganizationId(organizationId);
+    const row = await this.db(() => this.store.findByOrganization(organizationId), 'pool lookup failed');
+    return row && row.state === 'allocated' ? this.toAllocation(row, null, false) : undefined;
+  }
+
+  // ------------------------------------------------------------ inspection
+
+  async status(): Promise<PoolStatus> {
+    this.assertOpen();
+    const rows = await this.db(() => this.store.list(), 'status failed');
+    const byState: Record<GatewayState, number> = { registered: 0, ready: 0, allocating: 0, allocated: 0, releasing: 0, retired: 0 };
+    rows.forEach((r) => (byState[r.state] += 1));
+    return { envName: this.envName, total: rows.length - byState.retired, byState, allocatedOrganizations: byState.allocated };
+  }
+
+  async list(): Promise<GatewayListing[]> {
+    this.assertOpen();
+    return (await this.db(() => this.store.list(), 'list failed')).map(toListing);
+  }
+
+  metrics(): AllocatorMetrics {
+    return {
+      sqlRoundTrips: this.store.roundTrips,
+      dnsPatches: this.dns.patches,
+      nginxTests: this.routes.tests,
+      nginxReloads: this.routes.reloads,
+      nginxReloadMs: this.routes.reloadMs,
+    };
+  }
+
+  // ------------------------------------------------------------ reconcile
+
+  /**
+   * Brings PostgreSQL, PowerDNS and nginx back into agreement: finishes or
+   * rolls back operations whose owner died (lease expired; `force` also takes
+   * live ones — only when no other allocator runs), re-publishes missing DNS
+   * and routes of allocated organizations, and removes owned records and
+   * route files of organizations that hold no gateway. Never touches records
+   * or files it does not own.
+   */
+  async reconcile(options: { force?: boolean } = {}): Promise<ReconcileReport> {
+    this.assertOpen();
+    await this.ensureBaseConfig();
+    const report: ReconcileReport = { recovered: [], dnsRepaired: [], routesRepaired: [], dnsOrphansRemoved: [], routeOrphansRemoved: [], inFlight: [], errors: [] };
+
+    for (const row of await this.db(() => this.store.list(), 'reconcile failed')) {
+      if (row.state !== 'allocating' && row.state !== 'releasing') continue;
+      if (!row.leaseExpired && !options.force) {
+        report.inFlight.push(row.name);
+        continue;
+      }
+      try {
+        if (await this.recover(row, options.force ?? false)) report.recovered.push({ gateway: row.name, organizationId: row.organizationId as string, was: row.state });
+      } catch (err) {
+        const e = asAllocatorError(err, 'DATABASE_FAILED', 'recovery failed');
+        report.errors.push({ gateway: row.name, organizationId: row.organizationId ?? undefined, code: e.code, message: e.message });
+      }
+    }
+
+    // Effects are listed BEFORE the rows: anything an allocation published after
+    // this point belongs to a row we will see, so it cannot be mistaken for an orphan.
+    const [ownedDns, ownedRoutes] = await Promise.all([this.dns.listOwned(), this.routes.listOwned()]).catch((err: unknown) => {
+      throw asAllocatorError(err, 'DNS_FAILED', 'reconcile could not list owned records');
+    });
+    const rows = await this.db(() => this.store.list(), 'reconcile failed');
+    const held = new Map(rows.filter((r) => r.organizationId).map((r) => [r.organizationId as string, r]));
+
+    const dnsActions: DnsAction[] = [];
+    const routeChanges: RouteChange[] = [];
+    const routeContent = new Map(ownedRoutes.map((r) => [r.orgId, r.content]));
+    for (const r of rows) {
+      if (r.state !== 'allocated') continue;
+      const orgId = r.organizationId as string;
+      const onlyIf: ActionCondition = { kind: 'allocated', allocationId: r.allocationId as string };
+      if (!ownedDns.get(orgId)?.correct) {
+        dnsActions.push({ orgId, present: true, onlyIf });
+        report.dnsRepaired.push(orgId);
+      }
+      const change: RouteChange = { orgId, onlyIf, target: { gatewayName: r.name, host: r.host, port: r.httpPort } };
+      if (routeContent.get(orgId) !== this.routes.renderFor(change)) {
+        routeChanges.push(change);
+        report.routesRepaired.push(orgId);
+      }
+    }
+    for (const orgId of ownedDns.keys()) {
+      if (!held.has(orgId)) {
+        dnsActions.push({ orgId, present: false, onlyIf: { kind: 'orphan' } });
+        report.dnsOrphansRemoved.push(orgId);
+      }
+    }
+    for (const r of ownedRoutes) {
+      if (!held.has(r.orgId)) {
+        routeChanges.push({ orgId: r.orgId, onlyIf: { kind: 'orphan' } });
+        report.routeOrphansRemoved.push(r.orgId);
+      }
+    }
+    const results = await Promise.allSettled([this.dns.apply(dnsActions), routeChanges.length > 0 ? this.routes.applyNow(routeChanges) : Promise.resolve()]);
+    results.forEach((res, i) => {
+      if (res.status === 'rejected') {
+        const e = asAllocatorError(res.reason, i === 0 ? 'DNS_FAILED' : 'NGINX_FAILED', 'reconcile repair failed');
+        report.errors.push({ code: e.code, message: e.message });
+      }
+    });
+    this.log({
+      event: 'pool.reconciled',
+      env: this.envName,
+      recovered: report.recovered.length,
+      dnsRepaired: report.dnsRepaired.length,
+      routesRepaired: report.routesRepaired.length,
+      dnsOrphansRemoved: report.dnsOrphansRemoved.length,
+      routeOrphansRemoved: report.routeOrphansRemoved.length,
+      errors: report.errors.length,
+    });
+    return report;
+  }
+
+  /** Waits for in-flight batches, then closes the pg pool if the allocator created it. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await Promise.allSettled([...this.inflight.values()]);
+    await Promise.all([this.dns.idle(), this.routes.idle()]);
+    if (this.ownsPool) await this.pool.end();
+  }
+
+  // ------------------------------------------------------------ internals
+
+  /**
+   * Takes over a transitional row whose owner is gone and drives it to ready:
+   * for an interrupted allocation that is a rollback, for an interrupted
+   * release it is the rest of the release; both withdraw DNS and route.
+   */
+  private async recover(row: GatewayRow, force: boolean): Promise<boolean> {
+    const taken = await this.db(() => this.store.takeOver(row.name, row.allocationId as string, this.leaseMs, force), 'take-over failed');
+    if (!taken) return false;
+    const orgId = taken.organizationId as string;
+    try {
+      await this.undoEffects(orgId);
+    } catch (err) {
+      const typed = asAllocatorError(err, 'DATABASE_FAILED', 'recovery failed');
+      await this.store.abandon(taken.name, taken.allocationId as string, `${typed.code}: ${typed.message}`).catch(() => undefined);
+      throw typed;
+    }
+    await this.db(() => this.store.returnToPool(taken.name, taken.allocationId as string), 'recovery failed');
+    this.log({ event: 'gateway.recovered', env: this.envName, gateway: taken.name, organizationId: orgId, from: taken.state, to: 'ready' });
+    return true;
+  }
+
+  private async undoEffects(orgId: string): Promise<void> {
+    await this.effects([this.dns.withdraw(orgId), this.routes.set({ orgId })]);
+  }
+
+  /** Waits for all effects; reports the first failure (DNS before nginx) once all have settled. */
+  private async effects(ops: Array<Promise<void>>): Promise<void> {
+    const results = await Promise.allSettled(ops);
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) throw failed.reason;
+  }
+
+  private async conditionsHolding(
+    query: (sql: string, params: unknown[]) => Promise<Array<Record<string, unknown>>>,
+    orgs: Array<{ orgId: string; onlyIf: ActionCondition }>,
+  ): Promise<Set<string>> {
+    const rows = await query(
+      `SELECT organization_id::text AS org, state, allocation_id::text AS allocation_id FROM ${this.table} WHERE organization_id = ANY($1::uuid[])`,
+      [orgs.map((o) => o.orgId)],
+    );
+    const byOrg = new Map(rows.map((r) => [String(r.org), r]));
+    const holds = new Set<string>();
+    for (const o of orgs) {
+      const r = byOrg.get(o.orgId);
+      if (o.onlyIf.kind === 'orphan' ? !r : r?.state === 'allocated' && r.allocation_id === o.onlyIf.allocationId) holds.add(o.orgId);
+    }
+    return holds;
+  }
+
+  private ensureBaseConfig(): Promise<void> {
+    if (!this.baseConfig) {
+      this.baseConfig = this.routes.ensureBaseConfig().then(
+        () => undefined,
+        (err: unknown) => {
+          this.baseConfig = undefined;
+          throw asAllocatorError(err, 'NGINX_FAILED', 'stage-1 base configuration failed');
+        },
+      );
+    }
+    return this.baseConfig;
+  }
+
+  private async failpoint(point: Failpoint): Promise<void> {
+    const hook = this.failpoints?.[point];
+    if (hook) await hook();
+  }
+
+  private async db<T>(fn: () => Promise<T>, what: string): Promise<T> {
+    try {
+      return await fn();
+    } catch (err) {
+      throw asAllocatorError(err, 'DATABASE_FAILED', what);
+    }
+  }
+
+  private inProgress(orgId: string, row: GatewayRow): AllocatorError {
+    return new AllocatorError('ALLOCATION_IN_PROGRESS', `gateway ${row.name} is ${row.state} for organization ${orgId}; retry shortly`, {
+      organizationId: orgId,
+      gateway: row.name,
+      state: row.state,
+    });
+  }
+
+  private assertOpen(): void {
+    if (this.closed) throw new AllocatorError('CLOSED', 'the allocator is closed');
+  }
+
+  private toAllocation(row: GatewayRow, token: string | null, created: boolean): Allocation {
+    const orgId = row.organizationId as string;
+    return {
+      name: row.name,
+      host: row.host,
+      httpPort: row.httpPort,
+      vpnPort: row.vpnPort,
+      organizationId: orgId,
+      fqdn: orgFqdn(orgId, this.domain),
+      wildcardFqdn: orgWildcardFqdn(orgId, this.domain),
+      token,
+      created,
+    };
+  }
+}
+
+function toListing(r: GatewayRow): GatewayListing {
+  return {
+    name: r.name,
+    host: r.host,
+    httpPort: r.httpPort,
+    vpnPort: r.vpnPort,
+    state: r.state,
+    organizationId: r.organizationId,
+    since: r.stateSince.toISOString(),
+    lastHeartbeatAt: r.lastHeartbeatAt ? r.lastHeartbeatAt.toISOString() : null,
+    leaseExpired: r.leaseExpired,
+    lastError: r.lastError,
+  };
+}

@@ -1,0 +1,137 @@
+import type { Pool } from 'pg';
+import { Batcher } from './batcher';
+import { AllocatorError, asAllocatorError } from './errors';
+import { absolute, orgFqdn, orgWildcardFqdn } from './naming';
+import type { PowerDnsClient, RRsetChange } from './powerdns-client';
+
+/** The PowerDNS comment account that marks records as written by this allocator. */
+export const DNS_OWNER_ACCOUNT = 'demiurge-allocator';
+
+const ORG_NAME_RE = /^(?:\*\.)?org-([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\.(.+)$/;
+
+export interface DnsPublisherOptions {
+  envName: string;
+  domain: string;
+  publicIp: string;
+  ttl: number;
+}
+
+/**
+ * `onlyIf` makes an action conditional on the pool state, checked inside the
+ * zone lock (see `Guard`): reconcile() uses it so it never withdraws records of
+ * an allocation that started after it looked, nor re-publishes a released one.
+ */
+export type DnsAction = { orgId: string; present: boolean; onlyIf?: ActionCondition };
+
+export type ActionCondition = { kind: 'orphan' } | { kind: 'allocated'; allocationId: string };
+
+/** Returns the subset of organization ids whose condition still holds, using the lock's own connection. */
+export type Guard = (query: (sql: string, params: unknown[]) => Promise<Array<Record<string, unknown>>>, orgs: Array<{ orgId: string; onlyIf: ActionCondition }>) => Promise<Set<string>>;
+
+/**
+ * Publishes and withdraws organization records. All writes to a zone are
+ * serialized across processes by a PostgreSQL advisory lock (PowerDNS has no
+ * conflict detection; concurrent PATCHes can duplicate records on gpgsql), and
+ * coalesced within a process so a burst is one PATCH.
+ */
+export class DnsPublisher {
+  private readonly batcher: Batcher<DnsAction>;
+
+  constructor(
+    private readonly client: PowerDnsClient,
+    private readonly pool: Pool,
+    private readonly opts: DnsPublisherOptions,
+    private readonly guard: Guard,
+  ) {
+    this.batcher = new Batcher((actions) => this.apply(actions));
+  }
+
+  get patches(): number {
+    return this.client.patchCalls;
+  }
+
+  publish(orgId: string): Promise<void> {
+    return this.batcher.submit({ orgId, present: true });
+  }
+
+  withdraw(orgId: string): Promise<void> {
+    return this.batcher.submit({ orgId, present: false });
+  }
+
+  idle(): Promise<void> {
+    return this.batcher.idle();
+  }
+
+  ownerComment(orgId: string): string {
+    return `owner=${DNS_OWNER_ACCOUNT} env=${this.opts.envName} org=${orgId}`;
+  }
+
+  changesFor(action: DnsAction): RRsetChange[] {
+    const names = [orgFqdn(action.orgId, this.opts.domain), orgWildcardFqdn(action.orgId, this.opts.domain)];
+    return names.map((name) =>
+      action.present
+        ? {
+            name: absolute(name),
+            type: 'A',
+            ttl: this.opts.ttl,
+            changetype: 'REPLACE' as const,
+            records: [{ content: this.opts.publicIp, disabled: false }],
+            comments: [{ content: this.ownerComment(action.orgId), account: DNS_OWNER_ACCOUNT }],
+          }
+        : { name: absolute(name), type: 'A', changetype: 'DELETE' as const },
+    );
+  }
+
+  /**
+   * Organizations that have records in the zone owned by this allocator and
+   * environment, with whether their content is exactly what we would publish.
+   */
+  async listOwned(): Promise<Map<string, { names: string[]; correct: boolean }>> {
+    const owned = new Map<string, { names: string[]; correct: boolean }>();
+    const domainSuffix = absolute(this.opts.domain);
+    for (const rr of await this.client.listRRsets()) {
+      if (rr.type !== 'A') continue;
+      const m = ORG_NAME_RE.exec(rr.name);
+      if (!m || m[2] !== domainSuffix) continue;
+      const orgId = m[1];
+      const ours = rr.comments.some((c) => c.account === DNS_OWNER_ACCOUNT && c.content === this.ownerComment(orgId));
+      if (!ours) continue;
+      const correct = rr.records.length === 1 && rr.records[0].content === this.opts.publicIp && !rr.records[0].disabled;
+      const entry = owned.get(orgId) ?? { names: [], correct: true };
+      entry.names.push(rr.name);
+      entry.correct = entry.correct && correct;
+      owned.set(orgId, entry);
+    }
+    for (const entry of owned.values()) entry.correct = entry.correct && entry.names.length === 2;
+    return owned;
+  }
+
+  /** One PATCH for many actions, under the zone's cross-process lock. */
+  async apply(actions: DnsAction[]): Promise<void> {
+    if (actions.length === 0) return;
+    // Last action per organization wins: actions for one org are issued in order by its single owner.
+    const latest = new Map<string, DnsAction>();
+    for (const a of actions) latest.set(a.orgId, a);
+    const client = await this.pool.connect().catch((err: unknown) => {
+      throw asAllocatorError(err, 'DATABASE_FAILED', 'cannot take the DNS zone lock');
+    });
+    let broken = false;
+    try {
+      await client.query('BEGIN');
+      await client.query('SELECT pg_advisory_xact_lock(hashtextextended($1, 0))', [`demiurge-dns-zone:${this.client.zone}`]);
+      const conditional = [...latest.values()].flatMap((a) => (a.onlyIf ? [{ orgId: a.orgId, onlyIf: a.onlyIf }] : []));
+      const holds = conditional.length > 0 ? await this.guard(async (sql, params) => (await client.query(sql, params)).rows, conditional) : new Set<string>();
+      const rrsets = [...latest.values()].filter((a) => !a.onlyIf || holds.has(a.orgId)).flatMap((a) => this.changesFor(a));
+      await this.client.patch(rrsets);
+      await client.query('COMMIT');
+    } catch (err) {
+      await client.query('ROLLBACK').catch(() => {
+        broken = true;
+      });
+      if (err instanceof AllocatorError) throw err;
+      throw asAllocatorError(err, 'DATABASE_FAILED', 'DNS zone lock failed');
+    } finally {
+      client.release(broken);
+    }
+  }
+}

@@ -1,0 +1,304 @@
+import type { Pool, PoolClient, QueryResultRow } from 'pg';
+import type { GatewaySpec } from './inventory';
+import { quoteSchema } from './migrate';
+
+export type GatewayState = 'registered' | 'ready' | 'allocating' | 'allocated' | 'releasing' | 'retired';
+
+export interface GatewayRow {
+  name: string;
+  host: string;
+  httpPort: number;
+  vpnPort: number;
+  state: GatewayState;
+  organizationId: string | null;
+  allocationId: string | null;
+  stateSince: Date;
+  leaseExpiresAt: Date | null;
+  lastHeartbeatAt: Date | null;
+  lastError: string | null;
+  /** True when the row is transitional and its owner's lease has run out (the owner is presumed dead). */
+  leaseExpired: boolean;
+}
+
+interface DbRow extends QueryResultRow {
+  name: string;
+  host: string;
+  http_port: number;
+  vpn_port: number;
+  state: GatewayState;
+  organization_id: string | null;
+  allocation_id: string | null;
+  state_since: Date;
+  lease_expires_at: Date | null;
+  last_heartbeat_at: Date | null;
+  last_error: string | null;
+  lease_expired: boolean;
+}
+
+const COLUMNS = `g.name, g.host, g.http_port, g.vpn_port, g.state, g.organization_id, g.allocation_id::text AS allocation_id,
+  g.state_since, g.lease_expires_at, g.last_heartbeat_at, g.last_error,
+  (g.lease_expires_at IS NOT NULL AND g.lease_expires_at < now()) AS lease_expired`;
+
+function toRow(r: DbRow): GatewayRow {
+  return {
+    name: r.name,
+    host: r.host,
+    httpPort: r.http_port,
+    vpnPort: r.vpn_port,
+    state: r.state,
+    organizationId: r.organization_id,
+    allocationId: r.allocation_id,
+    stateSince: r.state_since,
+    leaseExpiresAt: r.lease_expires_at,
+    lastHeartbeatAt: r.last_heartbeat_at,
+    lastError: r.last_error,
+    leaseExpired: r.lease_expired,
+  };
+}
+
+export type ClaimOutcome = { kind: 'claimed'; row: GatewayRow } | { kind: 'exhausted' } | { kind: 'org-taken' };
+
+export interface RegisterResult {
+  added: string[];
+  updated: string[];
+  unchanged: string[];
+  retired: string[];
+  /** Gateways absent from the inventory that could not be retired yet because they are held. */
+  retireDeferred: string[];
+}
+
+/**
+ * Every SQL statement of the pool. Each method is one round trip (one statement
+ * or one short transaction), which the bench counts through `roundTrips`.
+ */
+export class PoolStore {
+  private readonly t: string;
+  private readonly seq: string;
+  roundTrips = 0;
+
+  constructor(
+    private readonly pool: Pool,
+    schema: string,
+  ) {
+    this.t = `${quoteSchema(schema)}.gateways`;
+    this.seq = `${quoteSchema(schema)}.allocation_seq`;
+  }
+
+  private async query<R extends QueryResultRow>(sql: string, params: unknown[] = []): Promise<R[]> {
+    this.roundTrips += 1;
+    return (await this.pool.query<R>(sql, params)).rows;
+  }
+
+  async findByOrganization(orgId: string): Promise<GatewayRow | undefined> {
+    const rows = await this.query<DbRow>(`SELECT ${COLUMNS} FROM ${this.t} g WHERE g.organization_id = $1`, [orgId]);
+    return rows[0] ? toRow(rows[0]) : undefined;
+  }
+
+  async findByName(name: string): Promise<GatewayRow | undefined> {
+    const rows = await this.query<DbRow>(`SELECT ${COLUMNS} FROM ${this.t} g WHERE g.name = $1`, [name]);
+    return rows[0] ? toRow(rows[0]) : undefined;
+  }
+
+  async findByTokenHash(hash: Buffer): Promise<GatewayRow | undefined> {
+    const rows = await this.query<DbRow>(
+      `SELECT ${COLUMNS} FROM ${this.t} g WHERE g.token_hash = $1 AND g.state = 'allocated'`,
+      [hash],
+    );
+    return rows[0] ? toRow(rows[0]) : undefined;
+  }
+
+  async list(): Promise<GatewayRow[]> {
+    return (await this.query<DbRow>(`SELECT ${COLUMNS} FROM ${this.t} g ORDER BY length(g.name), g.name`)).map(toRow);
+  }
+
+  async countReady(): Promise<number> {
+    const rows = await this.query<{ n: string }>(`SELECT count(*)::text AS n FROM ${this.t} WHERE state = 'ready'`);
+    return Number(rows[0].n);
+  }
+
+  /**
+   * Claims the longest-ready gateway for an organization in one statement.
+   * SKIP LOCKED lets concurrent claims take different rows without waiting;
+   * the UNIQUE(organization_id) constraint turns a second claim for the same
+   * organization into 'org-taken' instead of a second gateway.
+   */
+  async claim(orgId: string, tokenHash: Buffer, leaseMs: number): Promise<ClaimOutcome> {
+    try {
+      const rows = await this.query<DbRow>(
+        `WITH candidate AS (
+           SELECT name FROM ${this.t} WHERE state = 'ready'
+           ORDER BY state_since, name FOR UPDATE SKIP LOCKED LIMIT 1
+         )
+         UPDATE ${this.t} g SET state = 'allocating', organization_id = $1,
+           allocation_id = nextval('${this.seq}'),
+           token_hash = $2, state_since = now(), lease_expires_at = now() + make_interval(secs => $3::double precision / 1000),
+           last_error = NULL, last_heartbeat_at = NULL
+         FROM candidate WHERE g.name = candidate.name
+         RETURNING ${COLUMNS}`,
+        [orgId, tokenHash, leaseMs],
+      );
+      return rows[0] ? { kind: 'claimed', row: toRow(rows[0]) } : { kind: 'exhausted' };
+    } catch (err) {
+      if (isUniqueViolation(err, 'gateways_organization_id_key')) return { kind: 'org-taken' };
+      throw err;
+    }
+  }
+
+  /** allocating → allocated, only if our claim still stands (fencing on allocation_id). */
+  async markAllocated(name: string, allocationId: string): Promise<boolean> {
+    const rows = await this.query(
+      `UPDATE ${this.t} SET state = 'allocated', state_since = now(), lease_expires_at = NULL, last_heartbeat_at = now()
+       WHERE name = $1 AND allocation_id = $2 AND state = 'allocating' RETURNING name`,
+      [name, allocationId],
+    );
+    return rows.length === 1;
+  }
+
+  /** allocating|releasing → ready for a given claim: the gateway goes back to the pool. */
+  async returnToPool(name: string, allocationId: string): Promise<boolean> {
+    const rows = await this.query(
+      `UPDATE ${this.t} SET state = 'ready', organization_id = NULL, token_hash = NULL, state_since = now(),
+         lease_expires_at = NULL, last_error = NULL
+       WHERE name = $1 AND allocation_id = $2 AND state IN ('allocating', 'releasing') RETURNING name`,
+      [name, allocationId],
+    );
+    return rows.length === 1;
+  }
+
+  /** Records why effects failed and ends the lease so reconcile() may take over at once. */
+  async abandon(name: string, allocationId: string, error: string): Promise<void> {
+    await this.query(
+      `UPDATE ${this.t} SET last_error = $3, lease_expires_at = now() - interval '1 millisecond'
+       WHERE name = $1 AND allocation_id = $2 AND state IN ('allocating', 'releasing')`,
+      [name, allocationId, error.slice(0, 500)],
+    );
+  }
+
+  /** allocated → releasing for an organization; returns the row, or undefined if it holds no allocated gateway. */
+  async beginRelease(orgId: string, leaseMs: number): Promise<GatewayRow | undefined> {
+    const rows = await this.query<DbRow>(
+      `UPDATE ${this.t} g SET state = 'releasing', token_hash = NULL, state_since = now(),
+         lease_expires_at = now() + make_interval(secs => $2::double precision / 1000)
+       WHERE g.organization_id = $1 AND g.state = 'allocated' RETURNING ${COLUMNS}`,
+      [orgId, leaseMs],
+    );
+    return rows[0] ? toRow(rows[0]) : undefined;
+  }
+
+  /** Takes over a transitional row whose owner's lease expired (or that we were told to force). */
+  async takeOver(name: string, allocationId: string, leaseMs: number, force: boolean): Promise<GatewayRow | undefined> {
+    const rows = await this.query<DbRow>(
+      `UPDATE ${this.t} g SET lease_expires_at = now() + make_interval(secs => $3::double precision / 1000)
+       WHERE g.name = $1 AND g.allocation_id = $2 AND g.state IN ('allocating', 'releasing')
+         AND ($4 OR g.lease_expires_at < now())
+       RETURNING ${COLUMNS}`,
+      [name, allocationId, leaseMs, force],
+    );
+    return rows[0] ? toRow(rows[0]) : undefined;
+  }
+
+  async markReady(names: string[]): Promise<{ changed: string[]; states: Map<string, GatewayState> }> {
+    const rows = await this.query<{ name: string; state: GatewayState; changed: boolean }>(
+      `WITH upd AS (
+         UPDATE ${this.t} SET state = 'ready', state_since = now()
+         WHERE name = ANY($1::text[]) AND state = 'registered' RETURNING name
+       )
+       SELECT g.name, CASE WHEN upd.name IS NULL THEN g.state ELSE 'ready' END AS state, upd.name IS NOT NULL AS changed
+       FROM ${this.t} g LEFT JOIN upd ON upd.name = g.name WHERE g.name = ANY($1::text[])`,
+      [names],
+    );
+    return {
+      changed: rows.filter((r) => r.changed).map((r) => r.name),
+      states: new Map(rows.map((r) => [r.name, r.state])),
+    };
+  }
+
+  async heartbeat(name: string): Promise<boolean> {
+    const rows = await this.query(
+      `UPDATE ${this.t} SET last_heartbeat_at = now() WHERE name = $1 AND state = 'allocated' RETURNING name`,
+      [name],
+    );
+    return rows.length === 1;
+  }
+
+  /** Allocated gateways silent for longer than maxSilenceMs. */
+  async findSilent(maxSilenceMs: number): Promise<GatewayRow[]> {
+    const rows = await this.query<DbRow>(
+      `SELECT ${COLUMNS} FROM ${this.t} g WHERE g.state = 'allocated'
+         AND coalesce(g.last_heartbeat_at, g.state_since) < now() - make_interval(secs => $1::double precision / 1000)`,
+      [maxSilenceMs],
+    );
+    return rows.map(toRow);
+  }
+
+  /** Rotates the allocation token of an allocated gateway (the old one stops working at once). */
+  async rotateToken(orgId: string, tokenHash: Buffer): Promise<GatewayRow | undefined> {
+    const rows = await this.query<DbRow>(
+      `UPDATE ${this.t} g SET token_hash = $2 WHERE g.organization_id = $1 AND g.state = 'allocated' RETURNING ${COLUMNS}`,
+      [orgId, tokenHash],
+    );
+    return rows[0] ? toRow(rows[0]) : undefined;
+  }
+
+  /**
+   * Upserts the inventory in one transaction. Host/port changes apply to held
+   * gateways too (reconcile() rewrites their routes). With `prune`, gateways
+   * missing from the inventory are retired when free; held ones are reported.
+   */
+  async register(specs: GatewaySpec[], prune: boolean): Promise<RegisterResult> {
+    const client: PoolClient = await this.pool.connect();
+    this.roundTrips += 1;
+    try {
+      await client.query('BEGIN');
+      const before = new Map(
+        (await client.query<DbRow>(`SELECT ${COLUMNS} FROM ${this.t} g FOR UPDATE`)).rows.map((r) => [r.name, toRow(r)]),
+      );
+      const result: RegisterResult = { added: [], updated: [], unchanged: [], retired: [], retireDeferred: [] };
+      for (const s of specs) {
+        const old = before.get(s.name);
+        if (!old) {
+          await client.query(
+            `INSERT INTO ${this.t} (name, host, http_port, vpn_port) VALUES ($1, $2, $3, $4)`,
+            [s.name, s.host, s.httpPort, s.vpnPort],
+          );
+          result.added.push(s.name);
+        } else if (old.host !== s.host || old.httpPort !== s.httpPort || old.vpnPort !== s.vpnPort || old.state === 'retired') {
+          await client.query(
+            `UPDATE ${this.t} SET host = $2, http_port = $3, vpn_port = $4,
+               state = CASE WHEN state = 'retired' THEN 'registered' ELSE state END
+             WHERE name = $1`,
+            [s.name, s.host, s.httpPort, s.vpnPort],
+          );
+          result.updated.push(s.name);
+        } else {
+          result.unchanged.push(s.name);
+        }
+      }
+      if (prune) {
+        const wanted = new Set(specs.map((s) => s.name));
+        for (const old of before.values()) {
+          if (wanted.has(old.name) || old.state === 'retired') continue;
+          if (old.state === 'ready' || old.state === 'registered') {
+            await client.query(`UPDATE ${this.t} SET state = 'retired', state_since = now() WHERE name = $1`, [old.name]);
+            result.retired.push(old.name);
+          } else {
+            result.retireDeferred.push(old.name);
+          }
+        }
+      }
+      await client.query('COMMIT');
+      return result;
+    } catch (err) {
+      await client.query('ROLLBACK').catch(() => undefined);
+      throw err;
+    } finally {
+      client.release();
+    }
+  }
+}
+
+export function isUniqueViolation(err: unknown, constraint?: string): boolean {
+  const e = err as { code?: string; constraint?: string } | null;
+  return !!e && e.code === '23505' && (constraint === undefined || e.constraint === constraint);
+}
+

@@ -1,0 +1,100 @@
+import * as http from 'http';
+import * as https from 'https';
+import axios, { AxiosError, AxiosInstance } from 'axios';
+import { AllocatorError } from './errors';
+import { absolute } from './naming';
+
+export interface PowerDnsOptions {
+  /** e.g. http://127.0.0.1:8081 (no /api/v1 suffix). */
+  apiUrl: string;
+  apiKey: string;
+  serverId?: string;
+  /** Zone name, with or without the trailing dot. */
+  zone: string;
+  /** Per-request timeout; default 5000 ms. */
+  timeoutMs?: number;
+}
+
+export interface RRsetComment {
+  content: string;
+  account: string;
+}
+
+export interface RRsetChange {
+  name: string;
+  type: string;
+  changetype: 'REPLACE' | 'DELETE';
+  ttl?: number;
+  records?: Array<{ content: string; disabled: boolean }>;
+  comments?: RRsetComment[];
+}
+
+export interface RRset {
+  name: string;
+  type: string;
+  ttl: number;
+  records: Array<{ content: string; disabled: boolean }>;
+  comments: RRsetComment[];
+}
+
+/** A thin, typed PowerDNS HTTP API client. Every failure becomes DNS_FAILED with PowerDNS's own reason, never the key. */
+export class PowerDnsClient {
+  private readonly http: AxiosInstance;
+  private readonly zonePath: string;
+  readonly zone: string;
+  patchCalls = 0;
+
+  constructor(opts: PowerDnsOptions) {
+    this.zone = absolute(opts.zone);
+    const serverId = opts.serverId ?? 'localhost';
+    this.zonePath = `/api/v1/servers/${encodeURIComponent(serverId)}/zones/${encodeURIComponent(this.zone)}`;
+    this.http = axios.create({
+      baseURL: opts.apiUrl.replace(/\/+$/, ''),
+      timeout: opts.timeoutMs ?? 5000,
+      headers: { 'X-API-Key': opts.apiKey, 'Content-Type': 'application/json' },
+      httpAgent: new http.Agent({ keepAlive: true, maxSockets: 8 }),
+      httpsAgent: new https.Agent({ keepAlive: true, maxSockets: 8 }),
+      // Status handling is ours: PowerDNS answers 204 on success and JSON errors otherwise.
+      validateStatus: () => true,
+      maxRedirects: 0,
+    });
+  }
+
+  async patch(rrsets: RRsetChange[]): Promise<void> {
+    if (rrsets.length === 0) return;
+    this.patchCalls += 1;
+    await this.request('PATCH', this.zonePath, { rrsets });
+  }
+
+  async listRRsets(): Promise<RRset[]> {
+    const zone = await this.request<{ rrsets?: RRset[] }>('GET', this.zonePath);
+    return zone.rrsets ?? [];
+  }
+
+  async zoneExists(): Promise<boolean> {
+    try {
+      await this.request('GET', `${this.zonePath}?rrsets=false`);
+      return true;
+    } catch (err) {
+      if (err instanceof AllocatorError && err.details?.status === 404) return false;
+      throw err;
+    }
+  }
+
+  private async request<T>(method: 'GET' | 'PATCH', url: string, data?: unknown): Promise<T> {
+    let status: number;
+    let body: unknown;
+    try {
+      const res = await this.http.request({ method, url, data });
+      status = res.status;
+      body = res.data;
+    } catch (err) {
+      const reason = err instanceof AxiosError ? (err.code ?? err.message) : String(err);
+      throw new AllocatorError('DNS_FAILED', `PowerDNS API unreachable (${method} ${this.zone}): ${reason}`, { reason });
+    }
+    if (status >= 200 && status < 300) return body as T;
+    const apiError =
+      typeof body === 'object' && body !== null && 'error' in body ? String((body as { error: unknown }).error) : String(body).slice(0, 200);
+    throw new AllocatorError('DNS_FAILED', `PowerDNS API ${method} ${this.zone} answered ${status}: ${apiError}`, { status, apiError });
+  }
+}
