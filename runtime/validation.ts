@@ -25,7 +25,7 @@ export function isValidGatewayName(value: unknown): value is string {
 export function isValidGatewayHost(value: unknown): value is string {
   if (typeof value !== 'string' || value.length === 0 || value.length > 253) return false;
   const host: string = value;
-  if (isValidIpv4(host)) return true;
+  if (isValidIpv4(String(host))) return true;
   return host.split('.').every((label) => isDnsLabel(label)) && !/^[0-9.]+$/.test(host);
 }
 
