@@ -1,7 +1,7 @@
 import { createHash, randomBytes } from 'crypto';
 import { Pool } from 'pg';
 import { ActionCondition, DnsAction, DnsPublisher, Guard } from './dns-publisher';
-import { AllocatorError, AllocatorErrorCode, SimulatedCrash, asAllocatorError } from './errors';
+import { AllocatorError, AllocatorErrorCode, asAllocatorError, definitelyNotApplied } from './errors';
 import type { GatewaySpec } from './inventory';
 import { migrate as runMigrations, MigrationResult, quoteSchema } from './migrate';
 import { isValidDomain, isValidEnvName, isValidIpv4, orgFqdn, orgWildcardFqdn } from './naming';
@@ -46,7 +46,7 @@ export interface GatewayAllocatorOptions {
   waitTimeoutMs?: number;
   /** One structured event per state change; default: JSON lines on stderr. `null` silences. */
   logger?: AllocatorLogger | null;
-  /** Testing only: hooks run at points of allocate/release; a SimulatedCrash thrown there skips all clean-up, like a dead process. */
+  /** Testing only: hooks run at points of allocate/release; anything they throw (e.g. SimulatedCrash) skips all clean-up, like a dead process. */
   failpoints?: Partial<Record<Failpoint, () => void | Promise<void>>>;
 }
 
@@ -271,21 +271,24 @@ export class GatewayAllocator {
     const orgId = row.organizationId as string;
     const allocationId = row.allocationId as string;
     this.log({ event: 'gateway.claimed', env: this.envName, gateway: row.name, organizationId: orgId, from: 'ready', to: 'allocating' });
-    try {
-      await this.failpoint('allocate.afterClaim');
-      await this.effects([
-        this.dns.publish(orgId),
-        this.routes.set({ orgId, target: { gatewayName: row.name, host: row.host, port: row.httpPort } }),
-      ]);
-      await this.failpoint('allocate.afterEffects');
-    } catch (err) {
-      if (err instanceof SimulatedCrash) throw err;
-      const typed = asAllocatorError(err, 'DATABASE_FAILED', 'allocation failed');
-      await this.rollback(row, typed);
+    await this.failpoint('allocate.afterClaim');
+    const [dnsResult, routeResult] = await Promise.allSettled([
+      this.dns.publish(orgId),
+      this.routes.set({ orgId, target: { gatewayName: row.name, host: row.host, port: row.httpPort } }),
+    ]);
+    const applied = {
+      dns: !(dnsResult.status === 'rejected' && definitelyNotApplied(dnsResult.reason)),
+      route: !(routeResult.status === 'rejected' && definitelyNotApplied(routeResult.reason)),
+    };
+    const failed = [dnsResult, routeResult].find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) {
+      const typed = asAllocatorError(failed.reason, 'DATABASE_FAILED', 'allocation failed');
+      await this.rollback(row, typed, applied);
       throw typed;
     }
+    await this.failpoint('allocate.afterEffects');
     const done = await this.db(() => this.store.markAllocated(row.name, allocationId), 'marking allocated failed').catch(async (err: AllocatorError) => {
-      await this.rollback(row, err);
+      await this.rollback(row, err, applied);
       throw err;
     });
     if (!done) {
@@ -297,10 +300,10 @@ export class GatewayAllocator {
   }
 
   /** Undoes a failed allocation's effects; the gateway returns to the pool, or stays for reconcile() if undo fails too. */
-  private async rollback(row: GatewayRow, cause: AllocatorError): Promise<void> {
+  private async rollback(row: GatewayRow, cause: AllocatorError, applied: { dns: boolean; route: boolean }): Promise<void> {
     const orgId = row.organizationId as string;
     try {
-      await this.undoEffects(orgId);
+      await this.effects([applied.dns ? this.dns.withdraw(orgId) : Promise.resolve(), applied.route ? this.routes.set({ orgId }) : Promise.resolve()]);
       await this.db(() => this.store.returnToPool(row.name, row.allocationId as string), 'rollback failed');
       this.log({ event: 'gateway.rolled_back', env: this.envName, gateway: row.name, organizationId: orgId, from: 'allocating', to: 'ready', code: cause.code, message: cause.message });
     } catch (undoErr) {
@@ -336,17 +339,16 @@ export class GatewayAllocator {
     const started = Date.now();
     const orgId = row.organizationId as string;
     this.log({ event: 'gateway.releasing', env: this.envName, gateway: row.name, organizationId: orgId, from: 'allocated', to: 'releasing' });
+    await this.failpoint('release.afterBegin');
     try {
-      await this.failpoint('release.afterBegin');
       await this.undoEffects(orgId);
-      await this.failpoint('release.afterEffects');
     } catch (err) {
-      if (err instanceof SimulatedCrash) throw err;
       const typed = asAllocatorError(err, 'DATABASE_FAILED', 'release failed');
       await this.store.abandon(row.name, row.allocationId as string, `${typed.code}: ${typed.message}`).catch(() => undefined);
       this.log({ event: 'gateway.release_deferred', env: this.envName, gateway: row.name, organizationId: orgId, code: typed.code, message: typed.message });
       throw typed;
     }
+    await this.failpoint('release.afterEffects');
     await this.db(() => this.store.returnToPool(row.name, row.allocationId as string), 'release failed');
     this.log({ event: 'gateway.released', env: this.envName, gateway: row.name, organizationId: orgId, from: 'releasing', to: 'ready', ms: Date.now() - started });
     return { name: row.name, organizationId: orgId };

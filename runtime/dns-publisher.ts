@@ -1,6 +1,6 @@
 import type { Pool } from 'pg';
 import { Batcher } from './batcher';
-import { AllocatorError, asAllocatorError } from './errors';
+import { AllocatorError } from './errors';
 import { absolute, orgFqdn, orgWildcardFqdn } from './naming';
 import type { PowerDnsClient, RRsetChange } from './powerdns-client';
 
@@ -113,7 +113,7 @@ export class DnsPublisher {
     const latest = new Map<string, DnsAction>();
     for (const a of actions) latest.set(a.orgId, a);
     const client = await this.pool.connect().catch((err: unknown) => {
-      throw asAllocatorError(err, 'DATABASE_FAILED', 'cannot take the DNS zone lock');
+      throw new AllocatorError('DATABASE_FAILED', `cannot take the DNS zone lock: ${(err as Error).message}`, { notApplied: true }, err);
     });
     let broken = false;
     try {
@@ -129,7 +129,8 @@ export class DnsPublisher {
         broken = true;
       });
       if (err instanceof AllocatorError) throw err;
-      throw asAllocatorError(err, 'DATABASE_FAILED', 'DNS zone lock failed');
+      // The lock failed before any PATCH was sent.
+      throw new AllocatorError('DATABASE_FAILED', `DNS zone lock failed: ${(err as Error).message}`, { notApplied: true }, err);
     } finally {
       client.release(broken);
     }

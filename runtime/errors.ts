@@ -40,6 +40,15 @@ export class AllocatorError extends Error {
   }
 }
 
+/**
+ * True when a failed effect certainly changed nothing (connection refused, an
+ * error answer to an atomic PATCH, a config restored after `nginx -t` failed),
+ * so a rollback need not undo it. Timeouts are not: the effect may have landed.
+ */
+export function definitelyNotApplied(err: unknown): boolean {
+  return err instanceof AllocatorError && err.details?.notApplied === true;
+}
+
 export function isAllocatorError(err: unknown, code?: AllocatorErrorCode): err is AllocatorError {
   return err instanceof AllocatorError && (code === undefined || err.code === code);
 }

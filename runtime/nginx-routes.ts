@@ -195,7 +195,7 @@ export class NginxRoutes {
   private async apply(changes: ConfigChange[]): Promise<void> {
     const started = Date.now();
     const lock = await this.pool.connect().catch((err: unknown) => {
-      throw asAllocatorError(err, 'DATABASE_FAILED', 'cannot take the nginx config lock');
+      throw new AllocatorError('DATABASE_FAILED', `cannot take the nginx config lock: ${(err as Error).message}`, { notApplied: true }, err);
     });
     let generation: number;
     let lockBroken = false;
@@ -245,10 +245,10 @@ export class NginxRoutes {
       await writeAtomic(this.generationFile, renderGeneration(generation));
       this.tests += 1;
       const test = await run(this.testCommand, this.commandTimeoutMs);
-      if (!test.ok) throw new AllocatorError('NGINX_FAILED', `nginx -t rejected the configuration: ${lastLines(test.output)}`, { stage: 'test' });
+      if (!test.ok) throw new AllocatorError('NGINX_FAILED', `nginx -t rejected the configuration: ${lastLines(test.output)}`, { stage: 'test', notApplied: true });
       this.reloads += 1;
       const reload = await run(this.reloadCommand, this.commandTimeoutMs);
-      if (!reload.ok) throw new AllocatorError('NGINX_FAILED', `nginx reload failed: ${lastLines(reload.output)}`, { stage: 'reload' });
+      if (!reload.ok) throw new AllocatorError('NGINX_FAILED', `nginx reload failed: ${lastLines(reload.output)}`, { stage: 'reload', notApplied: true });
       return generation;
     } catch (err) {
       // Put every file back as it was: the running nginx never saw the rejected config.

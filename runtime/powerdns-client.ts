@@ -90,11 +90,14 @@ export class PowerDnsClient {
       body = res.data;
     } catch (err) {
       const reason = err instanceof AxiosError ? (err.code ?? err.message) : String(err);
-      throw new AllocatorError('DNS_FAILED', `PowerDNS API unreachable (${method} ${this.zone}): ${reason}`, { reason });
+      // A refused or unresolvable connection never reached PowerDNS; a timeout might have.
+      const notApplied = ['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH'].includes(reason);
+      throw new AllocatorError('DNS_FAILED', `PowerDNS API unreachable (${method} ${this.zone}): ${reason}`, { reason, notApplied });
     }
     if (status >= 200 && status < 300) return body as T;
     const apiError =
       typeof body === 'object' && body !== null && 'error' in body ? String((body as { error: unknown }).error) : String(body).slice(0, 200);
-    throw new AllocatorError('DNS_FAILED', `PowerDNS API ${method} ${this.zone} answered ${status}: ${apiError}`, { status, apiError });
+    // PowerDNS applies a PATCH in one backend transaction: an error answer means nothing changed.
+    throw new AllocatorError('DNS_FAILED', `PowerDNS API ${method} ${this.zone} answered ${status}: ${apiError}`, { status, apiError, notApplied: true });
   }
 }

@@ -1,0 +1,121 @@
+import { execFileSync, execFile } from 'child_process';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import type { NginxOptions } from '../../runtime';
+
+/** A real stage-1 nginx for one suite: own prefix, own ports, mkcert-issued wildcard for the suite's domain. */
+export class Stage1Nginx {
+  readonly prefix: string;
+  readonly confDir: string;
+  readonly caFile: string;
+  readonly certFile: string;
+  readonly keyFile: string;
+  private readonly conf: string;
+
+  constructor(
+    readonly domain: string,
+    readonly httpsPort: number,
+    readonly statusPort: number,
+  ) {
+    this.prefix = mkdtempSync(path.join(os.tmpdir(), 'demiurge-stage1-'));
+    this.confDir = path.join(this.prefix, 'demiurge');
+    this.conf = path.join(this.prefix, 'nginx.conf');
+    const caroot = path.join(this.prefix, 'ca');
+    mkdirSync(caroot);
+    mkdirSync(path.join(this.prefix, 'logs'));
+    mkdirSync(this.confDir);
+    this.certFile = path.join(this.prefix, 'cert.pem');
+    this.keyFile = path.join(this.prefix, 'key.pem');
+    execFileSync('mkcert', ['-cert-file', this.certFile, '-key-file', this.keyFile, domain, `*.${domain}`], {
+      env: { ...process.env, CAROOT: caroot },
+      stdio: 'ignore',
+    });
+    this.caFile = path.join(caroot, 'rootCA.pem');
+    writeFileSync(
+      this.conf,
+      `worker_processes 2;
+pid ${this.prefix}/nginx.pid;
+worker_shutdown_timeout 10s;
+error_log ${this.prefix}/logs/error.log warn;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    server_names_hash_bucket_size 128;
+    client_body_temp_path ${this.prefix}/tmp-body;
+    proxy_temp_path ${this.prefix}/tmp-proxy;
+    include ${this.confDir}/*.conf;
+}
+`,
+    );
+  }
+
+  nginxOptions(): NginxOptions {
+    return {
+      confDir: this.confDir,
+      tls: { certPath: this.certFile, keyPath: this.keyFile },
+      listen: `127.0.0.1:${this.httpsPort} ssl`,
+      statusListen: `127.0.0.1:${this.statusPort}`,
+      testCommand: ['nginx', '-t', '-q', '-p', this.prefix, '-c', this.conf],
+      reloadCommand: ['nginx', '-s', 'reload', '-p', this.prefix, '-c', this.conf],
+    };
+  }
+
+  start(): void {
+    execFileSync('nginx', ['-p', this.prefix, '-c', this.conf], { stdio: 'pipe' });
+  }
+
+  stop(): void {
+    try {
+      const pid = Number(readFileSync(path.join(this.prefix, 'nginx.pid'), 'utf8'));
+      process.kill(pid, 'SIGTERM');
+    } catch {
+      /* not running */
+    }
+  }
+
+  destroy(): void {
+    this.stop();
+    rmSync(this.prefix, { recursive: true, force: true });
+  }
+}
+
+export interface HttpsResult {
+  status: number;
+  body: string;
+}
+
+/** curl through the stage-1 nginx with the suite's CA (no -k), resolving the name to loopback. */
+export function curlThroughStage1(nginx: Stage1Nginx, hostname: string, urlPath = '/healthz'): Promise<HttpsResult> {
+  return new Promise((resolve, reject) => {
+    execFile(
+      'curl',
+      ['-sS', '--max-time', '5', '--cacert', nginx.caFile, '--resolve', `${hostname}:${nginx.httpsPort}:127.0.0.1`, '-w', '\n%{http_code}', `https://${hostname}:${nginx.httpsPort}${urlPath}`],
+      (err, stdout, stderr) => {
+        if (err) return reject(new Error(`curl ${hostname} failed: ${stderr || err.message}`));
+        const i = stdout.lastIndexOf('\n');
+        resolve({ status: Number(stdout.slice(i + 1)), body: stdout.slice(0, i) });
+      },
+    );
+  });
+}
+
+/** `dig` against the real PowerDNS: the A records, or 'NXDOMAIN'. */
+export function dig(port: number, name: string): Promise<string[] | 'NXDOMAIN'> {
+  return new Promise((resolve, reject) => {
+    execFile('dig', ['@127.0.0.1', '-p', String(port), '+tries=1', '+time=2', '+noall', '+comments', '+answer', name, 'A'], (err, stdout) => {
+      if (err) return reject(err);
+      const status = /status: ([A-Z]+)/.exec(stdout)?.[1];
+      if (status === 'NXDOMAIN') return resolve('NXDOMAIN');
+      if (status !== 'NOERROR') return reject(new Error(`dig ${name}: status ${status}\n${stdout}`));
+      resolve(
+        stdout
+          .split('\n')
+          .filter((l) => l && !l.startsWith(';'))
+          .map((l) => l.split(/\s+/))
+          .filter((f) => f[3] === 'A')
+          .map((f) => f[4]),
+      );
+    });
+  });
+}
