@@ -101,7 +101,8 @@ export interface AllocatorMetrics {
   dnsPatches: number;
   nginxTests: number;
   nginxReloads: number;
-  nginxReloadMs: number;
+  /** ms spent writing routes and confirming nginx serves them. */
+  nginxRouteMs: number;
 }
 
 const DEFAULT_SCHEMA = 'gateway_pool';
@@ -417,7 +418,7 @@ export class GatewayAllocator {
       dnsPatches: this.dns.patches,
       nginxTests: this.routes.tests,
       nginxReloads: this.routes.reloads,
-      nginxReloadMs: this.routes.reloadMs,
+      nginxRouteMs: this.routes.routeMs,
     };
   }
 

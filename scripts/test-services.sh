@@ -42,6 +42,8 @@ install_packages() {
   command -v pdns_server >/dev/null || missing+=(pdns-server)
   [ -f /usr/share/pdns-backend-pgsql/schema/schema.pgsql.sql ] || missing+=(pdns-backend-pgsql)
   command -v nginx >/dev/null || missing+=(nginx-light)
+  # Stage-1 routes are looked up per request by njs (no reload per allocation).
+  [ -f /usr/lib/nginx/modules/ngx_http_js_module.so ] || missing+=(libnginx-mod-http-js)
   command -v mkcert >/dev/null || missing+=(mkcert)
   command -v dig >/dev/null || missing+=(dnsutils)
   command -v curl >/dev/null || missing+=(curl)

@@ -1,8 +1,9 @@
 import { execFileSync, execFile } from 'child_process';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'fs';
+import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import type { NginxOptions } from '../../runtime';
+import { NJS_MODULE_PATH } from '../../runtime/nginx-config';
 
 /** A real stage-1 nginx for one suite: own prefix, own ports, mkcert-issued wildcard for the suite's domain. */
 export class Stage1Nginx {
@@ -19,6 +20,8 @@ export class Stage1Nginx {
     readonly statusPort: number,
   ) {
     this.prefix = mkdtempSync(path.join(os.tmpdir(), 'demiurge-stage1-'));
+    // nginx workers (user nobody) read route files per request: the tree must be world-readable.
+    chmodSync(this.prefix, 0o755);
     this.confDir = path.join(this.prefix, 'demiurge');
     this.conf = path.join(this.prefix, 'nginx.conf');
     const caroot = path.join(this.prefix, 'ca');
@@ -34,7 +37,8 @@ export class Stage1Nginx {
     this.caFile = path.join(caroot, 'rootCA.pem');
     writeFileSync(
       this.conf,
-      `worker_processes 2;
+      `load_module ${NJS_MODULE_PATH};
+worker_processes 2;
 pid ${this.prefix}/nginx.pid;
 worker_shutdown_timeout 10s;
 error_log ${this.prefix}/logs/error.log warn;
