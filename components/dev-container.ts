@@ -1,0 +1,131 @@
+import * as pulumi from '@pulumi/pulumi';
+import * as docker from '@pulumi/docker';
+import * as random from '@pulumi/random';
+import { PORTS, devContainerName } from '../runtime/naming';
+import {
+  NET_ADMIN,
+  RESTART_POLICY,
+  TUN_DEVICE,
+  TYPE_PREFIX,
+  envNetworkAttachment,
+  envVar,
+  roleLabels,
+  secretEnvVar,
+  tcpHealthcheck,
+} from './common';
+
+/** Mount points inside the dev container (docs/CONTRACTS.md "Mount points"). */
+export const DEV_MOUNTS = {
+  workspace: '/root/workspace',
+  pgdata: '/var/lib/postgresql',
+  dockerSocket: '/var/run/docker.sock',
+  certs: '/etc/demiurge/tls',
+  /** Where the dev container packs gateway builds for the build server. */
+  builds: '/srv/builds',
+} as const;
+
+/** Stage-1 base certificate inside the dev container (the certs volume). */
+export const DEV_TLS_CERT_PATH = `${DEV_MOUNTS.certs}/fullchain.pem`;
+export const DEV_TLS_KEY_PATH = `${DEV_MOUNTS.certs}/privkey.pem`;
+
+/** Databases in the dev container's PostgreSQL (CONTRACTS: roles own their databases). */
+export const DATABASES = {
+  pdns: { name: 'pdns', user: 'pdns' },
+  ganymede: { name: 'ganymede', user: 'ganymede' },
+} as const;
+
+export interface DevContainerArgs {
+  envName: string;
+  domain: string;
+  publicIp: string;
+  provider: docker.Provider;
+  /** Image id/digest (ContainerImage.ref). */
+  image: pulumi.Input<string>;
+  networkName: pulumi.Input<string>;
+  volumes: {
+    workspace: pulumi.Input<string>;
+    pgdata: pulumi.Input<string>;
+    certs: pulumi.Input<string>;
+    builds: pulumi.Input<string>;
+  };
+  /** Host path of the Docker socket on the Docker host. */
+  dockerSocketPath: string;
+  /** In-container paths of the stage-1 base certificate (written by the Tls component). */
+  tlsCertPath: string;
+  tlsKeyPath: string;
+}
+
+/**
+ * The main container: stage-1 nginx (all TLS), the API server (Ganymede) and
+ * PostgreSQL (databases `ganymede` and `pdns`).
+ */
+export class DevContainer extends pulumi.ComponentResource {
+  readonly container: docker.Container;
+  readonly containerName: pulumi.Output<string>;
+  /** Secret. */
+  readonly postgresPassword: pulumi.Output<string>;
+  /** Secret: password of role `pdns` (database `pdns`). */
+  readonly pdnsDbPassword: pulumi.Output<string>;
+  /** Secret: password of role `ganymede` (database `ganymede`). */
+  readonly ganymedeDbPassword: pulumi.Output<string>;
+  /** Secret: the allocator's database URL, by container name on the environment network. */
+  readonly databaseUrl: pulumi.Output<string>;
+
+  constructor(name: string, args: DevContainerArgs, opts?: pulumi.ComponentResourceOptions) {
+    super(`${TYPE_PREFIX}:DevContainer`, name, {}, opts);
+    const containerName = devContainerName(args.envName);
+    const password = (purpose: string): pulumi.Output<string> =>
+      pulumi.secret(
+        new random.RandomPassword(`${name}-${purpose}-password`, { length: 32, special: false }, { parent: this }).result,
+      );
+    this.postgresPassword = password('postgres');
+    this.pdnsDbPassword = password('pdns-db');
+    this.ganymedeDbPassword = password('ganymede-db');
+
+    this.container = new docker.Container(
+      name,
+      {
+        name: containerName,
+        image: args.image,
+        hostname: containerName,
+        restart: RESTART_POLICY,
+        labels: roleLabels(args.envName, 'dev'),
+        envs: [
+          envVar('ENV_NAME', args.envName),
+          envVar('DOMAIN', args.domain),
+          envVar('PUBLIC_IP', args.publicIp),
+          secretEnvVar('POSTGRES_PASSWORD', this.postgresPassword),
+          secretEnvVar('PDNS_DB_PASSWORD', this.pdnsDbPassword),
+          secretEnvVar('GANYMEDE_DB_PASSWORD', this.ganymedeDbPassword),
+          envVar('TLS_CERT_PATH', args.tlsCertPath),
+          envVar('TLS_KEY_PATH', args.tlsKeyPath),
+        ],
+        ports: [
+          { internal: PORTS.stage1Http, external: PORTS.stage1Http, protocol: 'tcp' },
+          { internal: PORTS.stage1Https, external: PORTS.stage1Https, protocol: 'tcp' },
+        ],
+        networksAdvanced: envNetworkAttachment(args.networkName, containerName),
+        volumes: [
+          { volumeName: args.volumes.workspace, containerPath: DEV_MOUNTS.workspace },
+          { volumeName: args.volumes.pgdata, containerPath: DEV_MOUNTS.pgdata },
+          { volumeName: args.volumes.certs, containerPath: DEV_MOUNTS.certs },
+          { volumeName: args.volumes.builds, containerPath: DEV_MOUNTS.builds },
+          { hostPath: args.dockerSocketPath, containerPath: DEV_MOUNTS.dockerSocket },
+        ],
+        capabilities: NET_ADMIN,
+        devices: [TUN_DEVICE],
+        healthcheck: tcpHealthcheck([PORTS.stage1Https, PORTS.postgres], { startPeriod: '120s' }),
+        wait: true,
+        waitTimeout: 300,
+      },
+      // Fixed name and ports: the old container must go before its replacement starts.
+      { parent: this, provider: args.provider, deleteBeforeReplace: true },
+    );
+    this.containerName = this.container.name;
+    const db = DATABASES.ganymede;
+    this.databaseUrl = pulumi.secret(
+      pulumi.interpolate`postgres://${db.user}:${this.ganymedeDbPassword}@${this.container.name}:${PORTS.postgres}/${db.name}`,
+    );
+    this.registerOutputs({ containerName: this.containerName, databaseUrl: this.databaseUrl });
+  }
+}

@@ -1,0 +1,110 @@
+import * as pulumi from '@pulumi/pulumi';
+import * as docker from '@pulumi/docker';
+import * as random from '@pulumi/random';
+import { buildServerUrl, ganymedeFqdn } from '../runtime/naming';
+import {
+  NET_ADMIN,
+  RESTART_POLICY,
+  TUN_DEVICE,
+  TYPE_PREFIX,
+  envNetworkAttachment,
+  envVar,
+  roleLabels,
+  secretEnvVar,
+  tcpHealthcheck,
+} from './common';
+
+/** One gateway of the pool (see stack/gateways.ts `planGateways`). */
+export interface GatewayPoolMember {
+  index: number;
+  /** `gw-pool-<env>-<n>`: the container name and the resource name. */
+  name: string;
+  httpPort: number;
+  vpnPort: number;
+  /** Key into `GatewayPoolArgs.hosts`. */
+  hostName: string;
+}
+
+/** A Docker host carrying part of the pool. */
+export interface GatewayPoolHost {
+  provider: docker.Provider;
+  /** Gateway image id/digest on that host. */
+  image: pulumi.Input<string>;
+  /** Network the gateways join on that host (`demiurge-<env>`). */
+  networkName: pulumi.Input<string>;
+}
+
+export interface GatewayPoolArgs {
+  envName: string;
+  domain: string;
+  members: readonly GatewayPoolMember[];
+  hosts: Readonly<Record<string, GatewayPoolHost>>;
+  /** The build server container: gateways fetch their build from it on start. */
+  buildServer: pulumi.Resource;
+}
+
+/**
+ * The gateway pool. Every resource is keyed by the gateway index, so growing
+ * 3 → 5 adds two gateways and replaces none, and shrinking removes the highest
+ * indices only.
+ */
+export class GatewayPool extends pulumi.ComponentResource {
+  readonly containers: readonly docker.Container[];
+  readonly containerNames: pulumi.Output<string[]>;
+
+  constructor(name: string, args: GatewayPoolArgs, opts?: pulumi.ComponentResourceOptions) {
+    super(`${TYPE_PREFIX}:GatewayPool`, name, {}, opts);
+    const containers: docker.Container[] = [];
+    for (const gw of [...args.members].sort((a, b) => a.index - b.index)) {
+      const host = args.hosts[gw.hostName];
+      if (host === undefined) throw new Error(`gateway ${gw.name}: unknown host ${gw.hostName}`);
+      const token = pulumi.secret(
+        new random.RandomPassword(`${gw.name}-token`, { length: 48, special: false }, { parent: this }).result,
+      );
+      containers.push(
+        new docker.Container(
+          gw.name,
+          {
+            name: gw.name,
+            image: host.image,
+            hostname: gw.name,
+            restart: RESTART_POLICY,
+            labels: roleLabels(args.envName, 'gateway'),
+            envs: [
+              envVar('ENV_NAME', args.envName),
+              envVar('GATEWAY_HTTP_PORT', gw.httpPort),
+              envVar('GATEWAY_VPN_PORT', gw.vpnPort),
+              envVar('GATEWAY_ID', gw.name),
+              secretEnvVar('GATEWAY_TOKEN', token),
+              envVar('GANYMEDE_FQDN', ganymedeFqdn(args.domain)),
+              envVar('DOMAIN', args.domain),
+              envVar('BUILD_SERVER_URL', buildServerUrl(args.envName)),
+            ],
+            // The gateway listens on its published ports inside the container too, so the
+            // stage-1 nginx reaches it at <container name>:httpPort on the environment
+            // network and at <host IP>:httpPort from another host. One entry per port.
+            ports: [
+              { internal: gw.httpPort, external: gw.httpPort, protocol: 'tcp' },
+              { internal: gw.vpnPort, external: gw.vpnPort, protocol: 'udp' },
+            ],
+            networksAdvanced: envNetworkAttachment(host.networkName, gw.name),
+            capabilities: NET_ADMIN,
+            devices: [TUN_DEVICE],
+            // Declared for `docker ps`/the allocator; no `wait`: a fresh environment has
+            // no published build yet, and gateways announce readiness via /gateway/ready.
+            healthcheck: tcpHealthcheck([gw.httpPort], { startPeriod: '60s' }),
+          },
+          {
+            parent: this,
+            provider: host.provider,
+            deleteBeforeReplace: true,
+            dependsOn: [args.buildServer],
+          },
+        ),
+      );
+    }
+    this.containers = containers;
+    this.containerNames = pulumi.all(containers.map((c) => c.name));
+    this.registerOutputs({ containerNames: this.containerNames });
+  }
+}

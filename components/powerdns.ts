@@ -1,0 +1,227 @@
+import * as pulumi from '@pulumi/pulumi';
+import * as docker from '@pulumi/docker';
+import * as random from '@pulumi/random';
+import * as command from '@pulumi/command';
+import {
+  PORTS,
+  absolute,
+  devContainerName,
+  ganymedeFqdn,
+  powerDnsApiUrl,
+  powerDnsContainerName,
+} from '../runtime/naming';
+import { RESTART_POLICY, TYPE_PREFIX, envNetworkAttachment, envVar, roleLabels, secretEnvVar, tcpHealthcheck } from './common';
+import { DATABASES } from './dev-container';
+
+/** The zone's name server (NS and SOA MNAME), `ns1.<domain>`. */
+export function nameServerFqdn(domain: string): string {
+  return `ns1.${domain}`;
+}
+
+export function soaContent(domain: string): string {
+  return `${absolute(nameServerFqdn(domain))} ${absolute(`hostmaster.${domain}`)} 0 10800 3600 604800 3600`;
+}
+
+/**
+ * Shared bash prelude of the PowerDNS API commands. Values come only from the
+ * command's environment (never interpolated into the script), and the API key
+ * is handed to curl through a 0600 header file, so it appears neither in the
+ * Pulumi log nor in the process list.
+ */
+const API_PRELUDE = String.raw`set -euo pipefail
+set -f
+: "${'$'}{PDNS_API_URL:?}" "${'$'}{PDNS_API_KEY:?}" "${'$'}{ZONE:?}"
+umask 077
+workdir=$(mktemp -d)
+trap 'rm -rf "$workdir"' EXIT
+printf 'X-API-Key: %s\n' "$PDNS_API_KEY" > "$workdir/auth"
+# pdns METHOD PATH [JSON]: prints the HTTP status (000 if unreachable); body in $workdir/body
+pdns() {
+  local args=(-sS -o "$workdir/body" -w '%{http_code}' -X "$1" -H @"$workdir/auth" -H 'Accept: application/json')
+  if [ $# -ge 3 ]; then args+=(-H 'Content-Type: application/json' --data-binary "$3"); fi
+  curl "${'$'}{args[@]}" "${'$'}{PDNS_API_URL%/}/api/v1/servers/localhost$2" 2>/dev/null || true
+}
+fail() { echo "PowerDNS API $1 answered $2: $(cat "$workdir/body" 2>/dev/null || true)" >&2; exit 1; }
+# wait_api SECONDS: prints the status of GET zone (200 or 404) once the API answers
+wait_api() {
+  local i code=000
+  for ((i = 0; i < $1; i++)); do
+    code=$(pdns GET "/zones/$ZONE?rrsets=false")
+    case "$code" in 200|404|401|403) echo "$code"; return 0;; esac
+    if ((i + 1 < $1)); then sleep 1; fi
+  done
+  echo "$code"
+  return 1
+}
+`;
+
+/** Creates the zone if it is missing (idempotent). */
+export const ZONE_CREATE_SCRIPT = `${API_PRELUDE}
+code=$(wait_api "\${PDNS_WAIT_SECONDS:-180}") || fail "at $PDNS_API_URL (unreachable)" "$code"
+case "$code" in 401|403) fail "GET /zones/$ZONE (check the API key)" "$code";; esac
+if [ "$code" = 404 ]; then
+  code=$(pdns POST /zones "$(printf '{"name":"%s","kind":"Native","nameservers":["%s"]}' "$ZONE" "$NAMESERVER")")
+  case "$code" in 201|409) ;; *) fail "POST /zones" "$code";; esac
+  echo "created zone $ZONE"
+else
+  echo "zone $ZONE exists"
+fi
+`;
+
+/** Deletes the zone on destroy; best effort when PowerDNS is already gone. */
+export const ZONE_DELETE_SCRIPT = `${API_PRELUDE}
+code=$(wait_api "\${PDNS_WAIT_SECONDS:-20}") || { echo "warning: PowerDNS API unreachable at $PDNS_API_URL; zone $ZONE not deleted" >&2; exit 0; }
+case "$code" in 401|403) fail "GET /zones/$ZONE (check the API key)" "$code";; 404) exit 0;; esac
+code=$(pdns DELETE "/zones/$ZONE")
+case "$code" in 204|404) echo "deleted zone $ZONE";; *) fail "DELETE /zones/$ZONE" "$code";; esac
+`;
+
+const RR_FUNCTIONS = String.raw`rr() { printf '{"name":"%s","type":"A","ttl":%s,"changetype":"REPLACE","records":[{"content":"%s","disabled":false}]}' "$1" "${'$'}{TTL:-60}" "$PUBLIC_IP"; }
+del() { printf '{"name":"%s","type":"A","changetype":"DELETE"}' "$1"; }
+`;
+
+/** REPLACEs the core A records (idempotent); removes the wildcard when disabled. */
+export const RECORDS_CREATE_SCRIPT = `${API_PRELUDE}${RR_FUNCTIONS}
+code=$(wait_api "\${PDNS_WAIT_SECONDS:-180}") || fail "at $PDNS_API_URL (unreachable)" "$code"
+[ "$code" = 200 ] || fail "GET /zones/$ZONE" "$code"
+rrsets=""
+for name in $A_RECORDS; do rrsets="$rrsets\${rrsets:+,}$(rr "$name")"; done
+if [ "$WILDCARD" = true ]; then rrsets="$rrsets,$(rr "$WILDCARD_NAME")"; else rrsets="$rrsets,$(del "$WILDCARD_NAME")"; fi
+code=$(pdns PATCH "/zones/$ZONE" "{\\"rrsets\\":[$rrsets]}")
+[ "$code" = 204 ] || fail "PATCH /zones/$ZONE" "$code"
+echo "records of $ZONE point at $PUBLIC_IP"
+`;
+
+/** Removes the records this program owns; best effort when PowerDNS is already gone. */
+export const RECORDS_DELETE_SCRIPT = `${API_PRELUDE}${RR_FUNCTIONS}
+code=$(wait_api "\${PDNS_WAIT_SECONDS:-20}") || { echo "warning: PowerDNS API unreachable at $PDNS_API_URL; records of $ZONE not deleted" >&2; exit 0; }
+case "$code" in 401|403) fail "GET /zones/$ZONE (check the API key)" "$code";; 404) exit 0;; esac
+rrsets=""
+for name in $A_RECORDS; do rrsets="$rrsets\${rrsets:+,}$(del "$name")"; done
+if [ "$WILDCARD" = true ]; then rrsets="$rrsets,$(del "$WILDCARD_NAME")"; fi
+code=$(pdns PATCH "/zones/$ZONE" "{\\"rrsets\\":[$rrsets]}")
+case "$code" in 204|404) echo "removed records of $ZONE";; *) fail "PATCH /zones/$ZONE" "$code";; esac
+`;
+
+export interface PowerDnsArgs {
+  envName: string;
+  domain: string;
+  publicIp: string;
+  provider: docker.Provider;
+  image: pulumi.Input<string>;
+  networkName: pulumi.Input<string>;
+  /** The dev container, whose PostgreSQL (database `pdns`) is the gpgsql backend. */
+  database: pulumi.Resource;
+  /** Secret password of role `pdns`. */
+  dbPassword: pulumi.Input<string>;
+  /** Host port DNS is published on (tcp and udp). */
+  dnsPort: number;
+  /** Host address DNS is published on. */
+  dnsBindIp: string;
+  /** The API is published on 127.0.0.1:<apiHostPort> of the Docker host only; 0 = not published. */
+  apiHostPort: number;
+  /** URL at which this program's commands reach the API (default http://127.0.0.1:<apiHostPort>). */
+  adminUrl: string;
+  /** Also publish `*.<domain>` → publicIp. */
+  wildcard: boolean;
+}
+
+/**
+ * PowerDNS (gpgsql backend in the dev container's PostgreSQL) serving the
+ * environment's zone, plus the zone and its core records, declared
+ * idempotently through the HTTP API.
+ */
+export class PowerDns extends pulumi.ComponentResource {
+  readonly container: docker.Container;
+  /** Secret API key. */
+  readonly apiKey: pulumi.Output<string>;
+  /** API URL on the environment network (what the allocator uses). */
+  readonly apiUrl: string;
+  /** API URL this program's commands use. */
+  readonly adminUrl: string;
+  /** Absolute zone name, e.g. `demiurge.test.`. */
+  readonly zone: string;
+  readonly zoneCommand: command.local.Command;
+  readonly recordsCommand: command.local.Command;
+
+  constructor(name: string, args: PowerDnsArgs, opts?: pulumi.ComponentResourceOptions) {
+    super(`${TYPE_PREFIX}:PowerDns`, name, {}, opts);
+    const containerName = powerDnsContainerName(args.envName);
+    this.zone = absolute(args.domain);
+    this.apiUrl = powerDnsApiUrl(args.envName);
+    this.adminUrl = args.adminUrl;
+    this.apiKey = pulumi.secret(
+      new random.RandomPassword(`${name}-api-key`, { length: 40, special: false }, { parent: this }).result,
+    );
+
+    this.container = new docker.Container(
+      name,
+      {
+        name: containerName,
+        image: args.image,
+        hostname: containerName,
+        restart: RESTART_POLICY,
+        labels: roleLabels(args.envName, 'pdns'),
+        envs: [
+          secretEnvVar('PDNS_API_KEY', this.apiKey),
+          envVar('PDNS_DB_HOST', devContainerName(args.envName)),
+          envVar('PDNS_DB_PORT', PORTS.postgres),
+          envVar('PDNS_DB_NAME', DATABASES.pdns.name),
+          envVar('PDNS_DB_USER', DATABASES.pdns.user),
+          secretEnvVar('PDNS_DB_PASSWORD', args.dbPassword),
+          envVar('PDNS_SOA_CONTENT', soaContent(args.domain)),
+        ],
+        ports: [
+          { internal: PORTS.dns, external: args.dnsPort, ip: args.dnsBindIp, protocol: 'tcp' },
+          { internal: PORTS.dns, external: args.dnsPort, ip: args.dnsBindIp, protocol: 'udp' },
+          ...(args.apiHostPort === 0
+            ? []
+            : [{ internal: PORTS.powerDnsApi, external: args.apiHostPort, ip: '127.0.0.1', protocol: 'tcp' }]),
+        ],
+        networksAdvanced: envNetworkAttachment(args.networkName, containerName),
+        healthcheck: tcpHealthcheck([PORTS.dns, PORTS.powerDnsApi]),
+        wait: true,
+        waitTimeout: 180,
+      },
+      { parent: this, provider: args.provider, deleteBeforeReplace: true, dependsOn: [args.database] },
+    );
+
+    // Only PDNS_API_KEY is secret (a secret Output): the rest stays readable in diffs.
+    const environment: Record<string, pulumi.Input<string>> = {
+      PDNS_API_URL: args.adminUrl,
+      PDNS_API_KEY: this.apiKey,
+      ZONE: this.zone,
+      NAMESERVER: absolute(nameServerFqdn(args.domain)),
+      PUBLIC_IP: args.publicIp,
+      A_RECORDS: [this.zone, absolute(ganymedeFqdn(args.domain)), absolute(nameServerFqdn(args.domain))].join(' '),
+      WILDCARD_NAME: absolute(`*.${args.domain}`),
+      WILDCARD: String(args.wildcard),
+    };
+
+    // A new zone name replaces (create the new, delete the old); other changes re-run create.
+    this.zoneCommand = new command.local.Command(
+      `${name}-zone`,
+      {
+        create: ZONE_CREATE_SCRIPT,
+        delete: ZONE_DELETE_SCRIPT,
+        interpreter: ['/bin/bash', '-c'],
+        environment,
+        triggers: [this.zone],
+      },
+      { parent: this, dependsOn: [this.container] },
+    );
+    this.recordsCommand = new command.local.Command(
+      `${name}-records`,
+      {
+        create: RECORDS_CREATE_SCRIPT,
+        delete: RECORDS_DELETE_SCRIPT,
+        interpreter: ['/bin/bash', '-c'],
+        environment,
+        triggers: [this.zone],
+      },
+      { parent: this, dependsOn: [this.zoneCommand] },
+    );
+
+    this.registerOutputs({ apiUrl: this.apiUrl, apiKey: this.apiKey, zone: this.zone });
+  }
+}

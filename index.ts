@@ -1,0 +1,150 @@
+/**
+ * The Demiurge environment: one stack per environment (Pulumi.<stack>.yaml).
+ *
+ * Configuration is read and validated once, before any resource is declared;
+ * components receive typed arguments and never read configuration themselves.
+ * The stack outputs are the hand-off to the runtime allocator (runtime/).
+ */
+import * as pulumi from '@pulumi/pulumi';
+import * as docker from '@pulumi/docker';
+import { loadStackConfig, type ImageKey } from './stack/config';
+import { gatewayInventory as toInventory, planGateways } from './stack/gateways';
+import {
+  BuildServer,
+  ContainerImage,
+  DEV_TLS_CERT_PATH,
+  DEV_TLS_KEY_PATH,
+  DevContainer,
+  EnvironmentNetwork,
+  GatewayPool,
+  NamedVolumes,
+  PowerDns,
+  Tls,
+  type GatewayPoolHost,
+} from './components';
+import type { GatewaySpec } from './runtime/inventory';
+import { ganymedeFqdn, imageName, networkName as envNetworkName } from './runtime/naming';
+
+/** Directory of the stage-1 nginx the allocator owns (docs/CONTRACTS.md). */
+const NGINX_CONF_DIR = '/etc/nginx/demiurge';
+
+// 1. Configuration: throws (listing every problem) before anything is declared.
+const cfg = loadStackConfig();
+const plan = planGateways(cfg);
+const env = cfg.envName;
+
+// 2. The environment's Docker host: network, volumes, images.
+const mainProvider = new docker.Provider('docker-main', { host: cfg.dockerHost });
+const network = new EnvironmentNetwork('network', { envName: env, provider: mainProvider });
+const volumes = new NamedVolumes('volumes', {
+  envName: env,
+  provider: mainProvider,
+  retainData: cfg.retainDataVolumes,
+});
+const image = (key: ImageKey, provider: docker.Provider, resourceName = `image-${key}`): ContainerImage =>
+  new ContainerImage(resourceName, { imageName: imageName(env, key), source: cfg.images[key], provider });
+
+// 3. Dev container (stage-1 nginx, Ganymede, PostgreSQL).
+const dev = new DevContainer('dev', {
+  envName: env,
+  domain: cfg.domain,
+  publicIp: cfg.publicIp,
+  provider: mainProvider,
+  image: image('dev', mainProvider).ref,
+  networkName: network.name,
+  volumes: volumes.names,
+  dockerSocketPath: cfg.dockerSocketPath,
+  tlsCertPath: DEV_TLS_CERT_PATH,
+  tlsKeyPath: DEV_TLS_KEY_PATH,
+});
+
+// 4. PowerDNS with the zone and its core records.
+const pdns = new PowerDns('pdns', {
+  envName: env,
+  domain: cfg.domain,
+  publicIp: cfg.publicIp,
+  provider: mainProvider,
+  image: image('pdns', mainProvider).ref,
+  networkName: network.name,
+  database: dev.container,
+  dbPassword: dev.pdnsDbPassword,
+  dnsPort: cfg.dnsPort,
+  dnsBindIp: cfg.dnsBindIp,
+  apiHostPort: cfg.powerDnsApiHostPort,
+  adminUrl: cfg.powerDnsAdminUrl,
+  wildcard: cfg.dnsWildcard,
+});
+
+// 5. Build server (environment network only).
+const buildServer = new BuildServer('build-server', {
+  envName: env,
+  provider: mainProvider,
+  image: image('build-server', mainProvider).ref,
+  networkName: network.name,
+  buildsVolume: volumes.names.builds,
+});
+
+// 6. Gateway pool, possibly spread over several Docker hosts.
+const poolHosts: Record<string, GatewayPoolHost> = {};
+let mainGatewayImage: ContainerImage | undefined;
+for (const host of cfg.gatewayHosts) {
+  if (host.kind === 'main') {
+    mainGatewayImage = mainGatewayImage ?? image('gateway', mainProvider);
+    poolHosts[host.name] = { provider: mainProvider, image: mainGatewayImage.ref, networkName: network.name };
+  } else {
+    const provider = new docker.Provider(`docker-${host.name}`, { host: host.dockerHost });
+    const hostNetwork = new EnvironmentNetwork(`network-${host.name}`, { envName: env, provider });
+    poolHosts[host.name] = {
+      provider,
+      image: image('gateway', provider, `image-gateway-${host.name}`).ref,
+      networkName: hostNetwork.name,
+    };
+  }
+}
+const pool = new GatewayPool('gateway-pool', {
+  envName: env,
+  domain: cfg.domain,
+  members: plan,
+  hosts: poolHosts,
+  buildServer: buildServer.container,
+});
+
+// 7. Stage-1 base certificate, installed into the running dev container.
+const tls = new Tls('tls', {
+  envName: env,
+  domain: cfg.domain,
+  tls: cfg.tls,
+  devContainer: { name: dev.containerName, id: dev.container.id },
+  installAfter: [dev.container],
+  targetCertPath: DEV_TLS_CERT_PATH,
+  targetKeyPath: DEV_TLS_KEY_PATH,
+  dockerHost: cfg.dockerHost,
+  powerDns:
+    cfg.tls.mode === 'letsencrypt'
+      ? { adminUrl: pdns.adminUrl, apiKey: pdns.apiKey, ready: [pdns.recordsCommand] }
+      : undefined,
+});
+
+// ------------------------------------------------------------------ stack outputs
+export const envName: string = env;
+export const domain: string = cfg.domain;
+export const publicIp: string = cfg.publicIp;
+export const frontendUrl = `https://${cfg.domain}`;
+export const ganymedeUrl = `https://${ganymedeFqdn(cfg.domain)}`;
+/** Exactly `GatewaySpec[]`, ready for `registerGateways`; available once the pool exists. */
+export const gatewayInventory: pulumi.Output<GatewaySpec[]> = pool.containerNames.apply(() => toInventory(plan));
+/** PowerDNS API on the environment network (what the allocator in the dev container uses). */
+export const powerDnsApiUrl: string = pdns.apiUrl;
+/** PowerDNS API from the machine running Pulumi (loopback publish or tunnel). */
+export const powerDnsAdminUrl: string = pdns.adminUrl;
+export const powerDnsApiKey: pulumi.Output<string> = pulumi.secret(pdns.apiKey);
+export const zone: string = pdns.zone;
+/** The allocator's PostgreSQL URL (secret). */
+export const databaseUrl: pulumi.Output<string> = pulumi.secret(dev.databaseUrl);
+export const nginxConfDir: string = NGINX_CONF_DIR;
+export const networkName: string = envNetworkName(env);
+export const devContainerName: pulumi.Output<string> = dev.containerName;
+export const dnsPort: number = cfg.dnsPort;
+export const tlsMode: string = tls.mode;
+/** mkcert mode: the local CA to trust on client machines; null otherwise. */
+export const tlsCaRootPath: string | null = tls.caRootPath ?? null;

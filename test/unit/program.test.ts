@@ -1,0 +1,946 @@
+/**
+ * Runs the real index.ts under Pulumi mocks with the values of Pulumi.dev.yaml
+ * and Pulumi.prod.yaml (and variations) and pins the declared resource graph.
+ */
+import { strict as assert } from 'assert';
+import { execFile } from 'child_process';
+import * as crypto from 'crypto';
+import * as fs from 'fs';
+import * as http from 'http';
+import type { AddressInfo } from 'net';
+import * as os from 'os';
+import * as path from 'path';
+import {
+  ProgramError,
+  REPO_ROOT,
+  byName,
+  byType,
+  containers,
+  digest,
+  envMap,
+  mockImageId,
+  mockPassword,
+  providerUrn,
+  runProgram,
+  secretEnvNames,
+  stringLeaves,
+  type CapturedResource,
+  type ProgramRun,
+} from './helpers/pulumi-mocks';
+import { readStackYaml } from './helpers/stack-yaml';
+import * as naming from '../../runtime/naming';
+import {
+  RECORDS_CREATE_SCRIPT,
+  RECORDS_DELETE_SCRIPT,
+  ZONE_CREATE_SCRIPT,
+  ZONE_DELETE_SCRIPT,
+} from '../../components/powerdns';
+import {
+  INSTALL_SCRIPT,
+  LEGO_SCRIPT,
+  MKCERT_SCRIPT,
+  RENEWAL_INSTALL_SCRIPT,
+  RENEWAL_REMOVE_SCRIPT,
+} from '../../components/tls';
+
+const CONTAINER = 'docker:index/container:Container';
+const IMAGE = 'docker:index/image:Image';
+const REMOTE_IMAGE = 'docker:index/remoteImage:RemoteImage';
+const VOLUME = 'docker:index/volume:Volume';
+const NETWORK = 'docker:index/network:Network';
+const PROVIDER = 'pulumi:providers:docker';
+const PASSWORD = 'random:index/randomPassword:RandomPassword';
+const COMMAND = 'command:local:Command';
+
+function stackConfig(stack: 'dev' | 'prod', overrides: Record<string, string | undefined> = {}): Record<string, string> {
+  const config = { ...readStackYaml(path.join(REPO_ROOT, `Pulumi.${stack}.yaml`)).config };
+  for (const [k, v] of Object.entries(overrides)) {
+    if (v === undefined) delete config[`demiurge:${k}`];
+    else config[`demiurge:${k}`] = v;
+  }
+  return config;
+}
+
+function urnOf(run: ProgramRun, type: string, name: string): string {
+  return byName(run, type, name).urn;
+}
+
+interface Port {
+  internal: number;
+  external?: number;
+  ip?: string;
+  protocol?: string;
+}
+
+function ports(r: CapturedResource): Port[] {
+  return (r.inputs.ports ?? []) as Port[];
+}
+
+function labels(r: CapturedResource): Record<string, string> {
+  return Object.fromEntries(((r.inputs.labels ?? []) as { label: string; value: string }[]).map((l) => [l.label, l.value]));
+}
+
+/** All RandomPassword values of a run (what the mocks return for them). */
+function passwords(run: ProgramRun): string[] {
+  return byType(run, PASSWORD).map((r) => mockPassword(r.name, Number(r.inputs.length)));
+}
+
+/** Common invariants every run must satisfy. */
+function assertInvariants(run: ProgramRun, env: string): void {
+  const all = containers(run);
+  assert.ok(all.size >= 4);
+  for (const [name, c] of all) {
+    // Pitfall: a tag as `image` replaces the container on every `up`.
+    assert.match(String(c.inputs.image), /^sha256:[0-9a-f]{64}$/, `${name}: image must be an id/digest, got ${String(c.inputs.image)}`);
+    // Pitfall: fixed names/ports collide when the replacement is created first.
+    assert.equal(c.deleteBeforeReplace, true, `${name}: deleteBeforeReplace`);
+    assert.equal(c.inputs.restart, 'unless-stopped', `${name}: restart policy`);
+    // Pitfall: `wait` without a healthcheck never becomes healthy.
+    if (c.inputs.wait === true) assert.ok(c.inputs.healthcheck, `${name}: wait: true needs a healthcheck`);
+    assert.ok(c.inputs.healthcheck, `${name}: healthcheck`);
+    // Pitfall: `ports.external` takes no ranges: one numeric entry per port, protocol explicit.
+    for (const p of ports(c)) {
+      assert.equal(typeof p.internal, 'number', `${name}: internal port`);
+      assert.equal(typeof p.external, 'number', `${name}: external port must be a single number`);
+      assert.ok(p.protocol === 'tcp' || p.protocol === 'udp', `${name}: protocol`);
+    }
+    assert.equal(labels(c)[naming.ENVIRONMENT_LABEL], env, `${name}: environment label`);
+    assert.ok(['dev', 'pdns', 'build-server', 'gateway'].includes(labels(c)[naming.ROLE_LABEL]), `${name}: role label`);
+  }
+  // Components never leak: every custom resource has a parent component (or is a provider).
+  for (const r of run.resources) {
+    if (r.custom && !r.type.startsWith('pulumi:providers:')) {
+      assert.match(r.parent, /\$demiurge:components:[A-Za-z]+::/, `${r.type} ${r.name} must be a component child`);
+    }
+  }
+  // Secrets never appear in a plain input or a plain output.
+  const secrets = passwords(run);
+  assert.ok(secrets.length >= 4);
+  for (const r of run.resources) {
+    for (const leaf of stringLeaves(r.inputs, r.secretPaths)) {
+      for (const s of secrets) assert.ok(!leaf.value.includes(s), `${r.type} ${r.name}: secret in plain input ${leaf.path}`);
+    }
+  }
+  for (const leaf of stringLeaves(run.outputs, run.outputSecretPaths)) {
+    for (const s of secrets) assert.ok(!leaf.value.includes(s), `secret in plain stack output ${leaf.path}`);
+  }
+}
+
+describe('program (index.ts under mocks)', function () {
+  this.timeout(30000);
+
+  describe('dev stack (Pulumi.dev.yaml)', () => {
+    let run: ProgramRun;
+    const env = 'dev-001';
+    before(async () => {
+      run = await runProgram({ stack: 'dev', config: stackConfig('dev') });
+    });
+
+    it('satisfies the container invariants (digest images, deleteBeforeReplace, restart, healthchecks, ports, labels, secrets)', () => {
+      assertInvariants(run, env);
+    });
+
+    it('declares exactly the expected containers', () => {
+      assert.deepEqual([...containers(run).keys()].sort(), [
+        'demiurge-dev-001-build-server',
+        'demiurge-dev-001-dev',
+        'demiurge-dev-001-pdns',
+        'gw-pool-dev-001-0',
+        'gw-pool-dev-001-1',
+        'gw-pool-dev-001-2',
+      ]);
+    });
+
+    it('builds the four images from images/<name> with the legacy builder and uses their ids', () => {
+      const images = byType(run, IMAGE);
+      assert.deepEqual(
+        images.map((i) => [i.name, i.inputs.imageName, (i.inputs.build as Record<string, unknown>).context]).sort(),
+        [
+          ['image-build-server', 'demiurge-dev-001-build-server:latest', 'images/build-server'],
+          ['image-dev', 'demiurge-dev-001-dev:latest', 'images/dev'],
+          ['image-gateway', 'demiurge-dev-001-gateway:latest', 'images/gateway'],
+          ['image-pdns', 'demiurge-dev-001-pdns:latest', 'images/powerdns'],
+        ],
+      );
+      for (const i of images) {
+        assert.equal(i.inputs.skipPush, true);
+        assert.equal((i.inputs.build as Record<string, unknown>).builderVersion, 'BuilderV1');
+      }
+      assert.equal(byType(run, REMOTE_IMAGE).length, 0);
+      const c = containers(run);
+      assert.equal(c.get('demiurge-dev-001-dev')?.inputs.image, mockImageId(IMAGE, 'image-dev'));
+      assert.equal(c.get('demiurge-dev-001-pdns')?.inputs.image, mockImageId(IMAGE, 'image-pdns'));
+      assert.equal(c.get('demiurge-dev-001-build-server')?.inputs.image, mockImageId(IMAGE, 'image-build-server'));
+      assert.equal(c.get('gw-pool-dev-001-1')?.inputs.image, mockImageId(IMAGE, 'image-gateway'));
+    });
+
+    it('declares the network and the named volumes; data volumes are protected and retained on delete', () => {
+      const net = byType(run, NETWORK);
+      assert.equal(net.length, 1);
+      assert.equal(net[0].inputs.name, 'demiurge-dev-001');
+      assert.equal(net[0].deleteBeforeReplace, true);
+      const vols = new Map(byType(run, VOLUME).map((v) => [String(v.inputs.name), v]));
+      assert.deepEqual([...vols.keys()].sort(), [
+        'demiurge-dev-001-builds',
+        'demiurge-dev-001-certs',
+        'demiurge-dev-001-pgdata',
+        'demiurge-dev-001-workspace',
+      ]);
+      for (const kind of ['workspace', 'pgdata', 'certs']) {
+        const v = vols.get(`demiurge-dev-001-${kind}`);
+        assert.equal(v?.protect, true, `${kind} protect`);
+        assert.equal(v?.retainOnDelete, true, `${kind} retainOnDelete`);
+      }
+      assert.equal(vols.get('demiurge-dev-001-builds')?.protect, false);
+    });
+
+    it('dev container: ports 80/443, socket + volumes, NET_ADMIN, tun, env per CONTRACTS, secret passwords', () => {
+      const dev = containers(run).get('demiurge-dev-001-dev') as CapturedResource;
+      assert.deepEqual(ports(dev), [
+        { internal: 80, external: 80, protocol: 'tcp' },
+        { internal: 443, external: 443, protocol: 'tcp' },
+      ]);
+      assert.deepEqual(dev.inputs.volumes, [
+        { volumeName: 'demiurge-dev-001-workspace', containerPath: '/root/workspace' },
+        { volumeName: 'demiurge-dev-001-pgdata', containerPath: '/var/lib/postgresql' },
+        { volumeName: 'demiurge-dev-001-certs', containerPath: '/etc/demiurge/tls' },
+        { volumeName: 'demiurge-dev-001-builds', containerPath: '/srv/builds' },
+        { hostPath: '/var/run/docker.sock', containerPath: '/var/run/docker.sock' },
+      ]);
+      assert.deepEqual(dev.inputs.capabilities, { adds: ['NET_ADMIN'] });
+      assert.deepEqual(dev.inputs.devices, [{ hostPath: '/dev/net/tun', containerPath: '/dev/net/tun', permissions: 'rwm' }]);
+      assert.equal(dev.inputs.networkMode, undefined, 'networksAdvanced only: the provider detaches the default bridge');
+      assert.deepEqual(dev.inputs.networksAdvanced, [{ name: 'demiurge-dev-001', aliases: ['demiurge-dev-001-dev'] }]);
+      assert.deepEqual(labels(dev), { environment: env, 'demiurge.role': 'dev' });
+      const e = envMap(dev);
+      assert.deepEqual([...e.keys()], [
+        'ENV_NAME',
+        'DOMAIN',
+        'PUBLIC_IP',
+        'POSTGRES_PASSWORD',
+        'PDNS_DB_PASSWORD',
+        'GANYMEDE_DB_PASSWORD',
+        'TLS_CERT_PATH',
+        'TLS_KEY_PATH',
+      ]);
+      assert.equal(e.get('ENV_NAME'), env);
+      assert.equal(e.get('DOMAIN'), 'demiurge.test');
+      assert.equal(e.get('PUBLIC_IP'), '127.0.0.1');
+      assert.equal(e.get('TLS_CERT_PATH'), '/etc/demiurge/tls/fullchain.pem');
+      assert.equal(e.get('TLS_KEY_PATH'), '/etc/demiurge/tls/privkey.pem');
+      assert.equal(e.get('PDNS_DB_PASSWORD'), mockPassword('dev-pdns-db-password', 32));
+      assert.deepEqual(secretEnvNames(dev).sort(), ['GANYMEDE_DB_PASSWORD', 'PDNS_DB_PASSWORD', 'POSTGRES_PASSWORD']);
+      assert.equal(dev.inputs.wait, true);
+      assert.deepEqual((dev.inputs.healthcheck as Record<string, unknown>).tests, ['CMD', 'bash', '-c', ': </dev/tcp/127.0.0.1/443 && : </dev/tcp/127.0.0.1/5432']);
+      // The DB passwords come from @pulumi/random, whose `result` the engine stores as a secret.
+      for (const p of ['dev-postgres-password', 'dev-pdns-db-password', 'dev-ganymede-db-password']) {
+        const pw = byName(run, PASSWORD, p);
+        assert.equal(pw.inputs.special, false);
+        assert.ok(pw.additionalSecretOutputs.includes('result'), `${p}: additionalSecretOutputs`);
+      }
+    });
+
+    it('PowerDNS: own container, gpgsql backend at the dev container, DNS tcp+udp, API on loopback, depends on the dev container', () => {
+      const c = containers(run);
+      const pdns = c.get('demiurge-dev-001-pdns') as CapturedResource;
+      assert.deepEqual(ports(pdns), [
+        { internal: 53, external: 53, ip: '127.0.0.1', protocol: 'tcp' },
+        { internal: 53, external: 53, ip: '127.0.0.1', protocol: 'udp' },
+        { internal: 8081, external: 8081, ip: '127.0.0.1', protocol: 'tcp' },
+      ]);
+      const e = envMap(pdns);
+      assert.deepEqual(Object.fromEntries([...e].filter(([k]) => !['PDNS_API_KEY', 'PDNS_DB_PASSWORD'].includes(k))), {
+        PDNS_DB_HOST: 'demiurge-dev-001-dev',
+        PDNS_DB_PORT: '5432',
+        PDNS_DB_NAME: 'pdns',
+        PDNS_DB_USER: 'pdns',
+        PDNS_SOA_CONTENT: 'ns1.demiurge.test. hostmaster.demiurge.test. 0 10800 3600 604800 3600',
+      });
+      assert.equal(e.get('PDNS_API_KEY'), mockPassword('pdns-api-key', 40));
+      // Same password as the role the dev container creates.
+      assert.equal(e.get('PDNS_DB_PASSWORD'), envMap(c.get('demiurge-dev-001-dev') as CapturedResource).get('PDNS_DB_PASSWORD'));
+      assert.deepEqual(secretEnvNames(pdns).sort(), ['PDNS_API_KEY', 'PDNS_DB_PASSWORD']);
+      assert.deepEqual(pdns.inputs.networksAdvanced, [{ name: 'demiurge-dev-001', aliases: ['demiurge-dev-001-pdns'] }]);
+      assert.ok(pdns.explicitDependencies.includes(urnOf(run, CONTAINER, 'dev')), 'dependsOn the dev container');
+      assert.equal(pdns.inputs.wait, true);
+    });
+
+    it('PowerDNS zone and records: idempotent commands, API key only as a secret environment variable', () => {
+      const zone = byName(run, COMMAND, 'pdns-zone');
+      const records = byName(run, COMMAND, 'pdns-records');
+      const key = mockPassword('pdns-api-key', 40);
+      for (const cmd of [zone, records]) {
+        assert.ok(String(cmd.inputs.create).length > 0 && String(cmd.inputs.delete).length > 0);
+        for (const field of ['create', 'delete']) {
+          assert.ok(!String(cmd.inputs[field]).includes(key), `${cmd.name}.${field} must not contain the key`);
+          assert.ok(!cmd.secretPaths.includes(field));
+        }
+        assert.deepEqual(cmd.secretPaths, ['environment.PDNS_API_KEY']);
+        const environment = cmd.inputs.environment as Record<string, string>;
+        assert.equal(environment.PDNS_API_KEY, key);
+        assert.equal(environment.PDNS_API_URL, 'http://127.0.0.1:8081');
+        assert.equal(environment.ZONE, 'demiurge.test.');
+        assert.equal(environment.PUBLIC_IP, '127.0.0.1');
+        assert.equal(environment.A_RECORDS, 'demiurge.test. ganymede.demiurge.test. ns1.demiurge.test.');
+        assert.equal(environment.WILDCARD, 'false');
+        assert.deepEqual(cmd.inputs.triggers, ['demiurge.test.']);
+      }
+      assert.match(String(records.inputs.create), /"changetype":"REPLACE"/);
+      assert.ok(zone.explicitDependencies.includes(urnOf(run, CONTAINER, 'pdns')), 'zone dependsOn the pdns container');
+      assert.ok(records.explicitDependencies.includes(zone.urn), 'records dependsOn the zone');
+    });
+
+    it('build server: environment network only, no published ports, builds volume read-only', () => {
+      const bs = containers(run).get('demiurge-dev-001-build-server') as CapturedResource;
+      assert.deepEqual(ports(bs), []);
+      assert.equal(bs.inputs.networkMode, undefined);
+      assert.deepEqual(bs.inputs.networksAdvanced, [{ name: 'demiurge-dev-001', aliases: ['demiurge-dev-001-build-server'] }]);
+      assert.deepEqual(bs.inputs.volumes, [{ volumeName: 'demiurge-dev-001-builds', containerPath: '/srv/builds', readOnly: true }]);
+      assert.deepEqual([...envMap(bs)], [['BUILD_DIR', '/srv/builds'], ['PORT', '8090']]);
+      assert.equal(bs.inputs.wait, true);
+    });
+
+    it('gateway pool: one port entry per port, env, secret per-gateway token, NET_ADMIN + tun, dependsOn the build server', () => {
+      const buildServerUrn = urnOf(run, CONTAINER, 'build-server');
+      const tokens = new Set<string>();
+      for (let n = 0; n < 3; n++) {
+        const name = `gw-pool-dev-001-${n}`;
+        const gw = containers(run).get(name) as CapturedResource;
+        assert.equal(gw.name, name, 'resource name keyed by index');
+        assert.deepEqual(ports(gw), [
+          { internal: 7100 + n, external: 7100 + n, protocol: 'tcp' },
+          { internal: 49100 + n, external: 49100 + n, protocol: 'udp' },
+        ]);
+        assert.deepEqual(labels(gw), { environment: env, 'demiurge.role': 'gateway' });
+        const e = envMap(gw);
+        assert.deepEqual([...e.keys()], [
+          'ENV_NAME',
+          'GATEWAY_HTTP_PORT',
+          'GATEWAY_VPN_PORT',
+          'GATEWAY_ID',
+          'GATEWAY_TOKEN',
+          'GANYMEDE_FQDN',
+          'DOMAIN',
+          'BUILD_SERVER_URL',
+        ]);
+        assert.equal(e.get('ENV_NAME'), env);
+        assert.equal(e.get('GATEWAY_HTTP_PORT'), String(7100 + n));
+        assert.equal(e.get('GATEWAY_VPN_PORT'), String(49100 + n));
+        assert.equal(e.get('GATEWAY_ID'), name);
+        assert.equal(e.get('GANYMEDE_FQDN'), 'ganymede.demiurge.test');
+        assert.equal(e.get('DOMAIN'), 'demiurge.test');
+        assert.equal(e.get('BUILD_SERVER_URL'), naming.buildServerUrl(env));
+        assert.equal(e.get('GATEWAY_TOKEN'), mockPassword(`${name}-token`, 48));
+        tokens.add(String(e.get('GATEWAY_TOKEN')));
+        assert.deepEqual(secretEnvNames(gw), ['GATEWAY_TOKEN']);
+        assert.deepEqual(gw.inputs.capabilities, { adds: ['NET_ADMIN'] });
+        assert.deepEqual(gw.inputs.devices, [{ hostPath: '/dev/net/tun', containerPath: '/dev/net/tun', permissions: 'rwm' }]);
+        assert.deepEqual(gw.inputs.networksAdvanced, [{ name: 'demiurge-dev-001', aliases: [name] }]);
+        assert.ok(gw.explicitDependencies.includes(buildServerUrn), `${name} dependsOn the build server`);
+        assert.notEqual(gw.inputs.wait, true, 'gateways do not block `up` on health');
+      }
+      assert.equal(tokens.size, 3, 'tokens are per gateway');
+    });
+
+    it('TLS mkcert: issues in the state dir and installs into the running dev container', () => {
+      const mk = byName(run, COMMAND, 'tls-mkcert');
+      assert.match(String(mk.inputs.create), /issue_mkcert/);
+      assert.deepEqual(mk.inputs.environment, {
+        STATE_DIR: '~/.demiurge/dev-001/tls',
+        DOMAIN: 'demiurge.test',
+        WILDCARD_DOMAIN: '*.demiurge.test',
+      });
+      const install = byName(run, COMMAND, 'tls-install');
+      const environment = install.inputs.environment as Record<string, string>;
+      assert.equal(environment.CONTAINER, 'demiurge-dev-001-dev');
+      assert.equal(environment.TARGET_CERT, envMap(containers(run).get('demiurge-dev-001-dev') as CapturedResource).get('TLS_CERT_PATH'));
+      assert.equal(environment.TARGET_KEY, '/etc/demiurge/tls/privkey.pem');
+      assert.ok(install.dependencies.includes(urnOf(run, CONTAINER, 'dev')));
+      assert.ok(install.dependencies.includes(mk.urn), 'install after issuing (dependsOn + its fingerprint)');
+      // Re-installs when the certificate (its fingerprint, the issue command's stdout) or the container changes.
+      assert.deepEqual(install.inputs.triggers, [digest(`${COMMAND}/tls-mkcert`), 'dev-id']);
+      assert.equal(byType(run, COMMAND).filter((c) => c.name.startsWith('tls-')).length, 2, 'no lego/renewal in mkcert mode');
+    });
+
+    it('one docker provider for the local engine', () => {
+      const providers = byType(run, PROVIDER);
+      assert.deepEqual(providers.map((p) => p.name), ['docker-main']);
+      assert.equal(providers[0].inputs.host, undefined);
+      for (const c of containers(run).values()) assert.equal(providerUrn(c.provider), providers[0].urn);
+    });
+
+    it('stack outputs: exact shape, gatewayInventory is GatewaySpec[], keys are secrets', () => {
+      assert.deepEqual(Object.keys(run.outputs).sort(), [
+        'databaseUrl',
+        'devContainerName',
+        'dnsPort',
+        'domain',
+        'envName',
+        'frontendUrl',
+        'ganymedeUrl',
+        'gatewayInventory',
+        'networkName',
+        'nginxConfDir',
+        'powerDnsAdminUrl',
+        'powerDnsApiKey',
+        'powerDnsApiUrl',
+        'publicIp',
+        'tlsCaRootPath',
+        'tlsMode',
+        'zone',
+      ]);
+      assert.deepEqual(run.outputs.gatewayInventory, [
+        { name: 'gw-pool-dev-001-0', host: 'gw-pool-dev-001-0', httpPort: 7100, vpnPort: 49100 },
+        { name: 'gw-pool-dev-001-1', host: 'gw-pool-dev-001-1', httpPort: 7101, vpnPort: 49101 },
+        { name: 'gw-pool-dev-001-2', host: 'gw-pool-dev-001-2', httpPort: 7102, vpnPort: 49102 },
+      ]);
+      for (const spec of run.outputs.gatewayInventory as Record<string, unknown>[]) {
+        assert.deepEqual(Object.keys(spec).sort(), ['host', 'httpPort', 'name', 'vpnPort']);
+      }
+      assert.equal(run.outputs.frontendUrl, 'https://demiurge.test');
+      assert.equal(run.outputs.ganymedeUrl, 'https://ganymede.demiurge.test');
+      assert.equal(run.outputs.powerDnsApiUrl, 'http://demiurge-dev-001-pdns:8081');
+      assert.equal(run.outputs.powerDnsApiKey, mockPassword('pdns-api-key', 40));
+      assert.equal(run.outputs.zone, 'demiurge.test.');
+      assert.equal(run.outputs.envName, env);
+      assert.equal(run.outputs.domain, 'demiurge.test');
+      assert.equal(run.outputs.publicIp, '127.0.0.1');
+      assert.equal(run.outputs.nginxConfDir, '/etc/nginx/demiurge');
+      assert.equal(
+        run.outputs.databaseUrl,
+        `postgres://ganymede:${mockPassword('dev-ganymede-db-password', 32)}@demiurge-dev-001-dev:5432/ganymede`,
+      );
+      assert.deepEqual(run.outputSecretPaths.sort(), ['databaseUrl', 'powerDnsApiKey']);
+    });
+  });
+
+  describe('prod stack (Pulumi.prod.yaml): several Docker hosts, letsencrypt', () => {
+    let run: ProgramRun;
+    before(async () => {
+      run = await runProgram({ stack: 'prod', config: stackConfig('prod') });
+    });
+
+    it('satisfies the container invariants', () => {
+      assertInvariants(run, 'prod');
+    });
+
+    it('one docker provider per host; indices continue across hosts', () => {
+      const main = byName(run, PROVIDER, 'docker-main');
+      const gwB = byName(run, PROVIDER, 'docker-gw-b');
+      assert.equal(main.inputs.host, undefined);
+      assert.equal(gwB.inputs.host, 'ssh://deploy@203.0.113.12');
+      const c = containers(run);
+      for (let n = 0; n < 10; n++) {
+        const gw = c.get(`gw-pool-prod-${n}`) as CapturedResource;
+        assert.ok(gw, `gateway ${n}`);
+        assert.equal(providerUrn(gw.provider), n < 4 ? main.urn : gwB.urn, `gateway ${n} host`);
+        assert.deepEqual(ports(gw).map((p) => p.external), [7100 + n, 49100 + n]);
+      }
+      assert.equal(c.get('gw-pool-prod-10'), undefined);
+      for (const name of ['demiurge-prod-dev', 'demiurge-prod-pdns', 'demiurge-prod-build-server']) {
+        assert.equal(providerUrn((c.get(name) as CapturedResource).provider), main.urn);
+      }
+    });
+
+    it('the remote host gets its own environment network and gateway image', () => {
+      const gwB = byName(run, PROVIDER, 'docker-gw-b');
+      const nets = byType(run, NETWORK);
+      assert.deepEqual(nets.map((n) => [n.name, n.inputs.name, providerUrn(n.provider) === gwB.urn]).sort(), [
+        ['network', 'demiurge-prod', false],
+        ['network-gw-b', 'demiurge-prod', true],
+      ]);
+      const img = byName(run, IMAGE, 'image-gateway-gw-b');
+      assert.equal(providerUrn(img.provider), gwB.urn);
+      assert.equal((containers(run).get('gw-pool-prod-7') as CapturedResource).inputs.image, mockImageId(IMAGE, 'image-gateway-gw-b'));
+      assert.equal((containers(run).get('gw-pool-prod-2') as CapturedResource).inputs.image, mockImageId(IMAGE, 'image-gateway'));
+    });
+
+    it('gatewayInventory: container name on the main host, host IP on the remote host', () => {
+      const inv = run.outputs.gatewayInventory as { name: string; host: string; httpPort: number; vpnPort: number }[];
+      assert.equal(inv.length, 10);
+      assert.deepEqual(inv[0], { name: 'gw-pool-prod-0', host: 'gw-pool-prod-0', httpPort: 7100, vpnPort: 49100 });
+      assert.deepEqual(inv[9], { name: 'gw-pool-prod-9', host: '203.0.113.12', httpPort: 7109, vpnPort: 49109 });
+      assert.deepEqual(inv.map((g) => g.host).filter((h) => h === '203.0.113.12').length, 6);
+    });
+
+    it('DNS is published on all addresses (tcp and udp) at the configured port', () => {
+      const pdns = containers(run).get('demiurge-prod-pdns') as CapturedResource;
+      assert.deepEqual(ports(pdns).slice(0, 2), [
+        { internal: 53, external: 53, ip: '0.0.0.0', protocol: 'tcp' },
+        { internal: 53, external: 53, ip: '0.0.0.0', protocol: 'udp' },
+      ]);
+    });
+
+    it('TLS letsencrypt: lego via PowerDNS DNS-01 after the zone exists, a renewal job, and the install', () => {
+      const key = mockPassword('pdns-api-key', 40);
+      const lego = byName(run, COMMAND, 'tls-lego');
+      const env = lego.inputs.environment as Record<string, string>;
+      assert.deepEqual(
+        { ...env, PDNS_API_KEY: '<secret>' },
+        {
+          STATE_DIR: '~/.demiurge/prod/tls',
+          DOMAIN: 'demiurge.example.com',
+          WILDCARD_DOMAIN: '*.demiurge.example.com',
+          ACME_EMAIL: 'admin@example.com',
+          ACME_DIRECTORY: 'https://acme-v02.api.letsencrypt.org/directory',
+          PDNS_API_URL: 'http://127.0.0.1:8081',
+          PDNS_API_KEY: '<secret>',
+        },
+      );
+      assert.equal(env.PDNS_API_KEY, key);
+      assert.deepEqual(lego.secretPaths, ['environment.PDNS_API_KEY']);
+      assert.ok(!String(lego.inputs.create).includes(key));
+      assert.match(String(lego.inputs.create), /--dns pdns/);
+      assert.ok(lego.explicitDependencies.includes(urnOf(run, COMMAND, 'pdns-records')), 'lego waits for the zone records');
+
+      const renewal = byName(run, COMMAND, 'tls-renewal');
+      const renv = renewal.inputs.environment as Record<string, string>;
+      assert.equal(renv.SCHEDULE, '17 3 * * *');
+      assert.equal(renv.RENEW_MARKER, 'demiurge-tls-renew-prod');
+      assert.equal(renv.CONTAINER, 'demiurge-prod-dev');
+      assert.deepEqual(renewal.secretPaths, ['environment.PDNS_API_KEY']);
+      assert.match(String(renewal.inputs.create), /crontab -/);
+      assert.match(String(renewal.inputs.delete), /grep -vF/);
+      assert.ok(!String(renewal.inputs.create).includes(key));
+
+      const install = byName(run, COMMAND, 'tls-install');
+      assert.ok(install.dependencies.includes(lego.urn));
+      assert.equal(run.outputs.tlsMode, 'letsencrypt');
+      assert.equal(run.outputs.tlsCaRootPath, null);
+    });
+  });
+
+  describe('pool resizing keeps names, URNs and ports of kept indices', () => {
+    const runs: Record<number, ProgramRun> = {};
+    before(async () => {
+      for (const size of [3, 5, 2]) {
+        runs[size] = await runProgram({ stack: 'dev', config: stackConfig('dev', { gatewayPoolSize: String(size) }) });
+      }
+    });
+
+    function gateways(run: ProgramRun): Map<number, { urn: string; ports: Port[]; token: string }> {
+      const out = new Map<number, { urn: string; ports: Port[]; token: string }>();
+      for (const [name, c] of containers(run)) {
+        const n = naming.gatewayIndex('dev-001', name);
+        if (n !== undefined) out.set(n, { urn: c.urn, ports: ports(c), token: urnOf(run, PASSWORD, `${name}-token`) });
+      }
+      return out;
+    }
+    function others(run: ProgramRun): string[] {
+      return run.resources.filter((r) => !r.name.startsWith('gw-pool-')).map((r) => r.urn).sort();
+    }
+
+    it('3 → 5 adds indices 3 and 4 and keeps 0-2 identical', () => {
+      const a = gateways(runs[3]);
+      const b = gateways(runs[5]);
+      assert.deepEqual([...a.keys()].sort(), [0, 1, 2]);
+      assert.deepEqual([...b.keys()].sort(), [0, 1, 2, 3, 4]);
+      for (const n of [0, 1, 2]) assert.deepEqual(b.get(n), a.get(n));
+      assert.deepEqual(b.get(4)?.ports.map((p) => p.external), [7104, 49104]);
+      assert.deepEqual(others(runs[5]), others(runs[3]), 'nothing else changes');
+    });
+
+    it('5 → 2 removes the highest indices only', () => {
+      const b = gateways(runs[5]);
+      const c = gateways(runs[2]);
+      assert.deepEqual([...c.keys()].sort(), [0, 1]);
+      for (const n of [0, 1]) assert.deepEqual(c.get(n), b.get(n));
+      assert.deepEqual(others(runs[2]), others(runs[5]));
+      assert.equal((runs[2].outputs.gatewayInventory as unknown[]).length, 2);
+    });
+  });
+
+  describe('variants', () => {
+    it('prebuilt tags: RemoteImage with keepLocally, containers use the image id, never the tag', async () => {
+      const run = await runProgram({
+        stack: 'dev',
+        config: stackConfig('dev', {
+          devImage: 'registry.example.com/demiurge/dev:1.0.0',
+          gatewayImage: 'registry.example.com/demiurge/gateway:1.0.0',
+        }),
+      });
+      const remotes = byType(run, REMOTE_IMAGE);
+      assert.deepEqual(remotes.map((r) => [r.name, r.inputs.name, r.inputs.keepLocally]).sort(), [
+        ['image-dev', 'registry.example.com/demiurge/dev:1.0.0', true],
+        ['image-gateway', 'registry.example.com/demiurge/gateway:1.0.0', true],
+      ]);
+      assert.deepEqual(byType(run, IMAGE).map((i) => i.name).sort(), ['image-build-server', 'image-pdns']);
+      const c = containers(run);
+      assert.equal(c.get('demiurge-dev-001-dev')?.inputs.image, mockImageId(REMOTE_IMAGE, 'image-dev'));
+      assert.equal(c.get('gw-pool-dev-001-0')?.inputs.image, mockImageId(REMOTE_IMAGE, 'image-gateway'));
+      assertInvariants(run, 'dev-001');
+    });
+
+    it('retainDataVolumes=false lets destroy delete the data volumes', async () => {
+      const run = await runProgram({ stack: 'dev', config: stackConfig('dev', { retainDataVolumes: 'false' }) });
+      for (const v of byType(run, VOLUME)) {
+        assert.equal(v.protect, false, String(v.inputs.name));
+        assert.equal(v.retainOnDelete, false, String(v.inputs.name));
+      }
+    });
+
+    it('tlsMode none: no TLS commands, the dev image falls back to its self-signed certificate', async () => {
+      const run = await runProgram({ stack: 'dev', config: stackConfig('dev', { tlsMode: 'none', dnsWildcard: 'true' }) });
+      assert.deepEqual(byType(run, COMMAND).map((c) => c.name).sort(), ['pdns-records', 'pdns-zone']);
+      assert.equal(envMap(containers(run).get('demiurge-dev-001-dev') as CapturedResource).get('TLS_CERT_PATH'), '/etc/demiurge/tls/fullchain.pem');
+      assert.equal((byName(run, COMMAND, 'pdns-records').inputs.environment as Record<string, string>).WILDCARD, 'true');
+      assert.equal(run.outputs.tlsMode, 'none');
+    });
+
+    it('a remote dockerHost is passed to the provider and to the certificate install', async () => {
+      const run = await runProgram({ stack: 'dev', config: stackConfig('dev', { dockerHost: 'ssh://ops@198.51.100.20' }) });
+      assert.equal(byName(run, PROVIDER, 'docker-main').inputs.host, 'ssh://ops@198.51.100.20');
+      assert.equal((byName(run, COMMAND, 'tls-install').inputs.environment as Record<string, string>).DEMIURGE_DOCKER_HOST, 'ssh://ops@198.51.100.20');
+    });
+
+    it('powerDnsApiHostPort 0: the API is not published on the host, commands use powerDnsAdminUrl', async () => {
+      const run = await runProgram({
+        stack: 'dev',
+        config: stackConfig('dev', { powerDnsApiHostPort: '0', powerDnsAdminUrl: 'http://127.0.0.1:18081' }),
+      });
+      assert.deepEqual(ports(containers(run).get('demiurge-dev-001-pdns') as CapturedResource).map((p) => p.internal), [53, 53]);
+      assert.equal((byName(run, COMMAND, 'pdns-zone').inputs.environment as Record<string, string>).PDNS_API_URL, 'http://127.0.0.1:18081');
+    });
+
+    it('runs under preview (unknown outputs) without errors', async () => {
+      const run = await runProgram({ stack: 'dev', config: stackConfig('dev'), preview: true });
+      assert.equal(containers(run).size, 6);
+    });
+  });
+
+  describe('invalid configuration', () => {
+    it('fails before any resource is declared, naming every bad key', async () => {
+      let error: unknown;
+      try {
+        await runProgram({
+          stack: 'dev',
+          config: stackConfig('dev', { gatewayPoolSize: '0', tlsMode: 'acme', domain: 'Not_A_Domain' }),
+        });
+      } catch (err) {
+        error = err;
+      }
+      assert.ok(error instanceof ProgramError, `expected the program to fail, got ${String(error)}`);
+      assert.match(error.message, /demiurge:gatewayPoolSize: /);
+      assert.match(error.message, /demiurge:tlsMode: /);
+      assert.match(error.message, /demiurge:domain: /);
+      assert.deepEqual(
+        error.resources.map((r) => r.type),
+        ['pulumi:pulumi:Stack'],
+        'only the root stack resource may exist',
+      );
+    });
+
+    it('the program runs again cleanly after a failed run', async () => {
+      const run = await runProgram({ stack: 'dev', config: stackConfig('dev') });
+      assert.equal(containers(run).size, 6);
+    });
+  });
+});
+
+// ---------------------------------------------------------------------------
+// The shell scripts of the local.Command resources, run with bash against a
+// fake PowerDNS API and fake mkcert/lego/docker/crontab binaries.
+// ---------------------------------------------------------------------------
+
+interface RRset {
+  name: string;
+  type: string;
+  ttl?: number;
+  records: { content: string }[];
+}
+
+class FakePowerDns {
+  readonly key = 'fake-api-key-0123456789';
+  readonly zones = new Map<string, Map<string, RRset>>();
+  readonly requests: string[] = [];
+  private server = http.createServer((req, res) => this.handle(req, res));
+  url = '';
+
+  async start(): Promise<void> {
+    await new Promise<void>((resolve) => this.server.listen(0, '127.0.0.1', resolve));
+    this.url = `http://127.0.0.1:${(this.server.address() as AddressInfo).port}`;
+  }
+  async stop(): Promise<void> {
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+  }
+  a(zone: string, name: string): string[] | undefined {
+    return this.zones.get(zone)?.get(`${name}/A`)?.records.map((r) => r.content);
+  }
+
+  private handle(req: http.IncomingMessage, res: http.ServerResponse): void {
+    let body = '';
+    req.on('data', (c: Buffer) => (body += c.toString()));
+    req.on('end', () => {
+      const send = (status: number, json?: unknown): void => {
+        res.writeHead(status, { 'Content-Type': 'application/json' });
+        res.end(json === undefined ? '' : JSON.stringify(json));
+      };
+      this.requests.push(`${req.method} ${req.url}`);
+      if (req.headers['x-api-key'] !== this.key) return send(401, { error: 'Unauthorized' });
+      const m = /^\/api\/v1\/servers\/localhost\/zones(?:\/([^?]+))?(?:\?.*)?$/.exec(req.url ?? '');
+      if (!m) return send(404, { error: 'Not Found' });
+      const zone = m[1] === undefined ? undefined : decodeURIComponent(m[1]);
+      let data: { name?: string; rrsets?: (RRset & { changetype: string })[] } = {};
+      if (body !== '') {
+        try {
+          data = JSON.parse(body) as typeof data;
+        } catch {
+          return send(400, { error: 'malformed JSON' });
+        }
+      }
+      if (zone === undefined && req.method === 'POST') {
+        const name = String(data.name);
+        if (this.zones.has(name)) return send(409, { error: 'Conflict' });
+        this.zones.set(name, new Map([[`${name}/NS`, { name, type: 'NS', records: [{ content: `ns1.${name}` }] }]]));
+        return send(201, { name });
+      }
+      const rrsets = zone === undefined ? undefined : this.zones.get(zone);
+      if (zone === undefined || rrsets === undefined) return send(404, { error: 'Could not find domain' });
+      if (req.method === 'GET') return send(200, { name: zone, rrsets: [...rrsets.values()] });
+      if (req.method === 'DELETE') {
+        this.zones.delete(zone);
+        return send(204);
+      }
+      if (req.method === 'PATCH') {
+        for (const rr of data.rrsets ?? []) {
+          if (!rr.name.endsWith(zone)) return send(422, { error: `${rr.name} is out of zone` });
+          const k = `${rr.name}/${rr.type}`;
+          if (rr.changetype === 'REPLACE') rrsets.set(k, { name: rr.name, type: rr.type, ttl: rr.ttl, records: rr.records });
+          else if (rr.changetype === 'DELETE') rrsets.delete(k);
+          else return send(422, { error: 'bad changetype' });
+        }
+        return send(204);
+      }
+      return send(405, { error: 'Method Not Allowed' });
+    });
+  }
+}
+
+interface ScriptResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+function runScript(script: string, env: Record<string, string>): Promise<ScriptResult> {
+  return new Promise((resolve) => {
+    execFile('/bin/bash', ['-c', script], { env: { ...process.env, ...env }, timeout: 20000 }, (err, stdout, stderr) => {
+      const code = err === null ? 0 : typeof (err as { code?: unknown }).code === 'number' ? Number((err as { code: number }).code) : 1;
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+describe('command scripts (bash, against fakes)', function () {
+  this.timeout(30000);
+
+  describe('PowerDNS zone and records', () => {
+    const api = new FakePowerDns();
+    let env: Record<string, string>;
+    before(async () => {
+      await api.start();
+      env = {
+        PDNS_API_URL: api.url,
+        PDNS_API_KEY: api.key,
+        ZONE: 'demiurge.test.',
+        NAMESERVER: 'ns1.demiurge.test.',
+        PUBLIC_IP: '127.0.0.1',
+        A_RECORDS: 'demiurge.test. ganymede.demiurge.test. ns1.demiurge.test.',
+        WILDCARD_NAME: '*.demiurge.test.',
+        WILDCARD: 'false',
+        PDNS_WAIT_SECONDS: '3',
+      };
+    });
+    after(() => api.stop());
+
+    it('creates the zone once (idempotent)', async () => {
+      const first = await runScript(ZONE_CREATE_SCRIPT, env);
+      assert.equal(first.code, 0, first.stderr);
+      assert.match(first.stdout, /created zone demiurge\.test\./);
+      const second = await runScript(ZONE_CREATE_SCRIPT, env);
+      assert.equal(second.code, 0, second.stderr);
+      assert.match(second.stdout, /exists/);
+      assert.equal(api.requests.filter((r) => r.startsWith('POST')).length, 1);
+    });
+
+    it('REPLACEs the core records (idempotent), follows publicIp and the wildcard switch', async () => {
+      for (let i = 0; i < 2; i++) {
+        const r = await runScript(RECORDS_CREATE_SCRIPT, env);
+        assert.equal(r.code, 0, r.stderr);
+      }
+      for (const name of ['demiurge.test.', 'ganymede.demiurge.test.', 'ns1.demiurge.test.']) {
+        assert.deepEqual(api.a('demiurge.test.', name), ['127.0.0.1'], name);
+      }
+      assert.equal(api.a('demiurge.test.', '*.demiurge.test.'), undefined);
+      let r = await runScript(RECORDS_CREATE_SCRIPT, { ...env, PUBLIC_IP: '192.0.2.5', WILDCARD: 'true' });
+      assert.equal(r.code, 0, r.stderr);
+      assert.deepEqual(api.a('demiurge.test.', 'ganymede.demiurge.test.'), ['192.0.2.5']);
+      assert.deepEqual(api.a('demiurge.test.', '*.demiurge.test.'), ['192.0.2.5']);
+      r = await runScript(RECORDS_CREATE_SCRIPT, { ...env, WILDCARD: 'false' });
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(api.a('demiurge.test.', '*.demiurge.test.'), undefined);
+      assert.deepEqual(api.a('demiurge.test.', 'demiurge.test.'), ['127.0.0.1']);
+    });
+
+    it('fails with the API status on a wrong key, without printing the key', async () => {
+      const wrongKey = 'wrong-key-abcdef';
+      const r = await runScript(RECORDS_CREATE_SCRIPT, { ...env, PDNS_API_KEY: wrongKey });
+      assert.notEqual(r.code, 0);
+      assert.match(r.stderr, /401/);
+      assert.ok(!(r.stdout + r.stderr).includes(wrongKey));
+      const ok = await runScript(RECORDS_CREATE_SCRIPT, env);
+      assert.ok(!(ok.stdout + ok.stderr).includes(api.key));
+    });
+
+    it('create fails when the API is unreachable; delete is best effort', async () => {
+      const down = { ...env, PDNS_API_URL: 'http://127.0.0.1:9', PDNS_WAIT_SECONDS: '1' };
+      const c = await runScript(ZONE_CREATE_SCRIPT, down);
+      assert.notEqual(c.code, 0);
+      assert.match(c.stderr, /unreachable/);
+      const d = await runScript(RECORDS_DELETE_SCRIPT, down);
+      assert.equal(d.code, 0, d.stderr);
+      assert.match(d.stderr, /warning/);
+    });
+
+    it('delete removes the records, then the zone; repeated deletes succeed', async () => {
+      let r = await runScript(RECORDS_DELETE_SCRIPT, env);
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(api.a('demiurge.test.', 'ganymede.demiurge.test.'), undefined);
+      assert.ok(api.zones.has('demiurge.test.'), 'records delete keeps the zone');
+      r = await runScript(ZONE_DELETE_SCRIPT, env);
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(api.zones.has('demiurge.test.'), false);
+      for (const s of [ZONE_DELETE_SCRIPT, RECORDS_DELETE_SCRIPT]) {
+        r = await runScript(s, env);
+        assert.equal(r.code, 0, r.stderr);
+      }
+    });
+  });
+
+  describe('TLS', () => {
+    let tmp: string;
+    let bin: string;
+    let env: Record<string, string>;
+    const log = (name: string): string => {
+      const f = path.join(tmp, `${name}.log`);
+      return fs.existsSync(f) ? fs.readFileSync(f, 'utf8') : '';
+    };
+    const stub = (name: string, body: string): void => {
+      fs.writeFileSync(path.join(bin, name), `#!/usr/bin/env bash\nset -euo pipefail\n${body}\n`, { mode: 0o755 });
+    };
+
+    beforeEach(() => {
+      tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'demiurge-tls-'));
+      bin = path.join(tmp, 'bin');
+      fs.mkdirSync(bin);
+      fs.mkdirSync(path.join(tmp, 'home'));
+      const L = tmp;
+      stub('mkcert', `echo "CAROOT=$CAROOT $*" >> ${L}/mkcert.log
+while [ $# -gt 0 ]; do case "$1" in -cert-file) echo "CERT $RANDOM" > "$2"; shift;; -key-file) echo KEY > "$2"; shift;; esac; shift; done`);
+      stub('docker', `echo "DOCKER_HOST=\${DOCKER_HOST:-} $*" >> ${L}/docker.log`);
+      stub('lego', `echo "key=\${PDNS_API_KEY:+set} url=\${PDNS_API_URL:-} $*" >> ${L}/lego.log
+path=""; domain=""; action=""
+while [ $# -gt 0 ]; do case "$1" in --path) path="$2"; shift;; --domains) [ -z "$domain" ] && domain="$2"; shift;; --email|--server|--dns|--days) shift;; run|renew) action="$1";; esac; shift; done
+mkdir -p "$path/certificates"
+if [ "$action" = run ] || [ "\${FAKE_LEGO_RENEWS:-0}" = 1 ]; then echo "CERT $action $RANDOM$RANDOM" > "$path/certificates/$domain.crt"; echo KEY > "$path/certificates/$domain.key"; fi`);
+      stub('crontab', `f=${L}/crontab.txt
+if [ "$1" = -l ]; then [ -f "$f" ] || exit 1; cat "$f"; else cat > "$f"; fi`);
+      env = {
+        PATH: `${bin}:${process.env.PATH ?? ''}`,
+        HOME: path.join(tmp, 'home'),
+        STATE_DIR: '~/.demiurge/dev-001/tls',
+        DOMAIN: 'demiurge.test',
+        WILDCARD_DOMAIN: '*.demiurge.test',
+        CONTAINER: 'demiurge-dev-001-dev',
+        TARGET_CERT: '/etc/demiurge/tls/fullchain.pem',
+        TARGET_KEY: '/etc/demiurge/tls/privkey.pem',
+        DEMIURGE_DOCKER_HOST: '',
+      };
+    });
+    afterEach(() => fs.rmSync(tmp, { recursive: true, force: true }));
+
+    const stateDir = (): string => path.join(tmp, 'home', '.demiurge', 'dev-001', 'tls');
+    const sha256 = (file: string): string => crypto.createHash('sha256').update(fs.readFileSync(file)).digest('hex');
+
+    it('mkcert: CA in <stateDir>/ca, certificate for the domain and its wildcard, fingerprint on stdout', async () => {
+      const r = await runScript(MKCERT_SCRIPT, env);
+      assert.equal(r.code, 0, r.stderr);
+      const dir = stateDir();
+      assert.equal(r.stdout.trim(), sha256(path.join(dir, 'fullchain.pem')));
+      assert.match(log('mkcert'), new RegExp(`^CAROOT=${dir}/ca -cert-file ${dir}/fullchain.pem -key-file ${dir}/privkey.pem demiurge.test \\*.demiurge.test$`, 'm'));
+      assert.equal(fs.statSync(dir).mode & 0o777, 0o700);
+    });
+
+    it('install: copies into the dev container, fixes the key mode, reloads nginx, honours the Docker host', async () => {
+      await runScript(MKCERT_SCRIPT, env);
+      const r = await runScript(INSTALL_SCRIPT, { ...env, DEMIURGE_DOCKER_HOST: 'ssh://ops@198.51.100.20' });
+      assert.equal(r.code, 0, r.stderr);
+      const dir = stateDir();
+      assert.deepEqual(log('docker').trim().split('\n'), [
+        `DOCKER_HOST=ssh://ops@198.51.100.20 cp ${dir}/fullchain.pem demiurge-dev-001-dev:/etc/demiurge/tls/fullchain.pem`,
+        `DOCKER_HOST=ssh://ops@198.51.100.20 cp ${dir}/privkey.pem demiurge-dev-001-dev:/etc/demiurge/tls/privkey.pem`,
+        'DOCKER_HOST=ssh://ops@198.51.100.20 exec demiurge-dev-001-dev chmod 600 /etc/demiurge/tls/privkey.pem',
+        'DOCKER_HOST=ssh://ops@198.51.100.20 exec demiurge-dev-001-dev nginx -s reload',
+      ]);
+    });
+
+    const acme = (): Record<string, string> => ({
+      ...env,
+      ACME_EMAIL: 'admin@example.com',
+      ACME_DIRECTORY: 'https://acme-staging-v02.api.letsencrypt.org/directory',
+      PDNS_API_URL: 'http://127.0.0.1:8081',
+      PDNS_API_KEY: 'secret-key-xyz',
+    });
+
+    it('lego: DNS-01 through PowerDNS; run first, renew afterwards, run again when the directory changes', async () => {
+      let r = await runScript(LEGO_SCRIPT, acme());
+      assert.equal(r.code, 0, r.stderr);
+      const dir = stateDir();
+      assert.equal(r.stdout.trim(), sha256(path.join(dir, 'fullchain.pem')));
+      r = await runScript(LEGO_SCRIPT, acme());
+      assert.equal(r.code, 0, r.stderr);
+      r = await runScript(LEGO_SCRIPT, { ...acme(), ACME_DIRECTORY: 'https://acme-v02.api.letsencrypt.org/directory' });
+      assert.equal(r.code, 0, r.stderr);
+      const lines = log('lego').trim().split('\n');
+      const common = `--accept-tos --email admin@example.com --server https://acme-staging-v02.api.letsencrypt.org/directory --dns pdns --path ${dir}/lego --domains demiurge.test --domains *.demiurge.test`;
+      assert.deepEqual(lines.slice(0, 2), [
+        `key=set url=http://127.0.0.1:8081 ${common} run`,
+        `key=set url=http://127.0.0.1:8081 ${common} renew --days 30 --no-random-sleep`,
+      ]);
+      assert.match(lines[2], /--server https:\/\/acme-v02\.api\.letsencrypt\.org\/directory .* run$/);
+      assert.ok(!(r.stdout + r.stderr + log('lego')).includes('secret-key-xyz'));
+    });
+
+    it('renewal job: one tagged crontab line (idempotent), 0600 env file, renew.sh installs only a changed certificate, removal', async () => {
+      fs.writeFileSync(path.join(tmp, 'crontab.txt'), '0 1 * * * /usr/bin/other-job\n');
+      const e = { ...acme(), SCHEDULE: '17 3 * * *', RENEW_MARKER: 'demiurge-tls-renew-dev-001' };
+      assert.equal((await runScript(LEGO_SCRIPT, e)).code, 0);
+      for (let i = 0; i < 2; i++) {
+        const r = await runScript(RENEWAL_INSTALL_SCRIPT, e);
+        assert.equal(r.code, 0, r.stderr);
+      }
+      const dir = stateDir();
+      const cron = fs.readFileSync(path.join(tmp, 'crontab.txt'), 'utf8').trim().split('\n');
+      assert.deepEqual(cron, [
+        '0 1 * * * /usr/bin/other-job',
+        `17 3 * * * "${dir}/renew.sh" >> "${dir}/renew.log" 2>&1 # demiurge-tls-renew-dev-001`,
+      ]);
+      assert.equal(fs.statSync(path.join(dir, 'renew.env')).mode & 0o777, 0o600);
+      assert.match(fs.readFileSync(path.join(dir, 'renew.env'), 'utf8'), /^PDNS_API_KEY=secret-key-xyz$/m);
+
+      // cron runs renew.sh with a minimal environment: nothing renewed → nothing installed.
+      const cronEnv = { PATH: env.PATH, HOME: env.HOME };
+      let r = await runScript(`exec "${dir}/renew.sh"`, cronEnv);
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(log('docker'), '');
+      r = await runScript(`exec "${dir}/renew.sh"`, { ...cronEnv, FAKE_LEGO_RENEWS: '1' });
+      assert.equal(r.code, 0, r.stderr);
+      assert.match(log('docker'), /cp .*fullchain\.pem demiurge-dev-001-dev:\/etc\/demiurge\/tls\/fullchain\.pem/);
+      assert.match(log('docker'), /nginx -s reload/);
+
+      r = await runScript(RENEWAL_REMOVE_SCRIPT, e);
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(fs.readFileSync(path.join(tmp, 'crontab.txt'), 'utf8').trim(), '0 1 * * * /usr/bin/other-job');
+    });
+  });
+});
