@@ -1,0 +1,66 @@
+import { strict as assert } from 'assert';
+import { Batcher } from '../../runtime/batcher';
+import { AllocatorError, definitelyNotApplied } from '../../runtime/errors';
+import { configVersion, orgIdOfRouteFile, renderOrgsConf, renderRoute, renderRoutesJs, routeFileName } from '../../runtime/nginx-config';
+import { assertOrganizationId, validateInventory } from '../../runtime/validation';
+
+describe('runtime pure logic', () => {
+  const org = 'a3bb189e-8bf9-3888-9912-ace4e6543002';
+
+  it('accepts only canonical lowercase UUIDs as organization ids', () => {
+    assert.doesNotThrow(() => assertOrganizationId(org));
+    for (const bad of [org.toUpperCase(), `{${org}}`, `${org}\n`, '', 'x'.repeat(10_000), 7, null, `${org.slice(0, 35)};`]) {
+      assert.throws(() => assertOrganizationId(bad), (e: unknown) => e instanceof AllocatorError && e.code === 'INVALID_ORGANIZATION_ID');
+    }
+  });
+
+  it('validates a whole inventory and lists every problem', () => {
+    assert.deepEqual(validateInventory([{ name: 'gw-pool-dev-0', host: 'gw-pool-dev-0', httpPort: 7100, vpnPort: 49100 }]).length, 1);
+    assert.throws(
+      () => validateInventory([{ name: 'Bad', host: 'a b', httpPort: 0, vpnPort: 1 }]),
+      (e: unknown) => e instanceof AllocatorError && e.code === 'INVALID_GATEWAY' && /name/.test(e.message) && /host/.test(e.message) && /httpPort/.test(e.message),
+    );
+  });
+
+  it('renders one organization server whose regex escapes the domain', () => {
+    const conf = renderOrgsConf({ confDir: '/etc/nginx/demiurge', domain: 'a.b-c.local', listen: '443 ssl', certPath: '/c', keyPath: '/k', statusListen: '127.0.0.1:8099' });
+    assert.match(conf, /org-\[0-9a-f\]\{8\}.*\\\.a\\\.b-c\\\.local\$"/);
+    assert.equal((conf.match(/^server \{/gm) ?? []).length, 2, 'one org server plus the loopback status server');
+    assert.match(conf, /js_set \$demiurge_gateway demiurge_routes\.gateway;/);
+    assert.match(conf, /proxy_set_header Upgrade \$http_upgrade;/);
+  });
+
+  it('route files round-trip their organization id and carry the ownership header', () => {
+    assert.equal(orgIdOfRouteFile(routeFileName(org)), org);
+    assert.equal(orgIdOfRouteFile('org-../../x.conf'), undefined);
+    assert.match(renderRoute('dev-001', org, 'gw-pool-dev-001-0', '10.0.0.2', 7100), new RegExp(`^# owner=demiurge-allocator env=dev-001 org=${org} gateway=gw-pool-dev-001-0\\n${org} "10.0.0.2:7100";\\n$`));
+  });
+
+  it('the njs lookup is versioned by the base configuration', () => {
+    const o = { confDir: '/x', domain: 'd.local', listen: '443 ssl', certPath: '/c', keyPath: '/k', statusListen: '127.0.0.1:1' };
+    assert.notEqual(configVersion(renderOrgsConf(o)), configVersion(renderOrgsConf({ ...o, certPath: '/c2' })));
+    assert.match(renderRoutesJs(o, 'abc'), /version: 'abc'/);
+  });
+
+  it('classifies failures that certainly changed nothing', () => {
+    assert.equal(definitelyNotApplied(new AllocatorError('DNS_FAILED', 'x', { notApplied: true })), true);
+    assert.equal(definitelyNotApplied(new AllocatorError('DNS_FAILED', 'timeout')), false);
+    assert.equal(definitelyNotApplied(new Error('x')), false);
+  });
+
+  it('Batcher coalesces a burst into few flushes and shares a batch failure', async () => {
+    const sizes: number[] = [];
+    const b = new Batcher<number>(async (items) => {
+      sizes.push(items.length);
+      await new Promise((r) => setTimeout(r, 20));
+      if (items.includes(-1)) throw new Error('boom');
+    });
+    await Promise.all(Array.from({ length: 100 }, (_, i) => b.submit(i)));
+    assert.deepEqual(sizes, [100]);
+    const first = b.submit(1);
+    const failing = b.submit(-1);
+    await assert.rejects(failing, /boom/);
+    await assert.rejects(first, /boom/);
+    await b.idle();
+  });
+});
