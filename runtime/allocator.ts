@@ -71,11 +71,7 @@ export interface PoolStatus {
   allocatedOrganizations: number;
 }
 
-export interface GatewayListing {
-  name: string;
-  host: string;
-  httpPort: number;
-  vpnPort: number;
+export interface GatewayListing extends GatewaySpec {
   state: GatewayState;
   organizationId: string | null;
   since: string;

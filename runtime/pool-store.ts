@@ -4,11 +4,7 @@ import { quoteSchema } from './migrate';
 
 export type GatewayState = 'registered' | 'ready' | 'allocating' | 'allocated' | 'releasing' | 'retired';
 
-export interface GatewayRow {
-  name: string;
-  host: string;
-  httpPort: number;
-  vpnPort: number;
+export interface GatewayRow extends GatewaySpec {
   state: GatewayState;
   organizationId: string | null;
   allocationId: string | null;
