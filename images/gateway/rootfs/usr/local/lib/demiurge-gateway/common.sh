@@ -1,0 +1,52 @@
+# Shared by the gateway scripts (sourced, not executed).
+GATEWAY_ROOT="${GATEWAY_ROOT:-/opt/gateway}"          # symlink to the current release
+RELEASES_DIR="${RELEASES_DIR:-/opt/gateway-releases}"  # unpacked builds, swapped atomically
+RUN_DIR="${RUN_DIR:-/run/gateway}"
+LOG_FILE="${LOG_FILE:-/tmp/gateway.log}"             # the app's stdout/stderr
+APP_MAIN="${GATEWAY_ROOT}/app-gateway/main.js"
+UC_CONF_DIR="${UC_CONF_DIR:-/etc/nginx/gateway.d}"
+
+APP_PIDFILE="$RUN_DIR/app.pid"          # pid of the running app (absent while it is down)
+APP_BUILDFILE="$RUN_DIR/app.build"      # build id the running app was started from
+RELOAD_MARKER="$RUN_DIR/reload-requested"
+SUPERVISOR_PIDFILE="$RUN_DIR/supervisor.pid"
+APP_LOCK="$RUN_DIR/app.lock"            # serializes "start app" (supervisor) and "signal app" (reload)
+BUILD_LOCK="$RUN_DIR/build.lock"        # serializes fetch + swap
+RELOAD_LOCK="$RUN_DIR/reload.lock"      # one reload at a time
+NGINX_LOCK="$RUN_DIR/nginx.lock"        # one nginx config change at a time
+
+mkdir -p "$RUN_DIR"
+
+glog() {
+  local line
+  line=$(printf '%s [gateway:%s] %s' "$(date -u +%Y-%m-%dT%H:%M:%S.%3NZ)" "${GLOG_TAG:-${0##*/}}" "$*")
+  printf '%s\n' "$line"
+  # Scripts run through `docker exec` (reload, uc-route) also log to the container's log.
+  if [ "${GLOG_TO_CONTAINER_LOG:-0}" = 1 ] && [ "$$" != 1 ]; then printf '%s\n' "$line" >/proc/1/fd/1 2>/dev/null || true; fi
+}
+now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
+
+build_server_url() {
+  local base="${BUILD_SERVER_URL:-http://demiurge-${ENV_NAME}-build-server:8090}"
+  printf '%s/gateway-%s.tar.gz' "${base%/}" "$ENV_NAME"
+}
+
+# build_id of an unpacked build directory (or "unknown").
+read_build_id() {
+  local id
+  id=$(sed -n 's/^build_id=//p' "$1/BUILD_INFO.txt" 2>/dev/null | head -n1)
+  printf '%s' "${id:-unknown}"
+}
+
+# True if $1 is the pid of a live (non-zombie) gateway app process.
+is_app_pid() {
+  local pid=$1 state cmd
+  [ -n "$pid" ] && [ -r "/proc/$pid/stat" ] || return 1
+  state=$(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null | cut -d' ' -f1)
+  [ "$state" != Z ] || return 1
+  cmd=$(tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null)
+  case "$cmd" in *"app-gateway/main.js"*) return 0 ;; *) return 1 ;; esac
+}
+
+valid_env_name() { [[ "$1" =~ ^[a-z]([a-z0-9-]{0,30}[a-z0-9])?$ ]]; }
+valid_port() { [[ "$1" =~ ^[1-9][0-9]{0,4}$ ]] && [ "$1" -le 65535 ]; }

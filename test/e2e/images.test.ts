@@ -1,0 +1,642 @@
+/**
+ * Images and the daily build loop, on a real Docker engine:
+ *   build the four images (cached by tag + context hash), run a build server and two gateways on
+ *   a test environment network, pack / reload / crash them, attack the build server, reject a
+ *   React bundle, smoke-test the dev and PowerDNS images, and clean up exactly what was created.
+ *
+ * Run: npx mocha --config .mocharc.e2e.json test/e2e/images.test.ts
+ * Needs root on Debian 12 (scripts/docker-setup.sh installs/starts Docker and fabricates the base
+ * images). With CI set, a missing engine is a failure; otherwise the suite skips loudly.
+ */
+import { strict as assert } from 'assert';
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import {
+  PORTS,
+  buildServerContainerName,
+  buildServerUrl,
+  buildTarballName,
+  containerLabels,
+  devContainerName,
+  gatewayHttpPort,
+  gatewayName,
+  gatewayVpnPort,
+  ganymedeFqdn,
+  imageName,
+  networkName,
+  powerDnsContainerName,
+  volumeName,
+} from '../../runtime/naming';
+import {
+  ORGS_CONF,
+  ROUTES_JS,
+  ROUTES_SUBDIR,
+  configVersion,
+  renderOrgsConf,
+  renderRoute,
+  renderRoutesJs,
+  routeFileName,
+} from '../../runtime/nginx-config';
+import type { ReloadSummary } from '../../tools/lib/reload';
+import type { PackResult } from '../../tools/lib/pack';
+import {
+  REPO_ROOT,
+  RunResult,
+  buildImageCached,
+  containerHealth,
+  docker,
+  dockerOk,
+  engineInventory,
+  removeByName,
+  run,
+  waitFor,
+} from './helpers/docker';
+import { healthz, httpRequest, portFree, tcpOpen, upgradeEcho } from './helpers/http';
+import { PROBE_SCRIPT, ProbeRequest, ProbeResponse } from './helpers/probe';
+import { note, step } from './helpers/steps';
+
+const ENV = 'e2etest';
+const DOMAIN = 'e2etest.test';
+const HTTP_BASE = 17100;
+const VPN_BASE = 49900;
+const POOL = 2;
+
+const NET = networkName(ENV);
+const VOL_BUILDS = volumeName(ENV, 'builds');
+const VOL_PGDATA = volumeName(ENV, 'pgdata');
+const BUILD_SERVER = buildServerContainerName(ENV);
+const GATEWAYS = Array.from({ length: POOL }, (_, i) => gatewayName(ENV, i));
+const HTTP_PORTS = GATEWAYS.map((_, i) => gatewayHttpPort(HTTP_BASE, i));
+const VPN_PORTS = GATEWAYS.map((_, i) => gatewayVpnPort(VPN_BASE, i));
+const DEV = devContainerName(ENV);
+const PDNS = powerDnsContainerName(ENV);
+const PROBE = `${BUILD_SERVER}-probe`;
+const FIXTURE = `${BUILD_SERVER}-fixture`;
+const TARBALL = buildTarballName(ENV);
+
+type ImageKind = 'gateway' | 'build-server' | 'dev' | 'pdns';
+const IMAGES: Record<ImageKind, { tag: string; context: string; bases: string[] }> = {
+  gateway: { tag: imageName(ENV, 'gateway'), context: 'images/gateway', bases: ['node:20-bookworm-slim'] },
+  'build-server': { tag: imageName(ENV, 'build-server'), context: 'images/build-server', bases: ['node:20-bookworm-slim'] },
+  dev: { tag: imageName(ENV, 'dev'), context: 'images/dev', bases: ['node:20-bookworm-slim', 'docker:cli'] },
+  pdns: { tag: imageName(ENV, 'pdns'), context: 'images/powerdns', bases: ['debian:bookworm-slim'] },
+};
+const BASE_TAGS = ['debian:bookworm-slim', 'node:20-bookworm-slim', 'docker:cli'];
+
+/** Everything this suite may create, by name: the only things it ever removes. */
+const OWNED = {
+  containers: [PROBE, FIXTURE, PDNS, DEV, ...GATEWAYS, BUILD_SERVER],
+  networks: [NET],
+  volumes: [VOL_BUILDS, VOL_PGDATA],
+};
+
+// Secrets for the smoke test only (random per run, never printed).
+const rnd = (): string => Math.random().toString(36).slice(2, 14);
+const SECRETS = { postgres: rnd(), pdnsDb: rnd(), ganymedeDb: rnd(), pdnsApiKey: rnd() };
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+function cli(args: string[]): Promise<RunResult> {
+  return run(process.execPath, ['-r', 'ts-node/register/transpile-only', path.join(REPO_ROOT, 'tools', 'gateway-cli.ts'), ...args], {
+    cwd: REPO_ROOT,
+  });
+}
+
+function lastJson<T>(stdout: string): T {
+  const line = stdout.trim().split('\n').filter(Boolean).pop();
+  assert.ok(line, `no JSON output in ${JSON.stringify(stdout)}`);
+  return JSON.parse(line) as T;
+}
+
+async function packBuild(workspace: string): Promise<PackResult> {
+  const r = await cli(['pack', '--env', ENV, '--workspace', workspace, '--volume', VOL_BUILDS, '--json']);
+  assert.equal(r.code, 0, `pack failed (${r.code}): ${r.stderr}${r.stdout}`);
+  return lastJson<PackResult>(r.stdout);
+}
+
+/** Both gateways answer /healthz through their published port with `buildId`. */
+async function waitForBuildEverywhere(buildId: string, timeoutMs: number): Promise<number> {
+  const t0 = Date.now();
+  await Promise.all(
+    HTTP_PORTS.map((port, i) =>
+      waitFor(`${GATEWAYS[i]} on :${port} to run build ${buildId}`, timeoutMs, async () => {
+        const h = await healthz(port).catch(() => undefined);
+        return h && h.buildId === buildId ? h : undefined;
+      }, 50),
+    ),
+  );
+  return Date.now() - t0;
+}
+
+async function appProcesses(container: string): Promise<string[]> {
+  const ps = await docker(['exec', container, 'ps', '-eo', 'pid,args']);
+  return ps.split('\n').filter((l) => /\bnode\b.*app-gateway\/main\.js/.test(l));
+}
+
+function makeWorkspace(root: string, name: string, mainJs: string): string {
+  const ws = path.join(root, name);
+  const dist = path.join(ws, 'dist', 'packages', 'app-gateway');
+  fs.mkdirSync(dist, { recursive: true });
+  fs.writeFileSync(path.join(dist, 'main.js'), mainJs);
+  fs.writeFileSync(path.join(dist, 'main.js.map'), JSON.stringify({ version: 3, sources: ['main.ts'], mappings: '' }));
+  return ws;
+}
+
+async function gitInit(ws: string): Promise<string | undefined> {
+  const g = (args: string[]): Promise<RunResult> => run('git', ['-C', ws, '-c', 'user.name=e2e', '-c', 'user.email=e2e@example.invalid', ...args]);
+  if ((await g(['init', '-q'])).code !== 0) return undefined;
+  await g(['add', '-A']);
+  if ((await g(['commit', '-q', '-m', 'stand-in build'])).code !== 0) return undefined;
+  return (await g(['rev-parse', 'HEAD'])).stdout.trim();
+}
+
+describe('images and the daily build loop (real Docker engine)', function () {
+  this.timeout(900_000);
+
+  let tmp = '';
+  let wsGood = '';
+  let gitCommit: string | undefined;
+  let initial: Awaited<ReturnType<typeof engineInventory>> | undefined;
+  let buildA: PackResult | undefined;
+  let buildB: PackResult | undefined;
+  let cleanedUp = false;
+  const timings: Record<string, string> = {};
+
+  before(async function () {
+    this.timeout(900_000);
+    await step('engine and base images', async () => {
+      const isRoot = typeof process.getuid === 'function' && process.getuid() === 0;
+      const setup = path.join(REPO_ROOT, 'scripts', 'docker-setup.sh');
+      let missing: string[] = [];
+      const check = async (): Promise<void> => {
+        missing = [];
+        if (!(await dockerOk(['info']))) missing.push('a running Docker engine (docker info fails)');
+        else for (const t of BASE_TAGS) if (!(await dockerOk(['image', 'inspect', t]))) missing.push(`base image ${t}`);
+      };
+      await check();
+      if (missing.length > 0 && isRoot) {
+        note(`missing: ${missing.join(', ')}: running scripts/docker-setup.sh`);
+        const r = await run('bash', [setup], { timeoutMs: 900_000 });
+        process.stdout.write(`${r.stdout.trimEnd().replace(/^/gm, '        ')}\n`);
+        if (r.code !== 0) note(`docker-setup.sh failed (${r.code}): ${r.stderr.trim()}`);
+        await check();
+      }
+      if (missing.length > 0) {
+        const msg = `\n${'!'.repeat(78)}\n!! IMAGE E2E SUITE CANNOT RUN: missing ${missing.join(', ')}.\n!! Run as root on Debian 12: bash scripts/docker-setup.sh\n${'!'.repeat(78)}\n`;
+        if (process.env.CI) throw new Error(`CI is set and the Docker engine is not usable: ${missing.join(', ')}`);
+        process.stdout.write(msg);
+        this.skip();
+      }
+    });
+
+    initial = await engineInventory();
+    // Leftovers of an interrupted earlier run (same names) would make `docker run` fail.
+    const leftovers = OWNED.containers.filter((c) => initial!.containers.includes(c))
+      .concat(OWNED.networks.filter((n) => initial!.networks.includes(n)))
+      .concat(OWNED.volumes.filter((v) => initial!.volumes.includes(v)));
+    if (leftovers.length > 0) {
+      note(`removing leftovers of an earlier run (suite-owned names only): ${leftovers.join(', ')}`);
+      await removeByName(OWNED);
+      initial = await engineInventory();
+    }
+    for (const port of HTTP_PORTS) {
+      assert.ok(await portFree(port), `host port ${port} is in use; the suite publishes gateways on ${HTTP_PORTS.join(', ')}`);
+    }
+
+    await step('build the four images (cached by tag + context hash)', async () => {
+      const kinds = Object.keys(IMAGES) as ImageKind[];
+      const outcomes = await Promise.all(
+        kinds.map((k) =>
+          buildImageCached(IMAGES[k].tag, path.join(REPO_ROOT, IMAGES[k].context), IMAGES[k].bases, path.join(os.tmpdir(), `demiurge-e2e-build-${k}.log`)),
+        ),
+      );
+      for (const o of outcomes) note(`  ${o.tag}: ${o.cached ? 'cached' : 'built'} in ${o.ms} ms`);
+      timings['image build'] = outcomes.map((o) => `${o.tag.replace(`demiurge-${ENV}-`, '')} ${o.cached ? 'cached' : 'built'} ${o.ms} ms`).join(', ');
+    });
+
+    tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'demiurge-e2e-'));
+    wsGood = makeWorkspace(tmp, 'ws-good', fs.readFileSync(path.join(REPO_ROOT, 'test', 'fixtures', 'stand-in-gateway', 'main.js'), 'utf8'));
+    gitCommit = await gitInit(wsGood);
+
+    await step('network, builds volume, build server, two gateways', async () => {
+      await docker(['network', 'create', '--label', `environment=${ENV}`, NET]);
+      await docker(['volume', 'create', '--label', `environment=${ENV}`, VOL_BUILDS]);
+      const labels = (role: 'build-server' | 'gateway' | 'dev' | 'pdns'): string[] =>
+        Object.entries(containerLabels(ENV, role)).flatMap(([k, v]) => ['--label', `${k}=${v}`]);
+      await docker(['run', '-d', '--name', BUILD_SERVER, '--network', NET, ...labels('build-server'),
+        '-v', `${VOL_BUILDS}:/srv/builds:ro`, '--health-interval', '1s', IMAGES['build-server'].tag]);
+      const tun = fs.existsSync('/dev/net/tun');
+      for (let i = 0; i < POOL; i++) {
+        // gateway 0 gets a tun device (OpenVPN starts), gateway 1 does not (VPN skipped, HTTP unaffected)
+        const vpnArgs = i === 0 && tun ? ['--cap-add', 'NET_ADMIN', '--device', '/dev/net/tun'] : [];
+        await docker(['run', '-d', '--name', GATEWAYS[i], '--hostname', GATEWAYS[i], '--network', NET, ...labels('gateway'),
+          '-e', `ENV_NAME=${ENV}`, '-e', `GATEWAY_HTTP_PORT=${HTTP_PORTS[i]}`, '-e', `GATEWAY_VPN_PORT=${VPN_PORTS[i]}`,
+          '-e', `GATEWAY_ID=00000000-0000-4000-8000-00000000000${i}`, '-e', 'GATEWAY_TOKEN=e2e-token',
+          '-e', `GANYMEDE_FQDN=${ganymedeFqdn(DOMAIN)}`, '-e', `DOMAIN=${DOMAIN}`, '-e', `BUILD_SERVER_URL=${buildServerUrl(ENV)}`,
+          '-p', `${HTTP_PORTS[i]}:${HTTP_PORTS[i]}`, '-p', `${VPN_PORTS[i]}:${VPN_PORTS[i]}/udp`,
+          '--health-interval', '1s', ...vpnArgs, IMAGES.gateway.tag]);
+      }
+    });
+  });
+
+  after(async function () {
+    this.timeout(120_000);
+    if (!cleanedUp && initial) {
+      note('after(): removing suite-owned containers, network and volumes');
+      await removeByName(OWNED);
+    }
+    if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
+    if (Object.keys(timings).length > 0) {
+      process.stdout.write('\n      measured:\n');
+      for (const [k, v] of Object.entries(timings)) process.stdout.write(`        ${k}: ${v}\n`);
+    }
+  });
+
+  it('1. gateways wait for the build server, fetch a packed build and serve it through stage-2 nginx', async () => {
+    // The gateways started before any build existed: they must be retrying, with a log line per attempt.
+    await waitFor('a retry log line', 15_000, async () => {
+      const logs = await docker(['logs', GATEWAYS[0]]);
+      return /waiting for build server: attempt \d+: .*404/.test(logs) ? true : undefined;
+    });
+    const gw0Healthy = await containerHealth(GATEWAYS[0]);
+    note(`  gateway health before any build: ${gw0Healthy} (nginx answers its own health location)`);
+
+    buildA = await step('pack build A into the builds volume', () => packBuild(wsGood));
+    note(`  build A = ${buildA.buildId} (${buildA.bytes} bytes via ${buildA.via})`);
+    assert.ok(buildA.files['app-gateway/main.js'] > 0 && buildA.files['app-gateway/main.js.map'] > 0 && buildA.files['app/main.sh'] > 0);
+    if (gitCommit) assert.equal(buildA.gitCommit, gitCommit);
+
+    const ms = await step('both gateways serve build A', () => waitForBuildEverywhere(buildA!.buildId, 30_000));
+    timings['first fetch after pack'] = `${ms} ms`;
+
+    const h = await healthz(HTTP_PORTS[0]);
+    assert.ok(h);
+    const info = (h as unknown as { buildInfo: Record<string, unknown> }).buildInfo;
+    assert.equal(info.environment, ENV);
+    if (gitCommit) assert.equal(info.git_commit, gitCommit);
+
+    // nginx's own health location, proxy headers and the WebSocket upgrade path.
+    const own = await httpRequest(`http://127.0.0.1:${HTTP_PORTS[1]}/_gateway/nginx-health`);
+    assert.equal(own.status, 200);
+    const echo = await httpRequest(`http://127.0.0.1:${HTTP_PORTS[0]}/echo-headers`, { headers: { 'X-Forwarded-Proto': 'https' } });
+    const headers = (JSON.parse(echo.body) as { headers: Record<string, string> }).headers;
+    assert.equal(headers['x-forwarded-proto'], 'https');
+    assert.ok(headers['x-forwarded-for']);
+    const ws = await upgradeEcho(HTTP_PORTS[1], 'ping-through-stage-2');
+    assert.match(ws.statusLine, /^HTTP\/1\.1 101/);
+    assert.equal(ws.echoed, 'ping-through-stage-2');
+
+    for (const g of GATEWAYS) assert.match(await containerHealth(g), /^healthy running$/);
+
+    // OpenVPN: started where a tun device exists, skipped (without blocking HTTP) where it does not.
+    const setupLog = async (g: string): Promise<string> => (await run('docker', ['exec', g, 'cat', '/tmp/gateway-setup.log'])).stdout;
+    const vpn0 = await waitFor('gateway 0 VPN set-up to finish', 20_000, async () => {
+      const l = await setupLog(GATEWAYS[0]);
+      return /OpenVPN listening|VPN skipped/.test(l) ? l.trim() : undefined;
+    });
+    const vpn1 = await waitFor('gateway 1 VPN set-up to finish', 20_000, async () => {
+      const l = await setupLog(GATEWAYS[1]);
+      return /VPN skipped/.test(l) ? l.trim() : undefined;
+    });
+    note(`  ${GATEWAYS[0]}: ${vpn0.value.split('\n').pop()}`);
+    note(`  ${GATEWAYS[1]}: ${vpn1.value.split('\n').pop()}`);
+    if (fs.existsSync('/dev/net/tun')) assert.match(vpn0.value, /OpenVPN listening on udp/);
+
+    // User-container routes in stage-2 nginx: add -> served by the uc server block, remove -> app again.
+    const uc = '11111111-2222-4333-8444-555555555555';
+    const ucHost = `uc-${uc}.org-99999999-2222-4333-8444-555555555555.${DOMAIN}`;
+    const viaHost = (): Promise<number> => httpRequest(`http://127.0.0.1:${HTTP_PORTS[0]}/`, { headers: { Host: ucHost } }).then((r) => r.status);
+    assert.equal(await viaHost(), 200);
+    await docker(['exec', GATEWAYS[0], '/opt/gateway/app/main.sh', '-r', 'bin/update-nginx-locations.sh', 'add', uc, '127.0.0.1:9']);
+    assert.equal(await viaHost(), 502, 'the uc route (to a closed port) should answer 502');
+    const bad = await run('docker', ['exec', GATEWAYS[0], 'gateway-uc-route', 'add', 'not-a-uuid', '127.0.0.1:9']);
+    assert.equal(bad.code, 2);
+    await docker(['exec', GATEWAYS[0], 'gateway-uc-route', 'remove', uc]);
+    assert.equal(await viaHost(), 200);
+  });
+
+  it('2. pack a second build and reload: both gateways serve it within 15 s', async () => {
+    assert.ok(buildA, 'needs step 1');
+    buildB = await step('pack build B (through a helper container this time)', async () => {
+      const r = await cli(['pack', '--env', ENV, '--workspace', wsGood, '--volume', VOL_BUILDS, '--volume-mode', 'helper', '--json']);
+      assert.equal(r.code, 0, r.stderr + r.stdout);
+      return lastJson<PackResult>(r.stdout);
+    });
+    assert.equal(buildB.via, 'helper-container');
+    assert.notEqual(buildB.buildId, buildA.buildId);
+
+    const t0 = Date.now();
+    const r = await step('demiurge-gateway reload --env e2etest', () => cli(['reload', '--env', ENV, '--json']));
+    assert.equal(r.code, 0, r.stderr + r.stdout);
+    const summary = lastJson<ReloadSummary>(r.stdout);
+    assert.equal(summary.results.length, POOL);
+    for (const g of summary.results) {
+      assert.ok(g.ok, `${g.container}: ${g.message}`);
+      assert.equal(g.buildId, buildB.buildId, `${g.container} reports ${g.buildId}`);
+      note(`  ${g.container}: build ${g.buildId} pid ${g.pid} reloaded in ${g.ms} ms`);
+    }
+    await waitForBuildEverywhere(buildB.buildId, 15_000);
+    const total = Date.now() - t0;
+    note(`  reload: CLI ${r.ms} ms (engine side ${summary.ms} ms); both gateways serve build B ${total} ms after the command started`);
+    timings['reload (CLI incl. ts-node start / per gateway)'] = `${r.ms} ms / ${summary.results.map((g) => `${g.ms} ms`).join(', ')}`;
+    assert.ok(total < 15_000, `took ${total} ms`);
+  });
+
+  it('3. a crashed app is back within 5 s; a reload in the same window never leaves two apps', async () => {
+    assert.ok(buildB, 'needs step 2');
+    const port = HTTP_PORTS[0];
+    const gw = GATEWAYS[0];
+
+    // Crash -> supervised restart after 3 s.
+    const before = await healthz(port);
+    assert.ok(before);
+    const t0 = Date.now();
+    await httpRequest(`http://127.0.0.1:${port}/crash`, { method: 'POST' });
+    const back = await waitFor('the app to come back', 10_000, async () => {
+      const h = await healthz(port).catch(() => undefined);
+      return h && h.pid !== before.pid ? h : undefined;
+    }, 50);
+    const recovery = Date.now() - t0;
+    note(`  crash recovery: ${recovery} ms (pid ${before.pid} -> ${back.value.pid})`);
+    timings['crash recovery'] = `${recovery} ms`;
+    assert.ok(recovery < 5_000, `took ${recovery} ms`);
+    assert.equal(back.value.buildId, buildB.buildId);
+
+    // Crash + reload in the same window, both orders; sample the process list meanwhile.
+    for (const order of ['crash-then-reload', 'reload-then-crash'] as const) {
+      const samples: number[] = [];
+      let sampling = true;
+      const sampler = (async () => {
+        while (sampling) {
+          samples.push((await appProcesses(gw)).length);
+          await sleep(50);
+        }
+      })();
+      let reload: Promise<RunResult>;
+      if (order === 'crash-then-reload') {
+        await httpRequest(`http://127.0.0.1:${port}/crash`, { method: 'POST' });
+        await sleep(400); // inside the supervisor's 3 s back-off
+        reload = cli(['reload', '--env', ENV, '--json']);
+      } else {
+        reload = cli(['reload', '--env', ENV, '--json']);
+        await sleep(900); // ts-node start-up; the crash lands while the reload runs
+        await httpRequest(`http://127.0.0.1:${port}/crash`, { method: 'POST' }).catch(() => undefined);
+      }
+      const r = await reload;
+      await sleep(4_000); // past any 3 s back-off the crash may have caused
+      sampling = false;
+      await sampler;
+      const final = await appProcesses(gw);
+      note(`  ${order}: reload exit ${r.code}; app processes sampled ${samples.length}x, max ${Math.max(...samples)}; final: ${final.length}`);
+      assert.equal(r.code, 0, r.stderr + r.stdout);
+      assert.ok(Math.max(...samples) <= 1, `two apps seen: samples ${samples.join(',')}`);
+      assert.equal(final.length, 1, final.join('\n'));
+      const h = await waitFor('the app to serve', 5_000, () => healthz(port).catch(() => undefined));
+      assert.equal(h.value.buildId, buildB.buildId);
+    }
+
+    // An app ignoring SIGTERM is SIGKILLed after 10 s, and the reload still succeeds.
+    const port1 = HTTP_PORTS[1];
+    const stubborn = await healthz(port1);
+    assert.ok(stubborn);
+    await httpRequest(`http://127.0.0.1:${port1}/ignore-sigterm`, { method: 'POST' });
+    const r = await step('reload with an app that ignores SIGTERM', () => cli(['reload', '--env', ENV, '--json']));
+    assert.equal(r.code, 0, r.stderr + r.stdout);
+    const s = lastJson<ReloadSummary>(r.stdout);
+    const g1 = s.results.find((x) => x.container === GATEWAYS[1]);
+    assert.ok(g1 && g1.ok && g1.pid !== stubborn.pid);
+    assert.ok(g1.ms >= 9_500 && g1.ms < 20_000, `stubborn reload took ${g1.ms} ms`);
+    assert.match(await docker(['logs', GATEWAYS[1]]), /ignored SIGTERM for 10 s; sending SIGKILL/);
+    note(`  SIGTERM ignored -> SIGKILL: ${GATEWAYS[1]} reloaded in ${g1.ms} ms`);
+    assert.equal((await appProcesses(GATEWAYS[1])).length, 1);
+  });
+
+  it('4. the build server serves only regular *.tar.gz files in its directory and is not published', async () => {
+    assert.ok(buildB, 'needs step 2');
+    // Hostile fixtures next to the real tarball.
+    await docker(['run', '--rm', '--name', FIXTURE, '-v', `${VOL_BUILDS}:/b`, 'debian:bookworm-slim', 'sh', '-euc', [
+      'cd /b',
+      'echo secret-dotfile > .secret.tar.gz',
+      'echo notes > notes.txt',
+      'mkdir -p sub dir.tar.gz && echo inner > sub/inner.tar.gz',
+      'ln -sfn /etc/passwd evil.tar.gz',
+      'ln -sfn ../../../../etc/passwd up.tar.gz',
+      `ln -sfn ${TARBALL} inner-link.tar.gz`,
+      'ln -sfn /etc linkdir',
+      "echo back > 'back\\slash.tar.gz'",
+    ].join('; ')]);
+
+    const T = `/${TARBALL}`;
+    const nf = [404];
+    const requests: ProbeRequest[] = [
+      { label: 'control GET', method: 'GET', target: T, expect: [200] },
+      { label: 'control HEAD', method: 'HEAD', target: T, expect: [200] },
+      { label: 'listing /', method: 'GET', target: '/', expect: nf },
+      { label: 'listing /sub/', method: 'GET', target: '/sub/', expect: nf },
+      { label: 'traversal', method: 'GET', target: '/../../../../etc/passwd', expect: nf },
+      { label: 'traversal to a .tar.gz', method: 'GET', target: `/../builds/${TARBALL}`, expect: nf },
+      { label: '%2e%2e/', method: 'GET', target: '/%2e%2e/%2e%2e/etc/passwd', expect: nf },
+      { label: '%2E%2E%2F', method: 'GET', target: '/%2E%2E%2Fetc%2Fpasswd', expect: nf },
+      { label: '..%2f', method: 'GET', target: '/..%2f..%2fetc%2fpasswd', expect: nf },
+      { label: 'double encoding', method: 'GET', target: '/%252e%252e%252fetc%252fpasswd', expect: nf },
+      { label: 'encoded backslash', method: 'GET', target: '/..%5c..%5cetc%5cpasswd', expect: nf },
+      { label: 'raw backslashes', method: 'GET', target: '/..\\..\\etc\\passwd', expect: [400, 404] },
+      { label: 'backslash in name', method: 'GET', target: '/back\\slash.tar.gz', expect: [400, 404] },
+      { label: 'encoded legit name', method: 'GET', target: '/gateway-e2etest%2etar%2egz', expect: nf },
+      { label: 'NUL byte', method: 'GET', target: `${T}%00.txt`, expect: nf },
+      { label: 'trailing slash', method: 'GET', target: `${T}/`, expect: nf },
+      { label: 'double slash', method: 'GET', target: '//etc/passwd', expect: nf },
+      { label: 'query string', method: 'GET', target: `${T}?../../etc/passwd`, expect: nf },
+      { label: 'absolute-form', method: 'GET', target: `http://evil.example${T}`, expect: nf },
+      { label: 'dotfile .tar.gz', method: 'GET', target: '/.secret.tar.gz', expect: nf },
+      { label: 'non-tar.gz file', method: 'GET', target: '/notes.txt', expect: nf },
+      { label: 'symlink out (absolute)', method: 'GET', target: '/evil.tar.gz', expect: nf },
+      { label: 'symlink out (relative)', method: 'GET', target: '/up.tar.gz', expect: nf },
+      { label: 'symlink inside the dir', method: 'GET', target: '/inner-link.tar.gz', expect: nf },
+      { label: 'symlinked directory', method: 'GET', target: '/linkdir/passwd', expect: nf },
+      { label: 'subdirectory file', method: 'GET', target: '/sub/inner.tar.gz', expect: nf },
+      { label: 'directory named .tar.gz', method: 'GET', target: '/dir.tar.gz', expect: nf },
+      { label: 'POST', method: 'POST', target: T, expect: [405] },
+      { label: 'PUT', method: 'PUT', target: T, expect: [405] },
+      { label: 'DELETE', method: 'DELETE', target: T, expect: [405] },
+      { label: 'OPTIONS *', method: 'OPTIONS', target: '*', expect: [405] },
+      { label: 'TRACE', method: 'TRACE', target: '/', expect: [405] },
+    ];
+    const out = await docker(['run', '--rm', '--name', PROBE, '--network', NET,
+      '-e', `PROBE_HOST=${BUILD_SERVER}`, '-e', `PROBE_PORT=${PORTS.buildServer}`, '-e', `PROBE_REQUESTS=${JSON.stringify(requests)}`,
+      'node:20-bookworm-slim', 'node', '-e', PROBE_SCRIPT]);
+    const responses = JSON.parse(out) as ProbeResponse[];
+    const failures: string[] = [];
+    for (const [i, req] of requests.entries()) {
+      const res = responses[i];
+      const leaked = /root:x:0:0|secret-dotfile|notes|inner|back/.test(res.head);
+      if (!req.expect.includes(res.status) || leaked) failures.push(`${req.label}: ${req.method} ${req.target} -> ${res.status} ${res.error ?? ''} ${JSON.stringify(res.head.slice(0, 60))}`);
+    }
+    const hostile = requests.filter((r) => !r.label.startsWith('control'));
+    note(`  ${hostile.length} hostile requests: ${hostile.map((_r, i) => `${responses[i + 2].status}`).join(' ')}`);
+    assert.deepEqual(failures, [], failures.join('\n'));
+    assert.equal(responses[0].bytes, buildB.bytes, 'control GET returns the whole tarball');
+    assert.equal(responses[1].bytes, 0, 'HEAD has no body');
+
+    // Not published: no host port binding at all, and nothing of ours on the host's 8090.
+    const bindings = JSON.parse(await docker(['inspect', '-f', '{{json .NetworkSettings.Ports}}', BUILD_SERVER])) as Record<string, unknown[] | null> | null;
+    const published = Object.entries(bindings ?? {}).filter(([, v]) => Array.isArray(v) && v.length > 0);
+    assert.deepEqual(published, [], `build server has published ports: ${JSON.stringify(bindings)}`);
+    const hostPortBindings = await docker(['inspect', '-f', '{{json .HostConfig.PortBindings}}', BUILD_SERVER]);
+    assert.ok(hostPortBindings === '{}' || hostPortBindings === 'null', hostPortBindings);
+    note(`  host 127.0.0.1:${PORTS.buildServer} open: ${await tcpOpen(PORTS.buildServer)} (build server has no port binding)`);
+  });
+
+  it('5. pack rejects a bundle that requires react, naming the line, and writes nothing', async () => {
+    assert.ok(buildB, 'needs step 2');
+    const ws = makeWorkspace(tmp, 'ws-react', ['"use strict";', 'const http = require("http");', 'var e4 = require("react");', 'module.exports = {};', ''].join('\n'));
+    const out = path.join(tmp, 'out-react');
+    const r1 = await cli(['pack', '--env', ENV, '--workspace', ws, '--out', out]);
+    note(`  pack exit ${r1.code}; stderr:\n${r1.stderr.trim().replace(/^/gm, '        ')}`);
+    assert.equal(r1.code, 3);
+    assert.match(r1.stderr, /Line 3: var e4 = require\("react"\);/);
+    assert.match(r1.stderr, /dist\/packages\/app-gateway\/main\.js/);
+    assert.ok(!fs.existsSync(out), 'nothing may be written for a rejected bundle');
+
+    const r2 = await cli(['pack', '--env', ENV, '--workspace', ws, '--volume', VOL_BUILDS]);
+    assert.equal(r2.code, 3);
+    const h = await healthz(HTTP_PORTS[0]);
+    assert.equal(h?.buildId, buildB.buildId);
+    // The volume still holds build B: fetch it again through a reload-free fetch in a gateway.
+    const fetched = await docker(['exec', GATEWAYS[0], 'gateway-fetch-build']);
+    assert.match(fetched, new RegExp(`build_id=${buildB.buildId}`));
+  });
+
+  it('6. dev image: PostgreSQL + stage-1 nginx come up healthy; PowerDNS answers its API with the key', async () => {
+    const labels = (role: 'dev' | 'pdns'): string[] => Object.entries(containerLabels(ENV, role)).flatMap(([k, v]) => ['--label', `${k}=${v}`]);
+    await docker(['volume', 'create', '--label', `environment=${ENV}`, VOL_PGDATA]);
+    const devArgs = ['run', '-d', '--name', DEV, '--network', NET, ...labels('dev'),
+      '-e', `ENV_NAME=${ENV}`, '-e', `DOMAIN=${DOMAIN}`, '-e', 'PUBLIC_IP=127.0.0.1',
+      '-e', 'POSTGRES_PASSWORD', '-e', 'PDNS_DB_PASSWORD', '-e', 'GANYMEDE_DB_PASSWORD',
+      '-v', `${VOL_PGDATA}:/var/lib/postgresql`, '-v', '/var/run/docker.sock:/var/run/docker.sock',
+      '--health-interval', '1s', IMAGES.dev.tag];
+    const secretEnv = { POSTGRES_PASSWORD: SECRETS.postgres, PDNS_DB_PASSWORD: SECRETS.pdnsDb, GANYMEDE_DB_PASSWORD: SECRETS.ganymedeDb };
+    await docker(devArgs, { env: secretEnv });
+    const healthyDev = await step('dev container healthy', () =>
+      waitFor('dev healthy', 90_000, async () => ((await containerHealth(DEV)).startsWith('healthy') ? true : undefined), 250));
+    timings['dev container healthy'] = `${healthyDev.ms} ms`;
+
+    const sh = (cmd: string, env: Record<string, string> = {}): Promise<RunResult> =>
+      run('docker', ['exec', ...Object.keys(env).flatMap((k) => ['-e', k]), DEV, 'sh', '-c', cmd], { env: { ...process.env, ...env } });
+    const nginxT = (await sh('nginx -T 2>/dev/null')).stdout;
+    for (const needle of ['server_names_hash_bucket_size 128;', 'worker_shutdown_timeout 30s;', 'resolver 127.0.0.11 valid=10s;', 'include /etc/nginx/demiurge/*.conf;', 'proxy_pass http://127.0.0.1:6000;']) {
+      assert.ok(nginxT.includes(needle), `nginx -T lacks ${needle}`);
+    }
+    assert.equal((await sh('curl -s -o /dev/null -w "%{http_code} %{redirect_url}" http://127.0.0.1/x')).stdout, `301 https://127.0.0.1/x`);
+    const gany = await sh(`curl -sk -o /dev/null -w "%{http_code}" --resolve ${ganymedeFqdn(DOMAIN)}:443:127.0.0.1 https://${ganymedeFqdn(DOMAIN)}/`);
+    assert.equal(gany.stdout, '502', 'ganymede is proxied to 127.0.0.1:6000 (nothing listens there in this test)');
+    const apex = await sh(`curl -sk -o /dev/null -w "%{http_code}" --resolve ${DOMAIN}:443:127.0.0.1 https://${DOMAIN}/`);
+    assert.ok(['200', '404'].includes(apex.stdout), `apex over TLS: ${apex.stdout}`);
+    const unknown = await sh('curl -sk -o /dev/null --resolve unknown.example:443:127.0.0.1 https://unknown.example/');
+    assert.notEqual(unknown.code, 0, 'unknown names get no TLS handshake');
+    assert.match((await sh('docker version --format "{{.Server.Version}}"')).stdout, /^\d+\.\d+/, 'docker CLI in the dev container talks to the host engine');
+    assert.ok(nginxT.includes('load_module /usr/lib/nginx/modules/ngx_http_js_module.so;'), 'njs is loaded (allocator contract)');
+
+    // The allocator's stage-1 files (rendered by runtime/nginx-config) work in this image, and the
+    // whole request path stage 1 (TLS) -> gateway stage 2 over the environment network -> app holds.
+    await step('stage 1 -> gateway -> app through the allocator\'s njs routing', async () => {
+      const confDir = '/etc/nginx/demiurge';
+      const render = { confDir, domain: DOMAIN, listen: '443 ssl', certPath: '/etc/demiurge/tls/fullchain.pem', keyPath: '/etc/demiurge/tls/privkey.pem', statusListen: '127.0.0.1:8099' };
+      const conf = renderOrgsConf(render);
+      const version = configVersion(conf + renderRoutesJs(render, ''));
+      const orgId = '0f0f0f0f-1111-4222-8333-444444444444';
+      const files: Array<[string, string]> = [
+        [`${confDir}/${ROUTES_JS}`, renderRoutesJs(render, version)],
+        [`${confDir}/${ORGS_CONF}`, conf],
+        [`${confDir}/${ROUTES_SUBDIR}/${routeFileName(orgId)}`, renderRoute(ENV, orgId, GATEWAYS[0], GATEWAYS[0], HTTP_PORTS[0])],
+      ];
+      for (const [file, text] of files) {
+        const w = await run('docker', ['exec', '-i', DEV, 'sh', '-c', `mkdir -p "$(dirname '${file}')" && cat > '${file}'`], { input: text });
+        assert.equal(w.code, 0, w.stderr);
+      }
+      const t = await sh('nginx -t 2>&1 && nginx -s reload');
+      assert.equal(t.code, 0, t.stdout + t.stderr);
+      await waitFor('the allocator status server to report the route', 10_000, async () => {
+        const st = await sh(`curl -s 'http://127.0.0.1:8099/__demiurge/routes?ids=${orgId}'`);
+        const parsed = JSON.parse(st.stdout) as { version: string; routes: Record<string, string> };
+        return parsed.version === version && parsed.routes[orgId] === `${GATEWAYS[0]}:${HTTP_PORTS[0]}` ? true : undefined;
+      }, 100);
+      const fqdn = `org-${orgId}.${DOMAIN}`;
+      const through = await sh(`curl -sk --resolve ${fqdn}:443:127.0.0.1 https://${fqdn}/healthz`);
+      const h = JSON.parse(through.stdout) as { buildId: string };
+      assert.equal(h.buildId, buildB?.buildId, `stage 1 -> ${GATEWAYS[0]} -> app: ${through.stdout}`);
+      note(`  https://${fqdn}/healthz (in the dev container) -> ${GATEWAYS[0]}:${HTTP_PORTS[0]} -> app build ${h.buildId}`);
+      await sh(`rm -rf ${confDir}/* && nginx -s reload`);
+    });
+
+    const tcp = await sh('PGPASSWORD="$GANYMEDE_DB_PASSWORD" psql -h 127.0.0.1 -U ganymede -d ganymede -Atc "select current_user"', { GANYMEDE_DB_PASSWORD: SECRETS.ganymedeDb });
+    assert.equal(tcp.stdout.trim(), 'ganymede', tcp.stderr);
+
+    await docker(['run', '-d', '--name', PDNS, '--network', NET, ...labels('pdns'),
+      '-e', 'PDNS_API_KEY', '-e', `PDNS_DB_HOST=${DEV}`, '-e', 'PDNS_DB_PASSWORD', '-e', `PDNS_SOA_CONTENT=ns1.${DOMAIN}. hostmaster.${DOMAIN}. 0 10800 3600 604800 3600`,
+      '--health-interval', '1s', IMAGES.pdns.tag], { env: { PDNS_API_KEY: SECRETS.pdnsApiKey, PDNS_DB_PASSWORD: SECRETS.pdnsDb } });
+    const healthyPdns = await step('pdns container healthy', () =>
+      waitFor('pdns healthy', 90_000, async () => ((await containerHealth(PDNS)).startsWith('healthy') ? true : undefined), 250));
+    timings['pdns container healthy'] = `${healthyPdns.ms} ms`;
+
+    const api = `http://${PDNS}:${PORTS.powerDnsApi}/api/v1/servers/localhost`;
+    const withKey = await sh(`curl -s -H "X-API-Key: $KEY" ${api}`, { KEY: SECRETS.pdnsApiKey });
+    const server = JSON.parse(withKey.stdout) as { daemon_type: string; version: string };
+    assert.equal(server.daemon_type, 'authoritative');
+    note(`  PowerDNS ${server.version} API answers with the key`);
+    assert.equal((await sh(`curl -s -o /dev/null -w "%{http_code}" -H "X-API-Key: wrong" ${api}`)).stdout, '401');
+    // A zone created through the API gets our default SOA, not a.misconfigured.dns.server.invalid.
+    const zone = `${DOMAIN}.`;
+    const created = await sh(`curl -s -o /dev/null -w "%{http_code}" -X POST -H "X-API-Key: $KEY" -H 'Content-Type: application/json' -d '{"name":"${zone}","kind":"Native","nameservers":[]}' ${api}/zones`, { KEY: SECRETS.pdnsApiKey });
+    assert.equal(created.stdout, '201');
+    const zoneJson = (await sh(`curl -s -H "X-API-Key: $KEY" ${api}/zones/${zone}`, { KEY: SECRETS.pdnsApiKey })).stdout;
+    assert.match(zoneJson, new RegExp(`ns1\\.${DOMAIN.replace('.', '\\.')}\\.`));
+    assert.doesNotMatch(zoneJson, /misconfigured/);
+
+    // Restarts are idempotent: the schema is not reloaded, roles survive a dev restart.
+    await docker(['restart', PDNS]);
+    await waitFor('pdns healthy after restart', 60_000, async () => ((await containerHealth(PDNS)).startsWith('healthy') ? true : undefined), 250);
+    const pdnsLogs = await run('docker', ['logs', PDNS]);
+    assert.match(pdnsLogs.stdout + pdnsLogs.stderr, /schema already present/);
+    await docker(['restart', DEV]);
+    await waitFor('dev healthy after restart', 60_000, async () => ((await containerHealth(DEV)).startsWith('healthy') ? true : undefined), 250);
+    const again = await sh('PGPASSWORD="$PDNS_DB_PASSWORD" psql -h 127.0.0.1 -U pdns -d pdns -Atc "select count(*) from domains"', { PDNS_DB_PASSWORD: SECRETS.pdnsDb });
+    assert.equal(again.stdout.trim(), '1', again.stderr);
+
+    // Secrets never reach the logs.
+    for (const c of [DEV, PDNS]) {
+      const l = await run('docker', ['logs', c]);
+      for (const s of Object.values(SECRETS)) assert.ok(!(l.stdout + l.stderr).includes(s), `${c} logged a secret`);
+    }
+  });
+
+  it('7. containers stop gracefully; cleans up only what it created and leaves the engine as it found it', async () => {
+    assert.ok(initial);
+    // docker stop (SIGTERM): gateways stop app + nginx, dev stops nginx + PostgreSQL (fast shutdown).
+    const running = (await engineInventory()).containers.filter((c) => [...GATEWAYS, DEV, PDNS, BUILD_SERVER].includes(c));
+    const stops = await Promise.all(running.map(async (c) => {
+      const t0 = Date.now();
+      await docker(['stop', '-t', '15', c]);
+      const ms = Date.now() - t0;
+      const exit = await docker(['inspect', '-f', '{{.State.ExitCode}}', c]);
+      return { c, ms, exit };
+    }));
+    note(`  graceful stops: ${stops.map((s) => `${s.c} ${s.ms} ms exit ${s.exit}`).join(', ')}`);
+    for (const s of stops) {
+      assert.equal(s.exit, '0', `${s.c} exited ${s.exit}`);
+      assert.ok(s.ms < 12_000, `${s.c} needed ${s.ms} ms to stop`);
+    }
+    if (running.includes(GATEWAYS[0])) assert.match(await docker(['logs', GATEWAYS[0]]), /supervisor stopping/);
+    if (running.includes(DEV)) {
+      const l = await run('docker', ['logs', DEV]);
+      assert.match(l.stdout + l.stderr, /database system is shut down/);
+    }
+    await removeByName(OWNED);
+    cleanedUp = true;
+    const now = await engineInventory();
+    assert.deepEqual(now.containers, initial.containers);
+    assert.deepEqual(now.networks, initial.networks);
+    assert.deepEqual(now.volumes, initial.volumes);
+  });
+});
