@@ -141,9 +141,15 @@ loglevel=4
 EOF
 }
 
+pdns_answering() {
+  curl -fsS -m 2 -H "X-API-Key: $PDNS_API_KEY" "http://127.0.0.1:$PDNS_API_PORT/api/v1/servers/localhost" >/dev/null 2>&1
+}
+
 start_pdns() {
   write_pdns_config
   if pdns_running; then return; fi
+  # Another checkout on this machine may already run it (same ports, same test key).
+  if pdns_answering; then return; fi
   log "starting PowerDNS (dns 127.0.0.1:$PDNS_DNS_PORT, api 127.0.0.1:$PDNS_API_PORT)"
   setsid nohup pdns_server --config-dir="$STATE/pdns" --daemon=no --guardian=no --disable-syslog \
     >"$STATE/pdns/pdns.log" 2>&1 < /dev/null &
