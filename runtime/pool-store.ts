@@ -90,11 +90,6 @@ export class PoolStore {
     return rows[0] ? toRow(rows[0]) : undefined;
   }
 
-  async findByName(name: string): Promise<GatewayRow | undefined> {
-    const rows = await this.query<DbRow>(`SELECT ${COLUMNS} FROM ${this.t} g WHERE g.name = $1`, [name]);
-    return rows[0] ? toRow(rows[0]) : undefined;
-  }
-
   async findByTokenHash(hash: Buffer): Promise<GatewayRow | undefined> {
     const rows = await this.query<DbRow>(
       `SELECT ${COLUMNS} FROM ${this.t} g WHERE g.token_hash = $1 AND g.state = 'allocated'`,

@@ -71,16 +71,6 @@ export class PowerDnsClient {
     return zone.rrsets ?? [];
   }
 
-  async zoneExists(): Promise<boolean> {
-    try {
-      await this.request('GET', `${this.zonePath}?rrsets=false`);
-      return true;
-    } catch (err) {
-      if (err instanceof AllocatorError && err.details?.status === 404) return false;
-      throw err;
-    }
-  }
-
   private async request<T>(method: 'GET' | 'PATCH', url: string, data?: unknown): Promise<T> {
     let status: number;
     let body: unknown;
