@@ -51,16 +51,20 @@ export interface GatewayPoolArgs {
 export class GatewayPool extends pulumi.ComponentResource {
   readonly containers: readonly docker.Container[];
   readonly containerNames: pulumi.Output<string[]>;
+  /** Secret: each gateway's GATEWAY_TOKEN, by name; `gateway-pool sync` stores their hashes for /gateway/ready. */
+  readonly registrationTokens: pulumi.Output<Record<string, string>>;
 
   constructor(name: string, args: GatewayPoolArgs, opts?: pulumi.ComponentResourceOptions) {
     super(`${TYPE_PREFIX}:GatewayPool`, name, {}, opts);
     const containers: docker.Container[] = [];
+    const tokens: Record<string, pulumi.Output<string>> = {};
     for (const gw of [...args.members].sort((a, b) => a.index - b.index)) {
       const host = args.hosts[gw.hostName];
       if (host === undefined) throw new Error(`gateway ${gw.name}: unknown host ${gw.hostName}`);
       const token = pulumi.secret(
         new random.RandomPassword(`${gw.name}-token`, { length: 48, special: false }, { parent: this }).result,
       );
+      tokens[gw.name] = token;
       containers.push(
         new docker.Container(
           gw.name,
@@ -105,6 +109,7 @@ export class GatewayPool extends pulumi.ComponentResource {
     }
     this.containers = containers;
     this.containerNames = pulumi.all(containers.map((c) => c.name));
+    this.registrationTokens = pulumi.secret(pulumi.all(tokens));
     this.registerOutputs({ containerNames: this.containerNames });
   }
 }

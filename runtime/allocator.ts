@@ -1,7 +1,7 @@
-import { createHash, randomBytes } from 'crypto';
+import { createHash, randomBytes, timingSafeEqual } from 'crypto';
 import { Pool } from 'pg';
 import { ActionCondition, DnsAction, DnsPublisher, Guard } from './dns-publisher';
-import { AllocatorError, AllocatorErrorCode, asAllocatorError, definitelyNotApplied } from './errors';
+import { AllocatorError, AllocatorErrorCode, asAllocatorError, definitelyNotApplied, isAllocatorError } from './errors';
 import type { GatewaySpec } from './inventory';
 import { migrate as runMigrations, MigrationResult, quoteSchema } from './migrate';
 import { isValidDomain, isValidEnvName, isValidIpv4, orgFqdn, orgWildcardFqdn } from './naming';
@@ -56,12 +56,44 @@ export interface Allocation {
   httpPort: number;
   vpnPort: number;
   organizationId: string;
+  /** Fencing id of this allocation: every allocation of any gateway gets a new one. */
+  allocationId: string;
   fqdn: string;
   wildcardFqdn: string;
   /** Allocation-scoped gateway token; only the call that created the allocation receives it (it is stored hashed). */
   token: string | null;
   /** True for the call that created the allocation, false when an existing one was returned. */
   created: boolean;
+}
+
+/** Who a valid gateway token belongs to. */
+export interface TokenHolder {
+  gateway: string;
+  organizationId: string;
+  allocationId: string;
+}
+
+export type TokenInspection =
+  | { status: 'valid'; holder: TokenHolder }
+  /** The token's allocation was released: the gateway's second stop is harmless, everything else is refused. */
+  | { status: 'retired'; gateway: string; organizationId: string }
+  | { status: 'unknown' };
+
+export interface ReleaseOptions {
+  /** Release only this allocation (a fence against releasing a newer allocation of the same organization). */
+  allocationId?: string;
+  /** Release only if the gateway has been silent (no heartbeat) for this long; checked atomically. */
+  silentForMs?: number;
+  /** Return the gateway as `registered` instead of `ready`: it is not handed out again until it calls /gateway/ready. */
+  quarantine?: boolean;
+}
+
+export interface ReapReport {
+  /** Silent gateways released, with the organization they held. */
+  released: Array<{ gateway: string; organizationId: string; silentSince: string }>;
+  /** Silent at first sight, but they spoke (or were released) before the release; left alone. */
+  revived: string[];
+  errors: Array<{ gateway: string; organizationId: string; code: AllocatorErrorCode; message: string }>;
 }
 
 export interface PoolStatus {
@@ -124,6 +156,8 @@ function defaultLogger(e: AllocatorLogEvent): void {
 export class GatewayAllocator {
   readonly envName: string;
   readonly domain: string;
+  /** PostgreSQL schema of the pool tables (the API layer's stores live next to them). */
+  readonly schema: string;
   private readonly pool: Pool;
   private readonly ownsPool: boolean;
   private readonly store: PoolStore;
@@ -133,7 +167,6 @@ export class GatewayAllocator {
   private readonly waitTimeoutMs: number;
   private readonly log: AllocatorLogger;
   private readonly failpoints: GatewayAllocatorOptions['failpoints'];
-  private readonly schema: string;
   private readonly table: string;
   private readonly inflight = new Map<string, Promise<Allocation>>();
   private baseConfig: Promise<void> | undefined;
@@ -184,6 +217,11 @@ export class GatewayAllocator {
       ttl: opts.dnsTtl ?? 60,
     }, guard);
     this.routes = new NginxRoutes(opts.nginx, this.pool, opts.envName, opts.domain, guard);
+  }
+
+  /** The allocator's pg pool, for stores that must share its transactions' tables (runtime/http). Not for general use. */
+  get pgPool(): Pool {
+    return this.pool;
   }
 
   // ------------------------------------------------------------ set-up
@@ -309,19 +347,32 @@ export class GatewayAllocator {
     }
   }
 
-  /** Withdraws DNS and route, returns the gateway to the pool. A second release is NOT_ALLOCATED. */
-  async release(organizationId: string): Promise<{ name: string; organizationId: string }> {
+  /**
+   * Withdraws DNS and route, returns the gateway to the pool. A second release is
+   * NOT_ALLOCATED, and so is a release whose `allocationId`/`silentForMs` condition no longer holds.
+   */
+  async release(organizationId: string, options: ReleaseOptions = {}): Promise<{ name: string; organizationId: string }> {
     this.assertOpen();
     assertOrganizationId(organizationId);
+    if (options.allocationId !== undefined && !/^\d{1,19}$/.test(options.allocationId)) throw new AllocatorError('INVALID_GATEWAY', 'allocationId must be a decimal integer');
+    if (options.silentForMs !== undefined && !(Number.isFinite(options.silentForMs) && options.silentForMs >= 0)) throw new AllocatorError('INVALID_CONFIG', 'silentForMs must be a non-negative number');
+    const conditional = options.allocationId !== undefined || options.silentForMs !== undefined;
     await this.ensureBaseConfig();
     const deadline = Date.now() + this.waitTimeoutMs;
     for (;;) {
       const row = await this.db(() => this.store.findByOrganization(organizationId), 'pool lookup failed');
       if (!row) throw new AllocatorError('NOT_ALLOCATED', `organization ${organizationId} holds no gateway in pool ${this.envName}`, { organizationId });
+      if (conditional && options.allocationId !== undefined && row.allocationId !== options.allocationId) {
+        throw new AllocatorError('NOT_ALLOCATED', `allocation ${options.allocationId} of organization ${organizationId} has ended`, { organizationId, conditionFailed: true });
+      }
       if (row.state === 'allocated') {
-        const begun = await this.db(() => this.store.beginRelease(organizationId, this.leaseMs), 'release failed');
-        if (!begun) continue;
-        return this.completeRelease(begun);
+        const cond = { allocationId: options.allocationId, silentForMs: options.silentForMs };
+        const begun = await this.db(() => this.store.beginRelease(organizationId, this.leaseMs, cond), 'release failed');
+        if (!begun) {
+          if (conditional) throw new AllocatorError('NOT_ALLOCATED', `organization ${organizationId}: release condition no longer holds`, { organizationId, conditionFailed: true });
+          continue;
+        }
+        return this.completeRelease(begun, options.quarantine ? 'registered' : 'ready');
       }
       if (row.leaseExpired) {
         await this.recover(row, false);
@@ -332,7 +383,7 @@ export class GatewayAllocator {
     }
   }
 
-  private async completeRelease(row: GatewayRow): Promise<{ name: string; organizationId: string }> {
+  private async completeRelease(row: GatewayRow, to: 'ready' | 'registered'): Promise<{ name: string; organizationId: string }> {
     const started = Date.now();
     const orgId = row.organizationId as string;
     this.log({ event: 'gateway.releasing', env: this.envName, gateway: row.name, organizationId: orgId, from: 'allocated', to: 'releasing' });
@@ -346,27 +397,71 @@ export class GatewayAllocator {
       throw typed;
     }
     await this.failpoint('release.afterEffects');
-    await this.db(() => this.store.returnToPool(row.name, row.allocationId as string), 'release failed');
-    this.log({ event: 'gateway.released', env: this.envName, gateway: row.name, organizationId: orgId, from: 'releasing', to: 'ready', ms: Date.now() - started });
+    await this.db(() => this.store.returnToPool(row.name, row.allocationId as string, to), 'release failed');
+    this.log({ event: 'gateway.released', env: this.envName, gateway: row.name, organizationId: orgId, from: 'releasing', to, ms: Date.now() - started });
     return { name: row.name, organizationId: orgId };
   }
 
   // ------------------------------------------------------------ tokens, heartbeats
 
   /** Resolves an allocation-scoped gateway token to its allocation, or undefined if unknown or released. */
-  async verifyToken(token: string): Promise<{ gateway: string; organizationId: string } | undefined> {
+  async verifyToken(token: string): Promise<TokenHolder | undefined> {
+    const found = await this.inspectToken(token);
+    return found.status === 'valid' ? found.holder : undefined;
+  }
+
+  /** Like verifyToken, but tells a token of a released allocation (kept for a week) from an unknown one. */
+  async inspectToken(token: string): Promise<TokenInspection> {
     this.assertOpen();
-    if (typeof token !== 'string' || token.length < 16 || token.length > 200) return undefined;
-    const row = await this.db(() => this.store.findByTokenHash(hashToken(token)), 'token lookup failed');
-    return row ? { gateway: row.name, organizationId: row.organizationId as string } : undefined;
+    if (typeof token !== 'string' || token.length < 16 || token.length > 200) return { status: 'unknown' };
+    const hash = hashToken(token);
+    const row = await this.db(() => this.store.findByTokenHash(hash), 'token lookup failed');
+    if (row) return { status: 'valid', holder: { gateway: row.name, organizationId: row.organizationId as string, allocationId: row.allocationId as string } };
+    const retired = await this.db(() => this.store.findRetiredToken(hash), 'token lookup failed');
+    return retired ? { status: 'retired', gateway: retired.gateway, organizationId: retired.organizationId } : { status: 'unknown' };
+  }
+
+  /**
+   * Gives each gateway its registration token (the stack's per-gateway
+   * GATEWAY_TOKEN secret), stored hashed; `verifyRegistration` checks it on /gateway/ready.
+   */
+  async setRegistrationTokens(tokens: Record<string, string>): Promise<void> {
+    this.assertOpen();
+    const entries = Object.entries(tokens);
+    const problems: string[] = [];
+    for (const [name, token] of entries) {
+      try {
+        assertGatewayName(name);
+      } catch {
+        problems.push(`${JSON.stringify(name.slice(0, 60))} is not a gateway name`);
+      }
+      if (typeof token !== 'string' || token.length < 16 || token.length > 200) problems.push(`token of ${name.slice(0, 60)} must be a string of 16..200 characters`);
+    }
+    if (problems.length > 0) throw new AllocatorError('INVALID_GATEWAY', `invalid registration tokens: ${problems.slice(0, 10).join('; ')}`, { problems });
+    const unknown = await this.db(() => this.store.setRegistrationHashes(entries.map(([name, token]) => ({ name, hash: hashToken(token) }))), 'storing registration tokens failed');
+    if (unknown.length > 0) throw new AllocatorError('UNKNOWN_GATEWAY', `registration tokens for unknown gateway(s): ${unknown.slice(0, 10).join(', ')}`, { unknown });
+  }
+
+  /** True when `token` is the registration token stored for gateway `name` (constant-time comparison). */
+  async verifyRegistration(name: string, token: string): Promise<boolean> {
+    this.assertOpen();
+    if (typeof name !== 'string' || typeof token !== 'string' || token.length < 16 || token.length > 200) return false;
+    try {
+      assertGatewayName(name);
+    } catch {
+      return false;
+    }
+    const found = await this.db(() => this.store.registrationHash(name), 'registration lookup failed');
+    if (!found?.hash || found.state === 'retired') return false;
+    return timingSafeEqual(found.hash, hashToken(token));
   }
 
   /** Issues a new allocation token for an allocated organization (the previous one stops working). */
-  async rotateToken(organizationId: string): Promise<string> {
+  async rotateToken(organizationId: string, options: { allocationId?: string } = {}): Promise<string> {
     this.assertOpen();
     assertOrganizationId(organizationId);
     const token = randomBytes(32).toString('base64url');
-    const row = await this.db(() => this.store.rotateToken(organizationId, hashToken(token)), 'token rotation failed');
+    const row = await this.db(() => this.store.rotateToken(organizationId, hashToken(token), options.allocationId), 'token rotation failed');
     if (!row) throw new AllocatorError('NOT_ALLOCATED', `organization ${organizationId} holds no allocated gateway`, { organizationId });
     return token;
   }
@@ -377,6 +472,39 @@ export class GatewayAllocator {
     if (!(await this.db(() => this.store.heartbeat(gatewayName), 'heartbeat failed'))) {
       throw new AllocatorError('NOT_ALLOCATED', `gateway ${gatewayName} is not allocated`, { gateway: gatewayName });
     }
+  }
+
+  /**
+   * Releases allocated gateways that have been silent (no heartbeat, no
+   * allocation) for longer than maxSilenceMs: they crashed without calling stop.
+   * Each release is fenced on the allocation and re-checks the silence in the
+   * same statement, so a gateway that speaks up in between keeps its
+   * organization; a push in flight holds the gateway's row and commits before
+   * the release starts, so acknowledged data is never cut off.
+   */
+  async reapStale(maxSilenceMs: number): Promise<ReapReport> {
+    this.assertOpen();
+    if (!Number.isFinite(maxSilenceMs) || maxSilenceMs < 0) throw new AllocatorError('INVALID_CONFIG', 'maxSilenceMs must be a non-negative number');
+    const report: ReapReport = { released: [], revived: [], errors: [] };
+    const silent = await this.db(() => this.store.findSilent(maxSilenceMs), 'lookup failed');
+    for (const row of silent) {
+      const orgId = row.organizationId as string;
+      try {
+        await this.release(orgId, { allocationId: row.allocationId as string, silentForMs: maxSilenceMs });
+        report.released.push({ gateway: row.name, organizationId: orgId, silentSince: (row.lastHeartbeatAt ?? row.stateSince).toISOString() });
+        this.log({ event: 'gateway.reaped', env: this.envName, gateway: row.name, organizationId: orgId });
+      } catch (err) {
+        if (isAllocatorError(err, 'NOT_ALLOCATED')) {
+          report.revived.push(row.name);
+          continue;
+        }
+        const e = asAllocatorError(err, 'DATABASE_FAILED', 'reap failed');
+        report.errors.push({ gateway: row.name, organizationId: orgId, code: e.code, message: e.message });
+      }
+    }
+    // Retired tokens only serve to recognise a late second stop; a week is plenty.
+    await this.store.forgetRetiredTokens(7 * 24 * 3600 * 1000).catch(() => undefined);
+    return report;
   }
 
   /** Allocated gateways silent for longer than maxSilenceMs (heartbeat or allocation time). */
@@ -610,6 +738,7 @@ export class GatewayAllocator {
       httpPort: row.httpPort,
       vpnPort: row.vpnPort,
       organizationId: orgId,
+      allocationId: row.allocationId as string,
       fqdn: orgFqdn(orgId, this.domain),
       wildcardFqdn: orgWildcardFqdn(orgId, this.domain),
       token,

@@ -11,6 +11,11 @@ export type AllocatorErrorCode =
   | 'DNS_FAILED'
   | 'NGINX_FAILED'
   | 'DATABASE_FAILED'
+  | 'INVALID_SNAPSHOT'
+  | 'PAYLOAD_TOO_LARGE'
+  | 'STALE_SNAPSHOT'
+  | 'UNKNOWN_VERSION'
+  | 'ORGANIZATION_ACTIVE'
   | 'CLOSED';
 
 /** Codes a caller may retry after a short back-off; the others need different input or an operator. */

@@ -12,7 +12,11 @@ export type {
   GatewayAllocatorOptions,
   GatewayListing,
   PoolStatus,
+  ReapReport,
   ReconcileReport,
+  ReleaseOptions,
+  TokenHolder,
+  TokenInspection,
 } from './allocator';
 export { AllocatorError, RETRYABLE_CODES, SimulatedCrash, isAllocatorError } from './errors';
 export type { AllocatorErrorCode } from './errors';
@@ -22,3 +26,11 @@ export type { NginxOptions } from './nginx-routes';
 export type { PowerDnsOptions } from './powerdns-client';
 export { renderOrgsConf } from './nginx-config';
 export * as naming from './naming';
+export { OrgDataStore, serializeSnapshot } from './org-data-store';
+export type { JsonValue, OrgDataSnapshot, OrgDataStoreOptions, PullResult, PushResult, PushWriter, SnapshotInfo } from './org-data-store';
+export { GatewaySessions } from './gateway-sessions';
+// Framework-free HTTP handlers; the Express adapter is the separate entry `runtime/http/express`.
+export { GatewayApi, GATEWAY_ROUTES } from './http/gateway-api';
+export type { ApiRequest, ApiResponse, CollabStartPayload, GatewayApiOptions, GatewayRoute, GatewayTarget, OrganizationConfig } from './http/gateway-api';
+export { GatewayApiError, STATUS_OF } from './http/api-errors';
+export type { ApiErrorCode, ErrorBody } from './http/api-errors';

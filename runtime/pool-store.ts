@@ -52,6 +52,12 @@ function toRow(r: DbRow): GatewayRow {
   };
 }
 
+/** Extra conditions of a release, checked in the same statement (reapStale's fence against a gateway that came back). */
+export interface ReleaseCondition {
+  allocationId?: string;
+  silentForMs?: number;
+}
+
 export type ClaimOutcome = { kind: 'claimed'; row: GatewayRow } | { kind: 'exhausted' } | { kind: 'org-taken' };
 
 export interface RegisterResult {
@@ -70,6 +76,7 @@ export interface RegisterResult {
 export class PoolStore {
   private readonly t: string;
   private readonly seq: string;
+  private readonly retired: string;
   roundTrips = 0;
 
   constructor(
@@ -78,6 +85,7 @@ export class PoolStore {
   ) {
     this.t = `${quoteSchema(schema)}.gateways`;
     this.seq = `${quoteSchema(schema)}.allocation_seq`;
+    this.retired = `${quoteSchema(schema)}.retired_tokens`;
   }
 
   private async query<R extends QueryResultRow>(sql: string, params: unknown[] = []): Promise<R[]> {
@@ -145,13 +153,16 @@ export class PoolStore {
     return rows.length === 1;
   }
 
-  /** allocating|releasing → ready for a given claim: the gateway goes back to the pool. */
-  async returnToPool(name: string, allocationId: string): Promise<boolean> {
+  /**
+   * allocating|releasing → ready for a given claim: the gateway goes back to the pool.
+   * `registered` instead quarantines it until it calls /gateway/ready again.
+   */
+  async returnToPool(name: string, allocationId: string, to: 'ready' | 'registered' = 'ready'): Promise<boolean> {
     const rows = await this.query(
-      `UPDATE ${this.t} SET state = 'ready', organization_id = NULL, token_hash = NULL, state_since = now(),
+      `UPDATE ${this.t} SET state = $3, organization_id = NULL, token_hash = NULL, state_since = now(),
          lease_expires_at = NULL, last_error = NULL
        WHERE name = $1 AND allocation_id = $2 AND state IN ('allocating', 'releasing') RETURNING name`,
-      [name, allocationId],
+      [name, allocationId, to],
     );
     return rows.length === 1;
   }
@@ -165,13 +176,31 @@ export class PoolStore {
     );
   }
 
-  /** allocated → releasing for an organization; returns the row, or undefined if it holds no allocated gateway. */
-  async beginRelease(orgId: string, leaseMs: number): Promise<GatewayRow | undefined> {
+  /**
+   * allocated → releasing for an organization; returns the row, or undefined if it
+   * holds no allocated gateway (or `onlyIf` no longer holds). The allocation's
+   * token is retired in the same statement so a late second stop is recognised.
+   */
+  async beginRelease(orgId: string, leaseMs: number, onlyIf: ReleaseCondition = {}): Promise<GatewayRow | undefined> {
     const rows = await this.query<DbRow>(
-      `UPDATE ${this.t} g SET state = 'releasing', token_hash = NULL, state_since = now(),
-         lease_expires_at = now() + make_interval(secs => $2::double precision / 1000)
-       WHERE g.organization_id = $1 AND g.state = 'allocated' RETURNING ${COLUMNS}`,
-      [orgId, leaseMs],
+      `WITH old AS (
+         SELECT g.name, g.token_hash FROM ${this.t} g
+         WHERE g.organization_id = $1 AND g.state = 'allocated'
+           AND ($3::bigint IS NULL OR g.allocation_id = $3::bigint)
+           AND ($4::double precision IS NULL
+                OR coalesce(g.last_heartbeat_at, g.state_since) < now() - make_interval(secs => $4::double precision / 1000))
+         FOR UPDATE
+       ), upd AS (
+         UPDATE ${this.t} g SET state = 'releasing', token_hash = NULL, state_since = now(),
+           lease_expires_at = now() + make_interval(secs => $2::double precision / 1000)
+         FROM old WHERE g.name = old.name RETURNING ${COLUMNS}
+       ), retired AS (
+         INSERT INTO ${this.retired} (token_hash, gateway, organization_id)
+         SELECT old.token_hash, old.name, $1::uuid FROM old WHERE old.token_hash IS NOT NULL
+         ON CONFLICT (token_hash) DO NOTHING
+       )
+       SELECT * FROM upd`,
+      [orgId, leaseMs, onlyIf.allocationId ?? null, onlyIf.silentForMs ?? null],
     );
     return rows[0] ? toRow(rows[0]) : undefined;
   }
@@ -223,12 +252,48 @@ export class PoolStore {
   }
 
   /** Rotates the allocation token of an allocated gateway (the old one stops working at once). */
-  async rotateToken(orgId: string, tokenHash: Buffer): Promise<GatewayRow | undefined> {
+  async rotateToken(orgId: string, tokenHash: Buffer, allocationId?: string): Promise<GatewayRow | undefined> {
     const rows = await this.query<DbRow>(
-      `UPDATE ${this.t} g SET token_hash = $2 WHERE g.organization_id = $1 AND g.state = 'allocated' RETURNING ${COLUMNS}`,
-      [orgId, tokenHash],
+      `UPDATE ${this.t} g SET token_hash = $2 WHERE g.organization_id = $1 AND g.state = 'allocated'
+         AND ($3::bigint IS NULL OR g.allocation_id = $3::bigint) RETURNING ${COLUMNS}`,
+      [orgId, tokenHash, allocationId ?? null],
     );
     return rows[0] ? toRow(rows[0]) : undefined;
+  }
+
+  /** Stores each gateway's registration token hash; returns the names that are unknown. */
+  async setRegistrationHashes(hashes: Array<{ name: string; hash: Buffer }>): Promise<string[]> {
+    const rows = await this.query<{ name: string }>(
+      `UPDATE ${this.t} g SET registration_token_hash = v.hash
+       FROM unnest($1::text[], $2::bytea[]) AS v(name, hash) WHERE g.name = v.name RETURNING g.name`,
+      [hashes.map((h) => h.name), hashes.map((h) => h.hash)],
+    );
+    const known = new Set(rows.map((r) => r.name));
+    return hashes.map((h) => h.name).filter((n) => !known.has(n));
+  }
+
+  async registrationHash(name: string): Promise<{ state: GatewayState; hash: Buffer | null } | undefined> {
+    const rows = await this.query<{ state: GatewayState; registration_token_hash: Buffer | null }>(
+      `SELECT state, registration_token_hash FROM ${this.t} WHERE name = $1`,
+      [name],
+    );
+    return rows[0] ? { state: rows[0].state, hash: rows[0].registration_token_hash } : undefined;
+  }
+
+  async findRetiredToken(hash: Buffer): Promise<{ gateway: string; organizationId: string; retiredAt: Date } | undefined> {
+    const rows = await this.query<{ gateway: string; organization_id: string; retired_at: Date }>(
+      `SELECT gateway, organization_id, retired_at FROM ${this.retired} WHERE token_hash = $1`,
+      [hash],
+    );
+    return rows[0] ? { gateway: rows[0].gateway, organizationId: rows[0].organization_id, retiredAt: rows[0].retired_at } : undefined;
+  }
+
+  async forgetRetiredTokens(olderThanMs: number): Promise<number> {
+    const rows = await this.query(
+      `DELETE FROM ${this.retired} WHERE retired_at < now() - make_interval(secs => $1::double precision / 1000) RETURNING 1`,
+      [olderThanMs],
+    );
+    return rows.length;
   }
 
   /**

@@ -137,7 +137,7 @@ describe('GatewayAllocator (real PostgreSQL, PowerDNS, nginx)', function () {
       assert.deepEqual((await sqlState(schema)).find((r) => r.name === gw.name), { name: gw.name, state: 'allocated', organization_id: org });
 
       const verified = await allocator.verifyToken(gw.token as string);
-      assert.deepEqual(verified, { gateway: gw.name, organizationId: org });
+      assert.deepEqual(verified, { gateway: gw.name, organizationId: org, allocationId: gw.allocationId });
 
       await allocator.release(org);
       assert.equal(await dig(s.pdnsDnsPort, `org-${org}.${domain}`), 'NXDOMAIN');

@@ -1,0 +1,85 @@
+import type { GatewayAllocatorOptions } from '../allocator';
+import { AllocatorError } from '../errors';
+
+/** Every setting: flag name, environment variable, what it is. The CLI's help and README table come from here. */
+export const SETTINGS = [
+  { flag: 'database-url', env: 'DATABASE_URL', help: 'PostgreSQL connection string of the pool (the stack output databaseUrl)' },
+  { flag: 'env', env: 'ENV_NAME', help: 'environment name (the stack output envName)' },
+  { flag: 'domain', env: 'DOMAIN', help: 'environment domain' },
+  { flag: 'public-ip', env: 'PUBLIC_IP', help: 'address organization names resolve to (stage-1 host); default 127.0.0.1' },
+  { flag: 'pdns-api-url', env: 'PDNS_API_URL', help: 'PowerDNS HTTP API base URL' },
+  { flag: 'pdns-api-key', env: 'PDNS_API_KEY', help: 'PowerDNS API key (prefer the variable: flags show in ps)' },
+  { flag: 'zone', env: 'PDNS_ZONE', help: 'PowerDNS zone; default the domain' },
+  { flag: 'nginx-conf-dir', env: 'NGINX_CONF_DIR', help: "directory of the allocator's stage-1 nginx files" },
+  { flag: 'tls-cert', env: 'NGINX_TLS_CERT', help: 'base certificate of the organization server' },
+  { flag: 'tls-key', env: 'NGINX_TLS_KEY', help: 'its key' },
+  { flag: 'nginx-listen', env: 'NGINX_LISTEN', help: 'listen parameters of the organization server; default "443 ssl"' },
+  { flag: 'nginx-status-listen', env: 'NGINX_STATUS_LISTEN', help: 'loopback status server; default 127.0.0.1:8099' },
+  { flag: 'nginx-test-command', env: 'NGINX_TEST_COMMAND', help: 'JSON array, default ["nginx","-t","-q"]' },
+  { flag: 'nginx-reload-command', env: 'NGINX_RELOAD_COMMAND', help: 'JSON array, default ["nginx","-s","reload"]' },
+  { flag: 'schema', env: 'ALLOCATOR_SCHEMA', help: 'PostgreSQL schema of the pool; default gateway_pool' },
+] as const;
+
+export type SettingName = (typeof SETTINGS)[number]['flag'];
+export type Settings = Partial<Record<SettingName, string>>;
+
+/** Flags win over the environment; empty values count as unset. */
+export function resolveSettings(flags: Settings, env: NodeJS.ProcessEnv): Settings {
+  const out: Settings = {};
+  for (const s of SETTINGS) {
+    const v = flags[s.flag] ?? env[s.env];
+    if (v !== undefined && v !== '') out[s.flag] = v;
+  }
+  return out;
+}
+
+function commandArray(value: string | undefined, name: string): string[] | undefined {
+  if (value === undefined) return undefined;
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(value);
+  } catch {
+    throw new AllocatorError('INVALID_CONFIG', `${name} must be a JSON array of strings, e.g. ["nginx","-t","-q"]`);
+  }
+  if (!Array.isArray(parsed) || parsed.length === 0 || !parsed.every((p) => typeof p === 'string')) {
+    throw new AllocatorError('INVALID_CONFIG', `${name} must be a non-empty JSON array of strings`);
+  }
+  return parsed as string[];
+}
+
+/**
+ * Allocator options from resolved settings. With `effects: false` (commands
+ * that only read or write the pool tables) PowerDNS and nginx settings may be
+ * absent; the allocator never touches them on those paths.
+ */
+export function allocatorOptions(s: Settings, effects: boolean): GatewayAllocatorOptions {
+  const need: SettingName[] = ['database-url', 'env', 'domain'];
+  if (effects) need.push('pdns-api-url', 'pdns-api-key', 'nginx-conf-dir', 'tls-cert', 'tls-key');
+  const missing = need.filter((n) => s[n] === undefined);
+  if (missing.length > 0) {
+    const named = missing.map((n) => `--${n} / ${SETTINGS.find((x) => x.flag === n)?.env}`);
+    throw new AllocatorError('INVALID_CONFIG', `missing setting(s): ${named.join(', ')}`, { missing });
+  }
+  const domain = s.domain as string;
+  const unused = '/nonexistent/demiurge-cli-read-only';
+  return {
+    envName: s.env as string,
+    domain,
+    publicIp: s['public-ip'] ?? '127.0.0.1',
+    pg: { connectionString: s['database-url'] as string, max: 4 },
+    schema: s.schema,
+    powerdns: {
+      apiUrl: s['pdns-api-url'] ?? 'http://pdns-not-configured.invalid',
+      apiKey: s['pdns-api-key'] ?? 'not-configured',
+      zone: s.zone ?? domain,
+    },
+    nginx: {
+      confDir: s['nginx-conf-dir'] ?? unused,
+      tls: { certPath: s['tls-cert'] ?? `${unused}.crt`, keyPath: s['tls-key'] ?? `${unused}.key` },
+      listen: s['nginx-listen'],
+      statusListen: s['nginx-status-listen'],
+      testCommand: commandArray(s['nginx-test-command'], 'nginx-test-command'),
+      reloadCommand: commandArray(s['nginx-reload-command'], 'nginx-reload-command'),
+    },
+  };
+}

@@ -1,0 +1,293 @@
+#!/usr/bin/env node
+/**
+ * gateway-pool: operators' view of and hand on the pool (the seeds'
+ * gateway-pool.sh, made safe). Settings come from flags or the environment
+ * (see SETTINGS); every command takes --json. Exit codes:
+ *   0 done · 1 refused (typed error, e.g. NOT_ALLOCATED, POOL_EXHAUSTED) · 2 usage or configuration error
+ *   3 a service failed (DATABASE_FAILED, DNS_FAILED, NGINX_FAILED, ALLOCATION_IN_PROGRESS: retry) · 4 done with errors (reconcile, reap)
+ */
+import { promises as fs } from 'fs';
+import { parseArgs } from 'util';
+import { GatewayAllocator, GatewayListing } from '../allocator';
+import { AllocatorError, asAllocatorError } from '../errors';
+import { OrgDataStore } from '../org-data-store';
+import { SETTINGS, Settings, allocatorOptions, resolveSettings } from './cli-config';
+
+export const EXIT = { ok: 0, refused: 1, usage: 2, unavailable: 3, partial: 4 } as const;
+
+const COMMANDS: Record<string, { args: string; help: string; effects: boolean }> = {
+  status: { args: '', help: 'pool size and gateways per state', effects: false },
+  list: { args: '', help: 'every gateway: name, state, org, host, ports, since', effects: false },
+  allocate: { args: '<org-uuid>', help: 'allocate a gateway to an organization (DNS + route live when it returns)', effects: true },
+  release: { args: '<org-uuid>', help: "release an organization's gateway", effects: true },
+  reconcile: { args: '', help: 'repair DNS/routes, finish interrupted operations, remove orphans (--force: also live leases)', effects: true },
+  sync: { args: '[--file F]', help: 'register the inventory from `pulumi stack output --json --show-secrets` (stdin or --file); --prune retires the rest', effects: false },
+  reap: { args: '', help: 'release gateways silent for --max-silence (default 120s)', effects: true },
+  migrate: { args: '', help: 'create or upgrade the pool tables', effects: false },
+  snapshots: { args: '<org-uuid>', help: "an organization's stored data snapshots, newest first", effects: false },
+  restore: { args: '<org-uuid> <version>', help: 'make a kept snapshot current again (--force while the org holds a gateway)', effects: false },
+};
+
+class UsageError extends Error {}
+
+interface Io {
+  stdout: (s: string) => void;
+  stderr: (s: string) => void;
+  stdin: () => Promise<string>;
+  env: NodeJS.ProcessEnv;
+}
+
+function usage(): string {
+  const cmds = Object.entries(COMMANDS).map(([n, c]) => `  ${`${n} ${c.args}`.padEnd(32)} ${c.help}`);
+  const sets = SETTINGS.map((s) => `  --${s.flag.padEnd(22)} ${s.env.padEnd(22)} ${s.help}`);
+  return [
+    'usage: gateway-pool <command> [args] [--json] [settings]',
+    '',
+    'commands:',
+    ...cmds,
+    '',
+    'settings (flag, or environment variable):',
+    ...sets,
+    '',
+    'other flags: --json  --verbose (allocator events on stderr)  --force  --prune  --file F  --max-silence 120s  --show-token',
+    'exit codes: 0 done, 1 refused, 2 usage/config error, 3 service failure (retry), 4 done with errors',
+  ].join('\n');
+}
+
+function parseDuration(v: string): number {
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/.exec(v.trim());
+  if (!m) throw new UsageError(`invalid duration ${JSON.stringify(v)} (e.g. 90s, 5m, 120000ms)`);
+  const n = Number(m[1]);
+  return Math.round(n * { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[(m[2] ?? 's') as 'ms' | 's' | 'm' | 'h']);
+}
+
+function table(rows: string[][]): string {
+  const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
+  return rows.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]))).join('  ')).join('\n');
+}
+
+function ago(iso: string): string {
+  const s = Math.max(0, Math.round((Date.now() - Date.parse(iso)) / 1000));
+  if (s < 120) return `${s}s ago`;
+  if (s < 7200) return `${Math.round(s / 60)}m ago`;
+  if (s < 172_800) return `${Math.round(s / 3600)}h ago`;
+  return `${Math.round(s / 86_400)}d ago`;
+}
+
+function listTable(gws: GatewayListing[]): string {
+  if (gws.length === 0) return '(no gateways registered)';
+  return table([
+    ['NAME', 'STATE', 'ORG', 'HOST', 'PORTS', 'SINCE'],
+    ...gws.map((g) => [
+      g.name,
+      g.leaseExpired ? `${g.state}(lease expired)` : g.state,
+      g.organizationId ?? '-',
+      g.host,
+      `${g.httpPort}/tcp ${g.vpnPort}/udp`,
+      `${g.since.replace(/\.\d+Z$/, 'Z')} (${ago(g.since)})`,
+    ]),
+  ]);
+}
+
+/** The parts of `pulumi stack output --json --show-secrets` sync uses. */
+export function parseStackOutputs(text: string): { inventory: unknown; tokens?: Record<string, string>; envName?: string; domain?: string; warnings: string[] } {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch {
+    throw new UsageError('stack outputs are not JSON: pipe `pulumi stack output --json --show-secrets` or pass --file');
+  }
+  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw new UsageError('stack outputs must be a JSON object');
+  const o = parsed as Record<string, unknown>;
+  if (!('gatewayInventory' in o)) throw new UsageError('stack outputs have no gatewayInventory (is this the demiurge project, after `pulumi up`?)');
+  const warnings: string[] = [];
+  let tokens: Record<string, string> | undefined;
+  const t = o.gatewayRegistrationTokens;
+  if (t === '[secret]') warnings.push('gatewayRegistrationTokens is hidden: run pulumi with --show-secrets, or gateways cannot call /gateway/ready');
+  else if (t !== undefined) {
+    if (typeof t !== 'object' || t === null || Array.isArray(t) || !Object.values(t).every((v) => typeof v === 'string')) {
+      throw new UsageError('gatewayRegistrationTokens must map gateway names to strings');
+    }
+    tokens = t as Record<string, string>;
+  }
+  return {
+    inventory: o.gatewayInventory,
+    tokens,
+    envName: typeof o.envName === 'string' ? o.envName : undefined,
+    domain: typeof o.domain === 'string' ? o.domain : undefined,
+    warnings,
+  };
+}
+
+function exitCodeOf(err: AllocatorError): number {
+  if (err.code === 'INVALID_CONFIG') return EXIT.usage;
+  if (['DATABASE_FAILED', 'DNS_FAILED', 'NGINX_FAILED', 'ALLOCATION_IN_PROGRESS', 'ALLOCATION_LOST'].includes(err.code)) return EXIT.unavailable;
+  return EXIT.refused;
+}
+
+/** Runs one invocation; returns the exit code. Separate from process handling so tests can drive it in-process too. */
+export async function main(argv: string[], io: Io): Promise<number> {
+  let json = false;
+  let allocator: GatewayAllocator | undefined;
+  const out = (human: string, data: unknown): void => io.stdout(`${json ? JSON.stringify(data, null, 2) : human}\n`);
+  try {
+    const settingOptions = Object.fromEntries(SETTINGS.map((s) => [s.flag, { type: 'string' as const }]));
+    const { values, positionals } = parseArgs({
+      args: argv,
+      allowPositionals: true,
+      strict: true,
+      options: {
+        ...settingOptions,
+        json: { type: 'boolean' },
+        verbose: { type: 'boolean' },
+        force: { type: 'boolean' },
+        prune: { type: 'boolean' },
+        file: { type: 'string' },
+        'max-silence': { type: 'string' },
+        'show-token': { type: 'boolean' },
+        help: { type: 'boolean', short: 'h' },
+      },
+    });
+    json = values.json === true;
+    const [command, ...args] = positionals;
+    if (values.help || command === undefined || command === 'help') {
+      io.stdout(`${usage()}\n`);
+      return command === undefined && !values.help ? EXIT.usage : EXIT.ok;
+    }
+    const spec = COMMANDS[command];
+    if (!spec) throw new UsageError(`unknown command ${JSON.stringify(command)}; try --help`);
+    const expected = spec.args.split(' ').filter((a) => a.startsWith('<')).length;
+    if (args.length !== expected) throw new UsageError(`${command} takes ${spec.args || 'no arguments'}`);
+
+    const flagSettings: Settings = {};
+    const given = values as Record<string, string | boolean | undefined>;
+    for (const s of SETTINGS) {
+      const v = given[s.flag];
+      if (typeof v === 'string') flagSettings[s.flag] = v;
+    }
+    const settings = resolveSettings(flagSettings, io.env);
+    const opts = allocatorOptions(settings, spec.effects);
+    opts.logger = values.verbose ? (e) => io.stderr(`${JSON.stringify(e)}\n`) : null;
+    allocator = new GatewayAllocator(opts);
+    const a = allocator;
+
+    switch (command) {
+      case 'status': {
+        const st = await a.status();
+        const states = Object.entries(st.byState).filter(([, n]) => n > 0).map(([k, n]) => `${k} ${n}`).join(', ');
+        out(`pool ${st.envName}: ${st.total} gateways (${states || 'none'}); ${st.allocatedOrganizations} organizations allocated`, st);
+        return EXIT.ok;
+      }
+      case 'list': {
+        const gws = await a.list();
+        out(listTable(gws), gws);
+        return EXIT.ok;
+      }
+      case 'allocate': {
+        const al = await a.allocate(args[0]);
+        const shown = { ...al, token: values['show-token'] ? al.token : al.token ? '(hidden: --show-token)' : null };
+        out(`${al.created ? 'allocated' : 'already allocated'}: ${al.organizationId} → ${al.name} (${al.host}:${al.httpPort}), https://${al.fqdn}${values['show-token'] && al.token ? `\ntoken: ${al.token}` : ''}`, shown);
+        return EXIT.ok;
+      }
+      case 'release': {
+        const r = await a.release(args[0]);
+        out(`released: ${r.organizationId} (gateway ${r.name} is ready again)`, r);
+        return EXIT.ok;
+      }
+      case 'reconcile': {
+        const rep = await a.reconcile({ force: values.force === true });
+        const lines = [
+          `recovered ${rep.recovered.length}, DNS repaired ${rep.dnsRepaired.length}, routes repaired ${rep.routesRepaired.length}, DNS orphans removed ${rep.dnsOrphansRemoved.length}, route orphans removed ${rep.routeOrphansRemoved.length}, in flight ${rep.inFlight.length}, errors ${rep.errors.length}`,
+          ...rep.errors.map((e) => `error ${e.code}: ${e.message}`),
+        ];
+        out(lines.join('\n'), rep);
+        return rep.errors.length > 0 ? EXIT.partial : EXIT.ok;
+      }
+      case 'sync': {
+        const text = values.file ? await fs.readFile(values.file, 'utf8').catch((e: Error) => {
+          throw new UsageError(`cannot read ${values.file}: ${e.message}`);
+        }) : await io.stdin();
+        const stack = parseStackOutputs(text);
+        if (stack.envName && stack.envName !== opts.envName) throw new UsageError(`stack outputs are for environment ${stack.envName}, but ENV_NAME/--env is ${opts.envName}`);
+        if (stack.domain && stack.domain !== opts.domain) throw new UsageError(`stack outputs are for domain ${stack.domain}, but DOMAIN/--domain is ${opts.domain}`);
+        await a.migrate();
+        const reg = await a.registerGateways(stack.inventory as never, { prune: values.prune === true });
+        if (stack.tokens) await a.setRegistrationTokens(stack.tokens);
+        stack.warnings.forEach((w) => io.stderr(`warning: ${w}\n`));
+        out(
+          `inventory synced: ${reg.added.length} added, ${reg.updated.length} updated, ${reg.unchanged.length} unchanged, ${reg.retired.length} retired` +
+            (reg.retireDeferred.length ? `, ${reg.retireDeferred.length} to retire once released (${reg.retireDeferred.join(', ')})` : '') +
+            (stack.tokens ? `; registration tokens set for ${Object.keys(stack.tokens).length}` : ''),
+          { ...reg, registrationTokens: stack.tokens ? Object.keys(stack.tokens).length : 0, warnings: stack.warnings },
+        );
+        return EXIT.ok;
+      }
+      case 'reap': {
+        const maxSilence = parseDuration(values['max-silence'] ?? '120s');
+        const rep = await a.reapStale(maxSilence);
+        out(
+          [`reaped ${rep.released.length} silent gateway(s), ${rep.revived.length} spoke up in time, errors ${rep.errors.length}`, ...rep.released.map((r) => `released ${r.gateway} (org ${r.organizationId}, silent since ${r.silentSince})`), ...rep.errors.map((e) => `error ${e.gateway} ${e.code}: ${e.message}`)].join('\n'),
+          rep,
+        );
+        return rep.errors.length > 0 ? EXIT.partial : EXIT.ok;
+      }
+      case 'migrate': {
+        const m = await a.migrate();
+        out(m.applied.length ? `applied ${m.applied.join(', ')}` : 'schema up to date', m);
+        return EXIT.ok;
+      }
+      case 'snapshots':
+      case 'restore': {
+        await a.migrate();
+        const store = new OrgDataStore({ pg: a.pgPool, schema: a.schema });
+        if (command === 'snapshots') {
+          const h = await store.history(args[0]);
+          out(h.length === 0 ? '(no snapshots)' : table([['VERSION', 'TIMESTAMP', 'BYTES', 'SHA256', 'GATEWAY', 'RESTORED FROM'], ...h.map((v) => [String(v.version), v.timestamp, String(v.bytes), v.sha256.slice(0, 16), v.gateway, v.restoredFrom === null ? '-' : String(v.restoredFrom)])]), h);
+          return EXIT.ok;
+        }
+        if (!/^\d+$/.test(args[1])) throw new UsageError('version must be a positive integer');
+        const r = await store.restore(args[0], Number(args[1]), { force: values.force === true, by: 'gateway-pool restore' });
+        out(`restored version ${args[1]} as version ${r.version} (${r.bytes} bytes)`, r);
+        return EXIT.ok;
+      }
+      default:
+        throw new UsageError(`unknown command ${command}`);
+    }
+  } catch (err) {
+    if (err instanceof UsageError || (err instanceof TypeError && (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS'))) {
+      io.stderr(`gateway-pool: ${err.message}\n`);
+      if (json) io.stdout(`${JSON.stringify({ ok: false, code: 'USAGE', message: err.message })}\n`);
+      return EXIT.usage;
+    }
+    const e = asAllocatorError(err, 'DATABASE_FAILED', 'command failed');
+    io.stderr(`gateway-pool: ${e.code}: ${e.message}\n`);
+    if (json) io.stdout(`${JSON.stringify({ ok: false, code: e.code, message: e.message, retryable: e.retryable })}\n`);
+    return exitCodeOf(e);
+  } finally {
+    await allocator?.close().catch(() => undefined);
+  }
+}
+
+async function readStdin(): Promise<string> {
+  if (process.stdin.isTTY) throw new UsageError('sync reads stack outputs from stdin (pipe `pulumi stack output --json --show-secrets`) or --file');
+  const chunks: Buffer[] = [];
+  for await (const c of process.stdin) chunks.push(c as Buffer);
+  return Buffer.concat(chunks).toString('utf8');
+}
+
+if (require.main === module) {
+  main(process.argv.slice(2), {
+    stdout: (s) => process.stdout.write(s),
+    stderr: (s) => process.stderr.write(s),
+    stdin: readStdin,
+    env: process.env,
+  }).then(
+    (code) => {
+      process.exitCode = code;
+    },
+    (err: unknown) => {
+      process.stderr.write(`gateway-pool: unexpected failure: ${err instanceof Error ? err.message : String(err)}\n`);
+      process.exitCode = 1;
+    },
+  );
+}
