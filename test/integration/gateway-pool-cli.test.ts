@@ -1,0 +1,254 @@
+import { strict as assert } from 'assert';
+import { execFile, execFileSync } from 'child_process';
+import { existsSync, mkdtempSync, readdirSync, rmSync, unlinkSync, writeFileSync } from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { GatewayAllocator } from '../../runtime';
+import { createZone, deleteZone, dropSchema, gatewayHost, randomOrg, startStandInGateways, suiteId } from '../helpers/fixtures';
+import { TestServices, requireServices } from '../helpers/services';
+import { Stage1Nginx, curlThroughStage1, dig } from '../helpers/stage1-nginx';
+
+const HTTPS_PORT = 57743;
+const STATUS_PORT = 57799;
+const ROOT = path.resolve(__dirname, '..', '..');
+const CLI = path.join(ROOT, 'runtime/cli/gateway-pool.ts');
+
+interface Run {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+describe('gateway-pool CLI end to end (real PostgreSQL, PowerDNS, nginx)', function () {
+  this.timeout(180_000);
+  let s: TestServices;
+  let nginx: Stage1Nginx;
+  let standIn: { port: number; close: () => Promise<void> };
+  let domain: string;
+  let schema: string;
+  let env: string;
+  let tmp: string;
+  let baseEnv: NodeJS.ProcessEnv;
+
+  function cli(args: string[], opts: { env?: NodeJS.ProcessEnv; stdin?: string; bin?: string } = {}): Promise<Run> {
+    const argv = opts.bin ? [opts.bin, ...args] : ['-r', 'ts-node/register/transpile-only', CLI, ...args];
+    return new Promise((resolve) => {
+      const child = execFile(process.execPath, argv, { cwd: ROOT, env: opts.env ?? baseEnv, timeout: 60_000 }, (err, stdout, stderr) => {
+        const code = err ? ((err as { code?: number }).code ?? 1) : 0;
+        resolve({ code: typeof code === 'number' ? code : 1, stdout, stderr });
+      });
+      if (opts.stdin !== undefined) child.stdin?.end(opts.stdin);
+      else child.stdin?.end();
+    });
+  }
+
+  function json<T = Record<string, unknown>>(r: Run): T {
+    try {
+      return JSON.parse(r.stdout) as T;
+    } catch {
+      throw new Error(`not JSON (exit ${r.code}): ${r.stdout}\n${r.stderr}`);
+    }
+  }
+
+  function stackOutputs(n: number, extra: Record<string, unknown> = {}): string {
+    const inventory = Array.from({ length: n }, (_, i) => ({ name: `gw-pool-${env}-${i}`, host: gatewayHost(i), httpPort: standIn.port, vpnPort: 49100 + i }));
+    const tokens = Object.fromEntries(inventory.map((g) => [g.name, `registration-token-${g.name}-0123456789`]));
+    return JSON.stringify({ envName: env, domain, gatewayInventory: inventory, gatewayRegistrationTokens: tokens, powerDnsApiKey: 'not used by sync', ...extra });
+  }
+
+  before(async function () {
+    s = requireServices(this);
+    const id = suiteId();
+    domain = `cli-${id}.test`;
+    schema = `cli_${id}`;
+    env = `cli${id}`;
+    await createZone(s, domain);
+    nginx = new Stage1Nginx(domain, HTTPS_PORT, STATUS_PORT);
+    nginx.start();
+    standIn = await startStandInGateways();
+    tmp = mkdtempSync(path.join(os.tmpdir(), 'demiurge-cli-'));
+    const n = nginx.nginxOptions();
+    baseEnv = {
+      PATH: process.env.PATH,
+      HOME: process.env.HOME,
+      DATABASE_URL: s.pgUrl,
+      ENV_NAME: env,
+      DOMAIN: domain,
+      PUBLIC_IP: '127.0.0.1',
+      PDNS_API_URL: s.pdnsApiUrl,
+      PDNS_API_KEY: s.pdnsApiKey,
+      NGINX_CONF_DIR: n.confDir,
+      NGINX_TLS_CERT: n.tls.certPath,
+      NGINX_TLS_KEY: n.tls.keyPath,
+      NGINX_LISTEN: n.listen,
+      NGINX_STATUS_LISTEN: n.statusListen,
+      NGINX_TEST_COMMAND: JSON.stringify(n.testCommand),
+      NGINX_RELOAD_COMMAND: JSON.stringify(n.reloadCommand),
+      ALLOCATOR_SCHEMA: schema,
+    };
+  });
+
+  after(async () => {
+    await standIn?.close();
+    nginx?.destroy();
+    if (tmp) rmSync(tmp, { recursive: true, force: true });
+    if (s) {
+      await deleteZone(s, domain);
+      await dropSchema(s.pgUrl, schema);
+    }
+  });
+
+  it('usage errors exit 2 and say what is wrong', async () => {
+    const none = await cli([]);
+    assert.equal(none.code, 2);
+    assert.match(none.stdout, /usage: gateway-pool/);
+    assert.equal((await cli(['--help'])).code, 0);
+    const unknown = await cli(['frobnicate', '--json']);
+    assert.equal(unknown.code, 2);
+    assert.equal(json(unknown).code, 'USAGE');
+    assert.equal((await cli(['status', '--no-such-flag'])).code, 2);
+    assert.equal((await cli(['allocate'])).code, 2);
+    const missing = await cli(['status'], { env: { PATH: process.env.PATH } });
+    assert.equal(missing.code, 2);
+    assert.match(missing.stderr, /DATABASE_URL/);
+    assert.match(missing.stderr, /ENV_NAME/);
+    const effectsMissing = await cli(['allocate', randomOrg()], { env: { ...baseEnv, PDNS_API_URL: '' } });
+    assert.equal(effectsMissing.code, 2);
+    assert.match(effectsMissing.stderr, /PDNS_API_URL/);
+  });
+
+  it('sync registers the stack inventory from a file or stdin, idempotently, and refuses another environment', async () => {
+    const file = path.join(tmp, 'outputs.json');
+    writeFileSync(file, stackOutputs(3));
+    const first = await cli(['sync', '--file', file, '--json']);
+    assert.equal(first.code, 0, first.stderr);
+    const r = json<{ added: string[]; registrationTokens: number }>(first);
+    assert.equal(r.added.length, 3);
+    assert.equal(r.registrationTokens, 3);
+    const again = await cli(['sync'], { stdin: stackOutputs(3) });
+    assert.equal(again.code, 0, again.stderr);
+    assert.match(again.stdout, /0 added, 0 updated, 3 unchanged/);
+    const wrongEnv = await cli(['sync', '--json'], { stdin: stackOutputs(3, { envName: 'prod' }) });
+    assert.equal(wrongEnv.code, 2);
+    assert.match(wrongEnv.stderr, /environment prod/);
+    const hidden = await cli(['sync'], { stdin: stackOutputs(3, { gatewayRegistrationTokens: '[secret]' }) });
+    assert.equal(hidden.code, 0);
+    assert.match(hidden.stderr, /--show-secrets/);
+    const garbage = await cli(['sync'], { stdin: 'not json' });
+    assert.equal(garbage.code, 2);
+    const badInventory = await cli(['sync', '--json'], { stdin: JSON.stringify({ gatewayInventory: [{ name: 'Bad Name', host: 'x', httpPort: 0, vpnPort: 1 }] }) });
+    assert.equal(badInventory.code, 1);
+    assert.equal(json(badInventory).code, 'INVALID_GATEWAY');
+  });
+
+  it('status and list, as text and JSON', async () => {
+    // The gateways' own /gateway/ready is the API's job; here the library plays it.
+    const a = new GatewayAllocator({ ...apiOptions(), logger: null });
+    await a.markReady([0, 1, 2].map((i) => `gw-pool-${env}-${i}`));
+    await a.close();
+    const st = await cli(['status', '--json']);
+    assert.equal(st.code, 0, st.stderr);
+    const status = json<{ total: number; byState: Record<string, number> }>(st);
+    assert.equal(status.total, 3);
+    assert.equal(status.byState.ready, 3);
+    assert.match((await cli(['status'])).stdout, new RegExp(`pool ${env}: 3 gateways \\(ready 3\\)`));
+    const list = await cli(['list']);
+    assert.equal(list.code, 0);
+    const lines = list.stdout.trim().split('\n');
+    assert.match(lines[0], /^NAME\s+STATE\s+ORG\s+HOST\s+PORTS\s+SINCE$/);
+    assert.equal(lines.length, 4);
+    assert.match(lines[1], new RegExp(`^gw-pool-${env}-0\\s+ready\\s+-\\s+127\\.0\\.1\\.1\\s+${standIn.port}/tcp 49100/udp\\s+\\d{4}-`));
+    assert.equal(json<unknown[]>(await cli(['list', '--json'])).length, 3);
+  });
+
+  let org: string;
+  it('allocate publishes DNS and the route; the token stays hidden unless asked; a repeat is idempotent', async () => {
+    org = randomOrg();
+    const r = await cli(['allocate', org, '--json']);
+    assert.equal(r.code, 0, r.stderr);
+    const al = json<{ name: string; created: boolean; token: string; fqdn: string }>(r);
+    assert.equal(al.created, true);
+    assert.equal(al.token, '(hidden: --show-token)');
+    assert.equal(al.fqdn, `org-${org}.${domain}`);
+    assert.deepEqual(await dig(s.pdnsDnsPort, al.fqdn), ['127.0.0.1']);
+    assert.equal((await curlThroughStage1(nginx, al.fqdn, '/healthz')).status, 200);
+    const again = await cli(['allocate', org]);
+    assert.equal(again.code, 0);
+    assert.match(again.stdout, /already allocated/);
+    const list = await cli(['list']);
+    assert.match(list.stdout, new RegExp(`${al.name}\\s+allocated\\s+${org}`));
+    assert.ok(!list.stdout.includes(s.pdnsApiKey) && !r.stderr.includes(s.pdnsApiKey), 'no secrets in output');
+  });
+
+  it('reconcile repairs a deleted route file; exit 0 with a JSON report', async () => {
+    const routesDir = path.join(nginx.confDir, 'routes');
+    const file = readdirSync(routesDir).find((f) => f.includes(org));
+    assert.ok(file);
+    unlinkSync(path.join(routesDir, file));
+    const r = await cli(['reconcile', '--json']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual(json<{ routesRepaired: string[] }>(r).routesRepaired, [org]);
+    assert.ok(existsSync(path.join(routesDir, file)));
+  });
+
+  it('refusals exit 1 with the typed code: bad org id, pool exhausted, releasing twice', async () => {
+    const bad = await cli(['allocate', 'not-a-uuid', '--json']);
+    assert.equal(bad.code, 1);
+    assert.equal(json(bad).code, 'INVALID_ORGANIZATION_ID');
+    for (let i = 0; i < 2; i += 1) {
+      const ok = await cli(['allocate', randomOrg()]);
+      assert.equal(ok.code, 0, ok.stderr);
+    }
+    const full = await cli(['allocate', randomOrg(), '--json']);
+    assert.equal(full.code, 1);
+    assert.equal(json(full).code, 'POOL_EXHAUSTED');
+    const rel = await cli(['release', org, '--json']);
+    assert.equal(rel.code, 0, rel.stderr);
+    assert.equal(await dig(s.pdnsDnsPort, `org-${org}.${domain}`), 'NXDOMAIN');
+    const twice = await cli(['release', org, '--json']);
+    assert.equal(twice.code, 1);
+    assert.equal(json(twice).code, 'NOT_ALLOCATED');
+  });
+
+  it('reap releases silent gateways; snapshots lists none for a new org', async () => {
+    await new Promise((r) => setTimeout(r, 1200));
+    const r = await cli(['reap', '--max-silence', '1s', '--json']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(json<{ released: unknown[] }>(r).released.length, 2);
+    const st = json<{ byState: Record<string, number> }>(await cli(['status', '--json']));
+    assert.equal(st.byState.ready, 3);
+    const snaps = await cli(['snapshots', randomOrg()]);
+    assert.equal(snaps.code, 0);
+    assert.match(snaps.stdout, /no snapshots/);
+    assert.equal((await cli(['reap', '--max-silence', 'soon'])).code, 2);
+  });
+
+  it('a database that cannot be reached exits 3 (retry), without echoing the connection string', async () => {
+    const url = 'postgres://demiurge_test:sekrit-password@127.0.0.1:1/none';
+    const r = await cli(['status', '--json'], { env: { ...baseEnv, DATABASE_URL: url } });
+    assert.equal(r.code, 3);
+    assert.equal(json(r).code, 'DATABASE_FAILED');
+    assert.ok(!r.stdout.includes('sekrit') && !r.stderr.includes('sekrit'));
+  });
+
+  it('the built package bin (npm run build → dist/runtime/cli/gateway-pool.js) runs with its migrations', async function () {
+    execFileSync('npm', ['run', 'build', '--silent'], { cwd: ROOT, stdio: 'pipe', timeout: 120_000 });
+    const bin = path.join(ROOT, 'dist/runtime/cli/gateway-pool.js');
+    assert.ok(existsSync(path.join(ROOT, 'dist/runtime/migrations/002_gateway_api.sql')));
+    const r = await cli(['migrate', '--json'], { bin });
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal((await cli(['status'], { bin })).code, 0);
+  });
+
+  function apiOptions(): ConstructorParameters<typeof GatewayAllocator>[0] {
+    return {
+      envName: env,
+      domain,
+      publicIp: '127.0.0.1',
+      pg: { connectionString: s.pgUrl },
+      powerdns: { apiUrl: s.pdnsApiUrl, apiKey: s.pdnsApiKey, zone: domain },
+      nginx: nginx.nginxOptions(),
+      schema,
+    };
+  }
+});
