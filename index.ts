@@ -12,6 +12,7 @@ import { gatewayInventory as toInventory, planGateways } from './stack/gateways'
 import {
   BuildServer,
   ContainerImage,
+  DEV_MOUNTS,
   DEV_TLS_CERT_PATH,
   DEV_TLS_KEY_PATH,
   DevContainer,
@@ -53,6 +54,8 @@ const dev = new DevContainer('dev', {
   image: image('dev', mainProvider).ref,
   networkName: network.name,
   volumes: volumes.names,
+  httpPort: cfg.stage1HttpPort,
+  httpsPort: cfg.stage1HttpsPort,
   dockerSocketPath: cfg.dockerSocketPath,
   tlsCertPath: DEV_TLS_CERT_PATH,
   tlsKeyPath: DEV_TLS_KEY_PATH,
@@ -109,19 +112,26 @@ const pool = new GatewayPool('gateway-pool', {
   buildServer: buildServer.container,
 });
 
-// 7. Stage-1 base certificate, installed into the running dev container.
+// 7. Stage-1 TLS: the renewer container issues/renews the base certificate into the certs volume
+//    and reloads the dev container's nginx; the dev CA / ACME account live on the tls volume.
 const tls = new Tls('tls', {
   envName: env,
   domain: cfg.domain,
   tls: cfg.tls,
-  devContainer: { name: dev.containerName, id: dev.container.id },
-  installAfter: [dev.container],
-  targetCertPath: DEV_TLS_CERT_PATH,
-  targetKeyPath: DEV_TLS_KEY_PATH,
+  provider: mainProvider,
+  // The dev container's image id: the renewer runs the same image (Node.js, mkcert, lego, docker CLI).
+  image: dev.container.image,
+  networkName: network.name,
+  volumes: { certs: volumes.names.certs, tls: volumes.names.tls },
+  devContainer: { name: dev.containerName, resource: dev.container },
+  certPath: DEV_TLS_CERT_PATH,
+  keyPath: DEV_TLS_KEY_PATH,
+  certsMount: DEV_MOUNTS.certs,
+  dockerSocketPath: cfg.dockerSocketPath,
   dockerHost: cfg.dockerHost,
   powerDns:
     cfg.tls.mode === 'letsencrypt'
-      ? { adminUrl: pdns.adminUrl, apiKey: pdns.apiKey, ready: [pdns.recordsCommand] }
+      ? { apiUrl: pdns.apiUrl, apiKey: pdns.apiKey, ready: [pdns.recordsCommand] }
       : undefined,
 });
 
@@ -135,6 +145,8 @@ export const ganymedeUrl = `https://${ganymedeFqdn(cfg.domain)}`;
 export const gatewayInventory: pulumi.Output<GatewaySpec[]> = pool.containerNames.apply(() => toInventory(plan));
 /** PowerDNS API on the environment network (what the allocator in the dev container uses). */
 export const powerDnsApiUrl: string = pdns.apiUrl;
+/** Secret: per-gateway registration tokens (GATEWAY_TOKEN), for `gateway-pool sync` and /gateway/ready. */
+export const gatewayRegistrationTokens: pulumi.Output<Record<string, string>> = pool.registrationTokens;
 /** PowerDNS API from the machine running Pulumi (loopback publish or tunnel). */
 export const powerDnsAdminUrl: string = pdns.adminUrl;
 export const powerDnsApiKey: pulumi.Output<string> = pulumi.secret(pdns.apiKey);
@@ -146,5 +158,11 @@ export const networkName: string = envNetworkName(env);
 export const devContainerName: pulumi.Output<string> = dev.containerName;
 export const dnsPort: number = cfg.dnsPort;
 export const tlsMode: string = tls.mode;
-/** mkcert mode: the local CA to trust on client machines; null otherwise. */
-export const tlsCaRootPath: string | null = tls.caRootPath ?? null;
+/** mkcert mode: the dev CA certificate (PEM) to trust on client machines; null otherwise. */
+export const tlsDevCaCertificate: pulumi.Output<string> | null = tls.caCertificate ?? null;
+/** Secret (null in tlsMode none): base64 AES-256-GCM key for organization private keys at rest (OrgCertificates encryptionKey). */
+export const orgCertificateKey: pulumi.Output<string> | null = tls.orgCertificateKey ?? null;
+/** How the allocator issues organization certificates (DevCaIssuer caroot / AcmeIssuer settings), all paths in the dev container. */
+export const tlsRuntime = tls.runtime;
+/** nested (`uc-<id>.org-<uuid>.<domain>`, a certificate per organization) or flat (`uc-<id>--org-<uuid>.<domain>`). */
+export const userContainerNaming: string = cfg.userContainerNaming;

@@ -1,7 +1,7 @@
 import * as pulumi from '@pulumi/pulumi';
 import * as docker from '@pulumi/docker';
 import { PORTS, buildServerContainerName } from '../runtime/naming';
-import { RESTART_POLICY, TYPE_PREFIX, envNetworkAttachment, envVar, roleLabels, tcpHealthcheck } from './common';
+import { RESTART_POLICY, STOP_GRACE_SECONDS, TYPE_PREFIX, envNetworkAttachment, envVar, roleLabels, tcpHealthcheck } from './common';
 
 export const BUILD_DIR = '/srv/builds';
 
@@ -40,6 +40,7 @@ export class BuildServer extends pulumi.ComponentResource {
         healthcheck: tcpHealthcheck([PORTS.buildServer]),
         wait: true,
         waitTimeout: 120,
+        destroyGraceSeconds: STOP_GRACE_SECONDS,
       },
       { parent: this, provider: args.provider, deleteBeforeReplace: true },
     );

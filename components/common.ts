@@ -8,6 +8,16 @@ import { containerLabels, type ContainerRole } from '../runtime/naming';
 /** Every container is restarted by the Docker daemon unless an operator stopped it. */
 export const RESTART_POLICY = 'unless-stopped';
 
+/**
+ * `destroyGraceSeconds` of every container. Without it the Docker provider
+ * deletes a container (on `pulumi destroy` and on every replacement) with a
+ * forced remove, i.e. SIGKILL: PostgreSQL in the dev container stops without a
+ * shutdown checkpoint and gateway apps never get to push their data on
+ * shutdown. With it the provider first stops the container (SIGTERM, then
+ * SIGKILL after this many seconds); the images all stop cleanly well within it.
+ */
+export const STOP_GRACE_SECONDS = 30;
+
 /** Component type token prefix. */
 export const TYPE_PREFIX = 'demiurge:components';
 

@@ -5,6 +5,7 @@ import { PORTS, devContainerName } from '../runtime/naming';
 import {
   NET_ADMIN,
   RESTART_POLICY,
+  STOP_GRACE_SECONDS,
   TUN_DEVICE,
   TYPE_PREFIX,
   envNetworkAttachment,
@@ -20,6 +21,8 @@ export const DEV_MOUNTS = {
   pgdata: '/var/lib/postgresql',
   dockerSocket: '/var/run/docker.sock',
   certs: '/etc/demiurge/tls',
+  /** The tls volume: mkcert CAROOT in ca/ (the allocator mints dev org certificates from it), ACME account in acme/. */
+  tlsState: '/var/lib/demiurge/tls',
   /** Where the dev container packs gateway builds for the build server. */
   builds: '/srv/builds',
 } as const;
@@ -46,8 +49,12 @@ export interface DevContainerArgs {
     workspace: pulumi.Input<string>;
     pgdata: pulumi.Input<string>;
     certs: pulumi.Input<string>;
+    tls: pulumi.Input<string>;
     builds: pulumi.Input<string>;
   };
+  /** Host ports the stage-1 nginx (80/443 inside the container) is published on. */
+  httpPort: number;
+  httpsPort: number;
   /** Host path of the Docker socket on the Docker host. */
   dockerSocketPath: string;
   /** In-container paths of the stage-1 base certificate (written by the Tls component). */
@@ -101,14 +108,15 @@ export class DevContainer extends pulumi.ComponentResource {
           envVar('TLS_KEY_PATH', args.tlsKeyPath),
         ],
         ports: [
-          { internal: PORTS.stage1Http, external: PORTS.stage1Http, protocol: 'tcp' },
-          { internal: PORTS.stage1Https, external: PORTS.stage1Https, protocol: 'tcp' },
+          { internal: PORTS.stage1Http, external: args.httpPort, protocol: 'tcp' },
+          { internal: PORTS.stage1Https, external: args.httpsPort, protocol: 'tcp' },
         ],
         networksAdvanced: envNetworkAttachment(args.networkName, containerName),
         volumes: [
           { volumeName: args.volumes.workspace, containerPath: DEV_MOUNTS.workspace },
           { volumeName: args.volumes.pgdata, containerPath: DEV_MOUNTS.pgdata },
           { volumeName: args.volumes.certs, containerPath: DEV_MOUNTS.certs },
+          { volumeName: args.volumes.tls, containerPath: DEV_MOUNTS.tlsState },
           { volumeName: args.volumes.builds, containerPath: DEV_MOUNTS.builds },
           { hostPath: args.dockerSocketPath, containerPath: DEV_MOUNTS.dockerSocket },
         ],
@@ -117,6 +125,7 @@ export class DevContainer extends pulumi.ComponentResource {
         healthcheck: tcpHealthcheck([PORTS.stage1Https, PORTS.postgres], { startPeriod: '120s' }),
         wait: true,
         waitTimeout: 300,
+        destroyGraceSeconds: STOP_GRACE_SECONDS,
       },
       // Fixed name and ports: the old container must go before its replacement starts.
       { parent: this, provider: args.provider, deleteBeforeReplace: true },

@@ -5,6 +5,7 @@ import { buildServerUrl, ganymedeFqdn } from '../runtime/naming';
 import {
   NET_ADMIN,
   RESTART_POLICY,
+  STOP_GRACE_SECONDS,
   TUN_DEVICE,
   TYPE_PREFIX,
   envNetworkAttachment,
@@ -97,6 +98,7 @@ export class GatewayPool extends pulumi.ComponentResource {
             // Declared for `docker ps`/the allocator; no `wait`: a fresh environment has
             // no published build yet, and gateways announce readiness via /gateway/ready.
             healthcheck: tcpHealthcheck([gw.httpPort], { startPeriod: '60s' }),
+            destroyGraceSeconds: STOP_GRACE_SECONDS,
           },
           {
             parent: this,

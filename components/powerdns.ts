@@ -10,7 +10,7 @@ import {
   powerDnsApiUrl,
   powerDnsContainerName,
 } from '../runtime/naming';
-import { RESTART_POLICY, TYPE_PREFIX, envNetworkAttachment, envVar, roleLabels, secretEnvVar, tcpHealthcheck } from './common';
+import { RESTART_POLICY, STOP_GRACE_SECONDS, TYPE_PREFIX, envNetworkAttachment, envVar, roleLabels, secretEnvVar, tcpHealthcheck } from './common';
 import { DATABASES } from './dev-container';
 
 /** The zone's name server (NS and SOA MNAME), `ns1.<domain>`. */
@@ -182,6 +182,7 @@ export class PowerDns extends pulumi.ComponentResource {
         healthcheck: tcpHealthcheck([PORTS.dns, PORTS.powerDnsApi]),
         wait: true,
         waitTimeout: 180,
+        destroyGraceSeconds: STOP_GRACE_SECONDS,
       },
       { parent: this, provider: args.provider, deleteBeforeReplace: true, dependsOn: [args.database] },
     );

@@ -1,254 +1,210 @@
 import * as pulumi from '@pulumi/pulumi';
+import * as docker from '@pulumi/docker';
+import * as random from '@pulumi/random';
 import * as command from '@pulumi/command';
 import type { TlsConfig } from '../stack/config';
-import { TYPE_PREFIX } from './common';
+import { PORTS, powerDnsContainerName, tlsRenewerContainerName } from '../runtime/naming';
+import { RESTART_POLICY, STOP_GRACE_SECONDS, TYPE_PREFIX, envNetworkAttachment, envVar, roleLabels, secretEnvVar } from './common';
+import { bundleRuntimeEntry, type BundledFile } from './runtime-bundle';
+
+/** Where the renewal CLI and its modules are uploaded in the renewer container. */
+export const RENEWER_CODE_DIR = '/opt/demiurge';
+export const RENEW_CLI_ENTRY = 'runtime/cli/tls-renew.ts';
+export const RENEW_CLI = `${RENEWER_CODE_DIR}/runtime/cli/tls-renew.js`;
+/** Mount point of the `tls` volume (same path in the dev container, see DEV_MOUNTS.tlsState). */
+export const TLS_STATE_DIR = '/var/lib/demiurge/tls';
+/** mkcert's CAROOT on the tls volume: the dev CA developers trust once. */
+export const DEV_CA_DIR = `${TLS_STATE_DIR}/ca`;
+/** lego's ACME account, shared by the renewer (base certificate) and the allocator (organization certificates). */
+export const ACME_STATE_DIR = `${TLS_STATE_DIR}/acme`;
+/** The dev image's nginx worker user (images/dev/rootfs/etc/nginx/nginx.conf). */
+export const NGINX_WORKER_USER = 'www-data';
+/** How often the renewer looks at the certificate (it renews only when due). */
+export const RENEW_CHECK_INTERVAL_SECONDS = 3600;
+
+/** Prints the dev CA certificate (public) from the renewer container; its stdout becomes a stack output. */
+export const CA_EXPORT_SCRIPT = String.raw`set -euo pipefail
+: "${'$'}{CONTAINER:?}" "${'$'}{CA_FILE:?}"
+if [ -n "${'$'}{DEMIURGE_DOCKER_HOST:-}" ]; then export DOCKER_HOST="$DEMIURGE_DOCKER_HOST"; fi
+for _ in $(seq 1 60); do
+  if docker exec "$CONTAINER" test -s "$CA_FILE" 2>/dev/null; then docker exec "$CONTAINER" cat "$CA_FILE"; exit 0; fi
+  sleep 2
+done
+echo "the dev CA did not appear at $CA_FILE in $CONTAINER (see: docker logs $CONTAINER)" >&2
+exit 1
+`;
 
 /**
- * bash functions shared by the TLS commands and the renewal job. Every value
- * comes from the environment; nothing is interpolated into the script text.
- *
- * STATE_DIR (may start with ~/) holds, on the machine running `pulumi up`:
- *   ca/                   mkcert CAROOT (rootCA.pem, rootCA-key.pem)
- *   lego/                 lego account and certificates
- *   fullchain.pem, privkey.pem   the current stage-1 base certificate
- *   renew.sh, renew.env, renew.log   the Let's Encrypt renewal job
+ * What the runtime allocator (in the dev container) needs to build its
+ * organization-certificate issuer: a stack output, so Ganymede is configured
+ * from the stack like the rest of the allocator.
  */
-export const TLS_LIB = String.raw`set -euo pipefail
-umask 077
-dir="${'$'}{STATE_DIR/#\~/$HOME}"
-mkdir -p "$dir"
-chmod 700 "$dir"
-need() { command -v "$1" >/dev/null 2>&1 || { echo "$1 is not installed on this machine: $2" >&2; exit 1; }; }
-fingerprint() { if command -v sha256sum >/dev/null 2>&1; then sha256sum < "$1"; else shasum -a 256 < "$1"; fi | cut -c1-64; }
-issue_mkcert() {
-  need mkcert "install it (https://github.com/FiloSottile/mkcert) or set tlsMode to none"
-  mkdir -p "$dir/ca"
-  CAROOT="$dir/ca" mkcert -cert-file "$dir/fullchain.pem" -key-file "$dir/privkey.pem" "$DOMAIN" "$WILDCARD_DOMAIN" >&2
-}
-issue_lego() {
-  need lego "install it (https://go-acme.github.io/lego/) or choose another tlsMode"
-  : "${'$'}{PDNS_API_URL:?}" "${'$'}{PDNS_API_KEY:?}" "${'$'}{ACME_EMAIL:?}" "${'$'}{ACME_DIRECTORY:?}"
-  export PDNS_API_URL PDNS_API_KEY
-  mkdir -p "$dir/lego"
-  local args=(--accept-tos --email "$ACME_EMAIL" --server "$ACME_DIRECTORY" --dns pdns --path "$dir/lego" --domains "$DOMAIN" --domains "$WILDCARD_DOMAIN")
-  local crt="$dir/lego/certificates/$DOMAIN.crt" key="$dir/lego/certificates/$DOMAIN.key"
-  if [ -s "$crt" ] && [ "$(cat "$dir/lego/directory" 2>/dev/null || true)" = "$ACME_DIRECTORY" ]; then
-    lego "${'$'}{args[@]}" renew --days 30 --no-random-sleep >&2
-  else
-    lego "${'$'}{args[@]}" run >&2
-    printf '%s\n' "$ACME_DIRECTORY" > "$dir/lego/directory"
-  fi
-  cp "$crt" "$dir/fullchain.pem.tmp" && mv -f "$dir/fullchain.pem.tmp" "$dir/fullchain.pem"
-  cp "$key" "$dir/privkey.pem.tmp" && mv -f "$dir/privkey.pem.tmp" "$dir/privkey.pem"
-}
-install_cert() {
-  need docker "the Docker CLI copies the certificate into the dev container"
-  : "${'$'}{CONTAINER:?}" "${'$'}{TARGET_CERT:?}" "${'$'}{TARGET_KEY:?}"
-  if [ -n "${'$'}{DEMIURGE_DOCKER_HOST:-}" ]; then export DOCKER_HOST="$DEMIURGE_DOCKER_HOST"; fi
-  docker cp "$dir/fullchain.pem" "$CONTAINER:$TARGET_CERT"
-  docker cp "$dir/privkey.pem" "$CONTAINER:$TARGET_KEY"
-  docker exec "$CONTAINER" chmod 600 "$TARGET_KEY"
-  docker exec "$CONTAINER" nginx -s reload || echo "warning: nginx reload in $CONTAINER failed; it picks the certificate up on its next start" >&2
-}
-`;
-
-/** Issues the mkcert certificate; stdout is its SHA-256 fingerprint. */
-export const MKCERT_SCRIPT = `${TLS_LIB}
-issue_mkcert
-fingerprint "$dir/fullchain.pem"
-`;
-
-/** Issues or renews the Let's Encrypt certificate (DNS-01 via PowerDNS); stdout is its fingerprint. */
-export const LEGO_SCRIPT = `${TLS_LIB}
-issue_lego
-fingerprint "$dir/fullchain.pem"
-`;
-
-/** Copies the current certificate into the dev container's certs volume and reloads nginx. */
-export const INSTALL_SCRIPT = `${TLS_LIB}
-install_cert
-`;
-
-/** Body of renew.sh (run by cron): renew, and install only when the certificate changed. */
-export const RENEW_JOB_SCRIPT = `#!/usr/bin/env bash
-set -a
-. "$(dirname "$0")/renew.env"
-set +a
-${TLS_LIB}
-before=$(fingerprint "$dir/fullchain.pem" 2>/dev/null || true)
-issue_lego
-after=$(fingerprint "$dir/fullchain.pem")
-if [ "$before" != "$after" ]; then install_cert; echo "$(date -u +%FT%TZ) installed certificate $after"; fi
-`;
-
-const RENEW_ENV_VARS = [
-  'STATE_DIR',
-  'DOMAIN',
-  'WILDCARD_DOMAIN',
-  'ACME_EMAIL',
-  'ACME_DIRECTORY',
-  'PDNS_API_URL',
-  'PDNS_API_KEY',
-  'CONTAINER',
-  'TARGET_CERT',
-  'TARGET_KEY',
-  'DEMIURGE_DOCKER_HOST',
-];
-
-/**
- * Installs the renewal job: writes renew.sh and renew.env (0600, holds the
- * PowerDNS API key) into the state dir and a crontab entry of the current user
- * tagged with RENEW_MARKER. Re-running replaces the entry (idempotent).
- */
-export const RENEWAL_INSTALL_SCRIPT = `${TLS_LIB}
-need crontab "the renewal job is a cron entry of this user"
-: "\${SCHEDULE:?}" "\${RENEW_MARKER:?}"
-cat > "$dir/renew.sh" <<'DEMIURGE_RENEW_EOF'
-${RENEW_JOB_SCRIPT}DEMIURGE_RENEW_EOF
-chmod 700 "$dir/renew.sh"
-: > "$dir/renew.env"
-for v in ${RENEW_ENV_VARS.join(' ')}; do printf '%s=%q\\n' "$v" "\${!v:-}" >> "$dir/renew.env"; done
-line="$SCHEDULE \\"$dir/renew.sh\\" >> \\"$dir/renew.log\\" 2>&1 # $RENEW_MARKER"
-current=$(crontab -l 2>/dev/null || true)
-{ if [ -n "$current" ]; then printf '%s\\n' "$current" | grep -vF -- "# $RENEW_MARKER" || true; fi; printf '%s\\n' "$line"; } | crontab -
-echo "renewal job installed: $SCHEDULE"
-`;
-
-/** Removes the crontab entry (the state dir and its certificates stay). */
-export const RENEWAL_REMOVE_SCRIPT = String.raw`set -euo pipefail
-: "${'$'}{RENEW_MARKER:?}"
-if ! command -v crontab >/dev/null 2>&1; then echo "warning: crontab not found; nothing to remove" >&2; exit 0; fi
-current=$(crontab -l 2>/dev/null || true)
-if [ -n "$current" ]; then printf '%s\n' "$current" | { grep -vF -- "# $RENEW_MARKER" || true; } | crontab -; fi
-echo "renewal job removed"
-`;
+export type TlsRuntimeSettings =
+  | { issuer: 'none' }
+  /** `new DevCaIssuer({ caroot })` */
+  | { issuer: 'dev-ca'; caroot: string }
+  /** `new AcmeIssuer({ directoryUrl, email, stateDir, resolvers, dns: { apiUrl: powerDnsApiUrl, apiKey: powerDnsApiKey, zone: domain } })` */
+  | { issuer: 'acme'; directoryUrl: string; email: string; stateDir: string; resolvers: string[] };
 
 export interface TlsArgs {
   envName: string;
   domain: string;
   tls: TlsConfig;
-  /** The dev container the certificate is installed into (its certs volume). */
-  devContainer: {
-    name: pulumi.Input<string>;
-    id: pulumi.Input<string>;
-  };
-  /** Resources the install must wait for (the dev container itself). */
-  installAfter: pulumi.Resource[];
-  /** In-container destination paths (the dev container's TLS_CERT_PATH / TLS_KEY_PATH). */
-  targetCertPath: string;
-  targetKeyPath: string;
-  /** Docker host of the dev container (undefined: local default). */
+  provider: docker.Provider;
+  /** The dev image (Node.js 20, mkcert, lego, docker CLI): the renewer runs from it. */
+  image: pulumi.Input<string>;
+  networkName: pulumi.Input<string>;
+  volumes: { certs: pulumi.Input<string>; tls: pulumi.Input<string> };
+  /** The dev container, whose nginx serves the certificate (and is reloaded through the Docker socket). */
+  devContainer: { name: pulumi.Input<string>; resource: pulumi.Resource };
+  /** In-container paths (certs volume) of the base certificate, the dev container's TLS_CERT_PATH / TLS_KEY_PATH. */
+  certPath: string;
+  keyPath: string;
+  /** Where the certs volume is mounted (same in both containers). */
+  certsMount: string;
+  /** Host path of the Docker socket on the Docker host. */
+  dockerSocketPath: string;
+  /** Docker host for the CA export command (undefined: local default). */
   dockerHost?: string;
-  /** letsencrypt only: PowerDNS API for the DNS-01 challenge. */
+  /** letsencrypt only: PowerDNS API on the environment network, for DNS-01. */
   powerDns?: {
-    adminUrl: string;
+    apiUrl: string;
     apiKey: pulumi.Input<string>;
-    /** The zone must exist and answer before the challenge. */
+    /** The zone must exist before the first order. */
     ready: pulumi.Resource[];
   };
 }
 
 /**
- * The stage-1 base certificate for `<domain>` and `*.<domain>`:
- *  - mkcert: a local CA in <stateDir>/ca (trust it on the host with
- *    `CAROOT=<stateDir>/ca mkcert -install`);
- *  - letsencrypt: lego with the PowerDNS DNS-01 provider, plus a cron renewal job;
- *  - none: nothing declared; the dev image generates a self-signed certificate.
- * The certificate is copied into the dev container's certs volume at
- * TLS_CERT_PATH/TLS_KEY_PATH and nginx is reloaded; the copy re-runs when the
- * certificate or the container changes.
+ * TLS of the stage-1 nginx. In modes mkcert and letsencrypt:
+ *  - a small renewer container (`demiurge-<env>-tls-renewer`, the dev image
+ *    running runtime/cli/tls-renew.ts in a loop) issues the base certificate
+ *    (`<domain>`, `*.<domain>`) into the certs volume on its first pass and
+ *    renews it when fewer than `renewBeforeDays` are left, checking hourly;
+ *    after writing it runs `nginx -t` and a graceful reload in the dev
+ *    container (through the Docker socket) and confirms by TLS handshake that
+ *    the new certificate is served, restoring the previous pair on failure.
+ *    Its healthcheck (`tls-renew check`) passes once a valid certificate for
+ *    the names is installed, and `pulumi up` waits for it;
+ *  - mkcert: the dev CA lives on the `tls` volume (protected, retained), so
+ *    it is created once and stays trusted across `pulumi up`s; its
+ *    certificate is the stack output `tlsDevCaCertificate`;
+ *  - letsencrypt: ACME DNS-01 through the environment's PowerDNS (lego, with
+ *    our own challenge writer; see runtime/tls/acme-issuer.ts);
+ *  - the key that encrypts per-organization private keys at rest in
+ *    PostgreSQL: 32 random bytes, a secret.
+ * Mode none declares nothing (the dev image serves a self-signed certificate).
  */
 export class Tls extends pulumi.ComponentResource {
   readonly mode: TlsConfig['mode'];
-  /** Host paths (on the machine running Pulumi); undefined in mode none. */
-  readonly certPath?: string;
-  readonly keyPath?: string;
-  /** mkcert root CA to trust on client machines. */
-  readonly caRootPath?: string;
-  /** SHA-256 of the issued certificate. */
-  readonly fingerprint?: pulumi.Output<string>;
-  readonly issue?: command.local.Command;
-  readonly install?: command.local.Command;
-  readonly renewal?: command.local.Command;
+  readonly renewer?: docker.Container;
+  /** mkcert: the dev CA certificate (PEM, public). */
+  readonly caCertificate?: pulumi.Output<string>;
+  /** Secret: base64 of 32 bytes, the AES-256-GCM key for organization private keys at rest. */
+  readonly orgCertificateKey?: pulumi.Output<string>;
+  /** The files uploaded into the renewer (for tests and diffs). */
+  readonly renewerCode: BundledFile[] = [];
+  readonly runtime: TlsRuntimeSettings;
 
   constructor(name: string, args: TlsArgs, opts?: pulumi.ComponentResourceOptions) {
     super(`${TYPE_PREFIX}:Tls`, name, {}, opts);
     this.mode = args.tls.mode;
     const tls = args.tls;
+    const resolvers = [`${powerDnsContainerName(args.envName)}:${PORTS.dns}`];
+    this.runtime =
+      tls.mode === 'none'
+        ? { issuer: 'none' }
+        : tls.mode === 'mkcert'
+          ? { issuer: 'dev-ca', caroot: DEV_CA_DIR }
+          : { issuer: 'acme', directoryUrl: tls.acmeDirectory, email: tls.acmeEmail, stateDir: ACME_STATE_DIR, resolvers };
     if (tls.mode === 'none') {
       this.registerOutputs({ mode: this.mode });
       return;
     }
-    this.certPath = `${tls.stateDir}/fullchain.pem`;
-    this.keyPath = `${tls.stateDir}/privkey.pem`;
-    const base: Record<string, pulumi.Input<string>> = {
-      STATE_DIR: tls.stateDir,
-      DOMAIN: args.domain,
-      WILDCARD_DOMAIN: `*.${args.domain}`,
-    };
-    const installEnv: Record<string, pulumi.Input<string>> = {
-      ...base,
-      CONTAINER: args.devContainer.name,
-      TARGET_CERT: args.targetCertPath,
-      TARGET_KEY: args.targetKeyPath,
-      DEMIURGE_DOCKER_HOST: args.dockerHost ?? '',
-    };
+    const orgKey = new random.RandomBytes(`${name}-org-cert-key`, { length: 32 }, { parent: this });
+    this.orgCertificateKey = pulumi.secret(orgKey.base64);
 
+    const containerName = tlsRenewerContainerName(args.envName);
+    const envs: pulumi.Input<string>[] = [
+      envVar('DOMAIN', args.domain),
+      envVar('TLS_CERT_PATH', args.certPath),
+      envVar('TLS_KEY_PATH', args.keyPath),
+      envVar('TLS_RENEW_BEFORE_DAYS', tls.renewBeforeDays),
+      envVar('TLS_RENEW_INTERVAL_SECONDS', RENEW_CHECK_INTERVAL_SECONDS),
+      envVar('NGINX_CONTAINER', args.devContainer.name),
+      pulumi.interpolate`TLS_PROBE=${args.devContainer.name}:${PORTS.stage1Https}`,
+      // nginx's workers (www-data in the dev image, the same image here) load keys per handshake for per-org certificates.
+      envVar('TLS_KEY_OWNER', NGINX_WORKER_USER),
+    ];
+    const dependsOn: pulumi.Resource[] = [args.devContainer.resource];
     if (tls.mode === 'mkcert') {
-      this.caRootPath = `${tls.stateDir}/ca/rootCA.pem`;
-      this.issue = new command.local.Command(
-        `${name}-mkcert`,
-        { create: MKCERT_SCRIPT, interpreter: ['/bin/bash', '-c'], environment: base },
-        { parent: this },
-      );
+      envs.push(envVar('TLS_ISSUER', 'mkcert'), envVar('MKCERT_CAROOT', DEV_CA_DIR));
     } else {
       if (args.powerDns === undefined) throw new Error('Tls: letsencrypt mode needs the PowerDNS API');
-      const acmeEnv: Record<string, pulumi.Input<string>> = {
-        ...base,
-        ACME_EMAIL: tls.acmeEmail,
-        ACME_DIRECTORY: tls.acmeDirectory,
-        PDNS_API_URL: args.powerDns.adminUrl,
-        PDNS_API_KEY: pulumi.secret(args.powerDns.apiKey),
-      };
-      this.issue = new command.local.Command(
-        `${name}-lego`,
-        { create: LEGO_SCRIPT, interpreter: ['/bin/bash', '-c'], environment: acmeEnv },
-        { parent: this, dependsOn: args.powerDns.ready },
+      envs.push(
+        envVar('TLS_ISSUER', 'acme'),
+        envVar('ACME_DIRECTORY', tls.acmeDirectory),
+        envVar('ACME_EMAIL', tls.acmeEmail),
+        envVar('ACME_STATE_DIR', ACME_STATE_DIR),
+        envVar('PDNS_API_URL', args.powerDns.apiUrl),
+        secretEnvVar('PDNS_API_KEY', args.powerDns.apiKey),
+        envVar('PDNS_ZONE', args.domain),
+        // lego checks the TXT records at our PowerDNS itself (the CA asks it too, via the delegation).
+        envVar('DNS_RESOLVERS', resolvers.join(',')),
       );
-      this.renewal = new command.local.Command(
-        `${name}-renewal`,
-        {
-          create: RENEWAL_INSTALL_SCRIPT,
-          delete: RENEWAL_REMOVE_SCRIPT,
-          interpreter: ['/bin/bash', '-c'],
-          environment: {
-            ...acmeEnv,
-            ...installEnv,
-            SCHEDULE: tls.renewSchedule,
-            RENEW_MARKER: `demiurge-tls-renew-${args.envName}`,
-          },
-        },
-        { parent: this, dependsOn: [this.issue] },
-      );
+      dependsOn.push(...args.powerDns.ready);
     }
-    this.fingerprint = this.issue.stdout.apply((s) => s.trim());
-    this.install = new command.local.Command(
-      `${name}-install`,
+
+    this.renewerCode.push(...bundleRuntimeEntry(RENEW_CLI_ENTRY));
+    this.renewer = new docker.Container(
+      `${name}-renewer`,
       {
-        create: INSTALL_SCRIPT,
-        interpreter: ['/bin/bash', '-c'],
-        environment: installEnv,
-        // A new certificate or a new dev container: copy again.
-        triggers: [this.fingerprint, args.devContainer.id],
+        name: containerName,
+        image: args.image,
+        hostname: containerName,
+        restart: RESTART_POLICY,
+        labels: roleLabels(args.envName, 'tls-renewer'),
+        // The dev image's own entrypoint starts PostgreSQL and nginx: not here.
+        entrypoints: ['/usr/bin/tini', '--'],
+        command: ['node', RENEW_CLI, 'loop'],
+        envs,
+        uploads: this.renewerCode.map((f) => ({ file: `${RENEWER_CODE_DIR}/${f.path}`, content: f.content })),
+        networksAdvanced: envNetworkAttachment(args.networkName, containerName),
+        volumes: [
+          { volumeName: args.volumes.certs, containerPath: args.certsMount },
+          { volumeName: args.volumes.tls, containerPath: TLS_STATE_DIR },
+          // `docker exec <dev> nginx -t` / `nginx -s reload` after writing a certificate.
+          { hostPath: args.dockerSocketPath, containerPath: '/var/run/docker.sock' },
+        ],
+        // Healthy once a valid certificate for the names is installed; `up` waits for the first one.
+        healthcheck: {
+          tests: ['CMD', 'node', RENEW_CLI, 'check'],
+          interval: '30s',
+          timeout: '20s',
+          retries: 3,
+          startPeriod: '600s',
+        },
+        wait: true,
+        waitTimeout: 900,
+        destroyGraceSeconds: STOP_GRACE_SECONDS,
       },
-      { parent: this, dependsOn: [this.issue, ...args.installAfter] },
+      { parent: this, provider: args.provider, deleteBeforeReplace: true, dependsOn },
     );
-    this.registerOutputs({
-      mode: this.mode,
-      certPath: this.certPath,
-      keyPath: this.keyPath,
-      caRootPath: this.caRootPath,
-      fingerprint: this.fingerprint,
-    });
+
+    if (tls.mode === 'mkcert') {
+      const exportCa = new command.local.Command(
+        `${name}-dev-ca`,
+        {
+          create: CA_EXPORT_SCRIPT,
+          interpreter: ['/bin/bash', '-c'],
+          environment: { CONTAINER: this.renewer.name, CA_FILE: `${DEV_CA_DIR}/rootCA.pem`, DEMIURGE_DOCKER_HOST: args.dockerHost ?? '' },
+          // A new renewer (new code or image) re-reads it; the CA itself never changes (protected volume).
+          triggers: [this.renewer.id],
+        },
+        { parent: this, dependsOn: [this.renewer] },
+      );
+      this.caCertificate = exportCa.stdout;
+    }
+    this.registerOutputs({ mode: this.mode, caCertificate: this.caCertificate, orgCertificateKey: this.orgCertificateKey });
   }
 }

@@ -4,8 +4,9 @@ import { ENVIRONMENT_LABEL, volumeName, type VolumeKind } from '../runtime/namin
 import { TYPE_PREFIX } from './common';
 
 /** Volumes holding user data, protected unless the stack opts out. `builds` is rebuilt from sources. */
-export const DATA_VOLUMES: readonly VolumeKind[] = ['workspace', 'pgdata', 'certs'];
-export const ALL_VOLUMES: readonly VolumeKind[] = ['workspace', 'pgdata', 'builds', 'certs'];
+/** `tls` (dev CA, ACME account) is data too: a new dev CA would have to be trusted again on every machine. */
+export const DATA_VOLUMES: readonly VolumeKind[] = ['workspace', 'pgdata', 'certs', 'tls'];
+export const ALL_VOLUMES: readonly VolumeKind[] = ['workspace', 'pgdata', 'builds', 'certs', 'tls'];
 
 export interface NamedVolumesArgs {
   envName: string;
@@ -17,7 +18,7 @@ export interface NamedVolumesArgs {
   retainData: boolean;
 }
 
-/** `demiurge-<env>-{workspace,pgdata,builds,certs}`. */
+/** `demiurge-<env>-{workspace,pgdata,builds,certs,tls}`. */
 export class NamedVolumes extends pulumi.ComponentResource {
   readonly volumes: Readonly<Record<VolumeKind, docker.Volume>>;
   /** Volume names as outputs (mount by these to depend on the volumes). */

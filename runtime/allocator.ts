@@ -4,10 +4,11 @@ import { ActionCondition, DnsAction, DnsPublisher, Guard } from './dns-publisher
 import { AllocatorError, AllocatorErrorCode, asAllocatorError, definitelyNotApplied, isAllocatorError } from './errors';
 import type { GatewaySpec } from './inventory';
 import { migrate as runMigrations, MigrationResult, quoteSchema } from './migrate';
-import { isValidDomain, isValidEnvName, isValidIpv4, orgFqdn, orgWildcardFqdn } from './naming';
-import { NginxOptions, NginxRoutes, RouteChange } from './nginx-routes';
+import { isUserContainerNaming, isValidDomain, isValidEnvName, isValidIpv4, orgFqdn, orgWildcardFqdn, type UserContainerNaming } from './naming';
+import { CertFileChange, NginxOptions, NginxRoutes, RouteChange } from './nginx-routes';
 import { GatewayRow, GatewayState, PoolStore, RegisterResult } from './pool-store';
 import { PowerDnsClient, PowerDnsOptions } from './powerdns-client';
+import type { BackgroundResult, OrgCertificateProvider, OrgCertificateState } from './tls/org-certificates';
 import { assertGatewayName, assertOrganizationId, validateInventory } from './validation';
 
 export type Failpoint = 'allocate.afterClaim' | 'allocate.afterEffects' | 'release.afterBegin' | 'release.afterEffects';
@@ -48,6 +49,21 @@ export interface GatewayAllocatorOptions {
   logger?: AllocatorLogger | null;
   /** Testing only: hooks run at points of allocate/release; anything they throw (e.g. SimulatedCrash) skips all clean-up, like a dead process. */
   failpoints?: Partial<Record<Failpoint, () => void | Promise<void>>>;
+  /**
+   * How user containers are named (naming.ts). `nested` (default):
+   * `uc-<id>.org-<uuid>.<domain>`, which only a per-organization certificate
+   * covers (`certificates`). `flat`: `uc-<id>--org-<org>.<domain>`, covered by
+   * the base `*.<domain>` certificate; DNS then relies on the environment's
+   * `*.<domain>` record (`demiurge:dnsWildcard true`) and no org wildcard is published.
+   */
+  userContainerNaming?: UserContainerNaming;
+  /**
+   * Per-organization certificates (nested naming only), e.g. an
+   * OrgCertificates with the dev CA (issued before allocate resolves) or ACME
+   * (issued in the background; the allocation reports `pending`). The
+   * allocator supplies its pool, schema, domain and logger to it.
+   */
+  certificates?: OrgCertificateProvider;
 }
 
 export interface Allocation {
@@ -64,6 +80,13 @@ export interface Allocation {
   token: string | null;
   /** True for the call that created the allocation, false when an existing one was returned. */
   created: boolean;
+  /**
+   * The organization's own certificate: `ready` (served for org-<uuid> and
+   * *.org-<uuid>), `pending` (being issued; the base certificate is served,
+   * covering org-<uuid>.<domain> only), `none` (no per-org certificates: flat
+   * naming or no `certificates` option).
+   */
+  certificate: OrgCertificateState;
 }
 
 /** Who a valid gateway token belongs to. */
@@ -119,6 +142,12 @@ export interface ReconcileReport {
   routesRepaired: string[];
   dnsOrphansRemoved: string[];
   routeOrphansRemoved: string[];
+  /** Certificate bundles (re)written or removed (expired, undecryptable) for allocated organizations. */
+  certificatesRepaired: string[];
+  certificateOrphansRemoved: string[];
+  /** Per-org certificates issued or renewed now (await mode) / orders started in the background. */
+  certificatesIssued: string[];
+  certificatesStarted: string[];
   /** Transitional gateways left alone because their owner's lease is still running. */
   inFlight: string[];
   errors: Array<{ gateway?: string; organizationId?: string; code: AllocatorErrorCode; message: string }>;
@@ -169,6 +198,12 @@ export class GatewayAllocator {
   private readonly failpoints: GatewayAllocatorOptions['failpoints'];
   private readonly table: string;
   private readonly inflight = new Map<string, Promise<Allocation>>();
+  /** User-container naming scheme; see GatewayAllocatorOptions.userContainerNaming. */
+  readonly naming: UserContainerNaming;
+  private readonly certs?: OrgCertificateProvider;
+  private unsubscribeCerts?: () => void;
+  /** Retries of failed background certificate orders, at their back-off time. */
+  private readonly certRetries = new Map<string, NodeJS.Timeout>();
   private baseConfig: Promise<void> | undefined;
   private closed = false;
 
@@ -185,6 +220,9 @@ export class GatewayAllocator {
     } catch (err) {
       problems.push((err as Error).message);
     }
+    const naming = opts.userContainerNaming ?? 'nested';
+    if (!isUserContainerNaming(naming)) problems.push(`userContainerNaming must be 'nested' or 'flat'`);
+    if (naming === 'flat' && opts.certificates) problems.push('certificates are not used with flat naming (the base wildcard covers every name): remove one of the two');
     if (opts.powerdns?.zone) {
       const zone = opts.powerdns.zone.replace(/\.$/, '');
       if (opts.domain !== zone && !opts.domain.endsWith(`.${zone}`)) problems.push(`domain ${opts.domain} is not inside zone ${zone}`);
@@ -215,8 +253,15 @@ export class GatewayAllocator {
       domain: opts.domain,
       publicIp: opts.publicIp,
       ttl: opts.dnsTtl ?? 60,
+      naming,
     }, guard);
-    this.routes = new NginxRoutes(opts.nginx, this.pool, opts.envName, opts.domain, guard);
+    this.naming = naming;
+    this.certs = opts.certificates;
+    this.routes = new NginxRoutes(opts.nginx, this.pool, opts.envName, opts.domain, guard, { naming, orgCertificates: !!this.certs });
+    if (this.certs) {
+      this.certs.attach({ pool: this.pool, schema, domain: opts.domain, logger: (e) => this.log({ env: this.envName, ...e }) });
+      this.unsubscribeCerts = this.certs.onBackgroundResult((r) => this.onCertificateResult(r));
+    }
   }
 
   /** The allocator's pg pool, for stores that must share its transactions' tables (runtime/http). Not for general use. */
@@ -280,7 +325,7 @@ export class GatewayAllocator {
     for (;;) {
       const existing = await this.db(() => this.store.findByOrganization(orgId), 'pool lookup failed');
       if (existing) {
-        if (existing.state === 'allocated') return this.toAllocation(existing, null, false);
+        if (existing.state === 'allocated') return this.toAllocation(existing, null, false, await this.repairCertificate(existing));
         if (existing.leaseExpired) {
           await this.recover(existing, false);
           continue;
@@ -307,15 +352,18 @@ export class GatewayAllocator {
     const allocationId = row.allocationId as string;
     this.log({ event: 'gateway.claimed', env: this.envName, gateway: row.name, organizationId: orgId, from: 'ready', to: 'allocating' });
     await this.failpoint('allocate.afterClaim');
-    const [dnsResult, routeResult] = await Promise.allSettled([
+    // The certificate (dev CA: minted in ≈11 ms; ACME: started in the background) goes in parallel with DNS and route.
+    const [dnsResult, routeResult, certResult] = await Promise.allSettled([
       this.dns.publish(orgId),
       this.routes.set({ orgId, target: { gatewayName: row.name, host: row.host, port: row.httpPort } }),
+      this.ensureCertificate(orgId),
     ]);
     const applied = {
       dns: !(dnsResult.status === 'rejected' && definitelyNotApplied(dnsResult.reason)),
       route: !(routeResult.status === 'rejected' && definitelyNotApplied(routeResult.reason)),
+      cert: certResult.status === 'fulfilled' ? certResult.value === 'ready' : !!this.certs,
     };
-    const failed = [dnsResult, routeResult].find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    const failed = [dnsResult, routeResult, certResult].find((r): r is PromiseRejectedResult => r.status === 'rejected');
     if (failed) {
       const typed = asAllocatorError(failed.reason, 'DATABASE_FAILED', 'allocation failed');
       await this.rollback(row, typed, applied);
@@ -330,15 +378,21 @@ export class GatewayAllocator {
       // reconcile() took over after our lease ran out; it owns the clean-up now.
       throw new AllocatorError('ALLOCATION_LOST', `allocation of ${row.name} to ${orgId} outlived its lease and was rolled back`, { organizationId: orgId });
     }
-    this.log({ event: 'gateway.allocated', env: this.envName, gateway: row.name, organizationId: orgId, from: 'allocating', to: 'allocated', ms: Date.now() - started });
-    return this.toAllocation(row, token, true);
+    const certificate = certResult.status === 'fulfilled' ? certResult.value : 'none';
+    this.log({ event: 'gateway.allocated', env: this.envName, gateway: row.name, organizationId: orgId, from: 'allocating', to: 'allocated', ms: Date.now() - started, certificate });
+    return this.toAllocation(row, token, true, certificate);
   }
 
   /** Undoes a failed allocation's effects; the gateway returns to the pool, or stays for reconcile() if undo fails too. */
-  private async rollback(row: GatewayRow, cause: AllocatorError, applied: { dns: boolean; route: boolean }): Promise<void> {
+  private async rollback(row: GatewayRow, cause: AllocatorError, applied: { dns: boolean; route: boolean; cert?: boolean }): Promise<void> {
     const orgId = row.organizationId as string;
     try {
-      await this.effects([applied.dns ? this.dns.withdraw(orgId) : Promise.resolve(), applied.route ? this.routes.set({ orgId }) : Promise.resolve()]);
+      await this.effects([
+        applied.dns ? this.dns.withdraw(orgId) : Promise.resolve(),
+        applied.route ? this.routes.set({ orgId }) : Promise.resolve(),
+        // Only the file: the certificate itself stays in PostgreSQL for the next allocation.
+        applied.cert ? this.routes.setCertificate({ orgId }) : Promise.resolve(),
+      ]);
       await this.db(() => this.store.returnToPool(row.name, row.allocationId as string), 'rollback failed');
       this.log({ event: 'gateway.rolled_back', env: this.envName, gateway: row.name, organizationId: orgId, from: 'allocating', to: 'ready', code: cause.code, message: cause.message });
     } catch (undoErr) {
@@ -518,7 +572,7 @@ export class GatewayAllocator {
     this.assertOpen();
     assertOrganizationId(organizationId);
     const row = await this.db(() => this.store.findByOrganization(organizationId), 'pool lookup failed');
-    return row && row.state === 'allocated' ? this.toAllocation(row, null, false) : undefined;
+    return row && row.state === 'allocated' ? this.toAllocation(row, null, false, await this.certificateState(organizationId)) : undefined;
   }
 
   // ------------------------------------------------------------ inspection
@@ -559,7 +613,19 @@ export class GatewayAllocator {
   async reconcile(options: { force?: boolean } = {}): Promise<ReconcileReport> {
     this.assertOpen();
     await this.ensureBaseConfig();
-    const report: ReconcileReport = { recovered: [], dnsRepaired: [], routesRepaired: [], dnsOrphansRemoved: [], routeOrphansRemoved: [], inFlight: [], errors: [] };
+    const report: ReconcileReport = {
+      recovered: [],
+      dnsRepaired: [],
+      routesRepaired: [],
+      dnsOrphansRemoved: [],
+      routeOrphansRemoved: [],
+      certificatesRepaired: [],
+      certificateOrphansRemoved: [],
+      certificatesIssued: [],
+      certificatesStarted: [],
+      inFlight: [],
+      errors: [],
+    };
 
     for (const row of await this.db(() => this.store.list(), 'reconcile failed')) {
       if (row.state !== 'allocating' && row.state !== 'releasing') continue;
@@ -577,7 +643,7 @@ export class GatewayAllocator {
 
     // Effects are listed BEFORE the rows: anything an allocation published after
     // this point belongs to a row we will see, so it cannot be mistaken for an orphan.
-    const [ownedDns, ownedRoutes] = await Promise.all([this.dns.listOwned(), this.routes.listOwned()]).catch((err: unknown) => {
+    const [ownedDns, ownedRoutes, ownedCerts] = await Promise.all([this.dns.listOwned(), this.routes.listOwned(), this.routes.listOwnedCertificates()]).catch((err: unknown) => {
       throw asAllocatorError(err, 'DNS_FAILED', 'reconcile could not list owned records');
     });
     const rows = await this.db(() => this.store.list(), 'reconcile failed');
@@ -612,10 +678,14 @@ export class GatewayAllocator {
         report.routeOrphansRemoved.push(r.orgId);
       }
     }
-    const results = await Promise.allSettled([this.dns.apply(dnsActions), routeChanges.length > 0 ? this.routes.applyNow(routeChanges) : Promise.resolve()]);
+    const results = await Promise.allSettled([
+      this.dns.apply(dnsActions),
+      routeChanges.length > 0 ? this.routes.applyNow(routeChanges) : Promise.resolve(),
+      this.reconcileCertificates(rows, held, ownedCerts, report),
+    ]);
     results.forEach((res, i) => {
       if (res.status === 'rejected') {
-        const e = asAllocatorError(res.reason, i === 0 ? 'DNS_FAILED' : 'NGINX_FAILED', 'reconcile repair failed');
+        const e = asAllocatorError(res.reason, i === 0 ? 'DNS_FAILED' : i === 1 ? 'NGINX_FAILED' : 'TLS_FAILED', 'reconcile repair failed');
         report.errors.push({ code: e.code, message: e.message });
       }
     });
@@ -627,9 +697,51 @@ export class GatewayAllocator {
       routesRepaired: report.routesRepaired.length,
       dnsOrphansRemoved: report.dnsOrphansRemoved.length,
       routeOrphansRemoved: report.routeOrphansRemoved.length,
+      certificatesRepaired: report.certificatesRepaired.length,
+      certificateOrphansRemoved: report.certificateOrphansRemoved.length,
+      certificatesIssued: report.certificatesIssued.length,
+      certificatesStarted: report.certificatesStarted.length,
       errors: report.errors.length,
     });
     return report;
+  }
+
+  /**
+   * Certificates of allocated organizations: issues/renews what is missing or
+   * due (background orders for ACME), writes bundles that are missing or
+   * differ from PostgreSQL (e.g. renewed by another process), removes bundles
+   * that are no longer valid, and bundles of organizations that hold no
+   * gateway. Every write/removal is re-checked under the nginx config lock.
+   */
+  private async reconcileCertificates(rows: GatewayRow[], held: Map<string, GatewayRow>, owned: Array<{ orgId: string; content: string }>, report: ReconcileReport): Promise<void> {
+    const changes: CertFileChange[] = [];
+    for (const f of owned) {
+      if (!held.has(f.orgId)) {
+        changes.push({ orgId: f.orgId, onlyIf: { kind: 'orphan' } });
+        report.certificateOrphansRemoved.push(f.orgId);
+      }
+    }
+    const certs = this.certs;
+    if (certs) {
+      await this.routes.checkBaseCertificateReadable();
+      const allocated = rows.filter((r) => r.state === 'allocated');
+      const maintained = await certs.maintain(allocated.map((r) => r.organizationId as string));
+      report.certificatesIssued.push(...maintained.issued);
+      report.certificatesStarted.push(...maintained.started);
+      for (const f of maintained.failed) report.errors.push({ organizationId: f.organizationId, code: 'TLS_FAILED', message: f.message });
+      const current = await certs.current(allocated.map((r) => r.organizationId as string));
+      const content = new Map(owned.map((f) => [f.orgId, f.content]));
+      for (const r of allocated) {
+        const orgId = r.organizationId as string;
+        const onlyIf: ActionCondition = { kind: 'allocated', allocationId: r.allocationId as string };
+        const cert = current.get(orgId);
+        const want = cert ? this.routes.renderCertFile(orgId, cert.bundlePem) : undefined;
+        if (content.get(orgId) === want) continue;
+        changes.push({ orgId, onlyIf, bundlePem: cert?.bundlePem });
+        report.certificatesRepaired.push(orgId);
+      }
+    }
+    await this.routes.applyCertificatesNow(changes);
   }
 
   /** Waits for in-flight batches, then closes the pg pool if the allocator created it. */
@@ -637,6 +749,9 @@ export class GatewayAllocator {
     if (this.closed) return;
     this.closed = true;
     await Promise.allSettled([...this.inflight.values()]);
+    this.unsubscribeCerts?.();
+    for (const t of this.certRetries.values()) clearTimeout(t);
+    this.certRetries.clear();
     await Promise.all([this.dns.idle(), this.routes.idle()]);
     if (this.ownsPool) await this.pool.end();
   }
@@ -665,7 +780,68 @@ export class GatewayAllocator {
   }
 
   private async undoEffects(orgId: string): Promise<void> {
-    await this.effects([this.dns.withdraw(orgId), this.routes.set({ orgId })]);
+    // The certificate stays in PostgreSQL for the organization's next allocation; its file (a private key) goes.
+    await this.effects([this.dns.withdraw(orgId), this.routes.set({ orgId }), this.routes.setCertificate({ orgId })]);
+  }
+
+  /**
+   * During an allocation: the organization's certificate in place for nginx.
+   * await issuers (dev CA) issue first; background ones (ACME) return pending
+   * and write the file when the order completes (onCertificateResult).
+   */
+  private async ensureCertificate(orgId: string): Promise<OrgCertificateState> {
+    if (!this.certs) return 'none';
+    const cert = await this.certs.obtain(orgId);
+    if (!cert) return 'pending';
+    await this.routes.setCertificate({ orgId, bundlePem: cert.bundlePem });
+    return 'ready';
+  }
+
+  /** A repeated allocate: reuse, or repair the file, of an existing allocation (fenced on it). */
+  private async repairCertificate(row: GatewayRow): Promise<OrgCertificateState> {
+    if (!this.certs) return 'none';
+    const orgId = row.organizationId as string;
+    const cert = await this.certs.obtain(orgId).catch((err: unknown) => {
+      this.log({ event: 'certificate.failed', env: this.envName, organizationId: orgId, code: 'TLS_FAILED', message: (err as Error).message });
+      return undefined;
+    });
+    if (!cert) return (await this.certificateState(orgId)) === 'ready' ? 'ready' : 'pending';
+    if (!(await this.routes.certificateFileMatches(orgId, cert.bundlePem))) {
+      await this.routes.setCertificate({ orgId, bundlePem: cert.bundlePem, onlyIf: { kind: 'allocated', allocationId: row.allocationId as string } });
+    }
+    return 'ready';
+  }
+
+  private async certificateState(orgId: string): Promise<OrgCertificateState> {
+    if (!this.certs) return 'none';
+    return (await this.certs.current([orgId])).has(orgId) ? 'ready' : 'pending';
+  }
+
+  /** A background order finished: write the bundle if the organization is still allocated, or retry after its back-off. */
+  private onCertificateResult(result: BackgroundResult): void {
+    if (this.closed) return;
+    const orgId = result.kind === 'issued' ? result.certificate.organizationId : result.organizationId;
+    void (async () => {
+      const row = await this.store.findByOrganization(orgId);
+      if (!row || row.state !== 'allocated') return;
+      if (result.kind === 'issued') {
+        await this.routes.setCertificate({ orgId, bundlePem: result.certificate.bundlePem, onlyIf: { kind: 'allocated', allocationId: row.allocationId as string } });
+        this.log({ event: 'certificate.ready', env: this.envName, gateway: row.name, organizationId: orgId, serial: result.certificate.serial });
+        return;
+      }
+      const delay = Math.max(1_000, (result.retryAfter?.getTime() ?? Date.now() + 60_000) - Date.now());
+      clearTimeout(this.certRetries.get(orgId));
+      const timer = setTimeout(() => {
+        this.certRetries.delete(orgId);
+        if (this.closed) return;
+        void this.store
+          .findByOrganization(orgId)
+          .then((fresh) => (fresh?.state === 'allocated' ? this.repairCertificate(fresh) : undefined))
+          .catch(() => undefined);
+      }, Math.min(delay, 2 ** 31 - 1));
+      timer.unref();
+      this.certRetries.set(orgId, timer);
+    })().catch((err: unknown) => this.log({ event: 'certificate.write_failed', env: this.envName, organizationId: orgId, code: 'NGINX_FAILED', message: (err as Error).message }));
   }
 
   /** Waits for all effects; reports the first failure (DNS before nginx) once all have settled. */
@@ -730,7 +906,7 @@ export class GatewayAllocator {
     if (this.closed) throw new AllocatorError('CLOSED', 'the allocator is closed');
   }
 
-  private toAllocation(row: GatewayRow, token: string | null, created: boolean): Allocation {
+  private toAllocation(row: GatewayRow, token: string | null, created: boolean, certificate: OrgCertificateState): Allocation {
     const orgId = row.organizationId as string;
     return {
       name: row.name,
@@ -743,6 +919,7 @@ export class GatewayAllocator {
       wildcardFqdn: orgWildcardFqdn(orgId, this.domain),
       token,
       created,
+      certificate,
     };
   }
 }

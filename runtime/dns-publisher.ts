@@ -1,7 +1,7 @@
 import type { Pool } from 'pg';
 import { Batcher } from './batcher';
 import { AllocatorError } from './errors';
-import { absolute, orgFqdn, orgWildcardFqdn } from './naming';
+import { absolute, orgDnsNames, orgFqdn, orgWildcardFqdn, type UserContainerNaming } from './naming';
 import type { PowerDnsClient, RRsetChange } from './powerdns-client';
 
 /** The PowerDNS comment account that marks records as written by this allocator. */
@@ -14,6 +14,8 @@ export interface DnsPublisherOptions {
   domain: string;
   publicIp: string;
   ttl: number;
+  /** nested (default): org name + `*.org-<uuid>` wildcard; flat: org name only (user containers resolve through `*.<domain>`). */
+  naming?: UserContainerNaming;
 }
 
 /**
@@ -67,9 +69,12 @@ export class DnsPublisher {
   }
 
   changesFor(action: DnsAction): RRsetChange[] {
-    const names = [orgFqdn(action.orgId, this.opts.domain), orgWildcardFqdn(action.orgId, this.opts.domain)];
-    return names.map((name) =>
-      action.present
+    const all = [orgFqdn(action.orgId, this.opts.domain), orgWildcardFqdn(action.orgId, this.opts.domain)];
+    const wanted = new Set(orgDnsNames(action.orgId, this.opts.domain, this.opts.naming));
+    // A withdrawal deletes both names whatever the scheme, and a flat publication deletes a
+    // wildcard left from nested naming, so switching schemes leaves nothing behind.
+    return all.map((name) =>
+      action.present && wanted.has(name)
         ? {
             name: absolute(name),
             type: 'A',
@@ -102,7 +107,11 @@ export class DnsPublisher {
       entry.correct = entry.correct && correct;
       owned.set(orgId, entry);
     }
-    for (const entry of owned.values()) entry.correct = entry.correct && entry.names.length === 2;
+    const expected = this.opts.naming === 'flat' ? 1 : 2;
+    for (const [orgId, entry] of owned) {
+      const wanted = new Set(orgDnsNames(orgId, this.opts.domain, this.opts.naming).map(absolute));
+      entry.correct = entry.correct && entry.names.length === expected && entry.names.every((n) => wanted.has(n));
+    }
     return owned;
   }
 
@@ -116,12 +125,20 @@ export class DnsPublisher {
       throw new AllocatorError('DATABASE_FAILED', `cannot take the DNS zone lock: ${(err as Error).message}`, { notApplied: true }, err);
     });
     let broken = false;
+    let patchSent = false;
+    // A checked-out client whose server goes away (restart, failover, pg_terminate_backend) emits
+    // 'error'; without a listener that is an uncaught exception killing the whole process.
+    const onError = (): void => {
+      broken = true;
+    };
+    client.on('error', onError);
     try {
       await client.query('BEGIN');
       await client.query('SELECT pg_advisory_xact_lock(hashtextextended($1, 0))', [`demiurge-dns-zone:${this.client.zone}`]);
       const conditional = [...latest.values()].flatMap((a) => (a.onlyIf ? [{ orgId: a.orgId, onlyIf: a.onlyIf }] : []));
       const holds = conditional.length > 0 ? await this.guard(async (sql, params) => (await client.query(sql, params)).rows, conditional) : new Set<string>();
       const rrsets = [...latest.values()].filter((a) => !a.onlyIf || holds.has(a.orgId)).flatMap((a) => this.changesFor(a));
+      patchSent = true;
       await this.client.patch(rrsets);
       await client.query('COMMIT');
     } catch (err) {
@@ -129,9 +146,10 @@ export class DnsPublisher {
         broken = true;
       });
       if (err instanceof AllocatorError) throw err;
-      // The lock failed before any PATCH was sent.
-      throw new AllocatorError('DATABASE_FAILED', `DNS zone lock failed: ${(err as Error).message}`, { notApplied: true }, err);
+      // Before the PATCH only the lock failed and nothing changed; after it (COMMIT lost) the records were written.
+      throw new AllocatorError('DATABASE_FAILED', `DNS zone lock failed: ${(err as Error).message}`, patchSent ? {} : { notApplied: true }, err);
     } finally {
+      client.removeListener('error', onError);
       client.release(broken);
     }
   }

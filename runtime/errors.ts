@@ -11,6 +11,7 @@ export type AllocatorErrorCode =
   | 'DNS_FAILED'
   | 'NGINX_FAILED'
   | 'DATABASE_FAILED'
+  | 'TLS_FAILED'
   | 'INVALID_SNAPSHOT'
   | 'PAYLOAD_TOO_LARGE'
   | 'STALE_SNAPSHOT'
@@ -25,6 +26,7 @@ export const RETRYABLE_CODES: ReadonlySet<AllocatorErrorCode> = new Set<Allocato
   'DNS_FAILED',
   'NGINX_FAILED',
   'DATABASE_FAILED',
+  'TLS_FAILED',
 ]);
 
 export class AllocatorError extends Error {

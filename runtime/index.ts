@@ -26,6 +26,31 @@ export type { NginxOptions } from './nginx-routes';
 export type { PowerDnsOptions } from './powerdns-client';
 export { renderOrgsConf } from './nginx-config';
 export * as naming from './naming';
+export type { UserContainerNaming } from './naming';
+// Per-organization certificates (nested naming): manager, dev-CA issuer and the shared issuer interface.
+export { OrgCertificates, parseEncryptionKey } from './tls/org-certificates';
+export type {
+  BackgroundResult,
+  IssuanceMode,
+  MaintainReport,
+  OrgCertificate,
+  OrgCertificateEvent,
+  OrgCertificateProvider,
+  OrgCertificateState,
+  OrgCertificateStatus,
+  OrgCertificatesOptions,
+} from './tls/org-certificates';
+export { DevCaIssuer } from './tls/dev-ca-issuer';
+export type { DevCaIssuerOptions } from './tls/dev-ca-issuer';
+export type { CertificateIssuer, IssuedCertificate } from './tls/types';
+// ACME (Let's Encrypt) through DNS-01 in our PowerDNS, its back-off, and the base-certificate renewal.
+export { AcmeIssuer, AcmeIssueError, isAcmeIssueError } from './tls/acme-issuer';
+export type { AcmeErrorKind, AcmeIssuerOptions, AcmeKeyType, ChallengeEvent } from './tls/acme-issuer';
+export { DEFAULT_BACKOFF, IssuanceBackoff, parseRetryAfter } from './tls/backoff';
+export type { BackoffPolicy, BackoffState } from './tls/backoff';
+export { MkcertIssuer } from './tls/mkcert-issuer';
+export { RenewError, renewBaseCertificate, renewalDue } from './tls/renew';
+export type { RenewOptions, RenewResult, RenewalPolicy, RenewalReason } from './tls/renew';
 export { OrgDataStore, serializeSnapshot } from './org-data-store';
 export type { JsonValue, OrgDataSnapshot, OrgDataStoreOptions, PullResult, PushResult, PushWriter, SnapshotInfo } from './org-data-store';
 export { GatewaySessions } from './gateway-sessions';

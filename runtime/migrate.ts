@@ -31,6 +31,9 @@ export async function migrate(pool: Pool, schema: string): Promise<MigrationResu
   const q = quoteSchema(schema);
   const migrations = await readMigrations();
   const client = await pool.connect();
+  // A checked-out client whose server goes away emits 'error'; unhandled, that kills the process.
+  const onError = (): void => undefined;
+  client.on('error', onError);
   try {
     await client.query('BEGIN');
     await client.query('SELECT pg_advisory_xact_lock(hashtextextended($1, 0))', [`demiurge-migrate:${schema}`]);
@@ -52,6 +55,7 @@ export async function migrate(pool: Pool, schema: string): Promise<MigrationResu
     await client.query('ROLLBACK').catch(() => undefined);
     throw err;
   } finally {
+    client.removeListener('error', onError);
     client.release();
   }
 }

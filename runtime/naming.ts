@@ -19,7 +19,7 @@ export const PORTS = {
   defaultGatewayVpnBase: 49100,
 } as const;
 
-export type ContainerRole = 'dev' | 'pdns' | 'build-server' | 'gateway';
+export type ContainerRole = 'dev' | 'pdns' | 'build-server' | 'gateway' | 'tls-renewer';
 
 export const ROLE_LABEL = 'demiurge.role';
 export const ENVIRONMENT_LABEL = 'environment';
@@ -75,7 +75,12 @@ export function networkName(env: string): string {
   return `demiurge-${env}`;
 }
 
-export type VolumeKind = 'workspace' | 'pgdata' | 'builds' | 'certs';
+/**
+ * `tls` holds the environment's TLS authority state, which must outlive every
+ * container: the mkcert dev CA (trusted once on developers' machines) and the
+ * ACME account. `certs` holds what nginx serves.
+ */
+export type VolumeKind = 'workspace' | 'pgdata' | 'builds' | 'certs' | 'tls';
 
 export function volumeName(env: string, kind: VolumeKind): string {
   return `demiurge-${env}-${kind}`;
@@ -91,6 +96,11 @@ export function powerDnsContainerName(env: string): string {
 
 export function buildServerContainerName(env: string): string {
   return `demiurge-${env}-build-server`;
+}
+
+/** Issues and renews the stage-1 base certificate (runtime/cli/tls-renew.ts loop). */
+export function tlsRenewerContainerName(env: string): string {
+  return `demiurge-${env}-tls-renewer`;
 }
 
 export function gatewayName(env: string, index: number): string {
@@ -134,6 +144,160 @@ export function orgFqdn(orgId: string, domain: string): string {
 
 export function orgWildcardFqdn(orgId: string, domain: string): string {
   return `*.org-${orgId}.${domain}`;
+}
+
+/**
+ * How user containers are named under an organization:
+ * - `nested`: `uc-<id>.org-<uuid>.<domain>`. Two labels below the domain, so
+ *   the base `*.<domain>` certificate does NOT cover them (a wildcard covers
+ *   exactly one label): each organization needs its own `*.org-<uuid>.<domain>`
+ *   certificate and DNS wildcard.
+ * - `flat`: `uc-<id>--org-<org>.<domain>`. One label below the domain, covered
+ *   by the base wildcard certificate and by a `*.<domain>` DNS record: no
+ *   certificate per organization (Let's Encrypt allows 50 new certificates per
+ *   registered domain per week, i.e. 50 new organizations a week).
+ */
+export type UserContainerNaming = 'nested' | 'flat';
+
+export const USER_CONTAINER_NAMINGS: readonly UserContainerNaming[] = ['nested', 'flat'];
+
+export function isUserContainerNaming(value: unknown): value is UserContainerNaming {
+  return value === 'nested' || value === 'flat';
+}
+
+/** Longest DNS label (RFC 1035). A flat name must fit the whole `uc-…--org-…` into one. */
+export const MAX_DNS_LABEL = 63;
+
+const BASE32 = 'abcdefghijklmnopqrstuvwxyz234567';
+/** 128 bits in RFC 4648 base32 (lowercase, no padding): 26 characters, the last one carrying 3 bits (2 zero). */
+export const COMPACT_ID_RE = /^[a-z2-7]{25}[aeimquy4]$/;
+
+/**
+ * A canonical UUID as 26 lowercase base32 characters. Why: two canonical UUIDs
+ * cannot share one DNS label (`uc-<36>--org-<36>` is 81 characters, the limit
+ * is 63), while `uc-<26>--org-<26>` is 61.
+ */
+export function compactId(uuid: string): string {
+  if (!isCanonicalOrgId(uuid)) throw new RangeError(`not a canonical lowercase UUID: ${JSON.stringify(uuid)}`);
+  const bytes = Buffer.from(uuid.replace(/-/g, ''), 'hex');
+  let out = '';
+  let acc = 0;
+  let bits = 0;
+  for (const b of bytes) {
+    acc = (acc << 8) | b;
+    bits += 8;
+    while (bits >= 5) {
+      out += BASE32[(acc >>> (bits - 5)) & 31];
+      bits -= 5;
+    }
+    acc &= (1 << bits) - 1;
+  }
+  return out + BASE32[(acc << (5 - bits)) & 31];
+}
+
+/** Inverse of compactId; undefined for anything that is not exactly one encoded UUID. */
+export function uuidOfCompactId(token: string): string | undefined {
+  if (!COMPACT_ID_RE.test(token)) return undefined;
+  let hex = '';
+  let acc = 0;
+  let bits = 0;
+  for (const ch of token) {
+    acc = (acc << 5) | BASE32.indexOf(ch);
+    bits += 5;
+    if (bits >= 8) {
+      hex += ((acc >>> (bits - 8)) & 255).toString(16).padStart(2, '0');
+      bits -= 8;
+      acc &= (1 << bits) - 1;
+    }
+  }
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+}
+
+/** A user-container id: a canonical UUID, or a short lowercase id (letters, digits, single inner hyphens). */
+const USER_CONTAINER_ID_RE = /^[a-z0-9]+(?:-[a-z0-9]+)*$/;
+
+export function isValidUserContainerId(value: unknown): value is string {
+  return typeof value === 'string' && value.length <= MAX_DNS_LABEL - 3 && USER_CONTAINER_ID_RE.test(value);
+}
+
+/**
+ * The public name of a user container.
+ * nested: `uc-<id>.org-<uuid>.<domain>`.
+ * flat:   `uc-<id>--org-<uuid>.<domain>`, with every UUID (the organization's,
+ *         and the container's if it is one) written as its 26-character
+ *         compactId so that the label stays within 63 characters; throws a
+ *         RangeError if it still does not fit (a long non-UUID container id).
+ */
+export function userContainerFqdn(userContainerId: string, orgId: string, domain: string, naming: UserContainerNaming = 'nested'): string {
+  if (!isValidUserContainerId(userContainerId)) throw new RangeError(`invalid user container id ${JSON.stringify(userContainerId)}`);
+  if (!isCanonicalOrgId(orgId)) throw new RangeError(`invalid organization id ${JSON.stringify(orgId)}`);
+  if (naming === 'nested') return `uc-${userContainerId}.org-${orgId}.${domain}`;
+  const uc = isCanonicalOrgId(userContainerId) ? compactId(userContainerId) : userContainerId;
+  const label = `uc-${uc}--org-${compactId(orgId)}`;
+  if (label.length > MAX_DNS_LABEL) throw new RangeError(`flat user-container label ${label} is ${label.length} characters; DNS allows ${MAX_DNS_LABEL}`);
+  return `${label}.${domain}`;
+}
+
+export interface ParsedOrgHostname {
+  orgId: string;
+  /** The user container's id as written in the name (a compactId is turned back into its UUID); undefined for `org-<uuid>.<domain>` itself. */
+  userContainerId?: string;
+  /** Which scheme the name uses; undefined for `org-<uuid>.<domain>` itself, which both schemes share. */
+  naming?: UserContainerNaming;
+}
+
+/**
+ * Reads a host name the stage-1 nginx (and a gateway's stage-2) receives:
+ * `org-<uuid>.<domain>`, `uc-<id>.org-<uuid>.<domain>` (nested) or
+ * `uc-<id>--org-<uuid|compact>.<domain>` (flat). The canonical UUID is
+ * accepted in the flat form too when it fits (e.g. `uc-abc--org-<uuid>`).
+ */
+export function parseOrgHostname(hostname: string, domain: string): ParsedOrgHostname | undefined {
+  const host = hostname.toLowerCase().replace(/\.$/, '');
+  if (!host.endsWith(`.${domain}`)) return undefined;
+  const rest = host.slice(0, -domain.length - 1);
+  const labels = rest.split('.');
+  if (labels.some((l) => l.length === 0 || l.length > MAX_DNS_LABEL)) return undefined;
+  const last = labels[labels.length - 1];
+  const nested = /^org-(.+)$/.exec(last);
+  if (nested && isCanonicalOrgId(nested[1])) {
+    if (labels.length === 1) return { orgId: nested[1] };
+    if (labels.length === 2) {
+      const uc = /^uc-(.+)$/.exec(labels[0]);
+      if (uc && isValidUserContainerId(uc[1])) return { orgId: nested[1], userContainerId: uc[1], naming: 'nested' };
+    }
+    return undefined;
+  }
+  if (labels.length !== 1) return undefined;
+  const flat = /^uc-(.+)--org-([a-z0-9-]+)$/.exec(last);
+  if (!flat) return undefined;
+  const orgId = isCanonicalOrgId(flat[2]) ? flat[2] : uuidOfCompactId(flat[2]);
+  const ucId = uuidOfCompactId(flat[1]) ?? flat[1];
+  if (orgId === undefined || !isValidUserContainerId(ucId)) return undefined;
+  return { orgId, userContainerId: ucId, naming: 'flat' };
+}
+
+/** The names a per-organization certificate covers (nested naming only): the org name and its one-label wildcard. */
+export function orgCertificateNames(orgId: string, domain: string): string[] {
+  return [orgFqdn(orgId, domain), orgWildcardFqdn(orgId, domain)];
+}
+
+/**
+ * The A records the allocator publishes for an organization. nested: the org
+ * name and its wildcard; flat: the org name only (user containers resolve
+ * through the environment's `*.<domain>` record, `demiurge:dnsWildcard`).
+ */
+export function orgDnsNames(orgId: string, domain: string, naming: UserContainerNaming = 'nested'): string[] {
+  return naming === 'nested' ? [orgFqdn(orgId, domain), orgWildcardFqdn(orgId, domain)] : [orgFqdn(orgId, domain)];
+}
+
+/** RFC 6125 matching of one certificate name (`*.` only as the whole left-most label) against a host name. */
+export function certificateNameCovers(certName: string, hostname: string): boolean {
+  const c = certName.toLowerCase();
+  const h = hostname.toLowerCase().replace(/\.$/, '');
+  if (!c.startsWith('*.')) return c === h;
+  const dot = h.indexOf('.');
+  return dot > 0 && h.slice(dot + 1) === c.slice(2);
 }
 
 /** Absolute (dot-terminated) form used by the PowerDNS API. */

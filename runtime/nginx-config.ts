@@ -11,8 +11,12 @@
  * this base configuration itself changes.
  */
 
+import type { UserContainerNaming } from './naming';
+
 export const ROUTE_OWNER = 'demiurge-allocator';
 export const ROUTES_SUBDIR = 'routes';
+/** Per-organization certificate bundles (key + chain in one file): `<confDir>/certs/org-<uuid>.pem`. */
+export const CERTS_SUBDIR = 'certs';
 export const ORGS_CONF = 'demiurge-orgs.conf';
 export const ROUTES_JS = 'demiurge-routes.js';
 /** The stage-1 nginx.conf must load this module in its main context (Debian: libnginx-mod-http-js). */
@@ -26,6 +30,14 @@ export interface Stage1RenderOptions {
   keyPath: string;
   /** host:port of the loopback status server the allocator asks whether routes are live. */
   statusListen: string;
+  /** User-container names the org server accepts besides `org-<uuid>.<domain>`; default nested. */
+  naming?: UserContainerNaming;
+  /**
+   * Directory of per-organization certificate bundles. When set, the
+   * certificate is chosen per TLS handshake (see renderOrgsConf); when not,
+   * the base certificate is loaded once per reload, as before.
+   */
+  orgCertDir?: string;
 }
 
 function escapeRegex(s: string): string {
@@ -33,6 +45,32 @@ function escapeRegex(s: string): string {
 }
 
 const UUID = '[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}';
+/** naming.compactId: a UUID in 26 base32 characters (flat names carry it so the label fits in 63). */
+const COMPACT = '[a-z2-7]{25}[aeimquy4]';
+
+/** The org server's host pattern (without anchors' domain part): nested names always, flat ones when enabled. */
+function hostPattern(o: Stage1RenderOptions, domain: string): string {
+  const nested = `(?:[a-z0-9-]+\\.)*org-${UUID}`;
+  if ((o.naming ?? 'nested') === 'nested') return `^${nested}\\.${domain}$`;
+  return `^(?:${nested}|[a-z0-9-]+--org-(?:${UUID}|${COMPACT}))\\.${domain}$`;
+}
+
+/** Bundle file of an organization's certificate (key first, then leaf and chain). */
+export function orgCertFileName(orgId: string): string {
+  return `org-${orgId}.pem`;
+}
+
+const CERT_FILE_RE = new RegExp(`^org-(${UUID})\\.pem$`);
+
+/** Org id of a certificate bundle file name, or undefined if the name is not one of ours. */
+export function orgIdOfCertFile(fileName: string): string | undefined {
+  return CERT_FILE_RE.exec(fileName)?.[1];
+}
+
+/** First line of a bundle the allocator wrote (PEM readers skip text before `-----BEGIN`). */
+export function certOwnerLine(envName: string, orgId: string): string {
+  return `# owner=${ROUTE_OWNER} env=${envName} org=${orgId}`;
+}
 
 /** A short fingerprint of the base configuration, served by the status server so a reload can be confirmed. */
 export function configVersion(text: string): string {
@@ -42,12 +80,65 @@ export function configVersion(text: string): string {
 }
 
 export function renderRoutesJs(o: Stage1RenderOptions, version: string): string {
+  const flat = (o.naming ?? 'nested') === 'flat';
+  const certDir = o.orgCertDir;
+  // njs 0.7 (Debian bookworm): ES5-style code, `var` only.
+  const compactDecoder = flat
+    ? `
+// Flat names carry the org id as naming.compactId (26 base32 characters).
+var B32 = 'abcdefghijklmnopqrstuvwxyz234567';
+function uuidOf(token) {
+    var hex = '', acc = 0, bits = 0;
+    for (var i = 0; i < token.length; i++) {
+        acc = (acc << 5) | B32.indexOf(token.charAt(i));
+        bits += 5;
+        if (bits >= 8) {
+            var b = (acc >>> (bits - 8)) & 255;
+            hex += (b < 16 ? '0' : '') + b.toString(16);
+            bits -= 8;
+            acc &= (1 << bits) - 1;
+        }
+    }
+    return hex.slice(0, 8) + '-' + hex.slice(8, 12) + '-' + hex.slice(12, 16) + '-' + hex.slice(16, 20) + '-' + hex.slice(20, 32);
+}
+`
+    : '';
+  const tls = certDir
+    ? `
+var CERTS = ${JSON.stringify(`${certDir}/`)};
+var BASE_CERT = ${JSON.stringify(o.certPath)};
+var BASE_KEY = ${JSON.stringify(o.keyPath)};
+var SNI = ${`/^(?:[a-z0-9-]+\\.)*org-(${UUID})\\.${escapeRegex(o.domain)}$/`};
+
+function readable(file) {
+    try {
+        fs.accessSync(file, fs.constants.R_OK);
+        return true;
+    } catch (e) {
+        return false;
+    }
+}
+
+function hasCert(id) {
+    return ID.test(id) && readable(CERTS + 'org-' + id + '.pem');
+}
+
+// js_set, evaluated once per TLS handshake (nginx caches it for the handshake's
+// fake request, so the certificate and key maps always agree): the org whose
+// bundle to serve, or '' for the base certificate (no org name, or the org's
+// certificate is pending / not on disk: the base still covers org-<uuid>).
+function tlsOrg(r) {
+    var m = SNI.exec((r.variables.ssl_server_name || '').toLowerCase());
+    return m && hasCert(m[1]) ? m[1] : '';
+}
+`
+    : '';
   return `// ${ROUTE_OWNER}: written by the gateway allocator; do not edit by hand.
 var fs = require('fs');
 var ROUTES = ${JSON.stringify(`${o.confDir}/${ROUTES_SUBDIR}/`)};
 var ID = /^${UUID}$/;
 var LINE = /^(${UUID}) "([^"]+)";$/m;
-
+${compactDecoder}${tls}
 function target(id) {
     if (!ID.test(id)) return '';
     try {
@@ -60,38 +151,76 @@ function target(id) {
 
 // js_set: the host:port of the organization's gateway, '' when none is allocated.
 function gateway(r) {
-    return target(r.variables.demiurge_org_id || '');
+    var id = r.variables.demiurge_org_id || '';
+${flat ? "    if (id.length === 26) id = uuidOf(id);\n" : ''}    return target(id);
 }
 
-// Status server: what the workers would route each id to right now.
+// Status server: what the workers would route each id to right now${certDir ? ', whether they can read\n// each org\'s certificate bundle and the base certificate, and which worker answers' : ''}.
 function lookup(r) {
     var ids = (r.args.ids || '').split(',');
-    var out = { version: '${version}', routes: {} };
+    var out = { version: '${version}', routes: {}${certDir ? ', certs: {}, base: readable(BASE_CERT) && readable(BASE_KEY), pid: process.pid' : ''} };
     for (var i = 0; i < ids.length; i++) {
-        if (ID.test(ids[i])) out.routes[ids[i]] = target(ids[i]);
+        if (ID.test(ids[i])) {
+            out.routes[ids[i]] = target(ids[i]);
+${certDir ? '            out.certs[ids[i]] = hasCert(ids[i]);\n' : ''}        }
     }
     r.headersOut['Content-Type'] = 'application/json';
     r.return(200, JSON.stringify(out));
 }
 
-export default { gateway: gateway, lookup: lookup };
+export default { gateway: gateway, lookup: lookup${certDir ? ', tlsOrg: tlsOrg' : ''} };
 `;
 }
 
+/**
+ * Certificates: without orgCertDir, the base certificate is loaded by the
+ * master at each reload. With it, `ssl_certificate` holds variables, so nginx
+ * 1.22 loads the chosen files in the worker during every full handshake
+ * (resumed sessions skip it): the org's bundle when its file is readable, the
+ * base certificate otherwise. A new or renewed certificate is therefore live
+ * for the next handshake after its file is renamed into place, with no reload.
+ * The cost is the file load: ≈1.2 ms more worker CPU per full handshake here
+ * (OpenSSL 3 PEM decoding), and the workers (not only the root master) must be
+ * able to read the base key.
+ */
 export function renderOrgsConf(o: Stage1RenderOptions): string {
   const domain = escapeRegex(o.domain);
+  const flat = (o.naming ?? 'nested') === 'flat';
+  const hostMap = flat
+    ? `    "~^(?:[a-z0-9-]+\\.)*org-(?<demiurge_oid>${UUID})\\.${domain}$" $demiurge_oid;
+    "~^[a-z0-9-]+--org-(?<demiurge_oid>${UUID}|${COMPACT})\\.${domain}$" $demiurge_oid;`
+    : `    "~^(?:[a-z0-9-]+\\.)*org-(?<demiurge_oid>${UUID})\\.${domain}$" $demiurge_oid;`;
+  const certs = o.orgCertDir
+    ? `
+# Certificate per TLS handshake: the org's own bundle (org-<uuid> and *.org-<uuid>)
+# when the allocator has written it, the base certificate otherwise.
+js_set $demiurge_tls_org demiurge_routes.tlsOrg;
+
+map $demiurge_tls_org $demiurge_ssl_certificate {
+    "" ${o.certPath};
+    default ${o.orgCertDir}/org-$demiurge_tls_org.pem;
+}
+
+map $demiurge_tls_org $demiurge_ssl_certificate_key {
+    "" ${o.keyPath};
+    default ${o.orgCertDir}/org-$demiurge_tls_org.pem;
+}
+`
+    : '';
+  const sslCert = o.orgCertDir ? '$demiurge_ssl_certificate' : o.certPath;
+  const sslKey = o.orgCertDir ? '$demiurge_ssl_certificate_key' : o.keyPath;
   return `# ${ROUTE_OWNER}: written by the gateway allocator; do not edit by hand.
-# org-<uuid>.${o.domain} and *.org-<uuid>.${o.domain} -> the organization's gateway.
+# org-<uuid>.${o.domain} and *.org-<uuid>.${o.domain}${flat ? ` and <name>--org-<uuid>.${o.domain}` : ''} -> the organization's gateway.
 
 js_import demiurge_routes from ${o.confDir}/${ROUTES_JS};
 
 map $host $demiurge_org_id {
     default "";
-    "~^(?:[a-z0-9-]+\\.)*org-(?<demiurge_oid>${UUID})\\.${domain}$" $demiurge_oid;
+${hostMap}
 }
 
 js_set $demiurge_gateway demiurge_routes.gateway;
-
+${certs}
 map $http_upgrade $demiurge_connection_upgrade {
     default upgrade;
     "" close;
@@ -99,10 +228,10 @@ map $http_upgrade $demiurge_connection_upgrade {
 
 server {
     listen ${o.listen};
-    server_name "~^(?:[a-z0-9-]+\\.)*org-${UUID}\\.${domain}$";
+    server_name "~${hostPattern(o, domain)}";
 
-    ssl_certificate ${o.certPath};
-    ssl_certificate_key ${o.keyPath};
+    ssl_certificate ${sslCert};
+    ssl_certificate_key ${sslKey};
 
     location / {
         if ($demiurge_gateway = "") {

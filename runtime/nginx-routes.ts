@@ -6,11 +6,16 @@ import type { Pool, PoolClient } from 'pg';
 import { Batcher } from './batcher';
 import type { ActionCondition, Guard } from './dns-publisher';
 import { AllocatorError } from './errors';
+import type { UserContainerNaming } from './naming';
 import {
+  CERTS_SUBDIR,
   ORGS_CONF,
   ROUTES_JS,
   ROUTES_SUBDIR,
+  certOwnerLine,
   configVersion,
+  orgCertFileName,
+  orgIdOfCertFile,
   orgIdOfRouteFile,
   renderOrgsConf,
   renderRoute,
@@ -35,6 +40,29 @@ export interface NginxOptions {
   commandTimeoutMs?: number;
   /** How long to wait for nginx to serve a route or a reloaded base configuration; default 15 s. */
   liveTimeoutMs?: number;
+  /**
+   * uid/gid the nginx workers run as (nginx.conf `user`). Only used with
+   * per-organization certificates: their bundles hold private keys, so they
+   * are mode 0600 and owned by the workers, which load them per handshake.
+   * Default: read from /proc/<pid>/status of the worker that answers the
+   * status server (allocator and nginx on one host, as in the dev container).
+   */
+  workerUser?: { uid: number; gid: number };
+}
+
+/** Optional features of the organization server, decided by the allocator's options. */
+export interface Stage1Features {
+  naming?: UserContainerNaming;
+  /** Choose the certificate per handshake from `<confDir>/certs/` (nested naming with an OrgCertificates manager). */
+  orgCertificates?: boolean;
+}
+
+export interface CertFileChange {
+  orgId: string;
+  /** Checked inside the config lock, as for routes. */
+  onlyIf?: ActionCondition;
+  /** Private key + chain (OrgCertificate.bundlePem); undefined removes the file. */
+  bundlePem?: string;
 }
 
 export interface RouteChange {
@@ -53,6 +81,10 @@ export interface OwnedRoute {
 interface LookupAnswer {
   version: string;
   routes: Record<string, string>;
+  /** With per-org certificates: whether the answering worker can read each org's bundle and the base certificate and key. */
+  certs?: Record<string, boolean>;
+  base?: boolean;
+  pid?: number;
 }
 
 function run(cmd: string[], timeoutMs: number): Promise<{ ok: boolean; output: string }> {
@@ -63,10 +95,32 @@ function run(cmd: string[], timeoutMs: number): Promise<{ ok: boolean; output: s
   });
 }
 
-async function writeAtomic(file: string, content: string): Promise<void> {
+async function writeAtomic(file: string, content: string, mode = 0o644, owner?: { uid: number; gid: number }): Promise<void> {
   const tmp = `${file}.tmp-${process.pid}-${Math.random().toString(36).slice(2)}`;
-  await fs.writeFile(tmp, content, { mode: 0o644 });
-  await fs.rename(tmp, file);
+  try {
+    await fs.writeFile(tmp, content, { mode });
+    // writeFile's mode is subject to the umask; a key bundle must be exactly 0600.
+    await fs.chmod(tmp, mode);
+    if (owner) await fs.chown(tmp, owner.uid, owner.gid);
+    await fs.rename(tmp, file);
+  } catch (err) {
+    await fs.rm(tmp, { force: true }).catch(() => undefined);
+    throw err;
+  }
+}
+
+/** uid/gid of an nginx worker process, if `pid` is one in our PID namespace. */
+async function nginxWorkerIds(pid: number): Promise<{ uid: number; gid: number } | undefined> {
+  try {
+    const cmdline = await fs.readFile(`/proc/${pid}/cmdline`, 'utf8');
+    if (!cmdline.startsWith('nginx: worker process')) return undefined;
+    const status = await fs.readFile(`/proc/${pid}/status`, 'utf8');
+    const uid = /^Uid:\s+(\d+)/m.exec(status)?.[1];
+    const gid = /^Gid:\s+(\d+)/m.exec(status)?.[1];
+    return uid !== undefined && gid !== undefined ? { uid: Number(uid), gid: Number(gid) } : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 async function readOrUndefined(file: string): Promise<string | undefined> {
@@ -89,6 +143,9 @@ function lastLines(output: string): string {
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
+/** Organization ids per status-server request (37 bytes each; nginx's request line limit is 8 KiB). */
+const LOOKUP_CHUNK = 100;
+
 /**
  * Keeps the stage-1 nginx's organization routes. A route is one file, written
  * atomically and read by njs on each request, so it is live without a reload;
@@ -100,7 +157,11 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
  */
 export class NginxRoutes {
   private readonly batcher: Batcher<RouteChange>;
+  private readonly certBatcher: Batcher<CertFileChange>;
   private readonly routesDir: string;
+  /** Per-organization certificate bundles; undefined when the org server uses the base certificate only. */
+  readonly certDir: string | undefined;
+  private workerIds: Promise<{ uid: number; gid: number } | undefined> | undefined;
   private readonly statusListen: string;
   private readonly testCommand: string[];
   private readonly reloadCommand: string[];
@@ -120,8 +181,10 @@ export class NginxRoutes {
     private readonly envName: string,
     domain: string,
     private readonly guard: Guard,
+    features: Stage1Features = {},
   ) {
     this.routesDir = path.join(opts.confDir, ROUTES_SUBDIR);
+    this.certDir = features.orgCertificates ? path.join(opts.confDir, CERTS_SUBDIR) : undefined;
     this.statusListen = opts.statusListen ?? '127.0.0.1:8099';
     this.testCommand = opts.testCommand ?? ['nginx', '-t', '-q'];
     this.reloadCommand = opts.reloadCommand ?? ['nginx', '-s', 'reload'];
@@ -134,12 +197,15 @@ export class NginxRoutes {
       certPath: opts.tls.certPath,
       keyPath: opts.tls.keyPath,
       statusListen: this.statusListen,
+      naming: features.naming,
+      orgCertDir: this.certDir,
     };
     this.baseConf = renderOrgsConf(render);
     // The version covers both files, so a change to either is confirmed after reload.
     this.version = configVersion(this.baseConf + renderRoutesJs(render, ''));
     this.baseJs = renderRoutesJs(render, this.version);
     this.batcher = new Batcher((changes) => this.apply(changes));
+    this.certBatcher = new Batcher((changes) => this.applyCerts(changes));
   }
 
   set(change: RouteChange): Promise<void> {
@@ -147,7 +213,67 @@ export class NginxRoutes {
   }
 
   idle(): Promise<void> {
-    return this.batcher.idle();
+    return Promise.all([this.batcher.idle(), this.certBatcher.idle()]).then(() => undefined);
+  }
+
+  /** Writes (or with no bundle, removes) an organization's certificate bundle; a write resolves once nginx's workers can read it. */
+  setCertificate(change: CertFileChange): Promise<void> {
+    if (!this.certDir) return Promise.resolve();
+    return this.certBatcher.submit(change);
+  }
+
+  /** Applies certificate changes now, as one batch (reconcile). */
+  applyCertificatesNow(changes: CertFileChange[]): Promise<void> {
+    return this.certDir && changes.length > 0 ? this.applyCerts(changes) : Promise.resolve();
+  }
+
+  /** What the allocator writes for a bundle (owner line first; PEM readers skip text before -----BEGIN). */
+  renderCertFile(orgId: string, bundlePem: string): string {
+    return `${certOwnerLine(this.envName, orgId)}\n${bundlePem}`;
+  }
+
+  /** True when the organization's bundle file holds exactly this bundle (a repeated allocate need not rewrite it). */
+  async certificateFileMatches(orgId: string, bundlePem: string): Promise<boolean> {
+    if (!this.certDir) return true;
+    return (await readOrUndefined(path.join(this.certDir, orgCertFileName(orgId))).catch(() => undefined)) === this.renderCertFile(orgId, bundlePem);
+  }
+
+  /** Certificate bundles this allocator owns for this environment, with their content. */
+  async listOwnedCertificates(): Promise<OwnedRoute[]> {
+    if (!this.certDir) return [];
+    let names: string[];
+    try {
+      names = await fs.readdir(this.certDir);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+      throw err;
+    }
+    const owned: OwnedRoute[] = [];
+    for (const name of names) {
+      const orgId = orgIdOfCertFile(name);
+      if (!orgId) continue;
+      const content = await readOrUndefined(path.join(this.certDir, name));
+      if (content !== undefined && content.startsWith(`${certOwnerLine(this.envName, orgId)}\n`)) owned.push({ orgId, content });
+    }
+    return owned;
+  }
+
+  /**
+   * With per-org certificates nginx loads the base certificate in the workers
+   * at every handshake, not in the root master at reload: an unreadable base
+   * key would fail every TLS handshake of the org server. Throws NGINX_FAILED
+   * naming the fix; a no-op without per-org certificates.
+   */
+  async checkBaseCertificateReadable(): Promise<void> {
+    if (!this.certDir) return;
+    const live = await this.lookup([]);
+    if (live && live.base === false) {
+      throw new AllocatorError(
+        'NGINX_FAILED',
+        `nginx workers cannot read the base certificate ${this.opts.tls.certPath} / key ${this.opts.tls.keyPath}: with per-organization certificates nginx loads certificates in the workers per handshake, so the key must be readable by the worker user (e.g. chown www-data, mode 0600)`,
+        { stage: 'tls' },
+      );
+    }
   }
 
   /**
@@ -158,10 +284,15 @@ export class NginxRoutes {
    */
   async ensureBaseConfig(): Promise<boolean> {
     await fs.mkdir(this.routesDir, { recursive: true });
+    // Workers open bundles by name (no listing needed); the bundles themselves are 0600.
+    if (this.certDir && (await fs.mkdir(this.certDir, { recursive: true })) !== undefined) await fs.chmod(this.certDir, 0o711);
     const confFile = path.join(this.opts.confDir, ORGS_CONF);
     const jsFile = path.join(this.opts.confDir, ROUTES_JS);
     const live = await this.lookup([]);
-    if (live?.version === this.version && (await readOrUndefined(confFile)) === this.baseConf && (await readOrUndefined(jsFile)) === this.baseJs) return false;
+    if (live?.version === this.version && (await readOrUndefined(confFile)) === this.baseConf && (await readOrUndefined(jsFile)) === this.baseJs) {
+      await this.checkBaseCertificateReadable();
+      return false;
+    }
     await this.withLock(async () => {
       const previous = [
         { file: confFile, content: await readOrUndefined(confFile) },
@@ -185,6 +316,7 @@ export class NginxRoutes {
     await this.waitFor(async () => (await this.lookup([]))?.version === this.version, () => `nginx did not load base configuration ${this.version}`);
     // nginx's master keeps old workers accepting for ~100 ms after new ones start; let them go.
     await sleep(150);
+    await this.checkBaseCertificateReadable();
     return true;
   }
 
@@ -218,7 +350,21 @@ export class NginxRoutes {
   }
 
   /** Asks nginx's workers how they route the given organizations; undefined if nginx does not answer. */
-  lookup(orgIds: string[]): Promise<LookupAnswer | undefined> {
+  async lookup(orgIds: string[]): Promise<LookupAnswer | undefined> {
+    if (orgIds.length <= LOOKUP_CHUNK) return this.lookupOnce(orgIds);
+    // nginx answers 414 to a request line over 8 KiB (~215 ids): ask in chunks, in parallel.
+    const chunks: string[][] = [];
+    for (let i = 0; i < orgIds.length; i += LOOKUP_CHUNK) chunks.push(orgIds.slice(i, i + LOOKUP_CHUNK));
+    const answers = await Promise.all(chunks.map((c) => this.lookupOnce(c)));
+    if (answers.some((a) => a === undefined)) return undefined;
+    const [first, ...rest] = answers as LookupAnswer[];
+    return rest.reduce<LookupAnswer>(
+      (acc, a) => ({ ...acc, routes: { ...acc.routes, ...a.routes }, ...(a.certs ? { certs: { ...acc.certs, ...a.certs } } : {}) }),
+      { ...first, routes: { ...first.routes } },
+    );
+  }
+
+  private lookupOnce(orgIds: string[]): Promise<LookupAnswer | undefined> {
     const i = this.statusListen.lastIndexOf(':');
     const host = this.statusListen.slice(0, i);
     const port = Number(this.statusListen.slice(i + 1));
@@ -250,12 +396,15 @@ export class NginxRoutes {
       const holds = conditional.length > 0 ? await this.guard(async (sql, params) => (await lock.query(sql, params)).rows, conditional) : new Set<string>();
       const todo = [...latest.values()].filter((c) => !c.onlyIf || holds.has(c.orgId));
       await fs.mkdir(this.routesDir, { recursive: true });
-      for (const c of todo) {
-        const file = path.join(this.routesDir, routeFileName(c.orgId));
-        const content = this.renderFor(c);
-        if (content === undefined) await fs.rm(file, { force: true });
-        else await writeAtomic(file, content);
-      }
+      // One file per organization (a batch holds one change per org): written in parallel, all before the lock is released.
+      await Promise.all(
+        todo.map(async (c) => {
+          const file = path.join(this.routesDir, routeFileName(c.orgId));
+          const content = this.renderFor(c);
+          if (content === undefined) await fs.rm(file, { force: true });
+          else await writeAtomic(file, content);
+        }),
+      );
       return todo;
     });
     // Removals need no confirmation (a stopped nginx routes nothing); additions must be served.
@@ -274,8 +423,66 @@ export class NginxRoutes {
     this.routeMs += Date.now() - started;
   }
 
-  private async waitFor(check: () => Promise<boolean>, failure: () => string): Promise<void> {
-    const deadline = Date.now() + this.liveTimeoutMs;
+  /** The uid/gid bundles must belong to so the workers (not only the root master) can read them; undefined: leave as written. */
+  private bundleOwner(): Promise<{ uid: number; gid: number } | undefined> {
+    if (!this.workerIds) {
+      this.workerIds = (async () => {
+        const ids = this.opts.workerUser ?? (await this.detectWorkerIds());
+        const me = process.getuid?.();
+        // Only root can give a file away; a non-root allocator's files are readable by workers running as itself.
+        return ids && me === 0 && ids.uid !== 0 ? ids : undefined;
+      })();
+      this.workerIds.then((ids) => {
+        if (!ids && !this.opts.workerUser) this.workerIds = undefined; // retry detection next time
+      }, () => (this.workerIds = undefined));
+    }
+    return this.workerIds;
+  }
+
+  private async detectWorkerIds(): Promise<{ uid: number; gid: number } | undefined> {
+    const live = await this.lookup([]);
+    return live?.pid ? nginxWorkerIds(live.pid) : undefined;
+  }
+
+  private async applyCerts(changes: CertFileChange[]): Promise<void> {
+    const certDir = this.certDir;
+    if (!certDir) return;
+    const latest = new Map<string, CertFileChange>();
+    for (const c of changes) latest.set(c.orgId, c);
+    const owner = [...latest.values()].some((c) => c.bundlePem !== undefined) ? await this.bundleOwner() : undefined;
+    const effective = await this.withLock(async (lock) => {
+      const conditional = [...latest.values()].flatMap((c) => (c.onlyIf ? [{ orgId: c.orgId, onlyIf: c.onlyIf }] : []));
+      const holds = conditional.length > 0 ? await this.guard(async (sql, params) => (await lock.query(sql, params)).rows, conditional) : new Set<string>();
+      const todo = [...latest.values()].filter((c) => !c.onlyIf || holds.has(c.orgId));
+      await fs.mkdir(certDir, { recursive: true });
+      for (const c of todo) {
+        const file = path.join(certDir, orgCertFileName(c.orgId));
+        if (c.bundlePem === undefined) await fs.rm(file, { force: true });
+        else await writeAtomic(file, this.renderCertFile(c.orgId, c.bundlePem), 0o600, owner);
+      }
+      return todo;
+    });
+    // A written bundle counts only once the workers can read it (a root-owned 0600 key would fail every handshake).
+    const written = effective.filter((c) => c.bundlePem !== undefined).map((c) => c.orgId);
+    if (written.length > 0) {
+      let last: LookupAnswer | undefined;
+      await this.waitFor(
+        async () => {
+          last = await this.lookup(written);
+          return !!last && written.every((id) => last?.certs?.[id] === true);
+        },
+        () =>
+          `nginx workers cannot read the certificate bundle(s) of ${written.slice(0, 5).join(', ')} in ${certDir}: ${
+            last ? `status server answers ${JSON.stringify(last.certs ?? {}).slice(0, 200)}; run the allocator as root or as the worker user, or set nginx.workerUser` : 'status server does not answer'
+          }`,
+        // The file is in place before the first check, so a worker that still cannot read it soon never will.
+        Math.min(this.liveTimeoutMs, 5_000),
+      );
+    }
+  }
+
+  private async waitFor(check: () => Promise<boolean>, failure: () => string, timeoutMs = this.liveTimeoutMs): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
     while (!(await check())) {
       if (Date.now() > deadline) throw new AllocatorError('NGINX_FAILED', failure(), { stage: 'live' });
       await sleep(10);
@@ -287,6 +494,11 @@ export class NginxRoutes {
       throw new AllocatorError('DATABASE_FAILED', `cannot take the nginx config lock: ${(err as Error).message}`, { notApplied: true }, err);
     });
     let broken = false;
+    // A checked-out client whose server goes away emits 'error'; unhandled, that kills the process.
+    const onError = (): void => {
+      broken = true;
+    };
+    lock.on('error', onError);
     try {
       await lock.query('BEGIN');
       await lock.query('SELECT pg_advisory_xact_lock(hashtextextended($1, 0))', [`demiurge-nginx:${this.opts.confDir}`]);
@@ -300,6 +512,7 @@ export class NginxRoutes {
       if (err instanceof AllocatorError) throw err;
       throw new AllocatorError('NGINX_FAILED', `route update failed: ${(err as Error).message}`, {}, err);
     } finally {
+      lock.removeListener('error', onError);
       lock.release(broken);
     }
   }

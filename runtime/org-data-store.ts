@@ -131,7 +131,8 @@ export class OrgDataStore {
         throw new AllocatorError('NOT_ALLOCATED', `gateway ${writer.gateway} does not hold organization ${organizationId}`, { organizationId, gateway: writer.gateway });
       }
       const cur = await c.query<{ version: string; snapshot_at: Date | null }>(
-        `SELECT version::text AS version, snapshot_at FROM ${this.snapshots} WHERE organization_id = $1 ORDER BY version DESC LIMIT 1`,
+        // s.version: a bare `version` in ORDER BY would sort the text alias ('9' > '10').
+        `SELECT s.version::text AS version, s.snapshot_at FROM ${this.snapshots} s WHERE s.organization_id = $1 ORDER BY s.version DESC LIMIT 1`,
         [organizationId],
       );
       const current = cur.rows[0];
@@ -161,8 +162,9 @@ export class OrgDataStore {
   async get(organizationId: string, version: number | null): Promise<PullResult> {
     assertOrganizationId(organizationId);
     const rows = await this.q<{ version: string; payload: Buffer; sha256: Buffer; snapshot_at: Date | null; created_at: Date }>(
-      `SELECT version::text AS version, payload, sha256, snapshot_at, created_at FROM ${this.snapshots}
-       WHERE organization_id = $1 AND ($2::bigint IS NULL OR version = $2::bigint) ORDER BY version DESC LIMIT 1`,
+      // s.version: a bare `version` in ORDER BY would sort the text alias ('9' > '10').
+      `SELECT s.version::text AS version, s.payload, s.sha256, s.snapshot_at, s.created_at FROM ${this.snapshots} s
+       WHERE s.organization_id = $1 AND ($2::bigint IS NULL OR s.version = $2::bigint) ORDER BY s.version DESC LIMIT 1`,
       [organizationId, version],
       'pull failed',
     );
@@ -184,7 +186,7 @@ export class OrgDataStore {
     assertOrganizationId(organizationId);
     const rows = await this.q<{ version: string; sha256: Buffer; bytes: number; gateway: string; snapshot_at: Date | null; created_at: Date; restored_from: string | null }>(
       `SELECT version::text AS version, sha256, octet_length(payload) AS bytes, gateway, snapshot_at, created_at, restored_from::text AS restored_from
-       FROM ${this.snapshots} WHERE organization_id = $1 ORDER BY version DESC`,
+       FROM ${this.snapshots} s WHERE organization_id = $1 ORDER BY s.version DESC`,
       [organizationId],
       'history failed',
     );
@@ -255,6 +257,11 @@ export class OrgDataStore {
       throw asAllocatorError(err, 'DATABASE_FAILED', what);
     }
     let broken = false;
+    // A checked-out client whose server goes away emits 'error'; unhandled, that kills the process.
+    const onError = (): void => {
+      broken = true;
+    };
+    client.on('error', onError);
     try {
       await client.query('BEGIN');
       const result = await fn(client);
@@ -266,6 +273,7 @@ export class OrgDataStore {
       });
       throw asAllocatorError(err, 'DATABASE_FAILED', what);
     } finally {
+      client.removeListener('error', onError);
       client.release(broken);
     }
   }

@@ -1,4 +1,5 @@
 import type { Pool, PoolClient, QueryResultRow } from 'pg';
+import { Coalescer } from './batcher';
 import type { GatewaySpec } from './inventory';
 import { quoteSchema } from './migrate';
 
@@ -69,15 +70,41 @@ export interface RegisterResult {
   retireDeferred: string[];
 }
 
+interface ClaimRequest {
+  orgId: string;
+  tokenHash: Buffer;
+  leaseMs: number;
+}
+
+interface FencedRow {
+  name: string;
+  allocationId: string;
+}
+
 /**
- * Every SQL statement of the pool. Each method is one round trip (one statement
- * or one short transaction), which the bench counts through `roundTrips`.
+ * Every SQL statement of the pool. Each statement is one round trip, counted in
+ * `roundTrips` (the bench reports it).
+ *
+ * The statements on the allocate/release path (find, claim, mark allocated,
+ * begin release, return to pool) are coalesced: concurrent calls of one kind
+ * are answered by ONE statement over arrays (see Coalescer), so a burst of N
+ * allocations costs a handful of statements and commits instead of 3N. Each
+ * batched statement keeps the semantics of the single one for every item (same
+ * fencing on allocation_id, same state conditions), locks its rows in name
+ * order (two batches can never deadlock each other), and on a conflict that
+ * only one item can cause (an organization claimed elsewhere) or a deadlock
+ * reported by PostgreSQL, the batch's items are retried one statement each.
  */
 export class PoolStore {
   private readonly t: string;
   private readonly seq: string;
   private readonly retired: string;
   roundTrips = 0;
+  private readonly finds = new Coalescer<string, GatewayRow | undefined>((orgs) => this.findMany(orgs));
+  private readonly claims = new Coalescer<ClaimRequest, ClaimOutcome>((reqs) => this.claimMany(reqs));
+  private readonly marks = new Coalescer<FencedRow, boolean>((items) => this.markAllocatedMany(items));
+  private readonly returns = new Coalescer<FencedRow & { to: 'ready' | 'registered' }, boolean>((items) => this.returnToPoolMany(items));
+  private readonly releases = new Coalescer<{ orgId: string; leaseMs: number }, GatewayRow | undefined>((items) => this.beginReleaseMany(items));
 
   constructor(
     private readonly pool: Pool,
@@ -93,9 +120,17 @@ export class PoolStore {
     return (await this.pool.query<R>(sql, params)).rows;
   }
 
-  async findByOrganization(orgId: string): Promise<GatewayRow | undefined> {
-    const rows = await this.query<DbRow>(`SELECT ${COLUMNS} FROM ${this.t} g WHERE g.organization_id = $1`, [orgId]);
-    return rows[0] ? toRow(rows[0]) : undefined;
+  findByOrganization(orgId: string): Promise<GatewayRow | undefined> {
+    return this.finds.submit(orgId);
+  }
+
+  private async findMany(orgs: string[]): Promise<Array<GatewayRow | undefined>> {
+    const rows = await this.query<DbRow>(`SELECT ${COLUMNS} FROM ${this.t} g WHERE g.organization_id = ANY($1::uuid[])`, [[...new Set(orgs)]]);
+    const byOrg = new Map(rows.map((r) => [r.organization_id as string, r]));
+    return orgs.map((o) => {
+      const r = byOrg.get(o);
+      return r ? toRow(r) : undefined;
+    });
   }
 
   async findByTokenHash(hash: Buffer): Promise<GatewayRow | undefined> {
@@ -121,7 +156,53 @@ export class PoolStore {
    * the UNIQUE(organization_id) constraint turns a second claim for the same
    * organization into 'org-taken' instead of a second gateway.
    */
-  async claim(orgId: string, tokenHash: Buffer, leaseMs: number): Promise<ClaimOutcome> {
+  claim(orgId: string, tokenHash: Buffer, leaseMs: number): Promise<ClaimOutcome> {
+    return this.claims.submit({ orgId, tokenHash, leaseMs });
+  }
+
+  /**
+   * Claims for a batch of organizations in one statement: the N longest-ready
+   * unlocked gateways, paired in order with the organizations in arrival order;
+   * organizations left without a gateway are 'exhausted', as a single claim
+   * finding no row would be.
+   */
+  private async claimMany(reqs: ClaimRequest[]): Promise<ClaimOutcome[]> {
+    if (reqs.length === 1) return [await this.claimOne(reqs[0])];
+    return groupedBy(reqs, (r) => r.leaseMs, async (group, leaseMs) => {
+      try {
+        const rows = await this.query<DbRow>(
+          `WITH req AS (
+             SELECT r.org, r.token_hash, r.ord FROM unnest($1::uuid[], $2::bytea[]) WITH ORDINALITY AS r(org, token_hash, ord)
+           ), candidate AS (
+             SELECT name, state_since FROM ${this.t} WHERE state = 'ready'
+             ORDER BY state_since, name FOR UPDATE SKIP LOCKED LIMIT $4
+           ), numbered AS (
+             SELECT name, row_number() OVER (ORDER BY state_since, name) AS ord FROM candidate
+           )
+           UPDATE ${this.t} g SET state = 'allocating', organization_id = req.org,
+             allocation_id = nextval('${this.seq}'),
+             token_hash = req.token_hash, state_since = now(), lease_expires_at = now() + make_interval(secs => $3::double precision / 1000),
+             last_error = NULL, last_heartbeat_at = NULL
+           FROM numbered JOIN req ON req.ord = numbered.ord
+           WHERE g.name = numbered.name
+           RETURNING ${COLUMNS}`,
+          [group.map((r) => r.orgId), group.map((r) => r.tokenHash), leaseMs, group.length],
+        );
+        const byOrg = new Map(rows.map((r) => [r.organization_id as string, r]));
+        return group.map((r): ClaimOutcome => {
+          const row = byOrg.get(r.orgId);
+          return row ? { kind: 'claimed', row: toRow(row) } : { kind: 'exhausted' };
+        });
+      } catch (err) {
+        // One organization of the batch is held or being claimed elsewhere (or a deadlock was
+        // broken): the statement changed nothing, so settle each claim on its own.
+        if (isUniqueViolation(err, 'gateways_organization_id_key') || isDeadlock(err)) return Promise.all(group.map((r) => this.claimOne(r)));
+        throw err;
+      }
+    });
+  }
+
+  private async claimOne({ orgId, tokenHash, leaseMs }: ClaimRequest): Promise<ClaimOutcome> {
     try {
       const rows = await this.query<DbRow>(
         `WITH candidate AS (
@@ -144,7 +225,32 @@ export class PoolStore {
   }
 
   /** allocating → allocated, only if our claim still stands (fencing on allocation_id). */
-  async markAllocated(name: string, allocationId: string): Promise<boolean> {
+  markAllocated(name: string, allocationId: string): Promise<boolean> {
+    return this.marks.submit({ name, allocationId });
+  }
+
+  private async markAllocatedMany(items: FencedRow[]): Promise<boolean[]> {
+    if (items.length === 1) return [await this.markAllocatedOne(items[0].name, items[0].allocationId)];
+    try {
+      const rows = await this.query<{ name: string; allocation_id: string }>(
+        `WITH locked AS (
+           SELECT g.name FROM ${this.t} g
+           JOIN unnest($1::text[], $2::bigint[]) AS v(name, allocation_id) ON v.name = g.name AND v.allocation_id = g.allocation_id
+           WHERE g.state = 'allocating' ORDER BY g.name FOR UPDATE OF g
+         )
+         UPDATE ${this.t} g SET state = 'allocated', state_since = now(), lease_expires_at = NULL, last_heartbeat_at = now()
+         FROM locked WHERE g.name = locked.name AND g.state = 'allocating'
+         RETURNING g.name, g.allocation_id::text AS allocation_id`,
+        [items.map((i) => i.name), items.map((i) => i.allocationId)],
+      );
+      return matchFenced(items, rows);
+    } catch (err) {
+      if (isDeadlock(err)) return Promise.all(items.map((i) => this.markAllocatedOne(i.name, i.allocationId)));
+      throw err;
+    }
+  }
+
+  private async markAllocatedOne(name: string, allocationId: string): Promise<boolean> {
     const rows = await this.query(
       `UPDATE ${this.t} SET state = 'allocated', state_since = now(), lease_expires_at = NULL, last_heartbeat_at = now()
        WHERE name = $1 AND allocation_id = $2 AND state = 'allocating' RETURNING name`,
@@ -157,7 +263,35 @@ export class PoolStore {
    * allocating|releasing → ready for a given claim: the gateway goes back to the pool.
    * `registered` instead quarantines it until it calls /gateway/ready again.
    */
-  async returnToPool(name: string, allocationId: string, to: 'ready' | 'registered' = 'ready'): Promise<boolean> {
+  returnToPool(name: string, allocationId: string, to: 'ready' | 'registered' = 'ready'): Promise<boolean> {
+    return this.returns.submit({ name, allocationId, to });
+  }
+
+  private async returnToPoolMany(items: Array<FencedRow & { to: 'ready' | 'registered' }>): Promise<boolean[]> {
+    if (items.length === 1) return [await this.returnToPoolOne(items[0].name, items[0].allocationId, items[0].to)];
+    return groupedBy(items, (i) => i.to, async (group, to) => {
+      try {
+        const rows = await this.query<{ name: string; allocation_id: string }>(
+          `WITH locked AS (
+             SELECT g.name FROM ${this.t} g
+             JOIN unnest($1::text[], $2::bigint[]) AS v(name, allocation_id) ON v.name = g.name AND v.allocation_id = g.allocation_id
+             WHERE g.state IN ('allocating', 'releasing') ORDER BY g.name FOR UPDATE OF g
+           )
+           UPDATE ${this.t} g SET state = $3, organization_id = NULL, token_hash = NULL, state_since = now(),
+             lease_expires_at = NULL, last_error = NULL
+           FROM locked WHERE g.name = locked.name AND g.state IN ('allocating', 'releasing')
+           RETURNING g.name, g.allocation_id::text AS allocation_id`,
+          [group.map((i) => i.name), group.map((i) => i.allocationId), to],
+        );
+        return matchFenced(group, rows);
+      } catch (err) {
+        if (isDeadlock(err)) return Promise.all(group.map((i) => this.returnToPoolOne(i.name, i.allocationId, i.to)));
+        throw err;
+      }
+    });
+  }
+
+  private async returnToPoolOne(name: string, allocationId: string, to: 'ready' | 'registered'): Promise<boolean> {
     const rows = await this.query(
       `UPDATE ${this.t} SET state = $3, organization_id = NULL, token_hash = NULL, state_since = now(),
          lease_expires_at = NULL, last_error = NULL
@@ -181,7 +315,53 @@ export class PoolStore {
    * holds no allocated gateway (or `onlyIf` no longer holds). The allocation's
    * token is retired in the same statement so a late second stop is recognised.
    */
-  async beginRelease(orgId: string, leaseMs: number, onlyIf: ReleaseCondition = {}): Promise<GatewayRow | undefined> {
+  beginRelease(orgId: string, leaseMs: number, onlyIf: ReleaseCondition = {}): Promise<GatewayRow | undefined> {
+    // Conditional releases (reapStale) are rare and keep their own statement.
+    if (onlyIf.allocationId !== undefined || onlyIf.silentForMs !== undefined) return this.beginReleaseOne(orgId, leaseMs, onlyIf);
+    return this.releases.submit({ orgId, leaseMs });
+  }
+
+  private async beginReleaseMany(items: Array<{ orgId: string; leaseMs: number }>): Promise<Array<GatewayRow | undefined>> {
+    if (items.length === 1) return [await this.beginReleaseOne(items[0].orgId, items[0].leaseMs, {})];
+    return groupedBy(items, (i) => i.leaseMs, async (group, leaseMs) => {
+      try {
+        const rows = await this.query<DbRow>(
+          `WITH old AS (
+             SELECT g.name, g.token_hash, g.organization_id FROM ${this.t} g
+             WHERE g.organization_id = ANY($1::uuid[]) AND g.state = 'allocated'
+             ORDER BY g.name FOR UPDATE
+           ), upd AS (
+             UPDATE ${this.t} g SET state = 'releasing', token_hash = NULL, state_since = now(),
+               lease_expires_at = now() + make_interval(secs => $2::double precision / 1000)
+             FROM old WHERE g.name = old.name RETURNING ${COLUMNS}
+           ), retired AS (
+             INSERT INTO ${this.retired} (token_hash, gateway, organization_id)
+             SELECT old.token_hash, old.name, old.organization_id FROM old WHERE old.token_hash IS NOT NULL
+             ON CONFLICT (token_hash) DO NOTHING
+           )
+           SELECT * FROM upd`,
+          [[...new Set(group.map((i) => i.orgId))], leaseMs],
+        );
+        const byOrg = new Map(rows.map((r) => [r.organization_id as string, r]));
+        // Two calls for one organization in one batch: the first begins the release, the
+        // second finds it already releasing, exactly as two single statements would.
+        return group.map((i) => {
+          const r = byOrg.get(i.orgId);
+          byOrg.delete(i.orgId);
+          return r ? toRow(r) : undefined;
+        });
+      } catch (err) {
+        if (isDeadlock(err)) {
+          const out: Array<GatewayRow | undefined> = [];
+          for (const i of group) out.push(await this.beginReleaseOne(i.orgId, i.leaseMs, {}));
+          return out;
+        }
+        throw err;
+      }
+    });
+  }
+
+  private async beginReleaseOne(orgId: string, leaseMs: number, onlyIf: ReleaseCondition): Promise<GatewayRow | undefined> {
     const rows = await this.query<DbRow>(
       `WITH old AS (
          SELECT g.name, g.token_hash FROM ${this.t} g
@@ -304,6 +484,9 @@ export class PoolStore {
   async register(specs: GatewaySpec[], prune: boolean): Promise<RegisterResult> {
     const client: PoolClient = await this.pool.connect();
     this.roundTrips += 1;
+    // A checked-out client whose server goes away emits 'error'; unhandled, that kills the process.
+    const onError = (): void => undefined;
+    client.on('error', onError);
     try {
       await client.query('BEGIN');
       const before = new Map(
@@ -348,9 +531,38 @@ export class PoolStore {
       await client.query('ROLLBACK').catch(() => undefined);
       throw err;
     } finally {
+      client.removeListener('error', onError);
       client.release();
     }
   }
+}
+
+/** Items answered by a batched fenced UPDATE: true for those whose (name, allocation_id) it changed. */
+function matchFenced(items: FencedRow[], rows: Array<{ name: string; allocation_id: string }>): boolean[] {
+  const done = new Set(rows.map((r) => `${r.name}\u0000${r.allocation_id}`));
+  return items.map((i) => done.has(`${i.name}\u0000${i.allocationId}`));
+}
+
+/** Runs `fn` once per distinct key (a batch rarely mixes keys) and puts the answers back in item order. */
+async function groupedBy<I, K, O>(items: I[], key: (i: I) => K, fn: (group: I[], k: K) => Promise<O[]>): Promise<O[]> {
+  const groups = new Map<K, number[]>();
+  items.forEach((item, idx) => {
+    const k = key(item);
+    const g = groups.get(k);
+    if (g) g.push(idx);
+    else groups.set(k, [idx]);
+  });
+  const out = new Array<O>(items.length);
+  for (const [k, idxs] of groups) {
+    const answers = await fn(idxs.map((i) => items[i]), k);
+    idxs.forEach((i, j) => (out[i] = answers[j]));
+  }
+  return out;
+}
+
+/** PostgreSQL broke a deadlock by failing this statement (it changed nothing). */
+export function isDeadlock(err: unknown): boolean {
+  return (err as { code?: string } | null)?.code === '40P01';
 }
 
 export function isUniqueViolation(err: unknown, constraint?: string): boolean {

@@ -11,21 +11,43 @@
 #
 # Usage: scripts/test-services.sh [up|down|status|pdns-start|pdns-stop|pdns-restart|pg-restart]
 # Writes connection facts to .test-services/env (sourced by tests via test/helpers/services.ts).
+#
+# SERVICES_PROFILE=soak selects a second, fully separate set for the soak
+# (scripts/soak.sh), which restarts and stops its services on purpose and must
+# not disturb suites running against the default set at the same time:
+#   PostgreSQL 55433 (cluster "demiurge_soak"), PowerDNS DNS 55354, API 58082,
+#   state in .test-services/soak/ (facts in .test-services/soak/env).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-STATE="$ROOT/.test-services"
 PG_VERSION=15
-PG_CLUSTER=demiurge_test
-PG_PORT="${TEST_PG_PORT:-55432}"
-PDNS_DNS_PORT="${TEST_PDNS_DNS_PORT:-55353}"
-PDNS_API_PORT="${TEST_PDNS_API_PORT:-58081}"
 # Test-only credentials: these services listen on loopback and hold only test data.
-PG_USER=demiurge_test
 PG_PASSWORD=demiurge-test-password
-PG_DB=demiurge_test
-PDNS_DB=pdns_test
 PDNS_API_KEY=demiurge-test-api-key
+PROFILE="${SERVICES_PROFILE:-test}"
+case "$PROFILE" in
+  test)
+    STATE="$ROOT/.test-services"
+    PG_CLUSTER=demiurge_test
+    PG_PORT="${TEST_PG_PORT:-55432}"
+    PDNS_DNS_PORT="${TEST_PDNS_DNS_PORT:-55353}"
+    PDNS_API_PORT="${TEST_PDNS_API_PORT:-58081}"
+    PG_USER=demiurge_test
+    PG_DB=demiurge_test
+    PDNS_DB=pdns_test
+    ;;
+  soak)
+    STATE="$ROOT/.test-services/soak"
+    PG_CLUSTER=demiurge_soak
+    PG_PORT="${SOAK_PG_PORT:-55433}"
+    PDNS_DNS_PORT="${SOAK_PDNS_DNS_PORT:-55354}"
+    PDNS_API_PORT="${SOAK_PDNS_API_PORT:-58082}"
+    PG_USER=demiurge_soak
+    PG_DB=demiurge_soak
+    PDNS_DB=pdns_soak
+    ;;
+  *) echo "SERVICES_PROFILE must be test or soak, got $PROFILE" >&2; exit 2 ;;
+esac
 
 log() { printf '[services %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 
@@ -185,6 +207,7 @@ TEST_PDNS_API_KEY=$PDNS_API_KEY
 TEST_PDNS_DNS_PORT=$PDNS_DNS_PORT
 TEST_SERVICES_SCRIPT=$ROOT/scripts/test-services.sh
 EOF
+  if [ "$PROFILE" != test ]; then echo "SERVICES_PROFILE=$PROFILE" >> "$STATE/env"; fi
 }
 
 cmd="${1:-up}"
@@ -197,7 +220,7 @@ case "$cmd" in
     start_postgres
     start_pdns
     write_env
-    log "ready in $(( ($(date +%s%N) - t0) / 1000000 )) ms (facts in .test-services/env)"
+    log "ready in $(( ($(date +%s%N) - t0) / 1000000 )) ms (facts in ${STATE#"$ROOT/"}/env)"
     ;;
   down)
     stop_pdns

@@ -11,6 +11,9 @@
 import * as pulumi from '@pulumi/pulumi';
 import {
   PORTS,
+  USER_CONTAINER_NAMINGS,
+  isUserContainerNaming,
+  type UserContainerNaming,
   isDnsLabel,
   isValidDomain,
   isValidEnvName,
@@ -25,7 +28,8 @@ export type TlsMode = 'mkcert' | 'letsencrypt' | 'none';
 export const TLS_MODES: readonly TlsMode[] = ['mkcert', 'letsencrypt', 'none'];
 
 export const LETSENCRYPT_DIRECTORY = 'https://acme-v02.api.letsencrypt.org/directory';
-export const DEFAULT_TLS_RENEW_SCHEDULE = '17 3 * * *';
+/** Renew the base certificate when fewer days are left (Let's Encrypt's own advice for 90-day certificates). */
+export const DEFAULT_TLS_RENEW_BEFORE_DAYS = 30;
 
 /** The four images of an environment; the same keys `naming.imageName` accepts. */
 export type ImageKey = 'dev' | 'pdns' | 'build-server' | 'gateway';
@@ -45,13 +49,12 @@ export type ImageSource =
 
 export type TlsConfig =
   | { mode: 'none' }
-  | { mode: 'mkcert'; stateDir: string }
+  | { mode: 'mkcert'; renewBeforeDays: number }
   | {
       mode: 'letsencrypt';
-      stateDir: string;
       acmeEmail: string;
       acmeDirectory: string;
-      renewSchedule: string;
+      renewBeforeDays: number;
     };
 
 /** Where a slice of the gateway pool runs. */
@@ -82,9 +85,17 @@ export interface StackConfig {
   gatewayPortRangeSize: number;
   /** Always non-empty; a single `main` entry unless `gatewayHosts` is set. */
   gatewayHosts: GatewayHostConfig[];
+  /** Host ports the dev container's stage-1 nginx is published on (it listens on 80/443 inside). */
+  stage1HttpPort: number;
+  stage1HttpsPort: number;
   dnsPort: number;
   dnsBindIp: string;
   dnsWildcard: boolean;
+  /**
+   * nested: `uc-<id>.org-<uuid>.<domain>`, one certificate per organization;
+   * flat: `uc-<id>--org-<uuid>.<domain>`, covered by the base wildcard.
+   */
+  userContainerNaming: UserContainerNaming;
   powerDnsApiHostPort: number;
   powerDnsAdminUrl: string;
   tls: TlsConfig;
@@ -108,16 +119,18 @@ export const CONFIG_KEYS = {
   gatewayVpnPortBase: String(PORTS.defaultGatewayVpnBase),
   gatewayPortRangeSize: '100',
   gatewayHosts: '(unset: every gateway on the main Docker host)',
+  stage1HttpPort: String(PORTS.stage1Http),
+  stage1HttpsPort: String(PORTS.stage1Https),
   dnsPort: String(PORTS.dns),
   dnsBindIp: '0.0.0.0',
   dnsWildcard: 'false',
   powerDnsApiHostPort: String(PORTS.powerDnsApi),
   powerDnsAdminUrl: 'http://127.0.0.1:<powerDnsApiHostPort>',
   tlsMode: 'none',
-  tlsStateDir: '~/.demiurge/<envName>/tls',
   acmeEmail: '(required when tlsMode is letsencrypt)',
   acmeDirectory: LETSENCRYPT_DIRECTORY,
-  tlsRenewSchedule: DEFAULT_TLS_RENEW_SCHEDULE,
+  tlsRenewBeforeDays: String(DEFAULT_TLS_RENEW_BEFORE_DAYS),
+  userContainerNaming: 'nested',
   devImage: '(unset: build images/dev)',
   powerDnsImage: '(unset: build images/powerdns)',
   buildServerImage: '(unset: build images/build-server)',
@@ -175,7 +188,6 @@ const EMAIL_RE = /^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0
 const IMAGE_REF_RE =
   /^(?:[a-zA-Z0-9](?:[a-zA-Z0-9.-]*[a-zA-Z0-9])?(?::[0-9]{1,5})?\/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:\/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?$/;
 const SSH_HOST_RE = /^ssh:\/\/(?:[A-Za-z0-9._-]+@)?([A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)(?::([0-9]{1,5}))?$/;
-const CRON_FIELD_RE = /^[0-9*/,-]+$/;
 /** `uc-<uuid>.org-<uuid>.` is 81 characters; a DNS name is at most 253. */
 const MAX_DOMAIN_LENGTH = 253 - 81;
 
@@ -322,6 +334,9 @@ export function parseStackConfig(raw: RawConfig, options: ParseOptions = {}): St
   const gatewayHttpPortBase = port('gatewayHttpPortBase', PORTS.defaultGatewayHttpBase);
   const gatewayVpnPortBase = port('gatewayVpnPortBase', PORTS.defaultGatewayVpnBase);
   const gatewayPortRangeSize = int('gatewayPortRangeSize', 100, 1, 65535, 100);
+  // Host side only: inside the dev container nginx always listens on 80/443 (docs/CONTRACTS.md).
+  const stage1HttpPort = port('stage1HttpPort', PORTS.stage1Http);
+  const stage1HttpsPort = port('stage1HttpsPort', PORTS.stage1Https);
   const dnsPort = port('dnsPort', PORTS.dns);
   // 0 = do not publish the API on the Docker host (then powerDnsAdminUrl must say how to reach it).
   const powerDnsApiHostPort = int('powerDnsApiHostPort', PORTS.powerDnsApi, 0, 65535, PORTS.powerDnsApi);
@@ -388,8 +403,8 @@ export function parseStackConfig(raw: RawConfig, options: ParseOptions = {}): St
     );
   }
   const fixed: { port: number; what: string }[] = [
-    { port: PORTS.stage1Http, what: 'stage-1 HTTP (80)' },
-    { port: PORTS.stage1Https, what: 'stage-1 HTTPS (443)' },
+    { port: stage1HttpPort, what: `stage-1 HTTP (${c.full('stage1HttpPort')})` },
+    { port: stage1HttpsPort, what: `stage-1 HTTPS (${c.full('stage1HttpsPort')})` },
     { port: dnsPort, what: `DNS (${c.full('dnsPort')})` },
     { port: powerDnsApiHostPort, what: `PowerDNS API (${c.full('powerDnsApiHostPort')})` },
   ].filter((f) => f.port !== 0);
@@ -399,14 +414,17 @@ export function parseStackConfig(raw: RawConfig, options: ParseOptions = {}): St
   ] as const) {
     for (const f of fixed) {
       if (f.port >= range[0] && f.port <= range[1]) {
-        c.add(key, `range ${fmtRange(range)} contains port ${f.port}, used by ${f.what}.`, 'move the base so the range avoids 80, 443, the DNS port and the PowerDNS API port.');
+        c.add(key, `range ${fmtRange(range)} contains port ${f.port}, used by ${f.what}.`, 'move the base so the range avoids the stage-1 ports, the DNS port and the PowerDNS API port.');
       }
     }
   }
-  if (dnsPort === PORTS.stage1Http || dnsPort === PORTS.stage1Https) {
+  if (stage1HttpPort === stage1HttpsPort) {
+    c.add('stage1HttpsPort', `must differ from ${c.full('stage1HttpPort')} (${stage1HttpPort}).`, c.setFix('stage1HttpsPort', String(PORTS.stage1Https)));
+  }
+  if (dnsPort === stage1HttpPort || dnsPort === stage1HttpsPort) {
     c.add('dnsPort', `must not be ${dnsPort} (used by the stage-1 nginx).`, c.setFix('dnsPort', '53'));
   }
-  if (powerDnsApiHostPort !== 0 && (powerDnsApiHostPort === PORTS.stage1Http || powerDnsApiHostPort === PORTS.stage1Https || powerDnsApiHostPort === dnsPort)) {
+  if (powerDnsApiHostPort !== 0 && (powerDnsApiHostPort === stage1HttpPort || powerDnsApiHostPort === stage1HttpsPort || powerDnsApiHostPort === dnsPort)) {
     c.add('powerDnsApiHostPort', `must not be ${powerDnsApiHostPort} (used by the stage-1 nginx or DNS).`, c.setFix('powerDnsApiHostPort', '8081'));
   }
 
@@ -422,7 +440,22 @@ export function parseStackConfig(raw: RawConfig, options: ParseOptions = {}): St
       c.setFix('powerDnsAdminUrl', 'http://127.0.0.1:18081'),
     );
   }
-  const dnsWildcard = bool('dnsWildcard', false);
+  // ---- user-container names (flat names resolve through the *.<domain> record, so it defaults on)
+  const namingRaw = get('userContainerNaming') ?? 'nested';
+  let userContainerNaming: UserContainerNaming = 'nested';
+  if (!isUserContainerNaming(namingRaw)) {
+    c.add('userContainerNaming', `must be one of ${USER_CONTAINER_NAMINGS.join(', ')}, got ${quote(namingRaw)}.`, c.setFix('userContainerNaming', 'nested'));
+  } else {
+    userContainerNaming = namingRaw;
+  }
+  const dnsWildcard = bool('dnsWildcard', userContainerNaming === 'flat');
+  if (userContainerNaming === 'flat' && !dnsWildcard) {
+    c.add(
+      'dnsWildcard',
+      `is false, but ${c.full('userContainerNaming')} is flat: uc-<id>--org-<uuid>.${domain} names resolve only through the *.${domain} record.`,
+      `pulumi config rm ${c.full('dnsWildcard')} (flat turns it on) or ${c.setFix('userContainerNaming', 'nested')}.`,
+    );
+  }
 
   // ---- TLS
   const modeRaw = get('tlsMode') ?? 'none';
@@ -431,14 +464,10 @@ export function parseStackConfig(raw: RawConfig, options: ParseOptions = {}): St
     c.add('tlsMode', `must be one of ${TLS_MODES.join(', ')}, got ${quote(modeRaw)}.`, c.setFix('tlsMode', 'mkcert'));
   } else {
     const mode = modeRaw as TlsMode;
-    const stateDirRaw = get('tlsStateDir') ?? `~/.demiurge/${envName}/tls`;
-    let stateDir = stateDirRaw;
-    if (!/^(\/|~\/)[^\n\r\0]*$/.test(stateDirRaw) || stateDirRaw.includes('..')) {
-      c.add('tlsStateDir', `must be an absolute path or start with ~/ (no ".."), got ${quote(stateDirRaw)}.`, c.setFix('tlsStateDir', `~/.demiurge/${envName}/tls`));
-      stateDir = `~/.demiurge/${envName}/tls`;
-    }
+    // Let's Encrypt certificates live 90 days: renewing with 89 or more left would renew on every check.
+    const renewBeforeDays = int('tlsRenewBeforeDays', DEFAULT_TLS_RENEW_BEFORE_DAYS, 1, 60, DEFAULT_TLS_RENEW_BEFORE_DAYS);
     if (mode === 'mkcert') {
-      tls = { mode, stateDir };
+      tls = { mode, renewBeforeDays };
     } else if (mode === 'letsencrypt') {
       const email = get('acmeEmail');
       if (email === undefined) {
@@ -450,12 +479,7 @@ export function parseStackConfig(raw: RawConfig, options: ParseOptions = {}): St
       if (!isHttpUrl(dir) || !dir.startsWith('https://')) {
         c.add('acmeDirectory', `must be an https:// ACME directory URL, got ${quote(dir)}.`, c.setFix('acmeDirectory', LETSENCRYPT_DIRECTORY));
       }
-      const schedule = get('tlsRenewSchedule') ?? DEFAULT_TLS_RENEW_SCHEDULE;
-      const fields = schedule.trim().split(/\s+/);
-      if (fields.length !== 5 || !fields.every((f) => CRON_FIELD_RE.test(f))) {
-        c.add('tlsRenewSchedule', `must be a five-field cron schedule, got ${quote(schedule)}.`, c.setFix('tlsRenewSchedule', `'${DEFAULT_TLS_RENEW_SCHEDULE}'`));
-      }
-      tls = { mode, stateDir, acmeEmail: email ?? '', acmeDirectory: dir, renewSchedule: fields.join(' ') };
+      tls = { mode, acmeEmail: email ?? '', acmeDirectory: dir, renewBeforeDays };
     }
   }
 
@@ -497,9 +521,12 @@ export function parseStackConfig(raw: RawConfig, options: ParseOptions = {}): St
     gatewayVpnPortBase,
     gatewayPortRangeSize,
     gatewayHosts,
+    stage1HttpPort,
+    stage1HttpsPort,
     dnsPort,
     dnsBindIp,
     dnsWildcard,
+    userContainerNaming,
     powerDnsApiHostPort,
     powerDnsAdminUrl,
     tls,

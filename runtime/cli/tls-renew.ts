@@ -16,6 +16,7 @@
  *
  * Node built-ins and runtime/tls only: it runs from a bare Node.js.
  */
+import { execFileSync } from 'child_process';
 import { AcmeIssuer, isAcmeIssueError } from '../tls/acme-issuer';
 import { MkcertIssuer } from '../tls/mkcert-issuer';
 import { DAY_MS, RenewError, readInstalled, renewBaseCertificate, type RenewOptions } from '../tls/renew';
@@ -45,9 +46,23 @@ export const SETTINGS: ReadonlyArray<{ env: string; help: string }> = [
   { env: 'NGINX_TEST_COMMAND', help: 'JSON array; default ["nginx","-t","-q"] (with NGINX_CONTAINER: through docker exec)' },
   { env: 'NGINX_RELOAD_COMMAND', help: 'JSON array; default ["nginx","-s","reload"]' },
   { env: 'TLS_PROBE', help: 'host:port to confirm by handshake (SNI = DOMAIN) that nginx serves the new certificate' },
+  { env: 'TLS_KEY_OWNER', help: "owner of the key file: a user name or uid[:gid] (nginx's worker user, www-data, reads it per handshake); default: keep the old key's owner" },
 ];
 
 export class UsageError extends Error {}
+
+/** `www-data`, `33` or `33:33` → uid/gid (names through `id`, which reads this container's /etc/passwd). */
+function keyOwner(value: string | undefined): { uid: number; gid: number } | undefined {
+  if (value === undefined || value === '') return undefined;
+  const m = /^([0-9]+)(?::([0-9]+))?$/.exec(value);
+  if (m) return { uid: Number(m[1]), gid: Number(m[2] ?? m[1]) };
+  if (!/^[a-z_][a-z0-9_-]*$/.test(value)) throw new UsageError(`TLS_KEY_OWNER must be a user name or uid[:gid], got ${JSON.stringify(value)}`);
+  try {
+    return { uid: Number(execFileSync('id', ['-u', value]).toString()), gid: Number(execFileSync('id', ['-g', value]).toString()) };
+  } catch {
+    throw new UsageError(`TLS_KEY_OWNER: no user ${value} here`);
+  }
+}
 
 function required(env: NodeJS.ProcessEnv, name: string): string {
   const v = env[name];
@@ -90,9 +105,11 @@ export function setupFromEnv(env: NodeJS.ProcessEnv, logger: (line: string) => v
   const names = [domain, `*.${domain}`];
   const kind = env.TLS_ISSUER ?? '';
   let issuer: CertificateIssuer;
+  let source: string;
   let close = async (): Promise<void> => undefined;
   if (kind === 'mkcert') {
     issuer = new MkcertIssuer({ caroot: required(env, 'MKCERT_CAROOT') });
+    source = 'mkcert';
   } else if (kind === 'acme') {
     const acme = new AcmeIssuer({
       directoryUrl: required(env, 'ACME_DIRECTORY'),
@@ -104,6 +121,7 @@ export function setupFromEnv(env: NodeJS.ProcessEnv, logger: (line: string) => v
       logger,
     });
     issuer = acme;
+    source = `acme ${required(env, 'ACME_DIRECTORY')}`;
     close = () => acme.close();
   } else {
     throw new UsageError(`TLS_ISSUER must be acme or mkcert, got ${JSON.stringify(kind)}`);
@@ -120,6 +138,7 @@ export function setupFromEnv(env: NodeJS.ProcessEnv, logger: (line: string) => v
   return {
     options: {
       issuer,
+      source,
       names,
       certPath: env.TLS_CERT_PATH || '/etc/demiurge/tls/fullchain.pem',
       keyPath: env.TLS_KEY_PATH || '/etc/demiurge/tls/privkey.pem',
@@ -128,6 +147,7 @@ export function setupFromEnv(env: NodeJS.ProcessEnv, logger: (line: string) => v
       renewBeforeMs: (positive(env, 'TLS_RENEW_BEFORE_DAYS', 30) as number) * DAY_MS,
       renewBeforeFraction: positive(env, 'TLS_RENEW_BEFORE_FRACTION', undefined),
       probe: probeOpt,
+      keyOwner: keyOwner(env.TLS_KEY_OWNER),
       logger,
     },
     intervalMs: (positive(env, 'TLS_RENEW_INTERVAL_SECONDS', 3600) as number) * 1000,

@@ -12,6 +12,8 @@ export class Stage1Nginx {
   readonly caFile: string;
   readonly certFile: string;
   readonly keyFile: string;
+  /** Extra server blocks of a suite (not the allocator's confDir): included after it. */
+  readonly sitesDir: string;
   private readonly conf: string;
 
   constructor(
@@ -28,6 +30,8 @@ export class Stage1Nginx {
     mkdirSync(caroot);
     mkdirSync(path.join(this.prefix, 'logs'));
     mkdirSync(this.confDir);
+    this.sitesDir = path.join(this.prefix, 'sites');
+    mkdirSync(this.sitesDir);
     this.certFile = path.join(this.prefix, 'cert.pem');
     this.keyFile = path.join(this.prefix, 'key.pem');
     execFileSync('mkcert', ['-cert-file', this.certFile, '-key-file', this.keyFile, domain, `*.${domain}`], {
@@ -49,6 +53,7 @@ http {
     client_body_temp_path ${this.prefix}/tmp-body;
     proxy_temp_path ${this.prefix}/tmp-proxy;
     include ${this.confDir}/*.conf;
+    include ${this.sitesDir}/*.conf;
 }
 `,
     );

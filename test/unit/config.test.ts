@@ -59,12 +59,15 @@ describe('stack config: parseStackConfig', () => {
       gatewayVpnPortBase: 49100,
       gatewayPortRangeSize: 100,
       gatewayHosts: [{ name: 'main', kind: 'main', poolSize: 3, firstIndex: 0 }],
+      stage1HttpPort: 80,
+      stage1HttpsPort: 443,
       dnsPort: 53,
       dnsBindIp: '127.0.0.1',
       dnsWildcard: false,
+      userContainerNaming: 'nested',
       powerDnsApiHostPort: 8081,
       powerDnsAdminUrl: 'http://127.0.0.1:8081',
-      tls: { mode: 'mkcert', stateDir: '~/.demiurge/dev-001/tls' },
+      tls: { mode: 'mkcert', renewBeforeDays: 30 },
       images: {
         dev: { kind: 'build', context: 'images/dev' },
         pdns: { kind: 'build', context: 'images/powerdns' },
@@ -88,10 +91,9 @@ describe('stack config: parseStackConfig', () => {
     ]);
     assert.deepEqual(cfg.tls, {
       mode: 'letsencrypt',
-      stateDir: '~/.demiurge/prod/tls',
       acmeEmail: 'admin@example.com',
       acmeDirectory: LETSENCRYPT_DIRECTORY,
-      renewSchedule: '17 3 * * *',
+      renewBeforeDays: 30,
     });
     assert.equal(cfg.dnsBindIp, '0.0.0.0');
     const inventory = gatewayInventory(planGateways(cfg));
@@ -114,6 +116,21 @@ describe('stack config: parseStackConfig', () => {
     assert.deepEqual(cfg.tls, { mode: 'none' });
     assert.equal(cfg.retainDataVolumes, true);
     assert.equal(cfg.dnsWildcard, false);
+    assert.equal(cfg.userContainerNaming, 'nested');
+  });
+
+  it('flat user-container naming turns the *.<domain> DNS record on (and refuses it off)', () => {
+    const flat = parseStackConfig({ ...MINIMAL, userContainerNaming: 'flat' });
+    assert.equal(flat.userContainerNaming, 'flat');
+    assert.equal(flat.dnsWildcard, true);
+    expectInvalid({ ...MINIMAL, userContainerNaming: 'flat', dnsWildcard: 'false' }, 'dnsWildcard', /flat/);
+    expectInvalid({ ...MINIMAL, userContainerNaming: 'per-org' }, 'userContainerNaming', /nested, flat/);
+  });
+
+  it('tlsRenewBeforeDays: default 30, 1-60', () => {
+    assert.deepEqual(parseStackConfig({ ...MINIMAL, tlsMode: 'mkcert', tlsRenewBeforeDays: '20' }).tls, { mode: 'mkcert', renewBeforeDays: 20 });
+    expectInvalid({ ...MINIMAL, tlsMode: 'mkcert', tlsRenewBeforeDays: '90' }, 'tlsRenewBeforeDays', /between 1 and 60/);
+    expectInvalid({ ...MINIMAL, tlsMode: 'letsencrypt', acmeEmail: 'a@b.example', tlsRenewBeforeDays: 'soon' }, 'tlsRenewBeforeDays');
   });
 
   it('defaults envName to the stack name (loadStackConfig passes it)', () => {
@@ -188,7 +205,6 @@ describe('stack config: parseStackConfig', () => {
       expectInvalid({ ...MINIMAL, tlsMode: 'letsencrypt' }, 'acmeEmail', /required when tlsMode is letsencrypt/);
       expectInvalid({ ...MINIMAL, tlsMode: 'letsencrypt', acmeEmail: 'admin' }, 'acmeEmail');
       expectInvalid({ ...MINIMAL, tlsMode: 'letsencrypt', acmeEmail: 'a@b.example', acmeDirectory: 'http://acme.test/dir' }, 'acmeDirectory');
-      expectInvalid({ ...MINIMAL, tlsMode: 'letsencrypt', acmeEmail: 'a@b.example', tlsRenewSchedule: 'daily' }, 'tlsRenewSchedule');
     });
     it('bad public IP', () => {
       for (const bad of ['256.1.1.1', '10.0.0', '0.0.0.0', 'localhost', '::1', '01.2.3.4']) {
@@ -206,6 +222,18 @@ describe('stack config: parseStackConfig', () => {
       expectInvalid({ ...MINIMAL, gatewayHttpPortBase: '0' }, 'gatewayHttpPortBase');
       expectInvalid({ ...MINIMAL, powerDnsApiHostPort: '443' }, 'powerDnsApiHostPort');
       expectInvalid({ ...MINIMAL, dnsPort: '80' }, 'dnsPort');
+      expectInvalid({ ...MINIMAL, stage1HttpsPort: '80' }, 'stage1HttpsPort', /must differ/);
+      expectInvalid({ ...MINIMAL, stage1HttpPort: '0' }, 'stage1HttpPort');
+    });
+    it('moved stage-1 ports: the other ports must avoid the new ones, 80/443 become free', () => {
+      const moved = { ...MINIMAL, stage1HttpPort: '62080', stage1HttpsPort: '62443' };
+      expectInvalid({ ...moved, dnsPort: '62443' }, 'dnsPort');
+      expectInvalid({ ...moved, powerDnsApiHostPort: '62080' }, 'powerDnsApiHostPort');
+      expectInvalid({ ...moved, gatewayHttpPortBase: '62000' }, 'gatewayHttpPortBase', /contains port 62080, used by stage-1 HTTP \(demiurge:stage1HttpPort\)/);
+      const cfg = parseStackConfig({ ...moved, gatewayHttpPortBase: '400', gatewayPortRangeSize: '10', gatewayPoolSize: '2' });
+      assert.equal(cfg.stage1HttpPort, 62080);
+      assert.equal(cfg.stage1HttpsPort, 62443);
+      assert.equal(cfg.gatewayHttpPortBase, 400);
     });
     it('pool size 0, negative or not an integer', () => {
       expectInvalid({ ...MINIMAL, gatewayPoolSize: '0' }, 'gatewayPoolSize', /at least 1/);
@@ -242,7 +270,7 @@ describe('stack config: parseStackConfig', () => {
       expectInvalid({ ...MINIMAL, gatewayImage: 'Not A Tag' }, 'gatewayImage');
       expectInvalid({ ...MINIMAL, dockerHost: 'docker.example.com' }, 'dockerHost');
       expectInvalid({ ...MINIMAL, dockerSocketPath: 'docker.sock' }, 'dockerSocketPath');
-      expectInvalid({ ...MINIMAL, tlsMode: 'mkcert', tlsStateDir: 'certs' }, 'tlsStateDir');
+      expectInvalid({ ...MINIMAL, tlsMode: 'mkcert', tlsStateDir: '/srv/tls' }, 'tlsStateDir', /not a configuration key/);
       expectInvalid({ ...MINIMAL, retainDataVolumes: 'yes' }, 'retainDataVolumes', /true or false/);
       expectInvalid({ ...MINIMAL, dnsWildcard: '1' }, 'dnsWildcard');
       expectInvalid({ ...MINIMAL, powerDnsAdminUrl: 'ftp://x' }, 'powerDnsAdminUrl');
@@ -318,7 +346,7 @@ describe('README configuration reference', () => {
     assert.ok(ref, 'no "Configuration reference" subsection');
     const rows = new Map<string, string>();
     for (const line of ref[1].split('\n')) {
-      const m = /^\| `demiurge:([A-Za-z]+)` \| ([^|]*) \|/.exec(line);
+      const m = /^\| `demiurge:([A-Za-z0-9]+)` \| ([^|]*) \|/.exec(line);
       if (m) rows.set(m[1], m[2].trim());
     }
     assert.deepEqual([...rows.keys()].sort(), Object.keys(CONFIG_KEYS).sort());

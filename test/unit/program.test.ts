@@ -3,7 +3,7 @@
  * and Pulumi.prod.yaml (and variations) and pins the declared resource graph.
  */
 import { strict as assert } from 'assert';
-import { execFile } from 'child_process';
+import { execFile, execFileSync } from 'child_process';
 import * as crypto from 'crypto';
 import * as fs from 'fs';
 import * as http from 'http';
@@ -18,6 +18,7 @@ import {
   containers,
   digest,
   envMap,
+  mockBytesBase64,
   mockImageId,
   mockPassword,
   providerUrn,
@@ -35,13 +36,8 @@ import {
   ZONE_CREATE_SCRIPT,
   ZONE_DELETE_SCRIPT,
 } from '../../components/powerdns';
-import {
-  INSTALL_SCRIPT,
-  LEGO_SCRIPT,
-  MKCERT_SCRIPT,
-  RENEWAL_INSTALL_SCRIPT,
-  RENEWAL_REMOVE_SCRIPT,
-} from '../../components/tls';
+import { CA_EXPORT_SCRIPT, RENEW_CLI, RENEWER_CODE_DIR } from '../../components/tls';
+import { bundleRuntimeEntry } from '../../components/runtime-bundle';
 
 const CONTAINER = 'docker:index/container:Container';
 const IMAGE = 'docker:index/image:Image';
@@ -95,6 +91,8 @@ function assertInvariants(run: ProgramRun, env: string): void {
     // Pitfall: fixed names/ports collide when the replacement is created first.
     assert.equal(c.deleteBeforeReplace, true, `${name}: deleteBeforeReplace`);
     assert.equal(c.inputs.restart, 'unless-stopped', `${name}: restart policy`);
+    // Pitfall: without a grace period the provider deletes (destroy, replacement) with SIGKILL.
+    assert.equal(c.inputs.destroyGraceSeconds, 30, `${name}: destroyGraceSeconds`);
     // Pitfall: `wait` without a healthcheck never becomes healthy.
     if (c.inputs.wait === true) assert.ok(c.inputs.healthcheck, `${name}: wait: true needs a healthcheck`);
     assert.ok(c.inputs.healthcheck, `${name}: healthcheck`);
@@ -105,7 +103,7 @@ function assertInvariants(run: ProgramRun, env: string): void {
       assert.ok(p.protocol === 'tcp' || p.protocol === 'udp', `${name}: protocol`);
     }
     assert.equal(labels(c)[naming.ENVIRONMENT_LABEL], env, `${name}: environment label`);
-    assert.ok(['dev', 'pdns', 'build-server', 'gateway'].includes(labels(c)[naming.ROLE_LABEL]), `${name}: role label`);
+    assert.ok(['dev', 'pdns', 'build-server', 'gateway', 'tls-renewer'].includes(labels(c)[naming.ROLE_LABEL]), `${name}: role label`);
   }
   // Components never leak: every custom resource has a parent component (or is a provider).
   for (const r of run.resources) {
@@ -145,6 +143,7 @@ describe('program (index.ts under mocks)', function () {
         'demiurge-dev-001-build-server',
         'demiurge-dev-001-dev',
         'demiurge-dev-001-pdns',
+        'demiurge-dev-001-tls-renewer',
         'gw-pool-dev-001-0',
         'gw-pool-dev-001-1',
         'gw-pool-dev-001-2',
@@ -184,9 +183,10 @@ describe('program (index.ts under mocks)', function () {
         'demiurge-dev-001-builds',
         'demiurge-dev-001-certs',
         'demiurge-dev-001-pgdata',
+        'demiurge-dev-001-tls',
         'demiurge-dev-001-workspace',
       ]);
-      for (const kind of ['workspace', 'pgdata', 'certs']) {
+      for (const kind of ['workspace', 'pgdata', 'certs', 'tls']) {
         const v = vols.get(`demiurge-dev-001-${kind}`);
         assert.equal(v?.protect, true, `${kind} protect`);
         assert.equal(v?.retainOnDelete, true, `${kind} retainOnDelete`);
@@ -204,6 +204,7 @@ describe('program (index.ts under mocks)', function () {
         { volumeName: 'demiurge-dev-001-workspace', containerPath: '/root/workspace' },
         { volumeName: 'demiurge-dev-001-pgdata', containerPath: '/var/lib/postgresql' },
         { volumeName: 'demiurge-dev-001-certs', containerPath: '/etc/demiurge/tls' },
+        { volumeName: 'demiurge-dev-001-tls', containerPath: '/var/lib/demiurge/tls' },
         { volumeName: 'demiurge-dev-001-builds', containerPath: '/srv/builds' },
         { hostPath: '/var/run/docker.sock', containerPath: '/var/run/docker.sock' },
       ]);
@@ -342,24 +343,62 @@ describe('program (index.ts under mocks)', function () {
       assert.equal(tokens.size, 3, 'tokens are per gateway');
     });
 
-    it('TLS mkcert: issues in the state dir and installs into the running dev container', () => {
-      const mk = byName(run, COMMAND, 'tls-mkcert');
-      assert.match(String(mk.inputs.create), /issue_mkcert/);
-      assert.deepEqual(mk.inputs.environment, {
-        STATE_DIR: '~/.demiurge/dev-001/tls',
+    it('TLS mkcert: a renewer container (dev image, runtime CLI uploaded) issues from the CA on the tls volume and reloads the dev nginx', () => {
+      const c = containers(run);
+      const renewer = c.get('demiurge-dev-001-tls-renewer') as CapturedResource;
+      const dev = c.get('demiurge-dev-001-dev') as CapturedResource;
+      assert.equal(renewer.inputs.image, dev.inputs.image, 'same image as the dev container');
+      assert.deepEqual(labels(renewer), { environment: env, 'demiurge.role': 'tls-renewer' });
+      assert.deepEqual(renewer.inputs.entrypoints, ['/usr/bin/tini', '--']);
+      assert.deepEqual(renewer.inputs.command, ['node', RENEW_CLI, 'loop']);
+      assert.deepEqual(ports(renewer), []);
+      assert.deepEqual(renewer.inputs.networksAdvanced, [{ name: 'demiurge-dev-001', aliases: ['demiurge-dev-001-tls-renewer'] }]);
+      assert.deepEqual(renewer.inputs.volumes, [
+        { volumeName: 'demiurge-dev-001-certs', containerPath: '/etc/demiurge/tls' },
+        { volumeName: 'demiurge-dev-001-tls', containerPath: '/var/lib/demiurge/tls' },
+        { hostPath: '/var/run/docker.sock', containerPath: '/var/run/docker.sock' },
+      ]);
+      assert.deepEqual(Object.fromEntries(envMap(renewer)), {
         DOMAIN: 'demiurge.test',
-        WILDCARD_DOMAIN: '*.demiurge.test',
+        TLS_CERT_PATH: envMap(dev).get('TLS_CERT_PATH'),
+        TLS_KEY_PATH: envMap(dev).get('TLS_KEY_PATH'),
+        TLS_RENEW_BEFORE_DAYS: '30',
+        TLS_RENEW_INTERVAL_SECONDS: '3600',
+        NGINX_CONTAINER: 'demiurge-dev-001-dev',
+        TLS_PROBE: 'demiurge-dev-001-dev:443',
+        TLS_KEY_OWNER: 'www-data',
+        TLS_ISSUER: 'mkcert',
+        MKCERT_CAROOT: '/var/lib/demiurge/tls/ca',
       });
-      const install = byName(run, COMMAND, 'tls-install');
-      const environment = install.inputs.environment as Record<string, string>;
-      assert.equal(environment.CONTAINER, 'demiurge-dev-001-dev');
-      assert.equal(environment.TARGET_CERT, envMap(containers(run).get('demiurge-dev-001-dev') as CapturedResource).get('TLS_CERT_PATH'));
-      assert.equal(environment.TARGET_KEY, '/etc/demiurge/tls/privkey.pem');
-      assert.ok(install.dependencies.includes(urnOf(run, CONTAINER, 'dev')));
-      assert.ok(install.dependencies.includes(mk.urn), 'install after issuing (dependsOn + its fingerprint)');
-      // Re-installs when the certificate (its fingerprint, the issue command's stdout) or the container changes.
-      assert.deepEqual(install.inputs.triggers, [digest(`${COMMAND}/tls-mkcert`), 'dev-id']);
-      assert.equal(byType(run, COMMAND).filter((c) => c.name.startsWith('tls-')).length, 2, 'no lego/renewal in mkcert mode');
+      assert.deepEqual((renewer.inputs.healthcheck as Record<string, unknown>).tests, ['CMD', 'node', RENEW_CLI, 'check']);
+      assert.equal(renewer.inputs.wait, true, '`up` waits until the first certificate is installed');
+      assert.ok(renewer.dependencies.includes(urnOf(run, CONTAINER, 'dev')), 'after the dev container');
+      // The uploaded code is the CLI and its runtime/tls modules, nothing else.
+      const uploads = renewer.inputs.uploads as Array<{ file: string; content: string }>;
+      assert.deepEqual(
+        uploads.map((u) => u.file),
+        bundleRuntimeEntry('runtime/cli/tls-renew.ts').map((f) => `${RENEWER_CODE_DIR}/${f.path}`),
+      );
+      assert.equal(uploads[0].file, RENEW_CLI);
+      assert.ok(uploads.every((u) => /^\/opt\/demiurge\/runtime\/(cli|tls)\/[a-z-]+\.js$/.test(u.file)));
+
+      const ca = byName(run, COMMAND, 'tls-dev-ca');
+      assert.equal(ca.inputs.create, CA_EXPORT_SCRIPT);
+      assert.deepEqual(ca.inputs.environment, { CONTAINER: 'demiurge-dev-001-tls-renewer', CA_FILE: '/var/lib/demiurge/tls/ca/rootCA.pem', DEMIURGE_DOCKER_HOST: '' });
+      assert.deepEqual(ca.inputs.triggers, ['tls-renewer-id']);
+      assert.ok(ca.dependencies.includes(renewer.urn));
+      assert.equal(run.outputs.tlsDevCaCertificate, digest(`${COMMAND}/tls-dev-ca`), 'the command prints the CA certificate');
+      assert.equal(byType(run, COMMAND).filter((x) => x.name.startsWith('tls-')).length, 1);
+    });
+
+    it('the organization-key encryption key is 32 random bytes and only a secret output', () => {
+      const key = byName(run, 'random:index/randomBytes:RandomBytes', 'tls-org-cert-key');
+      assert.equal(key.inputs.length, 32);
+      assert.ok(key.additionalSecretOutputs.includes('base64'));
+      assert.equal(run.outputs.orgCertificateKey, mockBytesBase64('tls-org-cert-key', 32));
+      assert.ok(run.outputSecretPaths.includes('orgCertificateKey'));
+      assert.equal(run.outputs.userContainerNaming, 'nested');
+      assert.deepEqual(run.outputs.tlsRuntime, { issuer: 'dev-ca', caroot: '/var/lib/demiurge/tls/ca' });
     });
 
     it('one docker provider for the local engine', () => {
@@ -379,14 +418,18 @@ describe('program (index.ts under mocks)', function () {
         'frontendUrl',
         'ganymedeUrl',
         'gatewayInventory',
+        'gatewayRegistrationTokens',
         'networkName',
         'nginxConfDir',
+        'orgCertificateKey',
         'powerDnsAdminUrl',
         'powerDnsApiKey',
         'powerDnsApiUrl',
         'publicIp',
-        'tlsCaRootPath',
+        'tlsDevCaCertificate',
         'tlsMode',
+        'tlsRuntime',
+        'userContainerNaming',
         'zone',
       ]);
       assert.deepEqual(run.outputs.gatewayInventory, [
@@ -410,7 +453,7 @@ describe('program (index.ts under mocks)', function () {
         run.outputs.databaseUrl,
         `postgres://ganymede:${mockPassword('dev-ganymede-db-password', 32)}@demiurge-dev-001-dev:5432/ganymede`,
       );
-      assert.deepEqual(run.outputSecretPaths.sort(), ['databaseUrl', 'powerDnsApiKey']);
+      assert.deepEqual(run.outputSecretPaths.sort(), ['databaseUrl', 'gatewayRegistrationTokens', 'orgCertificateKey', 'powerDnsApiKey']);
     });
   });
 
@@ -471,42 +514,47 @@ describe('program (index.ts under mocks)', function () {
       ]);
     });
 
-    it('TLS letsencrypt: lego via PowerDNS DNS-01 after the zone exists, a renewal job, and the install', () => {
+    it('TLS letsencrypt: the renewer orders through the PowerDNS on the environment network after the zone exists; the key stays secret', () => {
       const key = mockPassword('pdns-api-key', 40);
-      const lego = byName(run, COMMAND, 'tls-lego');
-      const env = lego.inputs.environment as Record<string, string>;
+      const renewer = containers(run).get('demiurge-prod-tls-renewer') as CapturedResource;
+      const e = Object.fromEntries(envMap(renewer));
       assert.deepEqual(
-        { ...env, PDNS_API_KEY: '<secret>' },
+        { ...e, PDNS_API_KEY: '<secret>' },
         {
-          STATE_DIR: '~/.demiurge/prod/tls',
           DOMAIN: 'demiurge.example.com',
-          WILDCARD_DOMAIN: '*.demiurge.example.com',
-          ACME_EMAIL: 'admin@example.com',
+          TLS_CERT_PATH: '/etc/demiurge/tls/fullchain.pem',
+          TLS_KEY_PATH: '/etc/demiurge/tls/privkey.pem',
+          TLS_RENEW_BEFORE_DAYS: '30',
+          TLS_RENEW_INTERVAL_SECONDS: '3600',
+          NGINX_CONTAINER: 'demiurge-prod-dev',
+          TLS_PROBE: 'demiurge-prod-dev:443',
+          TLS_KEY_OWNER: 'www-data',
+          TLS_ISSUER: 'acme',
           ACME_DIRECTORY: 'https://acme-v02.api.letsencrypt.org/directory',
-          PDNS_API_URL: 'http://127.0.0.1:8081',
+          ACME_EMAIL: 'admin@example.com',
+          ACME_STATE_DIR: '/var/lib/demiurge/tls/acme',
+          PDNS_API_URL: 'http://demiurge-prod-pdns:8081',
           PDNS_API_KEY: '<secret>',
+          PDNS_ZONE: 'demiurge.example.com',
+          DNS_RESOLVERS: 'demiurge-prod-pdns:53',
         },
       );
-      assert.equal(env.PDNS_API_KEY, key);
-      assert.deepEqual(lego.secretPaths, ['environment.PDNS_API_KEY']);
-      assert.ok(!String(lego.inputs.create).includes(key));
-      assert.match(String(lego.inputs.create), /--dns pdns/);
-      assert.ok(lego.explicitDependencies.includes(urnOf(run, COMMAND, 'pdns-records')), 'lego waits for the zone records');
-
-      const renewal = byName(run, COMMAND, 'tls-renewal');
-      const renv = renewal.inputs.environment as Record<string, string>;
-      assert.equal(renv.SCHEDULE, '17 3 * * *');
-      assert.equal(renv.RENEW_MARKER, 'demiurge-tls-renew-prod');
-      assert.equal(renv.CONTAINER, 'demiurge-prod-dev');
-      assert.deepEqual(renewal.secretPaths, ['environment.PDNS_API_KEY']);
-      assert.match(String(renewal.inputs.create), /crontab -/);
-      assert.match(String(renewal.inputs.delete), /grep -vF/);
-      assert.ok(!String(renewal.inputs.create).includes(key));
-
-      const install = byName(run, COMMAND, 'tls-install');
-      assert.ok(install.dependencies.includes(lego.urn));
+      assert.equal(e.PDNS_API_KEY, key);
+      assert.deepEqual(secretEnvNames(renewer), ['PDNS_API_KEY']);
+      assert.ok(renewer.explicitDependencies.includes(urnOf(run, COMMAND, 'pdns-records')), 'orders only once the zone and its records exist');
+      assert.ok(renewer.dependencies.includes(urnOf(run, CONTAINER, 'dev')));
+      assert.equal(providerUrn(renewer.provider), byName(run, PROVIDER, 'docker-main').urn);
+      assert.equal(byType(run, COMMAND).filter((x) => x.name.startsWith('tls-')).length, 0, 'no dev CA export');
       assert.equal(run.outputs.tlsMode, 'letsencrypt');
-      assert.equal(run.outputs.tlsCaRootPath, null);
+      assert.equal(run.outputs.tlsDevCaCertificate, null);
+      assert.ok(run.outputSecretPaths.includes('orgCertificateKey'));
+      assert.deepEqual(run.outputs.tlsRuntime, {
+        issuer: 'acme',
+        directoryUrl: 'https://acme-v02.api.letsencrypt.org/directory',
+        email: 'admin@example.com',
+        stateDir: '/var/lib/demiurge/tls/acme',
+        resolvers: ['demiurge-prod-pdns:53'],
+      });
     });
   });
 
@@ -551,6 +599,16 @@ describe('program (index.ts under mocks)', function () {
   });
 
   describe('variants', () => {
+    it('stage-1 ports move on the host only (the dev container still listens on 80/443 inside)', async () => {
+      const run = await runProgram({ stack: 'dev', config: stackConfig('dev', { stage1HttpPort: '8080', stage1HttpsPort: '8443' }) });
+      const dev = containers(run).get('demiurge-dev-001-dev') as CapturedResource;
+      assert.deepEqual(ports(dev), [
+        { internal: 80, external: 8080, protocol: 'tcp' },
+        { internal: 443, external: 8443, protocol: 'tcp' },
+      ]);
+      assert.deepEqual((dev.inputs.healthcheck as Record<string, unknown>).tests, ['CMD', 'bash', '-c', ': </dev/tcp/127.0.0.1/443 && : </dev/tcp/127.0.0.1/5432']);
+    });
+
     it('prebuilt tags: RemoteImage with keepLocally, containers use the image id, never the tag', async () => {
       const run = await runProgram({
         stack: 'dev',
@@ -582,15 +640,17 @@ describe('program (index.ts under mocks)', function () {
     it('tlsMode none: no TLS commands, the dev image falls back to its self-signed certificate', async () => {
       const run = await runProgram({ stack: 'dev', config: stackConfig('dev', { tlsMode: 'none', dnsWildcard: 'true' }) });
       assert.deepEqual(byType(run, COMMAND).map((c) => c.name).sort(), ['pdns-records', 'pdns-zone']);
+      assert.equal(containers(run).get('demiurge-dev-001-tls-renewer'), undefined);
+      assert.equal(run.outputs.orgCertificateKey, null);
       assert.equal(envMap(containers(run).get('demiurge-dev-001-dev') as CapturedResource).get('TLS_CERT_PATH'), '/etc/demiurge/tls/fullchain.pem');
       assert.equal((byName(run, COMMAND, 'pdns-records').inputs.environment as Record<string, string>).WILDCARD, 'true');
       assert.equal(run.outputs.tlsMode, 'none');
     });
 
-    it('a remote dockerHost is passed to the provider and to the certificate install', async () => {
+    it('a remote dockerHost is passed to the provider and to the dev CA export', async () => {
       const run = await runProgram({ stack: 'dev', config: stackConfig('dev', { dockerHost: 'ssh://ops@198.51.100.20' }) });
       assert.equal(byName(run, PROVIDER, 'docker-main').inputs.host, 'ssh://ops@198.51.100.20');
-      assert.equal((byName(run, COMMAND, 'tls-install').inputs.environment as Record<string, string>).DEMIURGE_DOCKER_HOST, 'ssh://ops@198.51.100.20');
+      assert.equal((byName(run, COMMAND, 'tls-dev-ca').inputs.environment as Record<string, string>).DEMIURGE_DOCKER_HOST, 'ssh://ops@198.51.100.20');
     });
 
     it('powerDnsApiHostPort 0: the API is not published on the host, commands use powerDnsAdminUrl', async () => {
@@ -604,7 +664,7 @@ describe('program (index.ts under mocks)', function () {
 
     it('runs under preview (unknown outputs) without errors', async () => {
       const run = await runProgram({ stack: 'dev', config: stackConfig('dev'), preview: true });
-      assert.equal(containers(run).size, 6);
+      assert.equal(containers(run).size, 7);
     });
   });
 
@@ -632,7 +692,7 @@ describe('program (index.ts under mocks)', function () {
 
     it('the program runs again cleanly after a failed run', async () => {
       const run = await runProgram({ stack: 'dev', config: stackConfig('dev') });
-      assert.equal(containers(run).size, 6);
+      assert.equal(containers(run).size, 7);
     });
   });
 });
@@ -819,128 +879,79 @@ describe('command scripts (bash, against fakes)', function () {
 
   describe('TLS', () => {
     let tmp: string;
-    let bin: string;
-    let env: Record<string, string>;
-    const log = (name: string): string => {
-      const f = path.join(tmp, `${name}.log`);
-      return fs.existsSync(f) ? fs.readFileSync(f, 'utf8') : '';
-    };
-    const stub = (name: string, body: string): void => {
-      fs.writeFileSync(path.join(bin, name), `#!/usr/bin/env bash\nset -euo pipefail\n${body}\n`, { mode: 0o755 });
-    };
-
     beforeEach(() => {
       tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'demiurge-tls-'));
-      bin = path.join(tmp, 'bin');
-      fs.mkdirSync(bin);
-      fs.mkdirSync(path.join(tmp, 'home'));
-      const L = tmp;
-      stub('mkcert', `echo "CAROOT=$CAROOT $*" >> ${L}/mkcert.log
-while [ $# -gt 0 ]; do case "$1" in -cert-file) echo "CERT $RANDOM" > "$2"; shift;; -key-file) echo KEY > "$2"; shift;; esac; shift; done`);
-      stub('docker', `echo "DOCKER_HOST=\${DOCKER_HOST:-} $*" >> ${L}/docker.log`);
-      stub('lego', `echo "key=\${PDNS_API_KEY:+set} url=\${PDNS_API_URL:-} $*" >> ${L}/lego.log
-path=""; domain=""; action=""
-while [ $# -gt 0 ]; do case "$1" in --path) path="$2"; shift;; --domains) [ -z "$domain" ] && domain="$2"; shift;; --email|--server|--dns|--days) shift;; run|renew) action="$1";; esac; shift; done
-mkdir -p "$path/certificates"
-if [ "$action" = run ] || [ "\${FAKE_LEGO_RENEWS:-0}" = 1 ]; then echo "CERT $action $RANDOM$RANDOM" > "$path/certificates/$domain.crt"; echo KEY > "$path/certificates/$domain.key"; fi`);
-      stub('crontab', `f=${L}/crontab.txt
-if [ "$1" = -l ]; then [ -f "$f" ] || exit 1; cat "$f"; else cat > "$f"; fi`);
-      env = {
-        PATH: `${bin}:${process.env.PATH ?? ''}`,
-        HOME: path.join(tmp, 'home'),
-        STATE_DIR: '~/.demiurge/dev-001/tls',
-        DOMAIN: 'demiurge.test',
-        WILDCARD_DOMAIN: '*.demiurge.test',
-        CONTAINER: 'demiurge-dev-001-dev',
-        TARGET_CERT: '/etc/demiurge/tls/fullchain.pem',
-        TARGET_KEY: '/etc/demiurge/tls/privkey.pem',
-        DEMIURGE_DOCKER_HOST: '',
-      };
     });
     afterEach(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
-    const stateDir = (): string => path.join(tmp, 'home', '.demiurge', 'dev-001', 'tls');
-    const sha256 = (file: string): string => crypto.createHash('sha256').update(fs.readFileSync(file)).digest('hex');
-
-    it('mkcert: CA in <stateDir>/ca, certificate for the domain and its wildcard, fingerprint on stdout', async () => {
-      const r = await runScript(MKCERT_SCRIPT, env);
+    it('dev CA export: prints the CA once it exists in the container, through DOCKER_HOST when given', async () => {
+      const bin = path.join(tmp, 'bin');
+      fs.mkdirSync(bin);
+      fs.writeFileSync(
+        path.join(bin, 'docker'),
+        `#!/usr/bin/env bash\necho "DOCKER_HOST=\${DOCKER_HOST:-} $*" >> ${tmp}/docker.log\nif [ "$3" = test ]; then exit 0; fi\necho '-----BEGIN CERTIFICATE-----'\n`,
+        { mode: 0o755 },
+      );
+      const r = await runScript(CA_EXPORT_SCRIPT, {
+        PATH: `${bin}:${process.env.PATH ?? ''}`,
+        CONTAINER: 'demiurge-dev-001-tls-renewer',
+        CA_FILE: '/var/lib/demiurge/tls/ca/rootCA.pem',
+        DEMIURGE_DOCKER_HOST: 'ssh://ops@198.51.100.20',
+      });
       assert.equal(r.code, 0, r.stderr);
-      const dir = stateDir();
-      assert.equal(r.stdout.trim(), sha256(path.join(dir, 'fullchain.pem')));
-      assert.match(log('mkcert'), new RegExp(`^CAROOT=${dir}/ca -cert-file ${dir}/fullchain.pem -key-file ${dir}/privkey.pem demiurge.test \\*.demiurge.test$`, 'm'));
-      assert.equal(fs.statSync(dir).mode & 0o777, 0o700);
-    });
-
-    it('install: copies into the dev container, fixes the key mode, reloads nginx, honours the Docker host', async () => {
-      await runScript(MKCERT_SCRIPT, env);
-      const r = await runScript(INSTALL_SCRIPT, { ...env, DEMIURGE_DOCKER_HOST: 'ssh://ops@198.51.100.20' });
-      assert.equal(r.code, 0, r.stderr);
-      const dir = stateDir();
-      assert.deepEqual(log('docker').trim().split('\n'), [
-        `DOCKER_HOST=ssh://ops@198.51.100.20 cp ${dir}/fullchain.pem demiurge-dev-001-dev:/etc/demiurge/tls/fullchain.pem`,
-        `DOCKER_HOST=ssh://ops@198.51.100.20 cp ${dir}/privkey.pem demiurge-dev-001-dev:/etc/demiurge/tls/privkey.pem`,
-        'DOCKER_HOST=ssh://ops@198.51.100.20 exec demiurge-dev-001-dev chmod 600 /etc/demiurge/tls/privkey.pem',
-        'DOCKER_HOST=ssh://ops@198.51.100.20 exec demiurge-dev-001-dev nginx -s reload',
+      assert.equal(r.stdout.trim(), '-----BEGIN CERTIFICATE-----');
+      assert.deepEqual(fs.readFileSync(path.join(tmp, 'docker.log'), 'utf8').trim().split('\n'), [
+        'DOCKER_HOST=ssh://ops@198.51.100.20 exec demiurge-dev-001-tls-renewer test -s /var/lib/demiurge/tls/ca/rootCA.pem',
+        'DOCKER_HOST=ssh://ops@198.51.100.20 exec demiurge-dev-001-tls-renewer cat /var/lib/demiurge/tls/ca/rootCA.pem',
       ]);
     });
 
-    const acme = (): Record<string, string> => ({
-      ...env,
-      ACME_EMAIL: 'admin@example.com',
-      ACME_DIRECTORY: 'https://acme-staging-v02.api.letsencrypt.org/directory',
-      PDNS_API_URL: 'http://127.0.0.1:8081',
-      PDNS_API_KEY: 'secret-key-xyz',
-    });
-
-    it('lego: DNS-01 through PowerDNS; run first, renew afterwards, run again when the directory changes', async () => {
-      let r = await runScript(LEGO_SCRIPT, acme());
-      assert.equal(r.code, 0, r.stderr);
-      const dir = stateDir();
-      assert.equal(r.stdout.trim(), sha256(path.join(dir, 'fullchain.pem')));
-      r = await runScript(LEGO_SCRIPT, acme());
-      assert.equal(r.code, 0, r.stderr);
-      r = await runScript(LEGO_SCRIPT, { ...acme(), ACME_DIRECTORY: 'https://acme-v02.api.letsencrypt.org/directory' });
-      assert.equal(r.code, 0, r.stderr);
-      const lines = log('lego').trim().split('\n');
-      const common = `--accept-tos --email admin@example.com --server https://acme-staging-v02.api.letsencrypt.org/directory --dns pdns --path ${dir}/lego --domains demiurge.test --domains *.demiurge.test`;
-      assert.deepEqual(lines.slice(0, 2), [
-        `key=set url=http://127.0.0.1:8081 ${common} run`,
-        `key=set url=http://127.0.0.1:8081 ${common} renew --days 30 --no-random-sleep`,
-      ]);
-      assert.match(lines[2], /--server https:\/\/acme-v02\.api\.letsencrypt\.org\/directory .* run$/);
-      assert.ok(!(r.stdout + r.stderr + log('lego')).includes('secret-key-xyz'));
-    });
-
-    it('renewal job: one tagged crontab line (idempotent), 0600 env file, renew.sh installs only a changed certificate, removal', async () => {
-      fs.writeFileSync(path.join(tmp, 'crontab.txt'), '0 1 * * * /usr/bin/other-job\n');
-      const e = { ...acme(), SCHEDULE: '17 3 * * *', RENEW_MARKER: 'demiurge-tls-renew-dev-001' };
-      assert.equal((await runScript(LEGO_SCRIPT, e)).code, 0);
-      for (let i = 0; i < 2; i++) {
-        const r = await runScript(RENEWAL_INSTALL_SCRIPT, e);
-        assert.equal(r.code, 0, r.stderr);
+    it('the uploaded renewal CLI runs from a bare Node.js (no node_modules) and issues from a fresh mkcert CA', async () => {
+      const code = path.join(tmp, 'opt');
+      for (const f of bundleRuntimeEntry('runtime/cli/tls-renew.ts')) {
+        fs.mkdirSync(path.dirname(path.join(code, f.path)), { recursive: true });
+        fs.writeFileSync(path.join(code, f.path), f.content);
       }
-      const dir = stateDir();
-      const cron = fs.readFileSync(path.join(tmp, 'crontab.txt'), 'utf8').trim().split('\n');
-      assert.deepEqual(cron, [
-        '0 1 * * * /usr/bin/other-job',
-        `17 3 * * * "${dir}/renew.sh" >> "${dir}/renew.log" 2>&1 # demiurge-tls-renew-dev-001`,
-      ]);
-      assert.equal(fs.statSync(path.join(dir, 'renew.env')).mode & 0o777, 0o600);
-      assert.match(fs.readFileSync(path.join(dir, 'renew.env'), 'utf8'), /^PDNS_API_KEY=secret-key-xyz$/m);
-
-      // cron runs renew.sh with a minimal environment: nothing renewed → nothing installed.
-      const cronEnv = { PATH: env.PATH, HOME: env.HOME };
-      let r = await runScript(`exec "${dir}/renew.sh"`, cronEnv);
-      assert.equal(r.code, 0, r.stderr);
-      assert.equal(log('docker'), '');
-      r = await runScript(`exec "${dir}/renew.sh"`, { ...cronEnv, FAKE_LEGO_RENEWS: '1' });
-      assert.equal(r.code, 0, r.stderr);
-      assert.match(log('docker'), /cp .*fullchain\.pem demiurge-dev-001-dev:\/etc\/demiurge\/tls\/fullchain\.pem/);
-      assert.match(log('docker'), /nginx -s reload/);
-
-      r = await runScript(RENEWAL_REMOVE_SCRIPT, e);
-      assert.equal(r.code, 0, r.stderr);
-      assert.equal(fs.readFileSync(path.join(tmp, 'crontab.txt'), 'utf8').trim(), '0 1 * * * /usr/bin/other-job');
+      const cli = path.join(code, 'runtime/cli/tls-renew.js');
+      const run = (args: string[], env: Record<string, string>): Promise<ScriptResult> =>
+        new Promise((resolve) => {
+          execFile(process.execPath, [cli, ...args], { cwd: tmp, env: { PATH: process.env.PATH ?? '', ...env }, timeout: 20000 }, (err, stdout, stderr) => {
+            resolve({ code: err === null ? 0 : Number((err as { code?: unknown }).code ?? 1), stdout, stderr });
+          });
+        });
+      const help = await run(['help'], {});
+      assert.equal(help.code, 0, help.stderr);
+      assert.match(help.stdout, /PDNS_API_KEY/);
+      const usage = await run(['once'], { DOMAIN: 'demiurge.test', TLS_ISSUER: 'acme' });
+      assert.equal(usage.code, 2);
+      assert.match(usage.stderr, /ACME_DIRECTORY is required/);
+      let mkcertPresent = true;
+      try {
+        execFileSync('mkcert', ['-help'], { stdio: 'ignore' });
+      } catch {
+        mkcertPresent = false;
+      }
+      if (!mkcertPresent) return;
+      const env = {
+        DOMAIN: 'demiurge.test',
+        TLS_ISSUER: 'mkcert',
+        MKCERT_CAROOT: path.join(tmp, 'ca'),
+        TLS_CERT_PATH: path.join(tmp, 'fullchain.pem'),
+        TLS_KEY_PATH: path.join(tmp, 'privkey.pem'),
+        NGINX_TEST_COMMAND: '["true"]',
+        NGINX_RELOAD_COMMAND: '["true"]',
+      };
+      assert.equal((await run(['check'], env)).code, 3, 'no certificate yet');
+      const first = await run(['once'], env);
+      assert.equal(first.code, 0, first.stdout + first.stderr);
+      assert.match(first.stdout, /renewed \(missing\)/);
+      const x = new crypto.X509Certificate(fs.readFileSync(env.TLS_CERT_PATH));
+      assert.equal(x.subjectAltName, 'DNS:demiurge.test, DNS:*.demiurge.test');
+      assert.ok(x.verify(new crypto.X509Certificate(fs.readFileSync(path.join(tmp, 'ca', 'rootCA.pem'))).publicKey), 'signed by the CA on the volume');
+      assert.equal(fs.statSync(env.TLS_KEY_PATH).mode & 0o777, 0o600);
+      const again = await run(['once'], env);
+      assert.match(again.stdout, /nothing to do/);
+      assert.equal((await run(['check'], env)).code, 0);
     });
   });
 });

@@ -69,6 +69,22 @@ export interface RunOptions {
   /** Full keys (`demiurge:envName`) → values. */
   config: Record<string, string>;
   preview?: boolean;
+  /** Provider behaviour; default `mocks` (deterministic fake outputs). */
+  mocks?: pulumi.runtime.Mocks;
+  /**
+   * Called with each captured resource (its `urn` already set) before the
+   * mocks see it, and awaited: the e2e realiser creates the resource here, so
+   * `mocks.newResource` can return its real outputs (container ids, image ids).
+   * A throw fails the registration, as a failed create fails `pulumi up`.
+   */
+  beforeRegister?: (resource: CapturedResource) => Promise<void>;
+}
+
+/** The URN the mock monitor gives a resource (same rule as MockMonitor.newUrn). */
+export function mockUrn(stack: string, parent: string, type: string, name: string): string {
+  let qualified = type;
+  if (parent) qualified = `${parent.split('::')[2].split('$').pop() as string}$${type}`;
+  return `urn:pulumi:${stack}::${PROJECT}::${qualified}::${name}`;
 }
 
 export function digest(s: string): string {
@@ -83,6 +99,11 @@ export function mockImageId(type: string, name: string): string {
 /** The `result` the mocks give a RandomPassword. */
 export function mockPassword(name: string, length: number): string {
   return `mockpw${digest(`random:index/randomPassword:RandomPassword/${name}`).slice(0, length - 6)}`;
+}
+
+/** The `base64` the mocks give a RandomBytes (`length` bytes, deterministic per resource name). */
+export function mockBytesBase64(name: string, length: number): string {
+  return Buffer.from(digest(`random:index/randomBytes:RandomBytes/${name}`).repeat(4), 'hex').subarray(0, length).toString('base64');
 }
 
 /** Deterministic mock provider behaviour: computed outputs of the resource types we use. */
@@ -102,6 +123,10 @@ export const mocks: pulumi.runtime.Mocks = {
         break;
       case 'random:index/randomPassword:RandomPassword':
         state.result = mockPassword(args.name, Number(inputs.length ?? 16));
+        break;
+      case 'random:index/randomBytes:RandomBytes':
+        state.base64 = mockBytesBase64(args.name, Number(inputs.length ?? 32));
+        state.hex = Buffer.from(String(state.base64), 'base64').toString('hex');
         break;
       case 'command:local:Command':
         state.stdout = h;
@@ -188,7 +213,7 @@ export class ProgramError extends Error {
 /** Runs index.ts once under mocks with the given stack config. */
 export async function runProgram(opts: RunOptions): Promise<ProgramRun> {
   pulumi.runtime.setAllConfig(opts.config);
-  await pulumi.runtime.setMocks(mocks, PROJECT, opts.stack, opts.preview ?? false);
+  await pulumi.runtime.setMocks(opts.mocks ?? mocks, PROJECT, opts.stack, opts.preview ?? false);
   const monitor = settings.getMonitor() as unknown as PatchableMonitor;
   const resources: CapturedResource[] = [];
   let stackOutputs: Record<string, unknown> | undefined;
@@ -223,10 +248,21 @@ export async function runProgram(opts: RunOptions): Promise<ProgramRun> {
       replaceOnChanges: req.getReplaceonchangesList(),
     };
     resources.push(captured);
-    return origRegister(req, (err, resp) => {
-      if (resp) captured.urn = resp.getUrn();
-      cb(err, resp);
-    });
+    const before = opts.beforeRegister;
+    const expected = before === undefined ? undefined : mockUrn(opts.stack, captured.parent, captured.type, captured.name);
+    const register = (): Promise<void> =>
+      origRegister(req, (err, resp) => {
+        // beforeRegister saw the precomputed URN: it must be the one the monitor assigns.
+        if (resp && expected !== undefined && resp.getUrn() !== expected) {
+          cb(new Error(`mockUrn ${expected} differs from the monitor's ${resp.getUrn()}`), undefined);
+          return;
+        }
+        if (resp) captured.urn = resp.getUrn();
+        cb(err, resp);
+      });
+    if (before === undefined || expected === undefined) return register();
+    captured.urn = expected;
+    return before(captured).then(register, (err: unknown) => cb(err, undefined));
   };
   const origOutputs = monitor.registerResourceOutputs.bind(monitor);
   monitor.registerResourceOutputs = (req, cb) => {

@@ -1,0 +1,480 @@
+/**
+ * The production TLS path, for real: Pebble (Let's Encrypt's ACME test
+ * server) validates DNS-01 by asking the test PowerDNS, our AcmeIssuer has
+ * lego write the challenges through the PowerDNS API, and a real nginx serves
+ * the results.
+ *
+ *  1. base certificate (<domain> + *.<domain>) and a per-organization one
+ *     (org-<uuid>.<domain> + *.org-<uuid>.<domain>), both values of each
+ *     `_acme-challenge` rrset present at once, challenge records gone
+ *     afterwards, served by nginx and verified with `openssl s_client
+ *     -verify_return_error` against Pebble's root;
+ *  2. why not lego's own pdns provider: it deletes the whole rrset at clean-up;
+ *  3. renewal of a short-lived base certificate (a second Pebble issuing
+ *     60-second certificates) by the renewal CLI, nginx reloaded while an
+ *     HTTPS request is in flight, which completes.
+ */
+import { strict as assert } from 'assert';
+import { execFile, execFileSync, spawn } from 'child_process';
+import { randomBytes } from 'crypto';
+import { chownSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'fs';
+import * as http from 'http';
+import * as https from 'https';
+import type { AddressInfo } from 'net';
+import * as os from 'os';
+import * as path from 'path';
+import { Pool } from 'pg';
+import { GatewayAllocator, OrgCertificates } from '../../runtime';
+import { AcmeIssuer, isAcmeIssueError, type ChallengeEvent } from '../../runtime/tls/acme-issuer';
+import { ChallengeDns } from '../../runtime/tls/dns-challenge';
+import { certificateInfo } from '../../runtime/tls/pem';
+import { renewBaseCertificate, renewalDue, readInstalled, servedFingerprint } from '../../runtime/tls/renew';
+import type { IssuedCertificate } from '../../runtime/tls/types';
+import { createZone, deleteZone, dropSchema, gatewayHost, patchZone, randomOrg, startStandInGateways, suiteId, zoneRRsets } from '../helpers/fixtures';
+import { Pebble, ensureDebianPackage } from '../helpers/pebble';
+import { requireServices, type TestServices } from '../helpers/services';
+import { Stage1Nginx } from '../helpers/stage1-nginx';
+
+const HTTPS_PORT = 61443;
+const STATUS_PORT = 61099;
+const REPO = path.resolve(__dirname, '..', '..');
+
+function sh(cmd: string, args: string[], input?: string): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = execFile(cmd, args, { timeout: 60_000, maxBuffer: 4 * 1024 * 1024 }, (err, stdout, stderr) => {
+      const code = err === null ? 0 : typeof (err as { code?: unknown }).code === 'number' ? Number((err as { code: number }).code) : 1;
+      resolve({ code, stdout, stderr });
+    });
+    child.stdin?.end(input ?? '');
+  });
+}
+
+/** `openssl s_client` as a user would run it: SNI, full verification against a CA file, the leaf's SANs. */
+async function sClient(servername: string, caFile: string): Promise<{ verified: boolean; sans: string[]; output: string }> {
+  const r = await sh('openssl', ['s_client', '-connect', `127.0.0.1:${HTTPS_PORT}`, '-servername', servername, '-verify_return_error', '-verify_hostname', servername, '-CAfile', caFile, '-showcerts']);
+  const leaf = /-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/.exec(r.stdout)?.[0];
+  let sans: string[] = [];
+  if (leaf !== undefined) {
+    const x = await sh('openssl', ['x509', '-noout', '-ext', 'subjectAltName'], leaf);
+    sans = [...x.stdout.matchAll(/DNS:([^,\s]+)/g)].map((m) => m[1]);
+  }
+  return { verified: r.code === 0 && /Verify return code: 0 \(ok\)/.test(r.stdout), sans, output: `${r.stdout}\n${r.stderr}` };
+}
+
+/** TXT values at a name, asked over DNS from the test PowerDNS (what Pebble sees). */
+async function digTxt(port: number, name: string): Promise<string[]> {
+  const r = await sh('dig', ['@127.0.0.1', '-p', String(port), '+short', '+tries=1', '+time=2', 'TXT', name]);
+  return r.stdout.split('\n').map((l) => l.trim().replace(/^"(.*)"$/, '$1')).filter(Boolean);
+}
+
+/** uid (or with '-g' gid) of nginx's worker user in the test nginx. */
+function nobodyUid(flag: '-u' | '-g' = '-u'): number {
+  return Number(execFileSync('id', [flag, 'nobody']).toString());
+}
+
+async function challengeRRsets(s: TestServices, domain: string): Promise<string[]> {
+  return (await zoneRRsets(s, domain)).filter((r) => r.type === 'TXT' || r.name.startsWith('_acme-challenge')).map((r) => `${r.name} ${r.type} ${r.records.map((x) => x.content).join(' ')}`);
+}
+
+describe('TLS via ACME DNS-01 (Pebble, real PowerDNS, real nginx)', function () {
+  this.timeout(240_000);
+  let s: TestServices;
+  let domain: string;
+  let pebble: Pebble;
+  let shortPebble: Pebble;
+  let nginx: Stage1Nginx;
+  let work: string;
+  let upstream: http.Server;
+  let upstreamPort: number;
+  /** Requests the slow upstream holds until released. */
+  const held: Array<() => void> = [];
+  const issuers: AcmeIssuer[] = [];
+  const events: Array<ChallengeEvent & { visible: string[] }> = [];
+  const timings: Record<string, number> = {};
+  const schemas: string[] = [];
+  const closers: Array<{ close: () => Promise<void> }> = [];
+  let standIn: { port: number; close: () => Promise<void> };
+  let pg: Pool;
+  let t1 = 0;
+  const pgQuery = async (sql: string, params: unknown[]): Promise<Array<Record<string, unknown>>> => (await pg.query(sql, params)).rows;
+
+  before(async function () {
+    s = requireServices(this);
+    ensureDebianPackage('lego', 'lego');
+    domain = `acme-${suiteId()}.test`;
+    await createZone(s, domain);
+    work = mkdtempSync(path.join(os.tmpdir(), 'demiurge-tls-acme-'));
+    const t0 = Date.now();
+    pebble = new Pebble({ acmePort: 61400, managementPort: 61401, dnsServer: `127.0.0.1:${s.pdnsDnsPort}` });
+    shortPebble = new Pebble({ acmePort: 61404, managementPort: 61405, dnsServer: `127.0.0.1:${s.pdnsDnsPort}`, certificateValidityPeriod: 60 });
+    await Promise.all([pebble.start(), shortPebble.start()]);
+    timings.pebbleStart = Date.now() - t0;
+    upstream = http.createServer((req, res) => {
+      const answer = (): void => {
+        res.setHeader('content-type', 'text/plain');
+        res.end(`upstream ${req.headers.host} ${req.url}\n`);
+      };
+      if (req.url?.startsWith('/slow')) held.push(answer);
+      else answer();
+    });
+    await new Promise<void>((r) => upstream.listen(0, '127.0.0.1', r));
+    upstreamPort = (upstream.address() as AddressInfo).port;
+    nginx = new Stage1Nginx(domain, HTTPS_PORT, STATUS_PORT);
+    standIn = await startStandInGateways();
+    pg = new Pool({ connectionString: s.pgUrl, max: 2 });
+  });
+
+  after(async () => {
+    for (const c of closers.reverse()) await c.close().catch(() => undefined);
+    for (const i of issuers) await i.close();
+    await standIn?.close();
+    for (const schema of schemas) await dropSchema(s.pgUrl, schema).catch(() => undefined);
+    await pg?.end();
+    nginx?.destroy();
+    await pebble?.destroy();
+    await shortPebble?.destroy();
+    for (const release of held) release();
+    await new Promise<void>((r) => (upstream ? upstream.close(() => r()) : r()));
+    if (s && domain) await deleteZone(s, domain);
+    if (work) rmSync(work, { recursive: true, force: true });
+    console.log(`      timings (ms): ${JSON.stringify(timings)}`);
+  });
+
+  function issuer(p: Pebble, stateDir: string): AcmeIssuer {
+    const i = new AcmeIssuer({
+      directoryUrl: p.directoryUrl,
+      email: 'ops@example.com',
+      stateDir,
+      dns: { apiUrl: s.pdnsApiUrl, apiKey: s.pdnsApiKey, zone: domain },
+      resolvers: [`127.0.0.1:${s.pdnsDnsPort}`],
+      caCertificatesFile: p.listenerCaFile,
+      // After each TXT change: what does DNS (not just the API) answer right now?
+      onChallenge: async (e) => {
+        events.push({ ...e, visible: await digTxt(s.pdnsDnsPort, e.fqdn) });
+      },
+    });
+    issuers.push(i);
+    return i;
+  }
+
+  /** The base server (default for the port, so any *.<domain> SNI lands here) and optional per-org servers. */
+  function writeSites(base: { cert: string; key: string }, orgs: Array<{ orgId: string; cert: string; key: string }> = []): void {
+    const proxy = `location / { proxy_pass http://127.0.0.1:${upstreamPort}; proxy_set_header Host $host; proxy_read_timeout 60s; }`;
+    const blocks = [
+      `server {\n    listen 127.0.0.1:${HTTPS_PORT} ssl default_server;\n    server_name ${domain};\n    ssl_certificate ${base.cert};\n    ssl_certificate_key ${base.key};\n    ${proxy}\n}`,
+      ...orgs.map(
+        (o) =>
+          `server {\n    listen 127.0.0.1:${HTTPS_PORT} ssl;\n    server_name org-${o.orgId}.${domain} *.org-${o.orgId}.${domain};\n    ssl_certificate ${o.cert};\n    ssl_certificate_key ${o.key};\n    ${proxy}\n}`,
+      ),
+    ];
+    writeFileSync(path.join(nginx.sitesDir, 'tls-acme.conf'), `${blocks.join('\n')}\n`);
+  }
+
+  describe('acceptance 1: base and per-organization certificates through DNS-01', () => {
+    const orgId = randomOrg();
+    let acme: AcmeIssuer;
+    let base: IssuedCertificate;
+    let allocator: GatewayAllocator;
+    let certs: OrgCertificates;
+
+    it('issues <domain> + *.<domain> in one order and nginx serves it', async () => {
+      acme = issuer(pebble, path.join(work, 'acme-state'));
+      const t0 = Date.now();
+      base = await acme.issue([domain, `*.${domain}`]);
+      timings.issueBase = Date.now() - t0;
+      assert.deepEqual(certificateInfo(base.certPem).names.sort(), [`*.${domain}`, domain].sort());
+      assert.ok(base.notAfter.getTime() > Date.now() + 30 * 86_400_000, 'a normal (long) certificate');
+      assert.match(certificateInfo(base.certPem).issuer, /Pebble Intermediate CA/);
+      // The stage-1 base pair (the allocator's organization server falls back to it) is the ACME one.
+      writeFileSync(nginx.certFile, base.certPem);
+      writeFileSync(nginx.keyFile, base.keyPem, { mode: 0o600 });
+      // With per-org certificates nginx loads certificates in the workers (user nobody), per handshake.
+      chownSync(nginx.keyFile, nobodyUid(), nobodyUid('-g'));
+      writeSites({ cert: nginx.certFile, key: nginx.keyFile });
+      nginx.start();
+      for (const sni of [domain, `ganymede.${domain}`]) {
+        const r = await sClient(sni, pebble.rootFile);
+        assert.ok(r.verified, `${sni}: not verified:\n${r.output.slice(-1500)}`);
+        assert.deepEqual(r.sans.sort(), [`*.${domain}`, domain].sort(), `${sni}: SANs`);
+      }
+      // A server the CA never signed fails verification: the check has teeth.
+      assert.equal((await sClient(domain, shortPebble.rootFile)).verified, false);
+    });
+
+    it('allocating an organization orders its certificate in the background; meanwhile its route serves the base certificate and reports pending', async () => {
+      const schema = `tlsacme_${suiteId()}`;
+      schemas.push(schema);
+      certs = new OrgCertificates({ issuer: acme, encryptionKey: randomBytes(32), logger: null });
+      closers.push(certs);
+      assert.equal(certs.issuance, 'background');
+      allocator = new GatewayAllocator({
+        envName: 'tlsacme',
+        domain,
+        publicIp: '127.0.0.1',
+        pg: { connectionString: s.pgUrl },
+        powerdns: { apiUrl: s.pdnsApiUrl, apiKey: s.pdnsApiKey, zone: domain },
+        nginx: nginx.nginxOptions(),
+        schema,
+        logger: null,
+        certificates: certs,
+      });
+      closers.push(allocator);
+      await allocator.migrate();
+      await allocator.registerGateways([{ name: 'gw-pool-tlsacme-0', host: gatewayHost(0), httpPort: standIn.port, vpnPort: 49100 }]);
+      await allocator.markReady(['gw-pool-tlsacme-0']);
+      t1 = Date.now();
+      const gw = await allocator.allocate(orgId);
+      assert.equal(gw.certificate, 'pending');
+      assert.equal((await certs.status(orgId)).state, 'pending');
+      const apex = await sClient(`org-${orgId}.${domain}`, pebble.rootFile);
+      assert.ok(apex.verified, apex.output.slice(-1500));
+      assert.deepEqual(apex.sans.sort(), [`*.${domain}`, domain].sort(), 'the base certificate covers org-<uuid>.<domain>');
+      assert.equal((await sClient(`uc-abc.org-${orgId}.${domain}`, pebble.rootFile)).verified, false, 'but not uc-….org-<uuid>.<domain>');
+    });
+
+    it('once issued (DNS-01, Pebble), nginx serves org-<uuid> + *.org-<uuid>; openssl s_client verifies it against Pebble\'s root', async () => {
+      const deadline = Date.now() + 120_000;
+      while ((await allocator.getAllocation(orgId))?.certificate !== 'ready') {
+        assert.ok(Date.now() < deadline, `no certificate after 120 s: ${JSON.stringify(await certs.status(orgId))}`);
+        await new Promise((r) => setTimeout(r, 250));
+      }
+      timings.orgCertificateReady = Date.now() - t1;
+      const sans = [`org-${orgId}.${domain}`, `*.org-${orgId}.${domain}`].sort();
+      for (const sni of [`org-${orgId}.${domain}`, `uc-abc.org-${orgId}.${domain}`]) {
+        let r = await sClient(sni, pebble.rootFile);
+        // The file is written under the allocator's lock; the first handshakes may still see the base certificate.
+        for (let i = 0; i < 40 && !r.verified; i++) {
+          await new Promise((res) => setTimeout(res, 250));
+          r = await sClient(sni, pebble.rootFile);
+        }
+        assert.ok(r.verified, `${sni}: not verified:\n${r.output.slice(-1500)}`);
+        assert.deepEqual(r.sans.sort(), sans, `${sni}: SANs`);
+      }
+      const row = await pgQuery(`SELECT cert_pem, key_encrypted FROM "${schemas[schemas.length - 1]}".org_certificates WHERE organization_id = $1`, [orgId]);
+      assert.match(String(row[0].cert_pem), /BEGIN CERTIFICATE/);
+      assert.ok(!(row[0].key_encrypted as Buffer).toString('latin1').includes('PRIVATE KEY'), 'the key is encrypted at rest');
+    });
+
+    it('each _acme-challenge rrset held both values (apex and wildcard) at once, visible over DNS', () => {
+      for (const name of [domain, `org-${orgId}.${domain}`]) {
+        const fqdn = ChallengeDns.recordName(name);
+        const presents = events.filter((e) => e.fqdn === fqdn && e.action === 'present');
+        assert.equal(presents.length, 2, `${fqdn}: two challenges (apex + wildcard) presented`);
+        const both = presents.map((p) => p.value);
+        assert.notEqual(both[0], both[1]);
+        assert.deepEqual([...presents[1].visible].sort(), [...both].sort(), `${fqdn}: DNS answered both values after the second present`);
+        const cleanups = events.filter((e) => e.fqdn === fqdn && e.action === 'cleanup');
+        assert.equal(cleanups.length, 2, `${fqdn}: both cleaned up`);
+        assert.deepEqual(cleanups[1].visible, [], `${fqdn}: nothing left over DNS`);
+      }
+    });
+
+    it('the challenge records are gone from PowerDNS (API)', async () => {
+      assert.deepEqual(await challengeRRsets(s, domain), []);
+    });
+  });
+
+  describe("why not lego's pdns provider", () => {
+    it('lego 4.9.1 --dns pdns deletes the whole rrset at clean-up (a value another order needs is lost); ours removes only its own', async () => {
+      const name = `cmp.${domain}`;
+      const fqdn = ChallengeDns.recordName(name);
+      const foreign = 'foreign-pending-value-of-another-order';
+      const seed = (): Promise<void> =>
+        patchZone(s, domain, [{ name: fqdn, type: 'TXT', ttl: 60, changetype: 'REPLACE', records: [{ content: `"${foreign}"`, disabled: false }] }]);
+
+      await seed();
+      const legoDir = path.join(work, 'lego-pdns');
+      const r = await new Promise<{ code: number; out: string }>((resolve) => {
+        const child = spawn(
+          'lego',
+          ['--accept-tos', '--email', 'ops@example.com', '--server', pebble.directoryUrl, '--path', legoDir, '--dns', 'pdns', '--dns.resolvers', `127.0.0.1:${s.pdnsDnsPort}`, '--dns.disable-cp', '--domains', name, 'run'],
+          {
+            env: {
+              PATH: process.env.PATH,
+              HOME: work,
+              LEGO_CA_CERTIFICATES: pebble.listenerCaFile,
+              PDNS_API_URL: s.pdnsApiUrl,
+              PDNS_API_KEY: s.pdnsApiKey,
+              PDNS_PROPAGATION_TIMEOUT: '60',
+              PDNS_POLLING_INTERVAL: '1',
+            },
+          },
+        );
+        let out = '';
+        child.stdout.on('data', (b: Buffer) => (out += b.toString()));
+        child.stderr.on('data', (b: Buffer) => (out += b.toString()));
+        child.on('close', (code) => resolve({ code: code ?? 1, out }));
+      });
+      assert.equal(r.code, 0, r.out);
+      assert.deepEqual(await digTxt(s.pdnsDnsPort, fqdn), [], "lego's pdns clean-up removed the other order's value too");
+
+      await seed();
+      const acme = issuer(pebble, path.join(work, 'acme-state'));
+      await acme.issue([name]);
+      assert.deepEqual(await digTxt(s.pdnsDnsPort, fqdn), [foreign], 'our clean-up removed only our value');
+      await patchZone(s, domain, [{ name: fqdn, type: 'TXT', changetype: 'DELETE' }]);
+      assert.deepEqual(await challengeRRsets(s, domain), []);
+    });
+  });
+
+  describe('failures back off', () => {
+    it('a failed order sets retryAfter for its name set; the next call is refused without contacting the CA', async () => {
+      // A name outside the zone: Pebble cannot find the TXT record (our endpoint refuses to write it).
+      const acme = issuer(pebble, path.join(work, 'acme-state'));
+      const names = [`nowhere-${suiteId()}.invalid`];
+      await assert.rejects(acme.issue(names), (err: unknown) => isAcmeIssueError(err) && err.kind === 'failed' && err.retryAfter !== undefined && err.retryAfter.getTime() > Date.now());
+      const t0 = Date.now();
+      await assert.rejects(acme.issue(names), (err: unknown) => isAcmeIssueError(err) && err.kind === 'backoff');
+      assert.ok(Date.now() - t0 < 100, 'refused at once');
+      assert.equal(acme.backoff.state(names)?.failures, 1);
+    });
+  });
+
+  describe('acceptance 3: a short-lived base certificate is renewed; nginx reloads without dropping an in-flight request', () => {
+    let certPath: string;
+    let keyPath: string;
+    const policy = { renewBeforeMs: 1, renewBeforeFraction: 0.75 };
+
+    function cliEnv(): NodeJS.ProcessEnv {
+      return {
+        PATH: process.env.PATH,
+        HOME: work,
+        DOMAIN: domain,
+        TLS_ISSUER: 'acme',
+        TLS_CERT_PATH: certPath,
+        TLS_KEY_PATH: keyPath,
+        // 60-second certificates: renew once less than 45 s are left.
+        TLS_RENEW_BEFORE_DAYS: String(1 / 86_400_000),
+        TLS_RENEW_BEFORE_FRACTION: '0.75',
+        ACME_DIRECTORY: shortPebble.directoryUrl,
+        ACME_EMAIL: 'ops@example.com',
+        ACME_STATE_DIR: path.join(work, 'short-acme-state'),
+        ACME_CA_CERTIFICATES: shortPebble.listenerCaFile,
+        PDNS_API_URL: s.pdnsApiUrl,
+        PDNS_API_KEY: s.pdnsApiKey,
+        DNS_RESOLVERS: `127.0.0.1:${s.pdnsDnsPort}`,
+        NGINX_TEST_COMMAND: JSON.stringify(nginx.nginxOptions().testCommand ?? []),
+        NGINX_RELOAD_COMMAND: JSON.stringify(nginx.nginxOptions().reloadCommand ?? []),
+        TLS_PROBE: `127.0.0.1:${HTTPS_PORT}`,
+      };
+    }
+
+    function runCli(args: string[]): Promise<{ code: number; out: string }> {
+      return new Promise((resolve) => {
+        const child = spawn(process.execPath, ['-r', 'ts-node/register/transpile-only', path.join(REPO, 'runtime/cli/tls-renew.ts'), ...args], { cwd: REPO, env: cliEnv() });
+        let out = '';
+        child.stdout.on('data', (b: Buffer) => (out += b.toString()));
+        child.stderr.on('data', (b: Buffer) => (out += b.toString()));
+        child.on('close', (code) => resolve({ code: code ?? 1, out }));
+      });
+    }
+
+    /** An HTTPS request through nginx that the upstream holds; resolves with the status, body and the certificate its connection saw. */
+    function slowRequest(): Promise<{ status: number; body: string; fingerprint: string }> {
+      return new Promise((resolve, reject) => {
+        const req = https.request(
+          { host: '127.0.0.1', port: HTTPS_PORT, path: '/slow', servername: domain, headers: { host: domain }, ca: readFileSync(shortPebble.rootFile), agent: false },
+          (res) => {
+            const fingerprint = (res.socket as import('tls').TLSSocket).getPeerCertificate().fingerprint256;
+            let body = '';
+            res.setEncoding('utf8');
+            res.on('data', (c: string) => (body += c));
+            res.on('end', () => resolve({ status: res.statusCode ?? 0, body, fingerprint }));
+            res.on('error', reject);
+          },
+        );
+        req.on('error', reject);
+        req.end();
+      });
+    }
+
+    it('the CLI issues the first certificate, then keeps it while it is fresh', async () => {
+      const dir = path.join(work, 'short');
+      mkdirSync(dir);
+      certPath = path.join(dir, 'fullchain.pem');
+      keyPath = path.join(dir, 'privkey.pem');
+      // Until the first certificate exists the base server needs some pair: the suite's mkcert one.
+      writeFileSync(certPath, readFileSync(nginx.certFile));
+      writeFileSync(keyPath, readFileSync(nginx.keyFile), { mode: 0o600 });
+      writeSites({ cert: certPath, key: keyPath });
+      const reload = nginx.nginxOptions().reloadCommand ?? [];
+      assert.equal((await sh(reload[0], reload.slice(1))).code, 0);
+      const t0 = Date.now();
+      let r = await runCli(['once', '--force']);
+      timings.cliFirstIssue = Date.now() - t0;
+      assert.equal(r.code, 0, r.out);
+      const info = await readInstalled(certPath);
+      assert.ok(info !== undefined && info !== 'unreadable');
+      // Pebble: notAfter = notBefore + period - 1 s.
+      const lifetime = (info.notAfter.getTime() - info.notBefore.getTime()) / 1000;
+      assert.ok(lifetime >= 58 && lifetime <= 60, `Pebble issued a 60-second certificate (got ${lifetime} s)`);
+      assert.equal(await servedFingerprint({ host: '127.0.0.1', port: HTTPS_PORT, servername: domain }), info.fingerprint256);
+      r = await runCli(['once']);
+      assert.equal(r.code, 0, r.out);
+      assert.match(r.out, /nothing to do/);
+      r = await runCli(['check']);
+      assert.equal(r.code, 0, r.out);
+      // As in the dev container, where nginx's workers (not only root) read the base key: the owner must survive renewal.
+      chownSync(keyPath, nobodyUid(), nobodyUid('-g'));
+    });
+
+    it('once due, the renewal replaces it and reloads nginx while a request is in flight; the request completes', async () => {
+      const before = await readInstalled(certPath);
+      assert.ok(before !== undefined && before !== 'unreadable');
+      // Wait (real clock) until the 60-second certificate is due: < 45 s left.
+      while (renewalDue(before, [domain, `*.${domain}`], new Date(), policy) === undefined) await new Promise((r) => setTimeout(r, 250));
+
+      const inFlight = slowRequest();
+      const deadline = Date.now() + 5000;
+      while (held.length === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+      assert.equal(held.length, 1, 'the upstream holds the request');
+
+      const t0 = Date.now();
+      const r = await runCli(['once']);
+      timings.cliRenewal = Date.now() - t0;
+      assert.equal(r.code, 0, r.out);
+      assert.match(r.out, /renewed \(expiring\)/);
+      const after = await readInstalled(certPath);
+      assert.ok(after !== undefined && after !== 'unreadable');
+      assert.notEqual(after.fingerprint256, before.fingerprint256);
+      assert.ok(after.notAfter > before.notAfter);
+      const keyStat = statSync(keyPath);
+      assert.equal(keyStat.uid, nobodyUid(), 'the new key keeps the old key\'s owner');
+      assert.equal(keyStat.mode & 0o777, 0o600);
+      // The CLI confirmed by handshake; check again from here: new connections get the new certificate.
+      assert.equal(await servedFingerprint({ host: '127.0.0.1', port: HTTPS_PORT, servername: domain }), after.fingerprint256);
+      const v = await sClient(domain, shortPebble.rootFile);
+      assert.ok(v.verified, v.output.slice(-1500));
+
+      // The request that started before the reload is still open on an old worker; answer it now.
+      held.shift()?.();
+      const done = await inFlight;
+      assert.equal(done.status, 200);
+      assert.equal(done.body, `upstream ${domain} /slow\n`);
+      assert.equal(done.fingerprint, before.fingerprint256, 'it was served on a connection made with the old certificate');
+      assert.deepEqual(await challengeRRsets(s, domain), []);
+    });
+
+    it('a failing nginx -t keeps the previous pair installed', async () => {
+      const before = await readInstalled(certPath);
+      assert.ok(before !== undefined && before !== 'unreadable');
+      const acme = issuer(shortPebble, path.join(work, 'short-acme-state'));
+      await assert.rejects(
+        renewBaseCertificate({
+          issuer: acme,
+          names: [domain, `*.${domain}`],
+          certPath,
+          keyPath,
+          force: true,
+          testCommand: ['false'],
+          reloadCommand: nginx.nginxOptions().reloadCommand ?? [],
+        }),
+        /nginx -t rejected the new certificate \(previous pair restored\)/,
+      );
+      const still = await readInstalled(certPath);
+      assert.ok(still !== undefined && still !== 'unreadable');
+      assert.equal(still.fingerprint256, before.fingerprint256);
+      assert.equal(await servedFingerprint({ host: '127.0.0.1', port: HTTPS_PORT, servername: domain }), before.fingerprint256);
+    });
+  });
+});
