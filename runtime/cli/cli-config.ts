@@ -1,5 +1,8 @@
 import type { GatewayAllocatorOptions } from '../allocator';
 import { AllocatorError } from '../errors';
+import { isUserContainerNaming } from '../naming';
+import { DevCaIssuer } from '../tls/dev-ca-issuer';
+import { OrgCertificates } from '../tls/org-certificates';
 
 /** Every setting: flag name, environment variable, what it is. The CLI's help and README table come from here. */
 export const SETTINGS = [
@@ -18,6 +21,10 @@ export const SETTINGS = [
   { flag: 'nginx-test-command', env: 'NGINX_TEST_COMMAND', help: 'JSON array, default ["nginx","-t","-q"]' },
   { flag: 'nginx-reload-command', env: 'NGINX_RELOAD_COMMAND', help: 'JSON array, default ["nginx","-s","reload"]' },
   { flag: 'schema', env: 'ALLOCATOR_SCHEMA', help: 'PostgreSQL schema of the pool; default gateway_pool' },
+  { flag: 'user-container-naming', env: 'USER_CONTAINER_NAMING', help: 'nested (default) or flat (uc-…--org-…, no per-org certificates)' },
+  { flag: 'org-cert-issuer', env: 'ORG_CERT_ISSUER', help: 'none (default) or dev-ca: mint per-org certificates from the mkcert CA (ACME ones are the API server\'s job)' },
+  { flag: 'dev-caroot', env: 'DEV_CAROOT', help: 'mkcert CAROOT (rootCA.pem, rootCA-key.pem) for org-cert-issuer dev-ca' },
+  { flag: 'org-cert-key', env: 'ORG_CERT_KEY', help: 'key encrypting per-org private keys at rest (the stack secret orgCertificateKey)' },
 ] as const;
 
 export type SettingName = (typeof SETTINGS)[number]['flag'];
@@ -60,6 +67,16 @@ export function allocatorOptions(s: Settings, effects: boolean): GatewayAllocato
     const named = missing.map((n) => `--${n} / ${SETTINGS.find((x) => x.flag === n)?.env}`);
     throw new AllocatorError('INVALID_CONFIG', `missing setting(s): ${named.join(', ')}`, { missing });
   }
+  const naming = s['user-container-naming'];
+  if (naming !== undefined && !isUserContainerNaming(naming)) throw new AllocatorError('INVALID_CONFIG', `user-container-naming must be nested or flat, got ${JSON.stringify(naming)}`);
+  const issuer = s['org-cert-issuer'] ?? 'none';
+  if (issuer !== 'none' && issuer !== 'dev-ca') throw new AllocatorError('INVALID_CONFIG', `org-cert-issuer must be none or dev-ca, got ${JSON.stringify(issuer)}`);
+  let certificates: OrgCertificates | undefined;
+  if (issuer === 'dev-ca' && effects) {
+    const lacking = (['dev-caroot', 'org-cert-key'] as const).filter((n) => s[n] === undefined);
+    if (lacking.length > 0) throw new AllocatorError('INVALID_CONFIG', `org-cert-issuer dev-ca needs ${lacking.map((n) => `--${n} / ${SETTINGS.find((x) => x.flag === n)?.env}`).join(', ')}`);
+    certificates = new OrgCertificates({ issuer: new DevCaIssuer({ caroot: s['dev-caroot'] as string }), encryptionKey: s['org-cert-key'] as string });
+  }
   const domain = s.domain as string;
   const unused = '/nonexistent/demiurge-cli-read-only';
   return {
@@ -68,6 +85,8 @@ export function allocatorOptions(s: Settings, effects: boolean): GatewayAllocato
     publicIp: s['public-ip'] ?? '127.0.0.1',
     pg: { connectionString: s['database-url'] as string, max: 4 },
     schema: s.schema,
+    userContainerNaming: naming,
+    certificates,
     powerdns: {
       apiUrl: s['pdns-api-url'] ?? 'http://pdns-not-configured.invalid',
       apiKey: s['pdns-api-key'] ?? 'not-configured',

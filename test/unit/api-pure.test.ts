@@ -70,6 +70,16 @@ describe('API pure logic', () => {
       assert.equal(o.publicIp, '127.0.0.1');
     });
 
+    it('per-org certificates from the dev CA need the CAROOT and the at-rest key; bad values are named', () => {
+      const base = { 'database-url': 'postgres://x', env: 'dev', domain: 'd.test', 'pdns-api-url': 'http://p', 'pdns-api-key': 'k', 'nginx-conf-dir': '/c', 'tls-cert': '/c.pem', 'tls-key': '/k.pem' } as const;
+      assert.throws(() => allocatorOptions({ ...base, 'org-cert-issuer': 'dev-ca' }, true), /DEV_CAROOT.*ORG_CERT_KEY/);
+      assert.throws(() => allocatorOptions({ ...base, 'org-cert-issuer': 'acme' }, true), /none or dev-ca/);
+      assert.throws(() => allocatorOptions({ ...base, 'user-container-naming': 'deep' }, true), /nested or flat/);
+      const o = allocatorOptions({ ...base, 'org-cert-issuer': 'dev-ca', 'dev-caroot': '/ca', 'org-cert-key': 'a'.repeat(64) }, true);
+      assert.ok(o.certificates);
+      assert.equal(allocatorOptions({ ...base, 'org-cert-issuer': 'dev-ca' }, false).certificates, undefined);
+    });
+
     it('reads pulumi stack output --json, and says what is wrong with it', () => {
       const out = parseStackOutputs(JSON.stringify({ envName: 'dev', domain: 'd.test', gatewayInventory: [], gatewayRegistrationTokens: { 'gw-pool-dev-0': 't'.repeat(20) } }));
       assert.deepEqual(out.tokens, { 'gw-pool-dev-0': 't'.repeat(20) });
