@@ -4,6 +4,7 @@ import { randomBytes } from 'crypto';
 import * as path from 'path';
 import { Pool } from 'pg';
 import { GatewayAllocator, OrgDataStore } from '../../runtime';
+import { allocatorSettingsEnv, testAllocatorOptions } from '../helpers/allocator-settings';
 import { callApi, FakeGateway } from '../helpers/fake-gateway';
 import { createZone, deleteZone, dropSchema, randomOrg, suiteId } from '../helpers/fixtures';
 import { TestServices, requireServices } from '../helpers/services';
@@ -37,25 +38,7 @@ describe('Gateway API over HTTP (Express router, real PostgreSQL, PowerDNS, ngin
   const gateways: FakeGateway[] = [];
 
   function apiEnv(): NodeJS.ProcessEnv {
-    return {
-      ...process.env,
-      API_PORT: String(API_PORT),
-      MAX_SNAPSHOT_BYTES: String(MAX_SNAPSHOT),
-      DATABASE_URL: s.pgUrl,
-      ENV_NAME: env,
-      DOMAIN: domain,
-      PUBLIC_IP: '127.0.0.1',
-      PDNS_API_URL: s.pdnsApiUrl,
-      PDNS_API_KEY: s.pdnsApiKey,
-      NGINX_CONF_DIR: nginx.confDir,
-      NGINX_TLS_CERT: nginx.certFile,
-      NGINX_TLS_KEY: nginx.keyFile,
-      NGINX_LISTEN: nginx.nginxOptions().listen,
-      NGINX_STATUS_LISTEN: nginx.nginxOptions().statusListen,
-      NGINX_TEST_COMMAND: JSON.stringify(nginx.nginxOptions().testCommand),
-      NGINX_RELOAD_COMMAND: JSON.stringify(nginx.nginxOptions().reloadCommand),
-      ALLOCATOR_SCHEMA: schema,
-    };
+    return { ...process.env, API_PORT: String(API_PORT), MAX_SNAPSHOT_BYTES: String(MAX_SNAPSHOT), ...allocatorSettingsEnv(s, nginx, { env, domain, schema }) };
   }
 
   async function startApi(): Promise<void> {
@@ -116,16 +99,7 @@ describe('Gateway API over HTTP (Express router, real PostgreSQL, PowerDNS, ngin
     await createZone(s, domain);
     nginx = new Stage1Nginx(domain, HTTPS_PORT, STATUS_PORT);
     nginx.start();
-    admin = new GatewayAllocator({
-      envName: env,
-      domain,
-      publicIp: '127.0.0.1',
-      pg: { connectionString: s.pgUrl },
-      powerdns: { apiUrl: s.pdnsApiUrl, apiKey: s.pdnsApiKey, zone: domain },
-      nginx: nginx.nginxOptions(),
-      schema,
-      logger: null,
-    });
+    admin = new GatewayAllocator(testAllocatorOptions(s, nginx, { env, domain, schema }));
     await admin.migrate();
     adminPool = new Pool({ connectionString: s.pgUrl, max: 2 });
     store = new OrgDataStore({ pg: adminPool, schema });

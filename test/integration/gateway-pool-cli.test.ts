@@ -4,6 +4,7 @@ import { existsSync, mkdtempSync, readdirSync, rmSync, unlinkSync, writeFileSync
 import * as os from 'os';
 import * as path from 'path';
 import { GatewayAllocator } from '../../runtime';
+import { allocatorSettingsEnv, testAllocatorOptions } from '../helpers/allocator-settings';
 import { createZone, deleteZone, dropSchema, gatewayHost, randomOrg, startStandInGateways, suiteId } from '../helpers/fixtures';
 import { TestServices, requireServices } from '../helpers/services';
 import { Stage1Nginx, curlThroughStage1, dig } from '../helpers/stage1-nginx';
@@ -67,25 +68,7 @@ describe('gateway-pool CLI end to end (real PostgreSQL, PowerDNS, nginx)', funct
     nginx.start();
     standIn = await startStandInGateways();
     tmp = mkdtempSync(path.join(os.tmpdir(), 'demiurge-cli-'));
-    const n = nginx.nginxOptions();
-    baseEnv = {
-      PATH: process.env.PATH,
-      HOME: process.env.HOME,
-      DATABASE_URL: s.pgUrl,
-      ENV_NAME: env,
-      DOMAIN: domain,
-      PUBLIC_IP: '127.0.0.1',
-      PDNS_API_URL: s.pdnsApiUrl,
-      PDNS_API_KEY: s.pdnsApiKey,
-      NGINX_CONF_DIR: n.confDir,
-      NGINX_TLS_CERT: n.tls.certPath,
-      NGINX_TLS_KEY: n.tls.keyPath,
-      NGINX_LISTEN: n.listen,
-      NGINX_STATUS_LISTEN: n.statusListen,
-      NGINX_TEST_COMMAND: JSON.stringify(n.testCommand),
-      NGINX_RELOAD_COMMAND: JSON.stringify(n.reloadCommand),
-      ALLOCATOR_SCHEMA: schema,
-    };
+    baseEnv = { PATH: process.env.PATH, HOME: process.env.HOME, ...allocatorSettingsEnv(s, nginx, { env, domain, schema }) };
   });
 
   after(async () => {
@@ -143,7 +126,7 @@ describe('gateway-pool CLI end to end (real PostgreSQL, PowerDNS, nginx)', funct
 
   it('status and list, as text and JSON', async () => {
     // The gateways' own /gateway/ready is the API's job; here the library plays it.
-    const a = new GatewayAllocator({ ...apiOptions(), logger: null });
+    const a = new GatewayAllocator(testAllocatorOptions(s, nginx, { env, domain, schema }));
     await a.markReady([0, 1, 2].map((i) => `gw-pool-${env}-${i}`));
     await a.close();
     const st = await cli(['status', '--json']);
@@ -240,15 +223,4 @@ describe('gateway-pool CLI end to end (real PostgreSQL, PowerDNS, nginx)', funct
     assert.equal((await cli(['status'], { bin })).code, 0);
   });
 
-  function apiOptions(): ConstructorParameters<typeof GatewayAllocator>[0] {
-    return {
-      envName: env,
-      domain,
-      publicIp: '127.0.0.1',
-      pg: { connectionString: s.pgUrl },
-      powerdns: { apiUrl: s.pdnsApiUrl, apiKey: s.pdnsApiKey, zone: domain },
-      nginx: nginx.nginxOptions(),
-      schema,
-    };
-  }
 });
