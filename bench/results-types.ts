@@ -1,0 +1,123 @@
+/** Shape of bench/results/<date>.json (written by run.ts, rendered by report.ts). */
+import type { ProfileSummary } from './protocol';
+import type { Spread } from './stats';
+import type { MachineFacts } from './system';
+
+/** Throughput and latency figures of one operation, each the median of the repetitions (min, max kept). */
+export interface OpFigures {
+  opsPerRep: number;
+  throughput: Spread;
+  p50: Spread;
+  p95: Spread;
+  p99: Spread;
+  max: Spread;
+  errors: number;
+}
+
+export interface ConcurrencyFigures {
+  concurrency: number;
+  allocate: OpFigures;
+  release: OpFigures;
+  /** Median throughput / naive median throughput; naive median latency / median p50. */
+  vsBaseline: { allocateThroughput: number; releaseThroughput: number; allocateP50Speedup: number };
+}
+
+export interface ScaleFigures {
+  orgs: number;
+  sequentialAllocate: OpFigures;
+  sequentialRelease: OpFigures;
+  burstAllocate: OpFigures;
+  burstRelease: OpFigures;
+  reload: { commandMs: Spread; untilNewServesMs: Spread; untilOldGoneMs: Spread };
+  /** One PowerDNS PATCH publishing one organization at this zone size, with the zone's API rectify off (as the bench runs) and on (PowerDNS's default). */
+  dnsPatchMs: { rectifyOff: Spread; rectifyOn: Spread };
+  nginxRssMiB: number;
+  routeFiles: number;
+  vsBaseline: { allocateP50Speedup: number };
+}
+
+export interface TargetResult {
+  id: string;
+  description: string;
+  target: string;
+  measured: string;
+  pass: boolean;
+}
+
+export interface StageRow {
+  stage: string;
+  callsPer1000: number;
+  avgMs: number;
+  /** Summed wall time of the stage's calls per allocation (calls of a batch overlap many allocations). */
+  msPerAllocation: number;
+}
+
+export interface BenchResults {
+  version: 1;
+  date: string;
+  runId: string;
+  mode: 'full' | 'quick';
+  durationS: number;
+  machine: MachineFacts;
+  config: {
+    /** How the bench's zone is created (see README: API rectify). */
+    zone: string;
+    poolSize: number;
+    scalePoolSize: number;
+    reps: number;
+    concurrency: number[];
+    opsPerRep: Record<string, number>;
+    scaleOrgs: number[];
+    scaleSequentialOps: number;
+    scaleBurstOps: number;
+    scaleBurstConcurrency: number;
+    naiveOpsPerRep: number;
+    pgPoolMax: number;
+    nginxWorkers: number;
+  };
+  baseline: {
+    description: string;
+    allocate: OpFigures;
+    release: OpFigures;
+    allocations: number;
+    notLiveAtAnswer: number;
+    untilLiveMs: Spread;
+    per1000: { dnsPatches: number; nginxReloads: number; sqlStatements: number };
+  };
+  concurrency: ConcurrencyFigures[];
+  scale: ScaleFigures[];
+  cost: {
+    phase: string;
+    allocations: number;
+    releases: number;
+    /** Per 1,000 allocations (with their 1,000 releases), concurrency-64 phase. */
+    per1000: { dnsPatches: Spread; nginxReloads: Spread; nginxTests: Spread; sqlStatements: Spread; storeRoundTrips: Spread };
+    allocationsPerReload: number | null;
+    /** The same counts over the whole run (every phase, fills included). */
+    wholeRun: { allocations: number; releases: number; dnsPatches: number; nginxReloads: number; nginxTests: number; sqlStatements: number };
+  };
+  rss: { allocatorPeakMiB: number; byPhase: Record<string, number>; nginxMiBAtMaxOrgs: number };
+  liveness: {
+    method: string;
+    checked: number;
+    notLive: number;
+    examples: Array<{ org: string; status: number; detail: string }>;
+    dnsMethod: string;
+    dnsChecked: number;
+    dnsMissing: number;
+    dnsExamples: Array<{ org: string; detail: string }>;
+  };
+  profile: {
+    phase: string;
+    /** Allocate bursts at concurrency 64: `path:` rows are one operation's steps (queueing included), the others batches. */
+    stages: StageRow[];
+    releaseStages: StageRow[];
+    /** Allocate at concurrency 1 (phase 1): the same rows for a lone caller. */
+    sequentialStages: StageRow[];
+    cpuMsPer1000: Array<{ process: string; ms: number; note?: string }>;
+    cpu: ProfileSummary | null;
+    /** A 64-organization PATCH (publish, then withdraw) measured with the allocator idle, per way of writing the records. */
+    dnsWrites: Array<{ variant: string; rrsetsPerOrg: number; publishMs: Spread; withdrawMs: Spread; postgresCpuMsPerOrg: Spread; powerdnsCpuMsPerOrg: Spread }>;
+  };
+  targets: TargetResult[];
+}

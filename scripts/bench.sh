@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# `npm run bench [-- --quick] [-- --no-readme]` (issue #8): starts or reuses the
+# real PostgreSQL and PowerDNS of the test set-up (scripts/test-services.sh,
+# idempotent; installs what is missing as root on Debian 12), then runs the
+# benchmark, which starts its own nginx instances (ports 59443/59099 and unix
+# sockets), its own PostgreSQL schema and PowerDNS zone, and drops them at the end.
+# Results: bench/results/<date>.{json,md,svg} and latest.*; --quick writes to
+# bench/results/quick/ (git-ignored) and never touches the README.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+start=$(date +%s)
+bash scripts/test-services.sh up
+npx ts-node --transpile-only bench/run.ts "$@"
+echo "[bench] total $(( $(date +%s) - start )) s (services included)"
