@@ -557,6 +557,11 @@ export class OrgCertificates implements OrgCertificateProvider {
     const names = this.names(orgId);
     const client = await pool.connect();
     let broken = false;
+    // A checked-out client whose server goes away emits 'error'; unhandled, that kills the process.
+    const onError = (): void => {
+      broken = true;
+    };
+    client.on('error', onError);
     try {
       await client.query('BEGIN');
       if (this.budget) await client.query('SELECT pg_advisory_xact_lock(hashtextextended($1, 0))', [`demiurge-org-cert-budget:${schema}`]);
@@ -609,6 +614,7 @@ export class OrgCertificates implements OrgCertificateProvider {
       });
       throw new AllocatorError('DATABASE_FAILED', `certificate lease failed: ${errorMessage(err)}`, { organizationId: orgId }, err);
     } finally {
+      client.removeListener('error', onError);
       client.release(broken);
     }
   }
