@@ -352,10 +352,12 @@ export class GatewayAllocator {
     const allocationId = row.allocationId as string;
     this.log({ event: 'gateway.claimed', env: this.envName, gateway: row.name, organizationId: orgId, from: 'ready', to: 'allocating' });
     await this.failpoint('allocate.afterClaim');
+    const claim: ActionCondition = { kind: 'claim', allocationId };
     // The certificate (dev CA: minted in ≈11 ms; ACME: started in the background) goes in parallel with DNS and route.
     const [dnsResult, routeResult, certResult] = await Promise.allSettled([
-      this.dns.publish(orgId),
-      this.routes.set({ orgId, target: { gatewayName: row.name, host: row.host, port: row.httpPort } }),
+      // Fenced on the claim: if reconcile() took the gateway over meanwhile, these write nothing.
+      this.dns.publish(orgId, claim),
+      this.routes.set({ orgId, onlyIf: claim, target: { gatewayName: row.name, host: row.host, port: row.httpPort } }),
       this.ensureCertificate(orgId),
     ]);
     const applied = {
@@ -863,7 +865,10 @@ export class GatewayAllocator {
     const holds = new Set<string>();
     for (const o of orgs) {
       const r = byOrg.get(o.orgId);
-      if (o.onlyIf.kind === 'orphan' ? !r : r?.state === 'allocated' && r.allocation_id === o.onlyIf.allocationId) holds.add(o.orgId);
+      const c = o.onlyIf;
+      const ok =
+        c.kind === 'orphan' ? !r : c.kind === 'allocated' ? r?.state === 'allocated' && r.allocation_id === c.allocationId : r?.state === 'allocating' && r.allocation_id === c.allocationId;
+      if (ok) holds.add(o.orgId);
     }
     return holds;
   }

@@ -25,7 +25,12 @@ export interface DnsPublisherOptions {
  */
 export type DnsAction = { orgId: string; present: boolean; onlyIf?: ActionCondition };
 
-export type ActionCondition = { kind: 'orphan' } | { kind: 'allocated'; allocationId: string };
+/**
+ * `orphan`: the organization holds no gateway. `allocated`: it holds one in state
+ * allocated under this allocation id. `claim`: the allocation is still being made
+ * (allocating) under this id, i.e. no one has taken it over from its owner.
+ */
+export type ActionCondition = { kind: 'orphan' } | { kind: 'allocated'; allocationId: string } | { kind: 'claim'; allocationId: string };
 
 /** Returns the subset of organization ids whose condition still holds, using the lock's own connection. */
 export type Guard = (query: (sql: string, params: unknown[]) => Promise<Array<Record<string, unknown>>>, orgs: Array<{ orgId: string; onlyIf: ActionCondition }>) => Promise<Set<string>>;
@@ -52,8 +57,8 @@ export class DnsPublisher {
     return this.client.patchCalls;
   }
 
-  publish(orgId: string): Promise<void> {
-    return this.batcher.submit({ orgId, present: true });
+  publish(orgId: string, onlyIf?: ActionCondition): Promise<void> {
+    return this.batcher.submit(onlyIf ? { orgId, present: true, onlyIf } : { orgId, present: true });
   }
 
   withdraw(orgId: string): Promise<void> {

@@ -387,8 +387,11 @@ export class PoolStore {
 
   /** Takes over a transitional row whose owner's lease expired (or that we were told to force). */
   async takeOver(name: string, allocationId: string, leaseMs: number, force: boolean): Promise<GatewayRow | undefined> {
+    // A new allocation_id voids the dead owner's fencing token: if it was only slow, its
+    // late effects (guarded by `claim`) and its markAllocated/returnToPool match nothing.
     const rows = await this.query<DbRow>(
-      `UPDATE ${this.t} g SET lease_expires_at = now() + make_interval(secs => $3::double precision / 1000)
+      `UPDATE ${this.t} g SET lease_expires_at = now() + make_interval(secs => $3::double precision / 1000),
+         allocation_id = nextval('${this.seq}')
        WHERE g.name = $1 AND g.allocation_id = $2 AND g.state IN ('allocating', 'releasing')
          AND ($4 OR g.lease_expires_at < now())
        RETURNING ${COLUMNS}`,

@@ -644,7 +644,9 @@ async function main(): Promise<number> {
       avgMs: Math.round(list.reduce((a, f) => a + f.ms, 0) / Math.max(1, list.length)),
       maxMs: list.reduce((a, f) => Math.max(a, f.ms), 0),
     };
-    if (list.length < opt.faultsPerKind) violation('too-few-faults', `${k}: ${list.length} < ${opt.faultsPerKind}`);
+    // Only faults that took effect count: a stop that did not stop proves nothing.
+    const effective = faultsByKind[k].effective;
+    if (effective < opt.faultsPerKind) violation('too-few-faults', `${k}: ${effective} effective (${list.length} injected) < ${opt.faultsPerKind}`);
   }
   // Attributes each error to the faults active at its time, plus a grace: 3 s for a service to
   // settle, and for a killed worker its lease (its gateways stay transitional that long).

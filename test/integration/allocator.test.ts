@@ -348,6 +348,29 @@ describe('GatewayAllocator (real PostgreSQL, PowerDNS, nginx)', function () {
       });
     }
 
+    it('an owner that was only slow (lease ran out, reconcile took over) writes no late DNS or route: ALLOCATION_LOST, nothing orphaned', async () => {
+      const { make, schema } = await freshPool(1, { leaseMs: 300 });
+      const survivor = make();
+      let report: Awaited<ReturnType<GatewayAllocator['reconcile']>> | undefined;
+      const slow = make({
+        failpoints: {
+          'allocate.afterClaim': async () => {
+            await new Promise((r) => setTimeout(r, 400));
+            report = await survivor.reconcile(); // takes the expired claim over and rolls it back
+          },
+        },
+      });
+      const org = randomOrg();
+      await assert.rejects(slow.allocate(org), (e: unknown) => isAllocatorError(e, 'ALLOCATION_LOST'));
+      assert.equal(report?.recovered.length, 1);
+      assert.equal(await dig(s.pdnsDnsPort, `org-${org}.${domain}`), 'NXDOMAIN');
+      assert.equal(await dig(s.pdnsDnsPort, `uc-x.org-${org}.${domain}`), 'NXDOMAIN');
+      assert.ok(!routeFiles().includes(`org-${org}.conf`));
+      assert.deepEqual((await sqlState(schema)).map((r) => r.state), ['ready']);
+      const after = await survivor.reconcile();
+      assert.deepEqual([after.dnsOrphansRemoved, after.routeOrphansRemoved], [[], []], 'the late owner left nothing for reconcile to clean');
+    });
+
     it('a crash in the middle of release is finished by reconcile (or by releasing again)', async () => {
       const { make, schema } = await freshPool(2, { leaseMs: 300 });
       const crashing = make({ failpoints: { 'release.afterBegin': () => { throw new SimulatedCrash('release.afterBegin'); } } });
