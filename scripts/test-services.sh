@@ -170,8 +170,22 @@ pdns_answering() {
 start_pdns() {
   write_pdns_config
   if pdns_running; then return; fi
-  # Another checkout on this machine may already run it (same ports, same test key).
-  if pdns_answering; then return; fi
+  if pdns_answering; then
+    # Another checkout on this machine may already run it (same ports, same test key): the
+    # shared test profile reuses it. The soak stops and restarts its PowerDNS on purpose, so
+    # it must own the process: a foreign one on its ports is replaced, never reused.
+    if [ "$PROFILE" = test ]; then return; fi
+    local foreign
+    foreign=$(ss -ltnpH "sport = :$PDNS_API_PORT" 2>/dev/null | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2 || true)
+    if [ -z "$foreign" ]; then
+      echo "a PowerDNS this checkout did not start answers on 127.0.0.1:$PDNS_API_PORT and its pid cannot be found (ss); stop it first" >&2
+      exit 1
+    fi
+    log "replacing PowerDNS pid $foreign (started by another checkout) on 127.0.0.1:$PDNS_API_PORT"
+    kill "$foreign"
+    for _ in $(seq 1 50); do kill -0 "$foreign" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$foreign" 2>/dev/null || true
+  fi
   log "starting PowerDNS (dns 127.0.0.1:$PDNS_DNS_PORT, api 127.0.0.1:$PDNS_API_PORT)"
   setsid nohup pdns_server --config-dir="$STATE/pdns" --daemon=no --guardian=no --disable-syslog \
     >"$STATE/pdns/pdns.log" 2>&1 < /dev/null &
