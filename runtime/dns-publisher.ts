@@ -3,6 +3,7 @@ import { Batcher } from './batcher';
 import { AllocatorError } from './errors';
 import { absolute, orgDnsNames, orgFqdn, orgWildcardFqdn, type UserContainerNaming } from './naming';
 import type { PowerDnsClient, RRsetChange } from './powerdns-client';
+import { inTransaction } from './pg-transaction';
 
 /** The PowerDNS comment account that marks records as written by this allocator. */
 export const DNS_OWNER_ACCOUNT = 'demiurge-allocator';
@@ -126,36 +127,23 @@ export class DnsPublisher {
     // Last action per organization wins: actions for one org are issued in order by its single owner.
     const latest = new Map<string, DnsAction>();
     for (const a of actions) latest.set(a.orgId, a);
-    const client = await this.pool.connect().catch((err: unknown) => {
-      throw new AllocatorError('DATABASE_FAILED', `cannot take the DNS zone lock: ${(err as Error).message}`, { notApplied: true }, err);
-    });
-    let broken = false;
     let patchSent = false;
-    // A checked-out client whose server goes away (restart, failover, pg_terminate_backend) emits
-    // 'error'; without a listener that is an uncaught exception killing the whole process.
-    const onError = (): void => {
-      broken = true;
-    };
-    client.on('error', onError);
     try {
-      await client.query('BEGIN');
-      await client.query('SELECT pg_advisory_xact_lock(hashtextextended($1, 0))', [`demiurge-dns-zone:${this.client.zone}`]);
-      const conditional = [...latest.values()].flatMap((a) => (a.onlyIf ? [{ orgId: a.orgId, onlyIf: a.onlyIf }] : []));
-      const holds = conditional.length > 0 ? await this.guard(async (sql, params) => (await client.query(sql, params)).rows, conditional) : new Set<string>();
-      const rrsets = [...latest.values()].filter((a) => !a.onlyIf || holds.has(a.orgId)).flatMap((a) => this.changesFor(a));
-      patchSent = true;
-      await this.client.patch(rrsets);
-      await client.query('COMMIT');
+      await inTransaction(
+        this.pool,
+        async (client) => {
+          const conditional = [...latest.values()].flatMap((a) => (a.onlyIf ? [{ orgId: a.orgId, onlyIf: a.onlyIf }] : []));
+          const holds = conditional.length > 0 ? await this.guard(async (sql, params) => (await client.query(sql, params)).rows, conditional) : new Set<string>();
+          const rrsets = [...latest.values()].filter((a) => !a.onlyIf || holds.has(a.orgId)).flatMap((a) => this.changesFor(a));
+          patchSent = true;
+          await this.client.patch(rrsets);
+        },
+        { lockKey: `demiurge-dns-zone:${this.client.zone}` },
+      );
     } catch (err) {
-      await client.query('ROLLBACK').catch(() => {
-        broken = true;
-      });
       if (err instanceof AllocatorError) throw err;
       // Before the PATCH only the lock failed and nothing changed; after it (COMMIT lost) the records were written.
       throw new AllocatorError('DATABASE_FAILED', `DNS zone lock failed: ${(err as Error).message}`, patchSent ? {} : { notApplied: true }, err);
-    } finally {
-      client.removeListener('error', onError);
-      client.release(broken);
     }
   }
 }

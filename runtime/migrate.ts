@@ -1,6 +1,7 @@
 import { promises as fs } from 'fs';
 import * as path from 'path';
 import type { Pool } from 'pg';
+import { inTransaction } from './pg-transaction';
 
 export const MIGRATIONS_DIR = path.join(__dirname, 'migrations');
 
@@ -30,32 +31,21 @@ async function readMigrations(): Promise<Array<{ id: string; sql: string }>> {
 export async function migrate(pool: Pool, schema: string): Promise<MigrationResult> {
   const q = quoteSchema(schema);
   const migrations = await readMigrations();
-  const client = await pool.connect();
-  // A checked-out client whose server goes away emits 'error'; unhandled, that kills the process.
-  const onError = (): void => undefined;
-  client.on('error', onError);
-  try {
-    await client.query('BEGIN');
-    await client.query('SELECT pg_advisory_xact_lock(hashtextextended($1, 0))', [`demiurge-migrate:${schema}`]);
-    await client.query(`CREATE SCHEMA IF NOT EXISTS ${q}`);
-    await client.query(
-      `CREATE TABLE IF NOT EXISTS ${q}.schema_migrations (id text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())`,
-    );
-    const done = new Set((await client.query<{ id: string }>(`SELECT id FROM ${q}.schema_migrations`)).rows.map((r) => r.id));
-    const applied: string[] = [];
-    for (const m of migrations) {
-      if (done.has(m.id)) continue;
-      await client.query(m.sql.split('{{schema}}').join(q));
-      await client.query(`INSERT INTO ${q}.schema_migrations (id) VALUES ($1)`, [m.id]);
-      applied.push(m.id);
-    }
-    await client.query('COMMIT');
-    return { applied, alreadyApplied: [...done].sort() };
-  } catch (err) {
-    await client.query('ROLLBACK').catch(() => undefined);
-    throw err;
-  } finally {
-    client.removeListener('error', onError);
-    client.release();
-  }
+  return inTransaction(
+    pool,
+    async (client) => {
+      await client.query(`CREATE SCHEMA IF NOT EXISTS ${q}`);
+      await client.query(`CREATE TABLE IF NOT EXISTS ${q}.schema_migrations (id text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())`);
+      const done = new Set((await client.query<{ id: string }>(`SELECT id FROM ${q}.schema_migrations`)).rows.map((r) => r.id));
+      const applied: string[] = [];
+      for (const m of migrations) {
+        if (done.has(m.id)) continue;
+        await client.query(m.sql.split('{{schema}}').join(q));
+        await client.query(`INSERT INTO ${q}.schema_migrations (id) VALUES ($1)`, [m.id]);
+        applied.push(m.id);
+      }
+      return { applied, alreadyApplied: [...done].sort() };
+    },
+    { lockKey: `demiurge-migrate:${schema}` },
+  );
 }

@@ -7,6 +7,7 @@ import { Batcher } from './batcher';
 import type { ActionCondition, Guard } from './dns-publisher';
 import { AllocatorError } from './errors';
 import type { UserContainerNaming } from './naming';
+import { inTransaction, TransactionConnectError } from './pg-transaction';
 import {
   CERTS_SUBDIR,
   ORGS_CONF,
@@ -490,30 +491,14 @@ export class NginxRoutes {
   }
 
   private async withLock<T>(fn: (client: PoolClient) => Promise<T>): Promise<T> {
-    const lock = await this.pool.connect().catch((err: unknown) => {
-      throw new AllocatorError('DATABASE_FAILED', `cannot take the nginx config lock: ${(err as Error).message}`, { notApplied: true }, err);
-    });
-    let broken = false;
-    // A checked-out client whose server goes away emits 'error'; unhandled, that kills the process.
-    const onError = (): void => {
-      broken = true;
-    };
-    lock.on('error', onError);
     try {
-      await lock.query('BEGIN');
-      await lock.query('SELECT pg_advisory_xact_lock(hashtextextended($1, 0))', [`demiurge-nginx:${this.opts.confDir}`]);
-      const result = await fn(lock);
-      await lock.query('COMMIT');
-      return result;
+      return await inTransaction(this.pool, fn, { lockKey: `demiurge-nginx:${this.opts.confDir}` });
     } catch (err) {
-      await lock.query('ROLLBACK').catch(() => {
-        broken = true;
-      });
       if (err instanceof AllocatorError) throw err;
+      if (err instanceof TransactionConnectError) {
+        throw new AllocatorError('DATABASE_FAILED', `cannot take the nginx config lock: ${err.message}`, { notApplied: true }, err);
+      }
       throw new AllocatorError('NGINX_FAILED', `route update failed: ${(err as Error).message}`, {}, err);
-    } finally {
-      lock.removeListener('error', onError);
-      lock.release(broken);
     }
   }
 }

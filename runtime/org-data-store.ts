@@ -2,6 +2,7 @@ import { createHash } from 'crypto';
 import type { Pool, PoolClient } from 'pg';
 import { AllocatorError, asAllocatorError } from './errors';
 import { quoteSchema } from './migrate';
+import { inTransaction } from './pg-transaction';
 import { assertGatewayName, assertOrganizationId } from './validation';
 
 export type JsonValue = null | boolean | number | string | JsonValue[] | { [key: string]: JsonValue };
@@ -250,31 +251,10 @@ export class OrgDataStore {
   }
 
   private async tx<T>(what: string, fn: (c: PoolClient) => Promise<T>): Promise<T> {
-    let client: PoolClient;
     try {
-      client = await this.pool.connect();
+      return await inTransaction(this.pool, fn);
     } catch (err) {
       throw asAllocatorError(err, 'DATABASE_FAILED', what);
-    }
-    let broken = false;
-    // A checked-out client whose server goes away emits 'error'; unhandled, that kills the process.
-    const onError = (): void => {
-      broken = true;
-    };
-    client.on('error', onError);
-    try {
-      await client.query('BEGIN');
-      const result = await fn(client);
-      await client.query('COMMIT');
-      return result;
-    } catch (err) {
-      await client.query('ROLLBACK').catch(() => {
-        broken = true;
-      });
-      throw asAllocatorError(err, 'DATABASE_FAILED', what);
-    } finally {
-      client.removeListener('error', onError);
-      client.release(broken);
     }
   }
 }

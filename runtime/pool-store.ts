@@ -1,7 +1,8 @@
-import type { Pool, PoolClient, QueryResultRow } from 'pg';
+import type { Pool, QueryResultRow } from 'pg';
 import { Coalescer } from './batcher';
 import type { GatewaySpec } from './inventory';
 import { quoteSchema } from './migrate';
+import { inTransaction } from './pg-transaction';
 
 export type GatewayState = 'registered' | 'ready' | 'allocating' | 'allocated' | 'releasing' | 'retired';
 
@@ -485,13 +486,8 @@ export class PoolStore {
    * missing from the inventory are retired when free; held ones are reported.
    */
   async register(specs: GatewaySpec[], prune: boolean): Promise<RegisterResult> {
-    const client: PoolClient = await this.pool.connect();
     this.roundTrips += 1;
-    // A checked-out client whose server goes away emits 'error'; unhandled, that kills the process.
-    const onError = (): void => undefined;
-    client.on('error', onError);
-    try {
-      await client.query('BEGIN');
+    return inTransaction(this.pool, async (client) => {
       const before = new Map(
         (await client.query<DbRow>(`SELECT ${COLUMNS} FROM ${this.t} g FOR UPDATE`)).rows.map((r) => [r.name, toRow(r)]),
       );
@@ -528,15 +524,8 @@ export class PoolStore {
           }
         }
       }
-      await client.query('COMMIT');
       return result;
-    } catch (err) {
-      await client.query('ROLLBACK').catch(() => undefined);
-      throw err;
-    } finally {
-      client.removeListener('error', onError);
-      client.release();
-    }
+    });
   }
 }
 

@@ -22,6 +22,7 @@ import * as path from 'path';
 import type { Pool, PoolClient } from 'pg';
 import { orgIdOfRouteFile, renderRoute, routeOwnerLine } from '../runtime/nginx-config';
 import { Stage1Nginx, curlThroughStage1, dig } from '../test/helpers/stage1-nginx';
+import { inTransaction } from '../runtime/pg-transaction';
 
 export interface Violation {
   at: string;
@@ -126,31 +127,9 @@ export class Checker {
   }
 
   /** Under the lock key the allocator uses for this zone or confDir. */
-  private async underLock<T>(key: string, fn: (c: PoolClient) => Promise<T>): Promise<T> {
-    const c = await this.o.pg.connect();
-    let broken = false;
-    // A checked-out pg client whose server goes away emits 'error'; unhandled, that kills the process.
-    const onError = (): void => {
-      broken = true;
-    };
-    c.on('error', onError);
-    try {
-      await c.query('BEGIN');
-      // Bounded: a sample must not queue behind a hung writer for long.
-      await c.query(`SET LOCAL lock_timeout = '10s'`);
-      await c.query('SELECT pg_advisory_xact_lock(hashtextextended($1, 0))', [key]);
-      const out = await fn(c);
-      await c.query('COMMIT');
-      return out;
-    } catch (err) {
-      await c.query('ROLLBACK').catch(() => {
-        broken = true;
-      });
-      throw err;
-    } finally {
-      c.removeListener('error', onError);
-      c.release(broken);
-    }
+  private underLock<T>(key: string, fn: (c: PoolClient) => Promise<T>): Promise<T> {
+    // Bounded: a sample must not queue behind a hung writer for long.
+    return inTransaction(this.o.pg, fn, { lockKey: key, lockTimeoutMs: 10_000 });
   }
 
   private async routeFiles(): Promise<{ owned: Map<string, string>; stray: string[] }> {

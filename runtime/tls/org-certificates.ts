@@ -34,6 +34,7 @@ import { isCanonicalOrgId, isValidDomain, orgCertificateNames } from '../naming'
 import { DEFAULT_BACKOFF, backoffDelay, type BackoffPolicy } from './backoff';
 import { certificateInfo, keyMatchesCertificate } from './pem';
 import type { CertificateIssuer, IssuedCertificate } from './types';
+import { inTransaction } from '../pg-transaction';
 
 export type OrgCertificateState = 'ready' | 'pending' | 'none';
 export type IssuanceMode = 'await' | 'background';
@@ -555,67 +556,51 @@ export class OrgCertificates implements OrgCertificateProvider {
   private async claim(orgId: string): Promise<Claim> {
     const { pool, table, schema } = this.ready();
     const names = this.names(orgId);
-    const client = await pool.connect();
-    let broken = false;
-    // A checked-out client whose server goes away emits 'error'; unhandled, that kills the process.
-    const onError = (): void => {
-      broken = true;
-    };
-    client.on('error', onError);
     try {
-      await client.query('BEGIN');
-      if (this.budget) await client.query('SELECT pg_advisory_xact_lock(hashtextextended($1, 0))', [`demiurge-org-cert-budget:${schema}`]);
-      await client.query(`INSERT INTO ${table} (organization_id, names, issuer) VALUES ($1, $2, $3) ON CONFLICT (organization_id) DO NOTHING`, [orgId, names, this.issuer.kind]);
-      const { rows } = await client.query<{ failures: number; first_issued_at: Date | null; names: string[]; issuing: boolean; retry_after: Date | null; backed_off: boolean }>(
-        `SELECT failures, first_issued_at, names, issuing_until > now() AS issuing, retry_after, retry_after > now() AS backed_off FROM ${table} WHERE organization_id = $1 FOR UPDATE`,
-        [orgId],
-      );
-      const row = rows[0];
-      if (row.issuing) {
-        await client.query('COMMIT');
-        return { kind: 'busy' };
-      }
-      if (this.backoff && row.backed_off && row.retry_after) {
-        await client.query('COMMIT');
-        return { kind: 'backoff', retryAfter: row.retry_after };
-      }
-      const isNew = row.first_issued_at === null || row.names.join(',') !== names.join(',');
-      if (this.budget && isNew) {
-        const used = await client.query<{ n: string; oldest: Date | null }>(
-          `SELECT count(*) AS n, min(first_issued_at) AS oldest FROM ${table}
-            WHERE (first_issued_at > now() - $1 * interval '1 millisecond')
-               OR (first_issued_at IS NULL AND issuing_until > now() AND organization_id <> $2)`,
-          [this.budget.windowMs, orgId],
+      return await inTransaction(pool, async (client): Promise<Claim> => {
+        if (this.budget) await client.query('SELECT pg_advisory_xact_lock(hashtextextended($1, 0))', [`demiurge-org-cert-budget:${schema}`]);
+        await client.query(`INSERT INTO ${table} (organization_id, names, issuer) VALUES ($1, $2, $3) ON CONFLICT (organization_id) DO NOTHING`, [orgId, names, this.issuer.kind]);
+        const { rows } = await client.query<{ failures: number; first_issued_at: Date | null; names: string[]; issuing: boolean; retry_after: Date | null; backed_off: boolean }>(
+          `SELECT failures, first_issued_at, names, issuing_until > now() AS issuing, retry_after, retry_after > now() AS backed_off FROM ${table} WHERE organization_id = $1 FOR UPDATE`,
+          [orgId],
         );
-        if (Number(used.rows[0].n) >= this.budget.max) {
-          const oldest = used.rows[0].oldest;
-          const retryAfter = new Date(Math.max(Date.now() + 60_000, (oldest?.getTime() ?? Date.now()) + this.budget.windowMs));
-          await client.query(`UPDATE ${table} SET retry_after = $2, rate_limited = true, last_error = $3, updated_at = now() WHERE organization_id = $1`, [
-            orgId,
-            retryAfter,
-            `new-certificate budget spent: ${this.budget.max} per ${Math.round(this.budget.windowMs / 3_600_000)} h`,
-          ]);
-          await client.query('COMMIT');
-          return { kind: 'budget', retryAfter };
+        const row = rows[0];
+        if (row.issuing) {
+          return { kind: 'busy' };
         }
-      }
-      const token = randomUUID();
-      // The lease outlives the order's own timeout, so an order is never taken over while it can still finish.
-      await client.query(`UPDATE ${table} SET issuing_token = $2, issuing_until = now() + $3 * interval '1 millisecond', updated_at = now() WHERE organization_id = $1`, [
-        orgId,
-        token,
-        this.issueTimeoutMs + 60_000,
-      ]);
-      await client.query('COMMIT');
-      return { kind: 'claimed', token, failures: row.failures };
-    } catch (err) {
-      await client.query('ROLLBACK').catch(() => {
-        broken = true;
+        if (this.backoff && row.backed_off && row.retry_after) {
+          return { kind: 'backoff', retryAfter: row.retry_after };
+        }
+        const isNew = row.first_issued_at === null || row.names.join(',') !== names.join(',');
+        if (this.budget && isNew) {
+          const used = await client.query<{ n: string; oldest: Date | null }>(
+            `SELECT count(*) AS n, min(first_issued_at) AS oldest FROM ${table}
+              WHERE (first_issued_at > now() - $1 * interval '1 millisecond')
+                 OR (first_issued_at IS NULL AND issuing_until > now() AND organization_id <> $2)`,
+            [this.budget.windowMs, orgId],
+          );
+          if (Number(used.rows[0].n) >= this.budget.max) {
+            const oldest = used.rows[0].oldest;
+            const retryAfter = new Date(Math.max(Date.now() + 60_000, (oldest?.getTime() ?? Date.now()) + this.budget.windowMs));
+            await client.query(`UPDATE ${table} SET retry_after = $2, rate_limited = true, last_error = $3, updated_at = now() WHERE organization_id = $1`, [
+              orgId,
+              retryAfter,
+              `new-certificate budget spent: ${this.budget.max} per ${Math.round(this.budget.windowMs / 3_600_000)} h`,
+            ]);
+            return { kind: 'budget', retryAfter };
+          }
+        }
+        const token = randomUUID();
+        // The lease outlives the order's own timeout, so an order is never taken over while it can still finish.
+        await client.query(`UPDATE ${table} SET issuing_token = $2, issuing_until = now() + $3 * interval '1 millisecond', updated_at = now() WHERE organization_id = $1`, [
+          orgId,
+          token,
+          this.issueTimeoutMs + 60_000,
+        ]);
+        return { kind: 'claimed', token, failures: row.failures };
       });
+    } catch (err) {
       throw new AllocatorError('DATABASE_FAILED', `certificate lease failed: ${errorMessage(err)}`, { organizationId: orgId }, err);
-    } finally {
-      client.removeListener('error', onError);
-      client.release(broken);
     }
   }
 
