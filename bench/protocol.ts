@@ -4,6 +4,8 @@
  * so its peak RSS and CPU time are its own, not the harness's.
  */
 
+import type { GatewaySpec } from '../runtime/inventory';
+
 export interface WorkerInit {
   envName: string;
   domain: string;
@@ -23,16 +25,9 @@ export interface WorkerInit {
   check: { port: number; caFile: string; servername: string; dnsPort: number; publicIp: string; dnsSampleEvery: number };
 }
 
-export interface GatewayEntry {
-  name: string;
-  host: string;
-  httpPort: number;
-  vpnPort: number;
-}
-
 export type Request =
   | { id: number; type: 'init'; init: WorkerInit }
-  | { id: number; type: 'register'; inventory: GatewayEntry[] }
+  | { id: number; type: 'register'; inventory: GatewaySpec[] }
   | { id: number; type: 'burst'; kind: 'allocate' | 'release'; orgs: string[]; concurrency: number; check: boolean }
   | { id: number; type: 'profile'; action: 'start' | 'stop' }
   | { id: number; type: 'close' };

@@ -10,18 +10,18 @@
  */
 import { ChildProcess, fork } from 'child_process';
 import { randomUUID } from 'crypto';
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'fs';
-import * as os from 'os';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'fs';
 import * as path from 'path';
 import { performance } from 'perf_hooks';
 import axios from 'axios';
 import { Pool } from 'pg';
-import * as ts from 'typescript';
+import { buildClosure } from '../soak/build';
 import { deleteZone, dropSchema, gatewayHost, startStandInGateways } from '../test/helpers/fixtures';
 import type { TestServices } from '../test/helpers/services';
 import { Stage1Nginx } from '../test/helpers/stage1-nginx';
 import { NaiveAllocator, NaiveRep } from './naive';
-import type { BurstResult, GatewayEntry, ProfileSummary, Request, Response, WorkerInit } from './protocol';
+import type { GatewaySpec } from '../runtime/inventory';
+import type { BurstResult, ProfileSummary, Request, Response, WorkerInit } from './protocol';
 import { ReloadProbe, ReloadTiming } from './reload-probe';
 import { renderMarkdown, renderSvg, updateReadme } from './report';
 import type { BenchResults, ConcurrencyFigures, OpFigures, ScaleFigures, StageRow, TargetResult } from './results-types';
@@ -205,37 +205,6 @@ async function measureDnsWrites(s: TestServices, domain: string, pdnsPid: number
 
 // ------------------------------------------------------------ the measured allocator process
 
-/**
- * Transpiles runtime/ and the worker into a temporary directory so the
- * measured process runs plain JavaScript: no ts-node or TypeScript compiler
- * in its memory.
- */
-function buildWorker(): string {
-  const dir = mkdtempSync(path.join(os.tmpdir(), 'demiurge-bench-worker-'));
-  const sources: string[] = [];
-  const walk = (d: string): void => {
-    for (const e of readdirSync(d)) {
-      const full = path.join(d, e);
-      if (statSync(full).isDirectory()) walk(full);
-      else if (e.endsWith('.ts') && !e.endsWith('.d.ts')) sources.push(full);
-    }
-  };
-  walk(path.join(ROOT, 'runtime'));
-  sources.push(path.join(ROOT, 'bench', 'worker.ts'), path.join(ROOT, 'bench', 'protocol.ts'));
-  for (const src of sources) {
-    const out = ts.transpileModule(readFileSync(src, 'utf8'), {
-      fileName: src,
-      compilerOptions: { module: ts.ModuleKind.CommonJS, target: ts.ScriptTarget.ES2022, esModuleInterop: true },
-    }).outputText;
-    const dest = path.join(dir, path.relative(ROOT, src)).replace(/\.ts$/, '.js');
-    mkdirSync(path.dirname(dest), { recursive: true });
-    writeFileSync(dest, out);
-  }
-  cpSync(path.join(ROOT, 'runtime', 'migrations'), path.join(dir, 'runtime', 'migrations'), { recursive: true });
-  symlinkSync(path.join(ROOT, 'node_modules'), path.join(dir, 'node_modules'));
-  return dir;
-}
-
 type Call = Request extends infer R ? (R extends { id: number } ? Omit<R, 'id'> : never) : never;
 
 class Worker {
@@ -258,8 +227,9 @@ class Worker {
     });
   }
 
-  static start(dir: string): Worker {
-    return new Worker(fork(path.join(dir, 'bench', 'worker.js'), [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], execArgv: [] }));
+  /** `workerJs`: the worker transpiled to plain JavaScript, so no ts-node or compiler sits in its memory. */
+  static start(workerJs: string): Worker {
+    return new Worker(fork(workerJs, [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], execArgv: [] }));
   }
 
   call(req: Call): Promise<Response> {
@@ -319,7 +289,7 @@ function naiveFigures(reps: NaiveRep[], pick: (r: NaiveRep) => number[]): OpFigu
 
 const orgsOf = (n: number): string[] => Array.from({ length: n }, () => randomUUID());
 
-function inventory(from: number, to: number, port: number): GatewayEntry[] {
+function inventory(from: number, to: number, port: number): GatewaySpec[] {
   return Array.from({ length: to - from }, (_, k) => {
     const i = from + k;
     return { name: `gw-pool-bench-${i}`, host: gatewayHost(i), httpPort: port, vpnPort: 10_000 + (i % 50_000) };
@@ -407,9 +377,9 @@ async function main(): Promise<void> {
     const naiveAllocations = naiveReps.reduce((n, r) => n + r.allocate.length, 0);
 
     // ---------------------------------------------------------- the measured allocator
-    const workerDir = buildWorker();
-    cleanups.push(() => rmSync(workerDir, { recursive: true, force: true }));
-    const worker = Worker.start(workerDir);
+    const buildDir = path.join(ROOT, '.test-services', 'bench', 'build');
+    cleanups.push(() => rmSync(buildDir, { recursive: true, force: true }));
+    const worker = Worker.start(buildClosure(ROOT, 'bench/worker.ts', buildDir));
     cleanups.push(async () => {
       await Promise.race([worker.call({ type: 'close' }), new Promise((r) => setTimeout(r, 5000))]).catch(() => undefined);
       worker.kill();

@@ -1,5 +1,5 @@
 /**
- * Transpiles the worker and everything it imports (runtime/, soak/) to plain
+ * Transpiles a worker and everything it imports (runtime/, soak/, bench/) to plain
  * JavaScript once per run. A worker is killed and replaced dozens of times; on
  * ts-node each replacement spends ~2-4 s of CPU compiling on this 2-core
  * machine (stealing it from the operations under test), as plain JS it starts
