@@ -8,6 +8,7 @@ import { AllocatorError, GatewayAllocator, GatewayAllocatorOptions, SimulatedCra
 import { createZone, deleteZone, dropSchema, gatewayHost, patchZone, randomOrg, startStandInGateways, suiteId, zoneRRsets } from '../helpers/fixtures';
 import { TestServices, requireServices } from '../helpers/services';
 import { Stage1Nginx, curlThroughStage1, dig } from '../helpers/stage1-nginx';
+import { testAllocatorOptions } from '../helpers/allocator-settings';
 
 const HTTPS_PORT = 58443;
 const STATUS_PORT = 58099;
@@ -51,18 +52,7 @@ describe('GatewayAllocator (real PostgreSQL, PowerDNS, nginx)', function () {
     const schema = `it_${suiteId()}`;
     schemas.push(schema);
     const make = (o: Partial<GatewayAllocatorOptions> = {}): GatewayAllocator => {
-      const a = new GatewayAllocator({
-        envName: env,
-        domain,
-        publicIp: '127.0.0.1',
-        pg: { connectionString: s.pgUrl },
-        powerdns: { apiUrl: s.pdnsApiUrl, apiKey: s.pdnsApiKey, zone: domain },
-        nginx: nginx.nginxOptions(),
-        schema,
-        logger: null,
-        ...extra,
-        ...o,
-      });
+      const a = new GatewayAllocator({ ...testAllocatorOptions(s, nginx, { env, domain, schema }), ...extra, ...o });
       open.push(a);
       return a;
     };

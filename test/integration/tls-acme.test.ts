@@ -34,6 +34,7 @@ import { createZone, deleteZone, dropSchema, gatewayHost, patchZone, randomOrg, 
 import { Pebble, ensureDebianPackage } from '../helpers/pebble';
 import { requireServices, type TestServices } from '../helpers/services';
 import { Stage1Nginx } from '../helpers/stage1-nginx';
+import { testAllocatorOptions } from '../helpers/allocator-settings';
 
 const HTTPS_PORT = 61443;
 const STATUS_PORT = 61099;
@@ -207,17 +208,7 @@ describe('TLS via ACME DNS-01 (Pebble, real PowerDNS, real nginx)', function () 
       certs = new OrgCertificates({ issuer: acme, encryptionKey: randomBytes(32), logger: null });
       closers.push(certs);
       assert.equal(certs.issuance, 'background');
-      allocator = new GatewayAllocator({
-        envName: 'tlsacme',
-        domain,
-        publicIp: '127.0.0.1',
-        pg: { connectionString: s.pgUrl },
-        powerdns: { apiUrl: s.pdnsApiUrl, apiKey: s.pdnsApiKey, zone: domain },
-        nginx: nginx.nginxOptions(),
-        schema,
-        logger: null,
-        certificates: certs,
-      });
+      allocator = new GatewayAllocator({ ...testAllocatorOptions(s, nginx, { env: 'tlsacme', domain, schema }), certificates: certs });
       closers.push(allocator);
       await allocator.migrate();
       await allocator.registerGateways([{ name: 'gw-pool-tlsacme-0', host: gatewayHost(0), httpPort: standIn.port, vpnPort: 49100 }]);

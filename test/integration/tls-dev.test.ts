@@ -24,6 +24,7 @@ import type { CertificateIssuer, IssuedCertificate } from '../../runtime/tls/typ
 import { createZone, deleteZone, dropSchema, gatewayHost, randomOrg, startStandInGateways, suiteId, zoneRRsets } from '../helpers/fixtures';
 import { TestServices, requireServices } from '../helpers/services';
 import { Stage1Nginx, curlThroughStage1 } from '../helpers/stage1-nginx';
+import { testAllocatorOptions } from '../helpers/allocator-settings';
 
 const HTTPS_PORT = 57543;
 const STATUS_PORT = 57599;
@@ -159,14 +160,7 @@ describe('per-organization certificates, dev CA (real PostgreSQL, PowerDNS, ngin
     const schema = `tls_${suiteId()}`;
     schemas.push(schema);
     const allocator = new GatewayAllocator({
-      envName: env,
-      domain,
-      publicIp: '127.0.0.1',
-      pg: { connectionString: s.pgUrl },
-      powerdns: { apiUrl: s.pdnsApiUrl, apiKey: s.pdnsApiKey, zone: domain },
-      nginx: (opts.nginx ?? nginx).nginxOptions(),
-      schema,
-      logger: null,
+      ...testAllocatorOptions(s, opts.nginx ?? nginx, { env, domain, schema }),
       certificates: opts.certificates,
       ...opts.extra,
     });
