@@ -1,4 +1,4 @@
-import { createHash, randomBytes, timingSafeEqual } from 'crypto';
+import { timingSafeEqual } from 'crypto';
 import { Pool } from 'pg';
 import { ActionCondition, DnsAction, DnsPublisher, Guard } from './dns-publisher';
 import { AllocatorError, AllocatorErrorCode, asAllocatorError, definitelyNotApplied, isAllocatorError } from './errors';
@@ -10,6 +10,7 @@ import { GatewayRow, GatewayState, PoolStore, RegisterResult } from './pool-stor
 import { PowerDnsClient, PowerDnsOptions } from './powerdns-client';
 import type { BackgroundResult, OrgCertificateProvider, OrgCertificateState } from './tls/org-certificates';
 import { assertGatewayName, assertOrganizationId, validateInventory } from './validation';
+import { hashToken, isPlausibleToken, newToken } from './tokens';
 
 export type Failpoint = 'allocate.afterClaim' | 'allocate.afterEffects' | 'release.afterBegin' | 'release.afterEffects';
 
@@ -163,10 +164,6 @@ export interface AllocatorMetrics {
 }
 
 const DEFAULT_SCHEMA = 'gateway_pool';
-
-function hashToken(token: string): Buffer {
-  return createHash('sha256').update(token, 'utf8').digest();
-}
 
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
@@ -334,7 +331,7 @@ export class GatewayAllocator {
         await sleep(20);
         continue;
       }
-      const token = randomBytes(32).toString('base64url');
+      const token = newToken();
       const outcome = await this.db(() => this.store.claim(orgId, hashToken(token), this.leaseMs), 'claim failed');
       if (outcome.kind === 'org-taken') continue; // another process claimed for this org: wait for it above
       if (outcome.kind === 'exhausted') {
@@ -469,7 +466,7 @@ export class GatewayAllocator {
   /** Like verifyToken, but tells a token of a released allocation (kept for a week) from an unknown one. */
   async inspectToken(token: string): Promise<TokenInspection> {
     this.assertOpen();
-    if (typeof token !== 'string' || token.length < 16 || token.length > 200) return { status: 'unknown' };
+    if (!isPlausibleToken(token)) return { status: 'unknown' };
     const hash = hashToken(token);
     const row = await this.db(() => this.store.findByTokenHash(hash), 'token lookup failed');
     if (row) return { status: 'valid', holder: { gateway: row.name, organizationId: row.organizationId as string, allocationId: row.allocationId as string } };
@@ -491,7 +488,7 @@ export class GatewayAllocator {
       } catch {
         problems.push(`${JSON.stringify(name.slice(0, 60))} is not a gateway name`);
       }
-      if (typeof token !== 'string' || token.length < 16 || token.length > 200) problems.push(`token of ${name.slice(0, 60)} must be a string of 16..200 characters`);
+      if (!isPlausibleToken(token)) problems.push(`token of ${name.slice(0, 60)} must be a string of 16..200 characters`);
     }
     if (problems.length > 0) throw new AllocatorError('INVALID_GATEWAY', `invalid registration tokens: ${problems.slice(0, 10).join('; ')}`, { problems });
     const unknown = await this.db(() => this.store.setRegistrationHashes(entries.map(([name, token]) => ({ name, hash: hashToken(token) }))), 'storing registration tokens failed');
@@ -501,7 +498,7 @@ export class GatewayAllocator {
   /** True when `token` is the registration token stored for gateway `name` (constant-time comparison). */
   async verifyRegistration(name: string, token: string): Promise<boolean> {
     this.assertOpen();
-    if (typeof name !== 'string' || typeof token !== 'string' || token.length < 16 || token.length > 200) return false;
+    if (typeof name !== 'string' || !isPlausibleToken(token)) return false;
     try {
       assertGatewayName(name);
     } catch {
@@ -516,7 +513,7 @@ export class GatewayAllocator {
   async rotateToken(organizationId: string, options: { allocationId?: string } = {}): Promise<string> {
     this.assertOpen();
     assertOrganizationId(organizationId);
-    const token = randomBytes(32).toString('base64url');
+    const token = newToken();
     const row = await this.db(() => this.store.rotateToken(organizationId, hashToken(token), options.allocationId), 'token rotation failed');
     if (!row) throw new AllocatorError('NOT_ALLOCATED', `organization ${organizationId} holds no allocated gateway`, { organizationId });
     return token;

@@ -1,7 +1,7 @@
-import { createHash, randomBytes } from 'crypto';
 import type { Pool } from 'pg';
 import { asAllocatorError } from './errors';
 import { quoteSchema } from './migrate';
+import { hashToken, isPlausibleToken, newToken } from './tokens';
 
 export interface SessionKey {
   gateway: string;
@@ -23,10 +23,6 @@ export type HandshakeOutcome =
   /** Valid, but the allocation it was issued for has ended since. */
   | { kind: 'ended'; session: SessionKey };
 
-function hash(token: string): Buffer {
-  return createHash('sha256').update(token, 'utf8').digest();
-}
-
 /**
  * The hand-over of an organization to its gateway, one row per allocation:
  * handshake issued → consumed by /gateway/config (single use) → gateway
@@ -46,19 +42,15 @@ export class GatewaySessions {
 
   /** Issues a new handshake token for an allocation; any earlier one of the same allocation stops working. */
   async issueHandshake(key: SessionKey, ttlMs: number): Promise<string> {
-    const token = randomBytes(32).toString('base64url');
+    const token = newToken();
+    // One statement: sessions of this gateway's ended allocations are useless, so they go as the new one is written.
     await this.q(
-      `INSERT INTO ${this.t} AS s (gateway, allocation_id, organization_id, handshake_hash, handshake_expires, handshake_sent_at)
+      `WITH ended AS (DELETE FROM ${this.t} WHERE gateway = $1 AND allocation_id <> $2::bigint)
+       INSERT INTO ${this.t} AS s (gateway, allocation_id, organization_id, handshake_hash, handshake_expires, handshake_sent_at)
        VALUES ($1, $2::bigint, $3, $4, now() + make_interval(secs => $5::double precision / 1000), now())
        ON CONFLICT (gateway, allocation_id) DO UPDATE SET handshake_hash = EXCLUDED.handshake_hash,
          handshake_expires = EXCLUDED.handshake_expires, handshake_sent_at = now(), consumed_at = NULL, loaded_at = NULL`,
-      [key.gateway, key.allocationId, key.organizationId, hash(token), ttlMs],
-      'issuing handshake failed',
-    );
-    // Sessions of ended allocations are useless; dropping them here keeps the table as small as the pool.
-    await this.q(
-      `DELETE FROM ${this.t} s WHERE s.gateway = $1 AND s.allocation_id <> $2::bigint`,
-      [key.gateway, key.allocationId],
+      [key.gateway, key.allocationId, key.organizationId, hashToken(token), ttlMs],
       'issuing handshake failed',
     );
     return token;
@@ -75,12 +67,12 @@ export class GatewaySessions {
 
   /** Who a handshake token is for, without using it up (so the caller can prepare its answer first). */
   async peekHandshake(token: string): Promise<HandshakeOutcome> {
-    if (!plausible(token)) return { kind: 'invalid' };
+    if (!isPlausibleToken(token)) return { kind: 'invalid' };
     const rows = await this.q<Row>(
       `SELECT s.gateway, s.allocation_id::text AS allocation_id, s.organization_id,
          EXISTS (SELECT 1 FROM ${this.gateways} g WHERE g.name = s.gateway AND g.allocation_id = s.allocation_id AND g.state = 'allocated') AS live
        FROM ${this.t} s WHERE s.handshake_hash = $1 AND s.consumed_at IS NULL AND s.handshake_expires > now()`,
-      [hash(token)],
+      [hashToken(token)],
       'handshake lookup failed',
     );
     return outcome(rows[0]);
@@ -88,13 +80,13 @@ export class GatewaySessions {
 
   /** Uses a handshake token up, atomically: of two concurrent calls exactly one gets `ok`. */
   async consumeHandshake(token: string): Promise<HandshakeOutcome> {
-    if (!plausible(token)) return { kind: 'invalid' };
+    if (!isPlausibleToken(token)) return { kind: 'invalid' };
     const rows = await this.q<Row>(
       `UPDATE ${this.t} s SET consumed_at = now(), handshake_hash = NULL
        WHERE s.handshake_hash = $1 AND s.consumed_at IS NULL AND s.handshake_expires > now()
        RETURNING s.gateway, s.allocation_id::text AS allocation_id, s.organization_id,
          EXISTS (SELECT 1 FROM ${this.gateways} g WHERE g.name = s.gateway AND g.allocation_id = s.allocation_id AND g.state = 'allocated') AS live`,
-      [hash(token)],
+      [hashToken(token)],
       'handshake failed',
     );
     return outcome(rows[0]);
@@ -134,10 +126,6 @@ interface Row extends Record<string, unknown> {
   allocation_id: string;
   organization_id: string;
   live: boolean;
-}
-
-function plausible(token: unknown): token is string {
-  return typeof token === 'string' && token.length >= 16 && token.length <= 200;
 }
 
 function outcome(r: Row | undefined): HandshakeOutcome {
