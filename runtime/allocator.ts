@@ -1,5 +1,5 @@
 import { timingSafeEqual } from 'crypto';
-import { Pool } from 'pg';
+import type { Pool } from 'pg';
 import { ActionCondition, DnsAction, DnsPublisher, Guard } from './dns-publisher';
 import { AllocatorError, AllocatorErrorCode, asAllocatorError, definitelyNotApplied, isAllocatorError } from './errors';
 import type { GatewaySpec } from './inventory';
@@ -11,8 +11,9 @@ import { PowerDnsClient, PowerDnsOptions } from './powerdns-client';
 import type { BackgroundResult, OrgCertificateProvider, OrgCertificateState } from './tls/org-certificates';
 import { assertGatewayName, assertOrganizationId, validateInventory } from './validation';
 import { hashToken, isPlausibleToken, newToken } from './tokens';
+import { resolvePgPool, type PgConnectionOptions } from './pg-pool';
+import { failpointsOf, type Failpoint, type Failpoints } from './failpoints';
 
-export type Failpoint = 'allocate.afterClaim' | 'allocate.afterEffects' | 'release.afterBegin' | 'release.afterEffects';
 
 export interface AllocatorLogEvent {
   event: string;
@@ -34,8 +35,11 @@ export interface GatewayAllocatorOptions {
   domain: string;
   /** Address every organization name resolves to: the stage-1 nginx host. */
   publicIp: string;
-  /** A connection string (the allocator owns and closes the pool) or an existing pg.Pool (the caller owns it). */
-  pg: { connectionString: string; max?: number } | Pool;
+  /**
+   * A connection string (the allocator owns and closes the pool) or an existing pg.Pool from any pg 8.x
+   * (used as given, recognised by its query/connect/end functions; the caller owns and ends it).
+   */
+  pg: PgConnectionOptions | Pool;
   powerdns: PowerDnsOptions;
   nginx: NginxOptions;
   /** PostgreSQL schema of the pool tables; default `gateway_pool`. */
@@ -48,8 +52,6 @@ export interface GatewayAllocatorOptions {
   waitTimeoutMs?: number;
   /** One structured event per state change; default: JSON lines on stderr. `null` silences. */
   logger?: AllocatorLogger | null;
-  /** Testing only: hooks run at points of allocate/release; anything they throw (e.g. SimulatedCrash) skips all clean-up, like a dead process. */
-  failpoints?: Partial<Record<Failpoint, () => void | Promise<void>>>;
   /**
    * How user containers are named (naming.ts). `nested` (default):
    * `uc-<id>.org-<uuid>.<domain>`, which only a per-organization certificate
@@ -192,7 +194,7 @@ export class GatewayAllocator {
   private readonly leaseMs: number;
   private readonly waitTimeoutMs: number;
   private readonly log: AllocatorLogger;
-  private readonly failpoints: GatewayAllocatorOptions['failpoints'];
+  private readonly failpoints: Failpoints | undefined;
   private readonly table: string;
   private readonly inflight = new Map<string, Promise<Allocation>>();
   /** User-container naming scheme; see GatewayAllocatorOptions.userContainerNaming. */
@@ -228,22 +230,18 @@ export class GatewayAllocator {
 
     this.envName = opts.envName;
     this.domain = opts.domain;
-    if (opts.pg instanceof Pool) {
-      this.pool = opts.pg;
-      this.ownsPool = false;
-    } else {
-      this.pool = new Pool({ connectionString: opts.pg.connectionString, max: opts.pg.max ?? 20 });
-      this.ownsPool = true;
-    }
-    // An idle client's error (server restart) must not crash the host process.
-    this.pool.on('error', () => undefined);
+    const { pool, owned } = resolvePgPool(opts.pg, 20, 'invalid allocator options');
+    this.pool = pool;
+    this.ownsPool = owned;
+    // An idle client's error (server restart) must not crash the host process, whoever owns the pool.
+    if (!owned && typeof pool.on === 'function') pool.on('error', () => undefined);
     this.schema = schema;
     this.table = `${quoteSchema(schema)}.gateways`;
     this.store = new PoolStore(this.pool, schema);
     this.leaseMs = opts.leaseMs ?? 30_000;
     this.waitTimeoutMs = opts.waitTimeoutMs ?? 20_000;
     this.log = opts.logger === null ? () => undefined : (opts.logger ?? defaultLogger);
-    this.failpoints = opts.failpoints;
+    this.failpoints = failpointsOf(opts);
     const guard: Guard = (query, orgs) => this.conditionsHolding(query, orgs);
     this.dns = new DnsPublisher(new PowerDnsClient(opts.powerdns), this.pool, {
       envName: opts.envName,

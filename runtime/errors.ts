@@ -66,11 +66,3 @@ export function asAllocatorError(err: unknown, code: AllocatorErrorCode, what: s
   const reason = err instanceof Error ? err.message : String(err);
   return new AllocatorError(code, `${what}: ${reason}`, undefined, err);
 }
-
-/** Thrown by a failpoint to simulate a process crash: the allocator does no clean-up after it. */
-export class SimulatedCrash extends Error {
-  constructor(point: string) {
-    super(`simulated crash at ${point}`);
-    this.name = 'SimulatedCrash';
-  }
-}

@@ -1,6 +1,8 @@
 /**
  * Runtime half of the project, imported by the API server (Ganymede).
- * Never imports @pulumi/* (a unit test enforces it).
+ * Never imports @pulumi/* (a unit test enforces it). Published as the package
+ * `@demiurge/runtime` (runtime/package.json); test-only hooks (failpoints,
+ * SimulatedCrash) are its separate `./testing` entry (runtime/testing.ts).
  */
 export { GatewayAllocator } from './allocator';
 export type {
@@ -8,7 +10,6 @@ export type {
   AllocatorLogEvent,
   AllocatorLogger,
   AllocatorMetrics,
-  Failpoint,
   GatewayAllocatorOptions,
   GatewayListing,
   PoolStatus,
@@ -18,8 +19,9 @@ export type {
   TokenHolder,
   TokenInspection,
 } from './allocator';
-export { AllocatorError, RETRYABLE_CODES, SimulatedCrash, isAllocatorError } from './errors';
+export { AllocatorError, RETRYABLE_CODES, isAllocatorError } from './errors';
 export type { AllocatorErrorCode } from './errors';
+export type { PgConnectionOptions } from './pg-pool';
 export type { GatewaySpec } from './inventory';
 export type { GatewayState, RegisterResult } from './pool-store';
 export type { NginxOptions } from './nginx-routes';

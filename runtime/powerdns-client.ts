@@ -1,7 +1,7 @@
 import * as http from 'http';
 import * as https from 'https';
-import axios, { AxiosError, AxiosInstance } from 'axios';
 import { AllocatorError } from './errors';
+import { HttpRequestError, requestJson } from './json-http';
 import { absolute } from './naming';
 
 export interface PowerDnsOptions {
@@ -39,7 +39,10 @@ export interface RRset {
 
 /** A thin, typed PowerDNS HTTP API client. Every failure becomes DNS_FAILED with PowerDNS's own reason, never the key. */
 export class PowerDnsClient {
-  private readonly http: AxiosInstance;
+  private readonly baseUrl: string;
+  private readonly headers: Record<string, string>;
+  private readonly timeoutMs: number;
+  private readonly agent: http.Agent;
   private readonly zonePath: string;
   readonly zone: string;
   patchCalls = 0;
@@ -48,16 +51,10 @@ export class PowerDnsClient {
     this.zone = absolute(opts.zone);
     const serverId = opts.serverId ?? 'localhost';
     this.zonePath = `/api/v1/servers/${encodeURIComponent(serverId)}/zones/${encodeURIComponent(this.zone)}`;
-    this.http = axios.create({
-      baseURL: opts.apiUrl.replace(/\/+$/, ''),
-      timeout: opts.timeoutMs ?? 5000,
-      headers: { 'X-API-Key': opts.apiKey, 'Content-Type': 'application/json' },
-      httpAgent: new http.Agent({ keepAlive: true, maxSockets: 8 }),
-      httpsAgent: new https.Agent({ keepAlive: true, maxSockets: 8 }),
-      // Status handling is ours: PowerDNS answers 204 on success and JSON errors otherwise.
-      validateStatus: () => true,
-      maxRedirects: 0,
-    });
+    this.baseUrl = opts.apiUrl.replace(/\/+$/, '');
+    this.headers = { 'X-API-Key': opts.apiKey };
+    this.timeoutMs = opts.timeoutMs ?? 5000;
+    this.agent = this.baseUrl.startsWith('https:') ? new https.Agent({ keepAlive: true, maxSockets: 8 }) : new http.Agent({ keepAlive: true, maxSockets: 8 });
   }
 
   async patch(rrsets: RRsetChange[]): Promise<void> {
@@ -75,11 +72,12 @@ export class PowerDnsClient {
     let status: number;
     let body: unknown;
     try {
-      const res = await this.http.request({ method, url, data });
+      // Status handling is ours: PowerDNS answers 204 on success and JSON errors otherwise.
+      const res = await requestJson({ method, url: `${this.baseUrl}${url}`, headers: this.headers, body: data, timeoutMs: this.timeoutMs, agent: this.agent });
       status = res.status;
-      body = res.data;
+      body = res.body;
     } catch (err) {
-      const reason = err instanceof AxiosError ? (err.code ?? err.message) : String(err);
+      const reason = err instanceof HttpRequestError ? err.code : String(err);
       // A refused or unresolvable connection never reached PowerDNS; a timeout might have.
       const notApplied = ['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH'].includes(reason);
       throw new AllocatorError('DNS_FAILED', `PowerDNS API unreachable (${method} ${this.zone}): ${reason}`, { reason, notApplied });

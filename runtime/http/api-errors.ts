@@ -90,7 +90,7 @@ export function toErrorResponse(err: unknown): { status: number; body: ErrorBody
     return { status: err.status, body: { success: false, code: err.code, message: err.message, retryable: err.retryable }, internal: false };
   }
   if (err instanceof AllocatorError) {
-    // Low-level messages (pg, axios) can carry connection strings or hostnames of internals: keep them out of answers.
+    // Low-level messages (pg, HTTP clients) can carry connection strings or hostnames of internals: keep them out of answers.
     const message = ['DATABASE_FAILED', 'DNS_FAILED', 'NGINX_FAILED', 'INVALID_CONFIG'].includes(err.code) ? `${err.code.toLowerCase().replace(/_/g, ' ')}; retry later` : err.message;
     return { status: STATUS_OF[err.code], body: { success: false, code: err.code, message, retryable: RETRYABLE.has(err.code) }, internal: STATUS_OF[err.code] >= 500 };
   }

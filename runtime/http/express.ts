@@ -1,6 +1,6 @@
 /**
  * Thin Express adapter over the framework-free GatewayApi. Imported on its own
- * (`demiurge-env/runtime/express`) so hosts without Express never load it;
+ * (`@demiurge/runtime/express`) so hosts without Express never load it;
  * express is a peer dependency (4.18+ or 5).
  */
 import express from 'express';

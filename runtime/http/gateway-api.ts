@@ -1,4 +1,3 @@
-import axios from 'axios';
 import type { Allocation, AllocatorLogger, GatewayAllocator, TokenHolder } from '../allocator';
 import { isAllocatorError } from '../errors';
 import { GatewaySessions, SessionKey } from '../gateway-sessions';
@@ -6,6 +5,7 @@ import { isCanonicalOrgId } from '../naming';
 import { JsonValue, OrgDataStore } from '../org-data-store';
 import { isValidGatewayName } from '../validation';
 import { GatewayApiError, toErrorResponse } from './api-errors';
+import { requestJson } from '../json-http';
 
 /** What the handlers need of an HTTP request; any framework can build it. */
 export interface ApiRequest {
@@ -117,12 +117,9 @@ function timestampField(body: Record<string, unknown>): Date | undefined {
 }
 
 async function defaultStartGateway(target: GatewayTarget, payload: CollabStartPayload, timeoutMs: number): Promise<void> {
-  await axios.post(`http://${target.host}:${target.httpPort}/collab/start`, payload, {
-    timeout: timeoutMs,
-    // The gateway's own answer is not ours to interpret beyond success.
-    validateStatus: (s) => s >= 200 && s < 300,
-    maxRedirects: 0,
-  });
+  const res = await requestJson({ method: 'POST', url: `http://${target.host}:${target.httpPort}/collab/start`, body: payload, timeoutMs });
+  // The gateway's own answer is not ours to interpret beyond success.
+  if (res.status < 200 || res.status >= 300) throw new Error(`gateway answered ${res.status} to /collab/start`);
 }
 
 /**

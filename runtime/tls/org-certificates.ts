@@ -27,7 +27,7 @@
  * No @pulumi imports.
  */
 import { X509Certificate, createCipheriv, createDecipheriv, createHash, randomBytes, randomUUID } from 'crypto';
-import { Pool } from 'pg';
+import type { Pool } from 'pg';
 import { AllocatorError } from '../errors';
 import { migrate as runMigrations, quoteSchema, type MigrationResult } from '../migrate';
 import { isCanonicalOrgId, isValidDomain, orgCertificateNames } from '../naming';
@@ -35,6 +35,7 @@ import { DEFAULT_BACKOFF, backoffDelay, type BackoffPolicy } from './backoff';
 import { certificateInfo, keyMatchesCertificate } from './pem';
 import type { CertificateIssuer, IssuedCertificate } from './types';
 import { inTransaction } from '../pg-transaction';
+import { resolvePgPool, type PgConnectionOptions } from '../pg-pool';
 
 export type OrgCertificateState = 'ready' | 'pending' | 'none';
 export type IssuanceMode = 'await' | 'background';
@@ -116,7 +117,7 @@ export interface OrgCertificatesOptions {
   /** Older keys still accepted for decryption (key rotation); rows are re-encrypted with `encryptionKey` when read. */
   previousEncryptionKeys?: Array<string | Buffer>;
   /** Defaults to the allocator's pool (see attach). A connection string makes the manager own a pool. */
-  pg?: Pool | { connectionString: string; max?: number };
+  pg?: Pool | PgConnectionOptions;
   /** Defaults to the allocator's schema (`gateway_pool`). */
   schema?: string;
   /** Defaults to the allocator's domain. */
@@ -271,13 +272,10 @@ export class OrgCertificates implements OrgCertificateProvider {
     this.backoff = opts.backoff === null ? null : opts.backoff !== undefined ? { ...DEFAULT_BACKOFF, ...opts.backoff } : acme ? DEFAULT_BACKOFF : null;
     this.budget = opts.newCertificateBudget === null ? null : (opts.newCertificateBudget ?? (acme ? { max: 40, windowMs: 7 * 24 * 3_600_000 } : null));
     this.log = opts.logger === null ? () => undefined : (opts.logger ?? ((e) => process.stderr.write(`${JSON.stringify({ time: new Date().toISOString(), ...e })}\n`)));
-    if (opts.pg) {
-      if (opts.pg instanceof Pool) this.pool = opts.pg;
-      else {
-        this.pool = new Pool({ connectionString: opts.pg.connectionString, max: opts.pg.max ?? 5 });
-        this.ownsPool = true;
-        this.pool.on('error', () => undefined);
-      }
+    if (opts.pg !== undefined) {
+      const { pool, owned } = resolvePgPool(opts.pg, 5, 'invalid certificate options');
+      this.pool = pool;
+      this.ownsPool = owned;
     }
     if (opts.schema !== undefined) this.setSchema(opts.schema);
     this.domain = opts.domain;

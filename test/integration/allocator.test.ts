@@ -4,7 +4,8 @@ import * as https from 'https';
 import * as path from 'path';
 import { readFileSync } from 'fs';
 import { Pool } from 'pg';
-import { AllocatorError, GatewayAllocator, GatewayAllocatorOptions, SimulatedCrash, isAllocatorError } from '../../runtime';
+import { AllocatorError, GatewayAllocator, GatewayAllocatorOptions, isAllocatorError } from '../../runtime';
+import { SimulatedCrash, withFailpoints } from '../../runtime/testing';
 import { createZone, deleteZone, dropSchema, gatewayHost, patchZone, randomOrg, startStandInGateways, suiteId, zoneRRsets } from '../helpers/fixtures';
 import { TestServices, requireServices } from '../helpers/services';
 import { Stage1Nginx, curlThroughStage1, dig } from '../helpers/stage1-nginx';
@@ -317,7 +318,7 @@ describe('GatewayAllocator (real PostgreSQL, PowerDNS, nginx)', function () {
     for (const point of ['allocate.afterClaim', 'allocate.afterEffects'] as const) {
       it(`a crash at ${point} is rolled back by reconcile: NXDOMAIN, no route, gateway ready`, async () => {
         const { make, schema } = await freshPool(2, { leaseMs: 300 });
-        const crashing = make({ failpoints: { [point]: () => { throw new SimulatedCrash(point); } } });
+        const crashing = make(withFailpoints({}, { [point]: () => { throw new SimulatedCrash(point); } }));
         const org = randomOrg();
         await assert.rejects(crashing.allocate(org), SimulatedCrash);
         assert.equal((await sqlState(schema)).filter((r) => r.state === 'allocating').length, 1);
@@ -342,14 +343,14 @@ describe('GatewayAllocator (real PostgreSQL, PowerDNS, nginx)', function () {
       const { make, schema } = await freshPool(1, { leaseMs: 300 });
       const survivor = make();
       let report: Awaited<ReturnType<GatewayAllocator['reconcile']>> | undefined;
-      const slow = make({
-        failpoints: {
+      const slow = make(
+        withFailpoints({}, {
           'allocate.afterClaim': async () => {
             await new Promise((r) => setTimeout(r, 400));
             report = await survivor.reconcile(); // takes the expired claim over and rolls it back
           },
-        },
-      });
+        }),
+      );
       const org = randomOrg();
       await assert.rejects(slow.allocate(org), (e: unknown) => isAllocatorError(e, 'ALLOCATION_LOST'));
       assert.equal(report?.recovered.length, 1);
@@ -363,7 +364,7 @@ describe('GatewayAllocator (real PostgreSQL, PowerDNS, nginx)', function () {
 
     it('a crash in the middle of release is finished by reconcile (or by releasing again)', async () => {
       const { make, schema } = await freshPool(2, { leaseMs: 300 });
-      const crashing = make({ failpoints: { 'release.afterBegin': () => { throw new SimulatedCrash('release.afterBegin'); } } });
+      const crashing = make(withFailpoints({}, { 'release.afterBegin': () => { throw new SimulatedCrash('release.afterBegin'); } }));
       const normal = make();
       const a = randomOrg();
       const b = randomOrg();
