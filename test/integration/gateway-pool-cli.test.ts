@@ -214,10 +214,10 @@ describe('gateway-pool CLI end to end (real PostgreSQL, PowerDNS, nginx)', funct
     assert.ok(!r.stdout.includes('sekrit') && !r.stderr.includes('sekrit'));
   });
 
-  it('the built package bin (npm run build → dist/runtime/cli/gateway-pool.js) runs with its migrations', async function () {
-    execFileSync('npm', ['run', 'build', '--silent'], { cwd: ROOT, stdio: 'pipe', timeout: 120_000 });
-    const bin = path.join(ROOT, 'dist/runtime/cli/gateway-pool.js');
-    assert.ok(existsSync(path.join(ROOT, 'dist/runtime/migrations/002_gateway_api.sql')));
+  it('the built package bin (npm run build -w runtime → runtime/dist/cli/gateway-pool.js) runs with its migrations', async function () {
+    execFileSync('npm', ['run', 'build', '--silent', '-w', 'runtime'], { cwd: ROOT, stdio: 'pipe', timeout: 120_000 });
+    const bin = path.join(ROOT, 'runtime/dist/cli/gateway-pool.js');
+    assert.ok(existsSync(path.join(ROOT, 'runtime/dist/migrations/002_gateway_api.sql')));
     const r = await cli(['migrate', '--json'], { bin });
     assert.equal(r.code, 0, r.stderr);
     assert.equal((await cli(['status'], { bin })).code, 0);
