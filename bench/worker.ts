@@ -315,7 +315,6 @@ function summarize(p: CpuProfile): ProfileSummary {
     if (fn === '(program)') return 'V8/native (outside JS)';
     if (url.includes('/runtime/')) return 'allocator (runtime/)';
     if (url.includes('/node_modules/pg')) return 'pg driver';
-    if (url.includes('/node_modules/axios') || url.includes('follow-redirects') || url.includes('form-data')) return 'axios (PowerDNS client)';
     if (url.includes('/bench/')) return 'bench harness (HTTPS checks, instrumentation)';
     if (url.startsWith('node:')) return 'Node core (net, tls, http, fs, timers)';
     if (url === '') return 'native bindings (socket writes, file I/O)';

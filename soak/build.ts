@@ -1,50 +1,52 @@
 /**
- * Transpiles a worker and everything it imports (runtime/, soak/, bench/) to plain
- * JavaScript once per run. A worker is killed and replaced dozens of times; on
- * ts-node each replacement spends ~2-4 s of CPU compiling on this 2-core
- * machine (stealing it from the operations under test), as plain JS it starts
- * in a fraction of a second. The output lives inside the repository tree so
- * Node finds node_modules by walking up.
+ * Compiles a worker and everything it imports (runtime/, soak/, bench/) to
+ * plain JavaScript once per run, with esbuild (the project's one bundler). A
+ * worker is killed and replaced dozens of times; on ts-node each replacement
+ * spends ~2-4 s of CPU compiling on this 2-core machine (stealing it from the
+ * operations under test), as plain JS it starts in a fraction of a second.
+ *
+ * esbuild's bundler finds the closure (static and dynamic imports, `./lib` →
+ * `lib/index.ts`), then each module is emitted as its own file: the bench's
+ * CPU profile attributes time by file (runtime/ vs bench/ vs node_modules/pg),
+ * which one bundled file would erase. Packages stay external; the output lives
+ * inside the repository tree so Node finds node_modules by walking up.
  */
-import { cpSync, existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'fs';
+import { buildSync } from 'esbuild';
+import { cpSync, existsSync, rmSync } from 'fs';
 import * as path from 'path';
-import * as ts from 'typescript';
 
-function resolveLocal(fromFile: string, spec: string): string | undefined {
-  const base = path.resolve(path.dirname(fromFile), spec);
-  for (const candidate of [`${base}.ts`, path.join(base, 'index.ts')]) {
-    if (existsSync(candidate) && statSync(candidate).isFile()) return candidate;
-  }
-  return undefined;
+const COMMON = { platform: 'node', target: 'node20', format: 'cjs', logLevel: 'error' } as const;
+
+/** The repository's source files the entry reaches (absolute paths), resolved by esbuild. */
+export function sourceClosure(root: string, entry: string): string[] {
+  const probe = buildSync({
+    ...COMMON,
+    absWorkingDir: root,
+    entryPoints: [entry],
+    bundle: true,
+    // Only our sources matter here; packages are required from node_modules at run time (pg-native is pg's optional native binding).
+    packages: 'external',
+    external: ['pg-native'],
+    write: false,
+    metafile: true,
+  });
+  return Object.keys(probe.metafile.inputs).map((f) => path.resolve(root, f));
 }
 
-/** Returns the path of the transpiled entry file. */
+/** Returns the path of the compiled entry file. */
 export function buildClosure(root: string, entry: string, outDir: string): string {
   rmSync(outDir, { recursive: true, force: true });
-  const options: ts.CompilerOptions = {
-    target: ts.ScriptTarget.ES2022,
-    module: ts.ModuleKind.CommonJS,
-    esModuleInterop: true,
-    sourceMap: false,
-    inlineSourceMap: true,
-  };
-  const seen = new Set<string>();
-  const queue = [path.resolve(root, entry)];
-  while (queue.length > 0) {
-    const file = queue.pop() as string;
-    if (seen.has(file)) continue;
-    seen.add(file);
-    const text = readFileSync(file, 'utf8');
-    for (const imp of ts.preProcessFile(text, true, true).importedFiles) {
-      if (!imp.fileName.startsWith('.')) continue;
-      const dep = resolveLocal(file, imp.fileName);
-      if (dep) queue.push(dep);
-    }
-    const out = ts.transpileModule(text, { compilerOptions: options, fileName: file });
-    const target = path.join(outDir, path.relative(root, file)).replace(/\.ts$/, '.js');
-    mkdirSync(path.dirname(target), { recursive: true });
-    writeFileSync(target, out.outputText);
-  }
+  buildSync({
+    ...COMMON,
+    absWorkingDir: root,
+    entryPoints: sourceClosure(root, entry),
+    outbase: root,
+    outdir: outDir,
+    bundle: false,
+    // A kept import('./b') would be resolved as ESM (no extension guessing): make it a require, like the modules' static imports.
+    supported: { 'dynamic-import': false },
+    sourcemap: 'inline',
+  });
   // migrate.ts reads its SQL files next to itself.
   const migrations = path.join(root, 'runtime', 'migrations');
   if (existsSync(migrations)) cpSync(migrations, path.join(outDir, 'runtime', 'migrations'), { recursive: true });
