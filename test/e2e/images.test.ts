@@ -563,9 +563,13 @@ describe('images and the daily build loop (real Docker engine)', function () {
         return parsed.version === version && parsed.routes[orgId] === `${GATEWAYS[0]}:${HTTP_PORTS[0]}` ? true : undefined;
       }, 100);
       const fqdn = `org-${orgId}.${DOMAIN}`;
-      const through = await sh(`curl -sk --resolve ${fqdn}:443:127.0.0.1 https://${fqdn}/healthz`);
-      const h = JSON.parse(through.stdout) as { buildId: string };
-      assert.equal(h.buildId, buildB?.buildId, `stage 1 -> ${GATEWAYS[0]} -> app: ${through.stdout}`);
+      // The status server answering proves the new workers run; the first HTTPS answer may still
+      // come from a worker generation that is shutting down, so wait for the route's answer.
+      const { value: h } = await waitFor(`https://${fqdn}/healthz to answer from the app through stage 1`, 10_000, async () => {
+        const through = await sh(`curl -sk --max-time 3 --resolve ${fqdn}:443:127.0.0.1 https://${fqdn}/healthz`);
+        return JSON.parse(through.stdout) as { buildId: string };
+      }, 100);
+      assert.equal(h.buildId, buildB?.buildId, `stage 1 -> ${GATEWAYS[0]} -> app: ${JSON.stringify(h)}`);
       note(`  https://${fqdn}/healthz (in the dev container) -> ${GATEWAYS[0]}:${HTTP_PORTS[0]} -> app build ${h.buildId}`);
       await sh(`rm -rf ${confDir}/* && nginx -s reload`);
     });
