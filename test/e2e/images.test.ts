@@ -532,11 +532,13 @@ describe('images and the daily build loop (real Docker engine)', function () {
       const logMark = (await containerLog(gw)).length;
       await armReloadPause(gw, points);
       const sampler = await startAppSampler(gw);
+      let reload: Promise<RunResult> | undefined;
+      let samples: number[] | undefined;
       try {
-        const reload = cli(['reload', '--env', ENV, '--json']);
+        reload = cli(['reload', '--env', ENV, '--json']);
         await crash();
         const r = await reload;
-        const samples = await sampler.stop();
+        samples = await sampler.stop();
         const summary = lastJson<ReloadSummary>(r.stdout);
         const other = gatewayResult(summary, GATEWAYS[1]);
         assert.ok(other.ok, `${GATEWAYS[1]} (no crash) must reload: ${other.code}: ${other.message}`);
@@ -546,7 +548,10 @@ describe('images and the daily build loop (real Docker engine)', function () {
         assert.ok(Math.max(...samples) <= 1, `two apps seen: samples ${samples.join(',')}`);
         return { r, g, log: (await containerLog(gw)).slice(logMark), samples };
       } finally {
+        // After a failure: release a reload that still waits, let the CLI finish, stop the sampler.
         await disarmReloadPause(gw);
+        if (reload) await reload;
+        if (!samples) await sampler.stop().catch(() => undefined);
       }
     };
     const oneAppServing = async (what: string, accept: (pid: number) => boolean): Promise<number> => {
