@@ -1,5 +1,8 @@
 import { strict as assert } from 'assert';
 import { EventEmitter } from 'events';
+import { builtinModules } from 'module';
+import * as path from 'path';
+import { build } from 'esbuild';
 import * as http from 'http';
 import type { AddressInfo } from 'net';
 import * as net from 'net';
@@ -536,5 +539,24 @@ describe('gateway app: settings and organization document', () => {
     assert.equal(typeof parseChange({ increment: 1.5 }), 'string');
     assert.equal(typeof parseChange({ note: '' }), 'string');
     assert.equal(typeof parseChange({ note: 'a', increment: 1 }), 'string');
+  });
+});
+
+describe('gateway app: bundle', () => {
+  it('bundles with esbuild into one file that needs nothing but Node built-ins', async () => {
+    const r = await build({
+      entryPoints: [path.resolve(__dirname, '..', '..', 'runtime/gateway-app/main.ts')],
+      bundle: true,
+      platform: 'node',
+      target: 'node20',
+      write: false,
+      metafile: true,
+      outfile: 'main.js',
+      logLevel: 'silent',
+    });
+    assert.equal(r.outputFiles.length, 1);
+    const imports = Object.values(r.metafile.outputs).flatMap((o) => o.imports.map((i) => i.path));
+    assert.deepEqual(imports.filter((i) => !builtinModules.includes(i.replace(/^node:/, ''))), [], 'imports that are not Node built-ins');
+    assert.deepEqual(Object.keys(r.metafile.inputs).filter((f) => f.includes('node_modules')), [], 'packages bundled into the gateway app');
   });
 });
