@@ -1,15 +1,17 @@
 import { strict as assert } from 'assert';
 import { ChildProcess, spawn } from 'child_process';
 import { randomBytes } from 'crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'fs';
 import * as http from 'http';
 import * as net from 'net';
 import * as os from 'os';
 import * as path from 'path';
+import * as tls from 'tls';
 import { build } from 'esbuild';
 import { Pool } from 'pg';
 import { GatewayAllocator, OrgDataStore } from '../../runtime';
 import { allocatorSettingsEnv, testAllocatorOptions } from '../helpers/allocator-settings';
+import { encodeFrame, FrameDecoder, OPCODES } from '../../runtime/gateway-app/websocket';
 import { callApi } from '../helpers/fake-gateway';
 import { createZone, deleteZone, dropSchema, randomOrg, suiteId } from '../helpers/fixtures';
 import { requireServices, TestServices } from '../helpers/services';
@@ -59,6 +61,51 @@ function httpJson(port: number, method: string, urlPath: string, body?: unknown)
     });
     req.on('error', reject);
     req.end(data);
+  });
+}
+
+/** Opens wss://<fqdn>/ws through the stage-1 nginx (verifying its certificate), sends one text message, returns the echo. */
+function wsEchoThroughStage1(nginx: Stage1Nginx, fqdn: string, text: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const sock = tls.connect({ host: '127.0.0.1', port: nginx.httpsPort, servername: fqdn, ca: readFileSync(nginx.caFile) });
+    const timer = setTimeout(() => {
+      sock.destroy();
+      reject(new Error(`no WebSocket echo from ${fqdn} within 10 s`));
+    }, 10_000);
+    let buf = Buffer.alloc(0);
+    let upgraded = false;
+    const decoder = new FrameDecoder(false);
+    sock.on('secureConnect', () => {
+      sock.write(`GET /ws HTTP/1.1\r\nHost: ${fqdn}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ${randomBytes(16).toString('base64')}\r\nSec-WebSocket-Version: 13\r\n\r\n`);
+    });
+    sock.on('data', (chunk: Buffer) => {
+      buf = Buffer.concat([buf, chunk]);
+      if (!upgraded) {
+        const end = buf.indexOf('\r\n\r\n');
+        if (end < 0) return;
+        const head = buf.subarray(0, end).toString();
+        if (!head.startsWith('HTTP/1.1 101')) {
+          clearTimeout(timer);
+          sock.destroy();
+          reject(new Error(`upgrade refused: ${head.split('\r\n')[0]}`));
+          return;
+        }
+        upgraded = true;
+        buf = buf.subarray(end + 4);
+        sock.write(encodeFrame(OPCODES.text, Buffer.from(text), { mask: randomBytes(4) }));
+      }
+      const frame = decoder.push(buf).find((f) => f.opcode === OPCODES.text);
+      buf = Buffer.alloc(0);
+      if (frame) {
+        clearTimeout(timer);
+        sock.end(encodeFrame(OPCODES.close, Buffer.from([0x03, 0xe8]), { mask: randomBytes(4) }));
+        resolve(frame.payload.toString());
+      }
+    });
+    sock.on('error', (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
   });
 }
 
@@ -242,6 +289,7 @@ describe('gateway default app against the real API server (PostgreSQL, PowerDNS,
     assert.match(page.body, /id="org-name">Org /, 'the organization config from /gateway/config');
     const health = await curlThroughStage1(nginx, fqdn, '/healthz');
     assert.equal((JSON.parse(health.body) as { buildId: string }).buildId, buildId);
+    assert.equal(await wsEchoThroughStage1(nginx, fqdn, `hello ${org}`), `hello ${org}`, 'the WebSocket echo through stage 1');
     await waitFor('a heartbeat in the pool', 10_000, async () => (await gatewayRow()).lastHeartbeatAt);
 
     const changedAt = p.lines.length;
