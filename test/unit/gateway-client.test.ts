@@ -21,6 +21,7 @@ import {
   UnloadReason,
 } from '../../runtime/gateway-client';
 import { applyChange, emptyDocument, fromSnapshot, parseChange, toSnapshot } from '../../runtime/gateway-app/org-document';
+import { DefaultApp } from '../../runtime/gateway-app/server';
 import { loadSettings, parseListen } from '../../runtime/gateway-app/settings';
 import { acceptEcho, acceptKey, encodeFrame, FrameDecoder, OPCODES, ProtocolError } from '../../runtime/gateway-app/websocket';
 import { FakeApiFetch } from '../helpers/fake-api-fetch';
@@ -393,6 +394,30 @@ describe('gateway agent: life cycle', () => {
     assert.ok(h.log.some((e) => e.event === 'gateway.session_ended' && e.code === 'TOKEN_REVOKED'));
   });
 
+  it('an organization that fails to load is given back (stop) and the gateway returns to the pool', async () => {
+    const h = agentSetup();
+    await drive(h.sched, h.agent.start());
+    h.api.queue('/data/pull', { status: 400, body: { success: false, code: 'INVALID_REQUEST', message: 'x', retryable: false } });
+    h.api.calls.length = 0;
+    h.agent.acceptHandshake({ handshake_token: h.api.handshake, organization_id: h.api.organizationId });
+    await h.sched.settle();
+    assert.deepEqual(h.api.paths(), ['/config', '/data/pull', '/stop', '/ready']);
+    assert.equal(h.agent.state, 'ready');
+    assert.deepEqual(h.unloads, ['load_failed']);
+  });
+
+  it('a new hand-over of the same organization keeps unpushed changes (pushed with the new token) and reloads', async () => {
+    const h = agentSetup();
+    await serving(h);
+    change(h, 9);
+    h.agent.acceptHandshake({ handshake_token: h.api.handshake, organization_id: h.api.organizationId });
+    await h.sched.settle();
+    assert.deepEqual(h.api.paths(), ['/config', '/data/push', '/data/pull', '/ready']);
+    assert.deepEqual(h.unloads, ['superseded']);
+    assert.deepEqual(h.loads.at(-1)?.data, { yjs_state: {}, gateway_state: { n: 9 } });
+    assert.equal(h.agent.state, 'serving');
+  });
+
   it('a refused registration is asked again after registrationRetryMs', async () => {
     const h = agentSetup();
     h.api.queue('/ready', { status: 404, body: { success: false, code: 'UNKNOWN_GATEWAY', message: 'x', retryable: false } });
@@ -558,5 +583,73 @@ describe('gateway app: bundle', () => {
     const imports = Object.values(r.metafile.outputs).flatMap((o) => o.imports.map((i) => i.path));
     assert.deepEqual(imports.filter((i) => !builtinModules.includes(i.replace(/^node:/, ''))), [], 'imports that are not Node built-ins');
     assert.deepEqual(Object.keys(r.metafile.inputs).filter((f) => f.includes('node_modules')), [], 'packages bundled into the gateway app');
+  });
+});
+
+describe('gateway app: HTTP surface', () => {
+  async function appServer(): Promise<{ h: Harness; app: DefaultApp; port: number; close: () => Promise<void> }> {
+    const h = agentSetup();
+    const app = new DefaultApp({ buildId: 'b-1', file: '/x', fields: { build_id: 'b-1' } }, () => h.sched.now());
+    // The app's hooks, on the harness's agent and fake API.
+    const agent = new GatewayAgent({ client: h.agent.client, hooks: app.hooks, idleTimeoutMs: IDLE, heartbeatIntervalMs: 2000, pushIntervalMs: 3000 });
+    app.agent = agent;
+    h.agent = agent;
+    const server = http.createServer(app.handle);
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    return { h, app, port: (server.address() as AddressInfo).port, close: () => new Promise((r) => server.close(() => r())) };
+  }
+
+  function request(port: number, method: string, urlPath: string, body?: unknown): Promise<{ status: number; text: string }> {
+    return new Promise((resolve, reject) => {
+      const req = http.request({ host: '127.0.0.1', port, method, path: urlPath, headers: { 'content-type': 'application/json' } }, (res) => {
+        let text = '';
+        res.on('data', (c: Buffer) => (text += c.toString()));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, text }));
+      });
+      req.on('error', reject);
+      req.end(body === undefined ? undefined : JSON.stringify(body));
+    });
+  }
+
+  it('without an organization: the page says so, data changes are refused, /healthz names the build', async () => {
+    const { h, port, close } = await appServer();
+    try {
+      await drive(h.sched, h.agent.start());
+      const page = await request(port, 'GET', '/');
+      assert.equal(page.status, 200);
+      assert.match(page.text, /id="org-none"/);
+      assert.match(page.text, /id="build">b-1</);
+      const change = await request(port, 'POST', '/_app/data', { increment: 1 });
+      assert.deepEqual([change.status, JSON.parse(change.text).code], [409, 'NOT_SERVING']);
+      const health = JSON.parse((await request(port, 'GET', '/healthz')).text) as Record<string, unknown>;
+      assert.deepEqual([health.status, health.buildId, health.pid, health.state], ['ok', 'b-1', process.pid, 'ready']);
+      assert.equal((await request(port, 'GET', '/collab/start')).status, 405);
+      assert.equal((await request(port, 'GET', '/nope')).status, 404);
+    } finally {
+      await close();
+    }
+  });
+
+  it('serving: changes mark the data dirty, requests count as activity, probes do not', async () => {
+    const { h, app, port, close } = await appServer();
+    try {
+      await drive(h.sched, h.agent.start());
+      assert.equal((await request(port, 'POST', '/collab/start', { handshake_token: h.api.handshake, organization_id: h.api.organizationId })).status, 202);
+      await drive(h.sched, new Promise<void>((r) => (h.agent.state === 'serving' ? r() : h.agent.onStateChange((to) => to === 'serving' && r()))));
+      const bad = await request(port, 'POST', '/_app/data', { increment: 'x' });
+      assert.equal(bad.status, 400);
+      assert.equal((await request(port, 'POST', '/_app/data', { note: '<b>hi</b>' })).status, 200);
+      assert.equal(h.agent.status().dirty, true);
+      assert.match((await request(port, 'GET', '/')).text, /&lt;b&gt;hi&lt;\/b&gt;/, 'notes are escaped');
+      await h.sched.advance(IDLE - 100);
+      await request(port, 'GET', '/healthz');
+      await request(port, 'GET', '/_app/status');
+      await h.sched.advance(200);
+      assert.equal(h.agent.state, 'ready', 'probes did not keep it alive');
+      assert.equal(((h.api.stored?.data as OrgSnapshot).gateway_state.default_app as { notes: string[] }).notes[0], '<b>hi</b>');
+      assert.equal(app.doc.notes.length, 0, 'unloaded');
+    } finally {
+      await close();
+    }
   });
 });
