@@ -642,6 +642,10 @@ describe('gateway app: HTTP surface', () => {
       assert.equal(h.agent.status().dirty, true);
       assert.match((await request(port, 'GET', '/')).text, /&lt;b&gt;hi&lt;\/b&gt;/, 'notes are escaped');
       await h.sched.advance(IDLE - 100);
+      await request(port, 'GET', '/');
+      await h.sched.advance(200);
+      assert.equal(h.agent.state, 'serving', 'GET / restarted the idle timer');
+      await h.sched.advance(IDLE - 300);
       await request(port, 'GET', '/healthz');
       await request(port, 'GET', '/_app/status');
       await h.sched.advance(200);
