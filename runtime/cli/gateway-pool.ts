@@ -135,6 +135,7 @@ function exitCodeOf(err: AllocatorError): number {
 export async function main(argv: string[], io: Io): Promise<number> {
   let json = false;
   let allocator: GatewayAllocator | undefined;
+  let ownedCertificates: { close(): Promise<void> } | undefined;
   const out = (human: string, data: unknown): void => io.stdout(`${json ? JSON.stringify(data, null, 2) : human}\n`);
   try {
     const settingOptions = Object.fromEntries(SETTINGS.map((s) => [s.flag, { type: 'string' as const }]));
@@ -179,7 +180,9 @@ export async function main(argv: string[], io: Io): Promise<number> {
     // ACME organization certificates have no flag: the config file's, unless issuance was set by flag/env.
     const ownIssuer = flagSettings['org-cert-issuer'] ?? io.env.ORG_CERT_ISSUER;
     if (runtimeConfig?.tls.mode === 'letsencrypt' && spec.effects && !ownIssuer && (settings['user-container-naming'] ?? 'nested') === 'nested') {
-      opts.certificates = certificatesFromConfig(runtimeConfig);
+      const certs = certificatesFromConfig(runtimeConfig);
+      ownedCertificates = certs;
+      opts.certificates = certs;
     }
     opts.logger = values.verbose ? (e) => io.stderr(`${JSON.stringify(e)}\n`) : null;
     allocator = new GatewayAllocator(opts);
@@ -281,6 +284,7 @@ export async function main(argv: string[], io: Io): Promise<number> {
     return exitCodeOf(e);
   } finally {
     await allocator?.close().catch(() => undefined);
+    await ownedCertificates?.close().catch(() => undefined);
   }
 }
 
