@@ -52,8 +52,8 @@ describe('built-in API server (bundled runtime/server/main.ts as a child process
   let secretValues: string[];
 
   /** (Re)writes the runtime files; `api` overrides settings of the api section (the reaper test shortens it). */
-  function writeConfig(api: Record<string, unknown> = {}): string {
-    const inventory = gateways.map((g, i) => ({ name: g.name, host: '127.0.0.1', httpPort: g.port, vpnPort: 49100 + i }));
+  function writeConfig(api: Record<string, unknown> = {}, poolSize = gateways.length): string {
+    const inventory = gateways.slice(0, poolSize).map((g, i) => ({ name: g.name, host: '127.0.0.1', httpPort: g.port, vpnPort: 49100 + i }));
     const tokens = Object.fromEntries(gateways.map((g) => [g.name, g.registrationToken]));
     const files = suiteRuntimeFiles(s, nginx, { env, domain, schema }, inventory, tokens, {
       operatorToken: OPERATOR_TOKEN,
@@ -67,9 +67,9 @@ describe('built-in API server (bundled runtime/server/main.ts as a child process
   }
   const randomBytesKey = randomBytes(32).toString('base64');
 
-  async function restart(signal: NodeJS.Signals, api: Record<string, unknown> = {}): Promise<number> {
+  async function restart(signal: NodeJS.Signals, api: Record<string, unknown> = {}, poolSize = gateways.length): Promise<number> {
     await server.stop(signal);
-    writeConfig(api);
+    writeConfig(api, poolSize);
     const from = server.logs.length;
     await server.start();
     return from;
@@ -151,6 +151,23 @@ describe('built-in API server (bundled runtime/server/main.ts as a child process
     assert.deepEqual([reg.added, reg.updated, reg.retired], [0, 0, 0]);
     const health = await http('GET', '/healthz', null);
     assert.deepEqual([health.status, health.body.database], [200, 'ok']);
+  });
+
+  it('a pool resize in the config reaches the pool at the next start (prune), and back', async () => {
+    await readyAll();
+    const from = await restart('SIGTERM', {}, 2);
+    try {
+      const reg = server.logs.slice(from).find((l) => l.event === 'inventory.registered') as LogLine;
+      assert.equal(reg.retired, 1);
+      const st = await http('GET', '/operator/status');
+      assert.equal((st.body.byState as Record<string, number>).retired, 1);
+      const rejoin = await gateways[2].ready();
+      assert.deepEqual([rejoin.status, rejoin.body.code], [401, 'UNAUTHENTICATED'], `a retired gateway cannot rejoin by itself: ${JSON.stringify(rejoin.body)}`);
+    } finally {
+      const back = await restart('SIGTERM');
+      assert.equal((server.logs.slice(back).find((l) => l.event === 'inventory.registered') as LogLine).updated, 1);
+      await readyAll();
+    }
   });
 
   it('gateways become ready through /gateway/ready with their registration token', async () => {
@@ -301,5 +318,12 @@ describe('built-in API server (bundled runtime/server/main.ts as a child process
     assert.equal(check.code, 0, check.stderr);
     assert.equal(JSON.parse(check.stdout).gateways, 3);
     assert.equal((await run(['--help'])).code, 0);
+    // The CLI bundles the same way and reads the same file.
+    const cli = await bundleRuntime('runtime/cli/gateway-pool.ts', tmp, 'gateway-pool.js');
+    const st = await new Promise<{ code: number; stdout: string; stderr: string }>((r) =>
+      execFile(process.execPath, [cli, 'status', '--json', '--config', path.join(tmp, 'config.json')], { env: { PATH: process.env.PATH } }, (err, stdout, stderr) => r({ code: err ? 1 : 0, stdout, stderr })),
+    );
+    assert.equal(st.code, 0, st.stderr);
+    assert.deepEqual([JSON.parse(st.stdout).envName, JSON.parse(st.stdout).total], [env, 3]);
   });
 });
