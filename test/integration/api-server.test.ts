@@ -1,5 +1,5 @@
 import { strict as assert } from 'assert';
-import { execFileSync } from 'child_process';
+import { execFileSync, spawn } from 'child_process';
 import { randomBytes } from 'crypto';
 import { existsSync, mkdtempSync, readdirSync, rmSync, unlinkSync } from 'fs';
 import * as os from 'os';
@@ -16,6 +16,7 @@ const HTTPS_PORT = 57643;
 const STATUS_PORT = 57699;
 const API_PORT = 57680;
 const API_URL = `http://127.0.0.1:${API_PORT}`;
+const APP_PORT = 57681;
 const OPERATOR_TOKEN = randomBytes(24).toString('base64url');
 
 interface Answer {
@@ -52,9 +53,11 @@ describe('built-in API server (bundled runtime/server/main.ts as a child process
   let secretValues: string[];
 
   /** (Re)writes the runtime files; `api` overrides settings of the api section (the reaper test shortens it). */
-  function writeConfig(api: Record<string, unknown> = {}, poolSize = gateways.length): string {
-    const inventory = gateways.slice(0, poolSize).map((g, i) => ({ name: g.name, host: '127.0.0.1', httpPort: g.port, vpnPort: 49100 + i }));
-    const tokens = Object.fromEntries(gateways.map((g) => [g.name, g.registrationToken]));
+  function writeConfig(api: Record<string, unknown> = {}, poolSize = gateways.length, only?: { name: string; port: number; token: string }): string {
+    const inventory = only
+      ? [{ name: only.name, host: '127.0.0.1', httpPort: only.port, vpnPort: 49199 }]
+      : gateways.slice(0, poolSize).map((g, i) => ({ name: g.name, host: '127.0.0.1', httpPort: g.port, vpnPort: 49100 + i }));
+    const tokens = only ? { [only.name]: only.token } : Object.fromEntries(gateways.map((g) => [g.name, g.registrationToken]));
     const files = suiteRuntimeFiles(s, nginx, { env, domain, schema }, inventory, tokens, {
       operatorToken: OPERATOR_TOKEN,
       apiPort: API_PORT,
@@ -67,9 +70,9 @@ describe('built-in API server (bundled runtime/server/main.ts as a child process
   }
   const randomBytesKey = randomBytes(32).toString('base64');
 
-  async function restart(signal: NodeJS.Signals, api: Record<string, unknown> = {}, poolSize = gateways.length): Promise<number> {
+  async function restart(signal: NodeJS.Signals, api: Record<string, unknown> = {}, poolSize = gateways.length, only?: { name: string; port: number; token: string }): Promise<number> {
     await server.stop(signal);
-    writeConfig(api, poolSize);
+    writeConfig(api, poolSize, only);
     const from = server.logs.length;
     await server.start();
     return from;
@@ -304,6 +307,35 @@ describe('built-in API server (bundled runtime/server/main.ts as a child process
       assert.equal((await http('GET', `/operator/organizations/${org}`)).body.code, 'NOT_ALLOCATED');
     } finally {
       await restart('SIGTERM');
+    }
+  });
+
+  it("the gateway image's default app (runtime/gateway-app, bundled) against it: ready at boot, serves an org, pushes and releases itself when idle", async () => {
+    const app = { name: `gw-pool-${env}-app`, port: APP_PORT, token: randomBytes(24).toString('base64url') };
+    const appBundle = await bundleRuntime('runtime/gateway-app/main.ts', tmp, 'gateway-app.js');
+    const from = await restart('SIGTERM', {}, gateways.length, app);
+    const child = spawn(process.execPath, [appBundle], {
+      env: { PATH: process.env.PATH, GANYMEDE_URL: API_URL, GATEWAY_ID: app.name, GATEWAY_TOKEN: app.token, APP_LISTEN: `127.0.0.1:${APP_PORT}`, GATEWAY_IDLE_TIMEOUT_MS: '1500', GATEWAY_PUSH_INTERVAL_MS: '300' },
+      stdio: ['ignore', 'ignore', 'inherit'],
+    });
+    try {
+      await server.waitLog((l) => l.event === 'gateway.ready' && l.gateway === app.name, `gateway.ready of ${app.name} (the app calls /gateway/ready at boot)`, 30_000, from);
+      const org = randomOrg();
+      const r = await http('POST', `/operator/organizations/${org}/start`);
+      assert.deepEqual([r.status, r.body.gateway_id], [200, app.name], JSON.stringify(r.body));
+      await server.waitLog((l) => l.event === 'gateway.loaded' && l.organizationId === org, `gateway.loaded of ${org}`, 20_000, from);
+      const page = await curlThroughStage1(nginx, `org-${org}.${domain}`, '/');
+      assert.equal(page.status, 200);
+      assert.ok(page.body.includes(org), 'the page names the organization it serves');
+      await server.waitLog((l) => l.event === 'gateway.released' && l.organizationId === org, `the idle release of ${org}`, 30_000, from);
+      assert.equal(await dig(s.pdnsDnsPort, `org-${org}.${domain}`), 'NXDOMAIN');
+      // Released to ready (not quarantined): the app takes the next organization without a restart.
+      const st = await http('GET', '/operator/status');
+      assert.equal((st.body.gateways as Array<{ name: string; state: string }>).find((g) => g.name === app.name)?.state, 'ready');
+    } finally {
+      child.kill('SIGKILL');
+      await restart('SIGTERM');
+      await readyAll();
     }
   });
 
