@@ -180,7 +180,7 @@ console.log(JSON.stringify({ loaded, pulumi }));
     assert.ok(!out.loaded['@demiurge/runtime']?.includes('SimulatedCrash'), 'test hooks are not in the main entry');
     assert.ok(out.loaded['@demiurge/runtime/express']?.includes('createGatewayRouter'));
     assert.ok(out.loaded['@demiurge/runtime/testing']?.includes('withFailpoints'));
-    for (const bin of ['gateway-pool', 'demiurge-tls-renew']) {
+    for (const bin of ['gateway-pool', 'demiurge-tls-renew', 'demiurge-api-server']) {
       const help = await run(path.join(consumer, 'node_modules', '.bin', bin), ['--help'], consumer);
       assert.equal(help.code, 0, `${bin} --help: ${help.stderr}`);
       assert.match(help.stdout + help.stderr, /usage/i, `${bin} --help prints its usage`);
