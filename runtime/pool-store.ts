@@ -134,9 +134,16 @@ export class PoolStore {
     });
   }
 
+  /**
+   * The allocated gateway holding this token. Presenting the token is the
+   * gateway's sign of life (push, pull, config, heartbeat, stop all
+   * authenticate here), so the lookup refreshes `last_heartbeat_at` in the same
+   * statement: no extra round trip per call, and the reaper's silence re-check
+   * (in the release statement) sees it.
+   */
   async findByTokenHash(hash: Buffer): Promise<GatewayRow | undefined> {
     const rows = await this.query<DbRow>(
-      `SELECT ${COLUMNS} FROM ${this.t} g WHERE g.token_hash = $1 AND g.state = 'allocated'`,
+      `UPDATE ${this.t} g SET last_heartbeat_at = now() WHERE g.token_hash = $1 AND g.state = 'allocated' RETURNING ${COLUMNS}`,
       [hash],
     );
     return rows[0] ? toRow(rows[0]) : undefined;
@@ -438,7 +445,8 @@ export class PoolStore {
   /** Rotates the allocation token of an allocated gateway (the old one stops working at once). */
   async rotateToken(orgId: string, tokenHash: Buffer, allocationId?: string): Promise<GatewayRow | undefined> {
     const rows = await this.query<DbRow>(
-      `UPDATE ${this.t} g SET token_hash = $2 WHERE g.organization_id = $1 AND g.state = 'allocated'
+      // The handshake (/gateway/config) that rotates the token is the gateway's first sign of life.
+      `UPDATE ${this.t} g SET token_hash = $2, last_heartbeat_at = now() WHERE g.organization_id = $1 AND g.state = 'allocated'
          AND ($3::bigint IS NULL OR g.allocation_id = $3::bigint) RETURNING ${COLUMNS}`,
       [orgId, tokenHash, allocationId ?? null],
     );

@@ -22,7 +22,7 @@ const COMMANDS: Record<string, { args: string; help: string; effects: boolean }>
   release: { args: '<org-uuid>', help: "release an organization's gateway", effects: true },
   reconcile: { args: '', help: 'repair DNS/routes, finish interrupted operations, remove orphans (--force: also live leases)', effects: true },
   sync: { args: '[--file F]', help: 'register the inventory from `pulumi stack output --json --show-secrets` (stdin or --file); --prune retires the rest', effects: false },
-  reap: { args: '', help: 'release gateways silent for --max-silence (default 120s)', effects: true },
+  reap: { args: '', help: "release gateways silent for --max-silence (default 10m: longer than a seed gateway's 5-minute idle stop)", effects: true },
   migrate: { args: '', help: 'create or upgrade the pool tables', effects: false },
   snapshots: { args: '<org-uuid>', help: "an organization's stored data snapshots, newest first", effects: false },
   restore: { args: '<org-uuid> <version>', help: 'make a kept snapshot current again (--force while the org holds a gateway)', effects: false },
@@ -49,7 +49,7 @@ function usage(): string {
     'settings (flag, or environment variable):',
     ...sets,
     '',
-    'other flags: --json  --verbose (allocator events on stderr)  --force  --prune  --file F  --max-silence 120s  --show-token',
+    'other flags: --json  --verbose (allocator events on stderr)  --force  --prune  --file F  --max-silence 10m  --show-token',
     'exit codes: 0 done, 1 refused, 2 usage/config error, 3 service failure (retry), 4 done with errors',
   ].join('\n');
 }
@@ -223,7 +223,7 @@ export async function main(argv: string[], io: Io): Promise<number> {
         return EXIT.ok;
       }
       case 'reap': {
-        const maxSilence = parseDuration(values['max-silence'] ?? '120s');
+        const maxSilence = parseDuration(values['max-silence'] ?? '10m');
         const rep = await a.reapStale(maxSilence);
         out(
           [`reaped ${rep.released.length} silent gateway(s), ${rep.revived.length} spoke up in time, errors ${rep.errors.length}`, ...rep.released.map((r) => `released ${r.gateway} (org ${r.organizationId}, silent since ${r.silentSince})`), ...rep.errors.map((e) => `error ${e.gateway} ${e.code}: ${e.message}`)].join('\n'),

@@ -375,26 +375,115 @@ describe('Gateway API over HTTP (Express router, real PostgreSQL, PowerDNS, ngin
     assert.equal((await gatewayOf(retry.body.gateway_id).call('/stop', {})).status, 200);
   });
 
-  it('reapStale releases a silent gateway (after its last push) and leaves a talking one alone', async () => {
-    const silentOrg = randomOrg();
-    const r = await startOrg(silentOrg);
-    assert.equal(r.status, 200, JSON.stringify(r.body));
-    const silent = gatewayOf(r.body.gateway_id);
-    await silent.waitLoaded(silentOrg);
-    const last = snapshot('last-words');
-    assert.equal((await silent.call('/data/push', { organization_id: silentOrg, data: last })).status, 200);
-    await new Promise((res) => setTimeout(res, 1500));
-    const talking = gateways.find((g) => g.loadedOrg === orgA) as FakeGateway;
-    assert.equal((await talking.call('/heartbeat', {})).status, 200);
-    const report = await admin.reapStale(1000);
-    const released = report.released.map((x) => x.gateway);
-    assert.ok(released.includes(silent.name), JSON.stringify(report));
-    assert.ok(!released.includes(talking.name));
-    assert.equal((await admin.getAllocation(orgA))?.name, talking.name);
-    assert.equal(await admin.getAllocation(silentOrg), undefined);
-    assert.deepEqual((await store.pull(silentOrg)).data, last);
-    const late = await silent.call('/stop', {});
-    assert.equal(late.status, 200);
-    assert.equal(late.body.already_released, true);
+  describe('sign of life: every authenticated gateway call counts, the reaper frees only silent gateways', () => {
+    const SILENCE_MS = 3000;
+
+    /** Frees what earlier tests left allocated, so this block has its own gateways whatever ran before. */
+    before(async () => {
+      for (const l of await admin.list()) {
+        if (l.state === 'allocated' && l.organizationId) await admin.release(l.organizationId);
+      }
+      for (const g of gateways) g.reset();
+      for (const l of await admin.list()) {
+        if (l.state === 'registered') assert.equal((await gatewayOf(l.name).ready()).status, 200);
+      }
+    });
+
+    async function startLoaded(): Promise<{ orgId: string; gw: FakeGateway }> {
+      const orgId = randomOrg();
+      const r = await startOrg(orgId);
+      assert.equal(r.status, 200, JSON.stringify(r.body));
+      const gw = gatewayOf(r.body.gateway_id);
+      await gw.waitLoaded(orgId);
+      return { orgId, gw };
+    }
+
+    async function silentForMs(name: string): Promise<number> {
+      const rows = await adminPool.query<{ ms: number }>(
+        `SELECT extract(epoch FROM now() - coalesce(last_heartbeat_at, state_since)) * 1000 AS ms FROM "${schema}".gateways WHERE name = $1`,
+        [name],
+      );
+      return Number(rows.rows[0].ms);
+    }
+
+    async function makeSilentForAnHour(name: string): Promise<void> {
+      await adminPool.query(`UPDATE "${schema}".gateways SET last_heartbeat_at = now() - interval '1 hour', state_since = now() - interval '1 hour' WHERE name = $1`, [name]);
+      assert.ok((await silentForMs(name)) > 3_000_000);
+    }
+
+    it('push, pull, heartbeat and the /config token rotation each refresh last_heartbeat_at', async () => {
+      const { orgId, gw } = await startLoaded();
+      try {
+        const calls: Array<[string, () => Promise<number>]> = [
+          ['push', async () => (await gw.call('/data/push', { organization_id: orgId, data: snapshot('alive') })).status],
+          ['pull', async () => (await gw.call('/data/pull', { organization_id: orgId })).status],
+          ['heartbeat', async () => (await gw.call('/heartbeat', {})).status],
+          // What /gateway/config does once the handshake is consumed (the fake gateway played it already).
+          ['config (rotateToken)', async () => ((gw.token = await admin.rotateToken(orgId)), 200)],
+        ];
+        for (const [what, call] of calls) {
+          await makeSilentForAnHour(gw.name);
+          assert.equal(await call(), 200, what);
+          const silent = await silentForMs(gw.name);
+          assert.ok(silent < 2000, `${what} did not count as a sign of life: silent for ${Math.round(silent)} ms`);
+        }
+      } finally {
+        await admin.release(orgId).catch(() => undefined);
+        gw.reset();
+      }
+    });
+
+    it(`a gateway that only pushes (every 1 s) keeps its organization across reaper passes (silence limit ${SILENCE_MS} ms); a silent one and then the quiet pusher are released`, async () => {
+      const silent = await startLoaded();
+      const pusher = await startLoaded();
+      const last = snapshot('last-words');
+      assert.equal((await silent.gw.call('/data/push', { organization_id: silent.orgId, data: last })).status, 200);
+      let pushes = 0;
+      let pushFailure: string | undefined;
+      const timer = setInterval(() => {
+        pusher.gw
+          .call('/data/push', { organization_id: pusher.orgId, data: snapshot(`push-${pushes}`) })
+          .then((r) => (r.status === 200 ? (pushes += 1) : (pushFailure = `${r.status} ${JSON.stringify(r.body)}`)))
+          .catch((e: Error) => (pushFailure = e.message));
+      }, 1000);
+      const t0 = Date.now();
+      let passes = 0;
+      const reapedPusherAt: number[] = [];
+      try {
+        // Reaper passes every 250 ms until the silent one is gone AND 3 silence limits have passed
+        // (a pusher whose pushes did not count would have been reaped twice over by then).
+        let silentReleasedAfter: number | undefined;
+        while (silentReleasedAfter === undefined || Date.now() - t0 < 3 * SILENCE_MS) {
+          assert.ok(Date.now() - t0 < 20_000, `the silent gateway was not reaped within 20 s (${passes} passes)`);
+          const report = await admin.reapStale(SILENCE_MS);
+          passes += 1;
+          if (report.released.some((x) => x.gateway === pusher.gw.name)) reapedPusherAt.push(Date.now() - t0);
+          if (silentReleasedAfter === undefined && (await admin.getAllocation(silent.orgId)) === undefined) silentReleasedAfter = Date.now() - t0;
+          await new Promise((r) => setTimeout(r, 250));
+        }
+        assert.deepEqual(reapedPusherAt, [], `the pushing gateway was reaped (after ${reapedPusherAt[0]} ms, ${pushes} pushes)`);
+        assert.equal(pushFailure, undefined);
+        assert.ok(pushes >= 6, `only ${pushes} pushes in ${Date.now() - t0} ms`);
+        assert.ok(passes >= 10, `only ${passes} reaper passes`);
+        assert.equal((await admin.getAllocation(pusher.orgId))?.name, pusher.gw.name);
+        assert.ok(silentReleasedAfter >= SILENCE_MS - 1000, `released after ${silentReleasedAfter} ms, before its silence limit`);
+        assert.deepEqual((await store.pull(silent.orgId)).data, last);
+        const late = await silent.gw.call('/stop', {});
+        assert.deepEqual([late.status, late.body.already_released], [200, true]);
+      } finally {
+        clearInterval(timer);
+      }
+      // The pusher goes quiet: the next passes release it.
+      const quietSince = Date.now();
+      while ((await admin.getAllocation(pusher.orgId)) !== undefined) {
+        assert.ok(Date.now() - quietSince < SILENCE_MS + 10_000, 'the pusher that went quiet was not reaped');
+        await admin.reapStale(SILENCE_MS);
+        await new Promise((r) => setTimeout(r, 250));
+      }
+      assert.ok(Date.now() - quietSince >= SILENCE_MS - 1500, `reaped ${Date.now() - quietSince} ms after going quiet`);
+      console.log(`      reaper: ${passes} passes, ${pushes} pushes kept the pusher; it was reaped ${Date.now() - quietSince} ms after going quiet`);
+      silent.gw.reset();
+      pusher.gw.reset();
+    });
   });
 });
