@@ -121,7 +121,8 @@ export function parseStackOutputs(text: string): { inventory: unknown; tokens?: 
 
 function exitCodeOf(err: AllocatorError): number {
   if (err.code === 'INVALID_CONFIG') return EXIT.usage;
-  if (['DATABASE_FAILED', 'DNS_FAILED', 'NGINX_FAILED', 'ALLOCATION_IN_PROGRESS', 'ALLOCATION_LOST'].includes(err.code)) return EXIT.unavailable;
+  // runtime/errors.ts holds the one set of retryable codes.
+  if (err.retryable) return EXIT.unavailable;
   return EXIT.refused;
 }
 
@@ -216,6 +217,7 @@ export async function main(argv: string[], io: Io): Promise<number> {
         stack.warnings.forEach((w) => io.stderr(`warning: ${w}\n`));
         out(
           `inventory synced: ${reg.added.length} added, ${reg.updated.length} updated, ${reg.unchanged.length} unchanged, ${reg.retired.length} retired` +
+            (reg.removed.length ? `, ${reg.removed.length} removed (endpoint taken by a listed gateway: ${reg.removed.join(', ')})` : '') +
             (reg.retireDeferred.length ? `, ${reg.retireDeferred.length} to retire once released (${reg.retireDeferred.join(', ')})` : '') +
             (stack.tokens ? `; registration tokens set for ${Object.keys(stack.tokens).length}` : ''),
           { ...reg, registrationTokens: stack.tokens ? Object.keys(stack.tokens).length : 0, warnings: stack.warnings },

@@ -248,6 +248,46 @@ describe('GatewayAllocator (real PostgreSQL, PowerDNS, nginx)', function () {
       assert.deepEqual(await sqlState(schema), before);
       await assert.rejects(allocator.markReady('gw-nope'), (e: unknown) => isAllocatorError(e, 'UNKNOWN_GATEWAY'));
     });
+
+    it('an inventory whose names changed but whose endpoints did not: INVENTORY_CONFLICT (not retryable, names the gateways and the fix), nothing written; prune settles it once they are free', async () => {
+      const { allocator, schema, env } = await freshPool(2);
+      const org = randomOrg();
+      const held = await allocator.allocate(org);
+      const before = await sqlState(schema);
+      const renamed = [0, 1].map((i) => ({ name: `gw-pool-${env}-renamed-${i}`, host: gatewayHost(i), httpPort: standIn.port, vpnPort: 49100 + i }));
+      const conflict = (prune: boolean) => (e: unknown): boolean => {
+        assert.ok(isAllocatorError(e, 'INVENTORY_CONFLICT'), String(e));
+        assert.equal(e.retryable, false);
+        // Without prune both old gateways are in the way; with prune only the held one (the free one would go).
+        for (const i of prune ? [Number(held.name.slice(-1))] : [0, 1]) {
+          assert.ok(e.message.includes(`gw-pool-${env}-renamed-${i} declares`) && e.message.includes(`registered to gw-pool-${env}-${i} `), e.message);
+        }
+        assert.match(e.message, prune ? /release the organization/ : /prune/);
+        assert.match(e.message, /Nothing was changed/);
+        return true;
+      };
+      await assert.rejects(allocator.registerGateways(renamed), conflict(false));
+      assert.deepEqual(await sqlState(schema), before, 'nothing half-done');
+      // Pruning would remove the free one, but one is held: still a conflict, and still nothing written.
+      await assert.rejects(allocator.registerGateways(renamed, { prune: true }), (e: unknown) => {
+        conflict(true)(e);
+        const details = (e as AllocatorError).details as { conflicts: Array<{ registeredTo: string; state: string; organizationId: string | null }> };
+        assert.deepEqual(details.conflicts.find((c) => c.registeredTo === held.name)?.organizationId, org);
+        return true;
+      });
+      assert.deepEqual(await sqlState(schema), before);
+      await allocator.release(org);
+      const settled = await allocator.registerGateways(renamed, { prune: true });
+      assert.deepEqual(settled.removed.sort(), [`gw-pool-${env}-0`, `gw-pool-${env}-1`]);
+      assert.deepEqual(settled.added.sort(), renamed.map((g) => g.name));
+      assert.deepEqual((await sqlState(schema)).map((r) => [r.name, r.state]), renamed.map((g) => [g.name, 'registered']));
+      // A retired gateway declares nothing: an inventory taking its endpoint removes it, prune or not.
+      await allocator.registerGateways(renamed.slice(0, 1), { prune: true });
+      assert.deepEqual((await sqlState(schema)).map((r) => r.state), ['registered', 'retired']);
+      const back = await allocator.registerGateways([renamed[0], { ...renamed[1], name: `gw-pool-${env}-again-1` }]);
+      assert.deepEqual(back.removed, [renamed[1].name]);
+      assert.deepEqual((await sqlState(schema)).map((r) => r.name), [`gw-pool-${env}-again-1`, renamed[0].name]);
+    });
   });
 
   describe('failures of PowerDNS and nginx', () => {

@@ -124,6 +124,30 @@ describe('gateway-pool CLI end to end (real PostgreSQL, PowerDNS, nginx)', funct
     assert.equal(json(badInventory).code, 'INVALID_GATEWAY');
   });
 
+  it('sync of an inventory whose names changed but whose endpoints did not: exit 1, INVENTORY_CONFLICT naming the gateways and the fix; --prune settles it', async () => {
+    const ownSchema = `${schema}_inv`;
+    const envOwn = { ...baseEnv, ALLOCATOR_SCHEMA: ownSchema };
+    try {
+      assert.equal((await cli(['sync'], { env: envOwn, stdin: stackOutputs(2) })).code, 0);
+      const renamed = JSON.parse(stackOutputs(2)) as { gatewayInventory: Array<{ name: string }>; gatewayRegistrationTokens: Record<string, string> };
+      renamed.gatewayInventory.forEach((g) => (g.name = g.name.replace(`gw-pool-${env}-`, `gw-pool-${env}-new-`)));
+      renamed.gatewayRegistrationTokens = Object.fromEntries(renamed.gatewayInventory.map((g) => [g.name, `registration-token-${g.name}-0123456789`]));
+      const refused = await cli(['sync', '--json'], { env: envOwn, stdin: JSON.stringify(renamed) });
+      assert.equal(refused.code, 1, refused.stderr);
+      const body = json<{ ok: boolean; code: string; retryable: boolean; message: string }>(refused);
+      assert.deepEqual([body.ok, body.code, body.retryable], [false, 'INVENTORY_CONFLICT', false]);
+      assert.match(body.message, new RegExp(`gw-pool-${env}-new-0 declares .*registered to gw-pool-${env}-0 `));
+      assert.match(refused.stderr, /INVENTORY_CONFLICT: .*--prune/);
+      const listed = json<Array<{ name: string }>>(await cli(['list', '--json'], { env: envOwn }));
+      assert.deepEqual(listed.map((g) => g.name).sort(), [`gw-pool-${env}-0`, `gw-pool-${env}-1`], 'nothing written');
+      const pruned = await cli(['sync', '--prune'], { env: envOwn, stdin: JSON.stringify(renamed) });
+      assert.equal(pruned.code, 0, pruned.stderr);
+      assert.match(pruned.stdout, /2 added, .*2 removed \(endpoint taken by a listed gateway/);
+    } finally {
+      await dropSchema(s.pgUrl, ownSchema);
+    }
+  });
+
   it('status and list, as text and JSON', async () => {
     // The gateways' own /gateway/ready is the API's job; here the library plays it.
     const a = new GatewayAllocator(testAllocatorOptions(s, nginx, { env, domain, schema }));
