@@ -255,7 +255,7 @@ describe('program (index.ts under mocks)', function () {
         PDNS_DB_PORT: '5432',
         PDNS_DB_NAME: 'pdns',
         PDNS_DB_USER: 'pdns',
-        PDNS_SOA_CONTENT: 'ns1.demiurge.test. hostmaster.demiurge.test. 0 10800 3600 604800 3600',
+        PDNS_SOA_CONTENT: 'ns1.demiurge.test. hostmaster.demiurge.test. 0 10800 3600 604800 2',
       });
       assert.equal(e.get('PDNS_API_KEY'), mockPassword('pdns-api-key', 40));
       // Same password as the role the dev container creates.
@@ -284,6 +284,9 @@ describe('program (index.ts under mocks)', function () {
         assert.equal(environment.PUBLIC_IP, '127.0.0.1');
         assert.equal(environment.A_RECORDS, 'demiurge.test. ganymede.demiurge.test. ns1.demiurge.test.');
         assert.equal(environment.WILDCARD, 'false');
+        // The negative TTL (SOA minimum) and SOA TTL bound how long resolvers cache an NXDOMAIN (README, DNS timing).
+        assert.equal(environment.SOA_CONTENT, 'ns1.demiurge.test. hostmaster.demiurge.test. 0 10800 3600 604800 2');
+        assert.equal(environment.SOA_TTL, '2');
         assert.deepEqual(cmd.inputs.triggers, ['demiurge.test.']);
       }
       assert.match(String(records.inputs.create), /"changetype":"REPLACE"/);
@@ -727,6 +730,11 @@ class FakePowerDns {
     return this.zones.get(zone)?.get(`${name}/A`)?.records.map((r) => r.content);
   }
 
+  rrset(zone: string, name: string, type: string): { ttl: number; records: string[] } | undefined {
+    const rr = this.zones.get(zone)?.get(`${name}/${type}`);
+    return rr ? { ttl: rr.ttl as number, records: rr.records.map((r) => r.content) } : undefined;
+  }
+
   private handle(req: http.IncomingMessage, res: http.ServerResponse): void {
     let body = '';
     req.on('data', (c: Buffer) => (body += c.toString()));
@@ -808,6 +816,8 @@ describe('command scripts (bash, against fakes)', function () {
         A_RECORDS: 'demiurge.test. ganymede.demiurge.test. ns1.demiurge.test.',
         WILDCARD_NAME: '*.demiurge.test.',
         WILDCARD: 'false',
+        SOA_CONTENT: 'ns1.demiurge.test. hostmaster.demiurge.test. 0 10800 3600 604800 2',
+        SOA_TTL: '2',
         PDNS_WAIT_SECONDS: '3',
       };
     });
@@ -832,6 +842,7 @@ describe('command scripts (bash, against fakes)', function () {
         assert.deepEqual(api.a('demiurge.test.', name), ['127.0.0.1'], name);
       }
       assert.equal(api.a('demiurge.test.', '*.demiurge.test.'), undefined);
+      assert.deepEqual(api.rrset('demiurge.test.', 'demiurge.test.', 'SOA'), { ttl: 2, records: ['ns1.demiurge.test. hostmaster.demiurge.test. 0 10800 3600 604800 2'] });
       let r = await runScript(RECORDS_CREATE_SCRIPT, { ...env, PUBLIC_IP: '192.0.2.5', WILDCARD: 'true' });
       assert.equal(r.code, 0, r.stderr);
       assert.deepEqual(api.a('demiurge.test.', 'ganymede.demiurge.test.'), ['192.0.2.5']);
