@@ -308,8 +308,8 @@ describe(`stack e2e: index.ts deployed on the local Docker engine (${MODE === 'r
     await steps.run(`curl https://${o.domain}:${d.httpsPort} and https://ganymede.${o.domain}:${d.httpsPort}${d.caFile ? ' with the dev CA' : ''}`, async () => {
       const apex = await curlHttps(d, o.domain, '/');
       assert.equal(apex.code, 0, `TLS to ${o.domain}: ${apex.stderr}`);
-      // No frontend build is deployed here: the image answers 404 (200 once one is).
-      assert.ok([200, 404].includes(apex.status), `${o.domain}: ${apex.status}`);
+      // No frontend build is deployed here: the image answers its "no frontend build" page, 503 (200 once one is).
+      assert.ok([200, 503].includes(apex.status), `${o.domain}: ${apex.status}`);
       const gany = await curlHttps(d, `ganymede.${o.domain}`, '/');
       assert.equal(gany.code, 0, `TLS to ganymede.${o.domain}: ${gany.stderr}`);
       // Proxied to Ganymede (127.0.0.1:6000 in the dev container): 502 while it does not run.
