@@ -4,7 +4,7 @@ import * as https from 'https';
 import * as path from 'path';
 import { readFileSync } from 'fs';
 import { Pool } from 'pg';
-import { AllocatorError, GatewayAllocator, GatewayAllocatorOptions, SimulatedCrash, isAllocatorError } from '../../runtime';
+import { AllocatorError, DNS_TIMING, GatewayAllocator, GatewayAllocatorOptions, SimulatedCrash, isAllocatorError } from '../../runtime';
 import { createZone, deleteZone, dropSchema, gatewayHost, patchZone, randomOrg, startStandInGateways, suiteId, zoneRRsets } from '../helpers/fixtures';
 import { TestServices, requireServices } from '../helpers/services';
 import { Stage1Nginx, curlThroughStage1, dig } from '../helpers/stage1-nginx';
@@ -432,6 +432,12 @@ describe('GatewayAllocator (real PostgreSQL, PowerDNS, nginx)', function () {
         { name: `*.org-${org}.${domain}.`, type: 'A', changetype: 'DELETE' },
       ]);
       rmSync(path.join(nginx.confDir, 'routes', `org-${org}.conf`));
+      // Records published before the short TTLs (60 s): re-published with the current TTL.
+      const oldTtlOrg = randomOrg();
+      await allocator.allocate(oldTtlOrg);
+      await patchZone(s, domain, [`org-${oldTtlOrg}.${domain}.`, `*.org-${oldTtlOrg}.${domain}.`].map((name) => (
+        { name, type: 'A', ttl: 60, changetype: 'REPLACE', records: [{ content: '127.0.0.1', disabled: false }], comments: [{ content: `owner=demiurge-allocator env=${env} org=${oldTtlOrg}`, account: 'demiurge-allocator' }] }
+      )));
       // Orphans we own, and foreign things we must not touch.
       const orphan = randomOrg();
       await patchZone(s, domain, [
@@ -444,7 +450,9 @@ describe('GatewayAllocator (real PostgreSQL, PowerDNS, nginx)', function () {
       writeFileSync(foreignFile, `# hand-written\n${foreign} "127.0.0.9:1";\n`);
       try {
         const report = await allocator.reconcile();
-        assert.deepEqual(report.dnsRepaired, [org]);
+        assert.deepEqual([...report.dnsRepaired].sort(), [org, oldTtlOrg].sort());
+        const ttls = (await zoneRRsets(s, domain)).filter((r) => r.name.includes(`org-${oldTtlOrg}.`)).map((r) => (r as unknown as { ttl: number }).ttl);
+        assert.deepEqual(ttls, [DNS_TIMING.orgRecordTtlSeconds, DNS_TIMING.orgRecordTtlSeconds]);
         assert.deepEqual(report.routesRepaired, [org]);
         assert.deepEqual(report.dnsOrphansRemoved, [orphan]);
         assert.deepEqual(report.routeOrphansRemoved, [orphan]);
@@ -462,6 +470,7 @@ describe('GatewayAllocator (real PostgreSQL, PowerDNS, nginx)', function () {
         await patchZone(s, domain, [{ name: `org-${foreign}.${domain}.`, type: 'A', changetype: 'DELETE' }]);
       }
       await allocator.release(org);
+      await allocator.release(oldTtlOrg);
     });
   });
 
