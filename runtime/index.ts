@@ -60,3 +60,5 @@ export { GatewayApi, GATEWAY_ROUTES } from './http/gateway-api';
 export type { ApiRequest, ApiResponse, CollabStartPayload, GatewayApiOptions, GatewayRoute, GatewayTarget, OrganizationConfig } from './http/gateway-api';
 export { GatewayApiError, STATUS_OF } from './http/api-errors';
 export type { ApiErrorCode, ErrorBody } from './http/api-errors';
+// The gateway's side of the protocol (client, life-cycle agent), for the team's app-gateway; Node built-ins only.
+export * from './gateway-client';
