@@ -76,6 +76,8 @@ install_packages() {
   command -v unbound >/dev/null || missing+=(unbound)
   # A real browser for the stage-1 page checks (test/helpers/browser.ts, driven by npm playwright-core).
   command -v chromium >/dev/null || missing+=(chromium)
+  # certutil: a browser profile that trusts a suite's CA (an NSS database), instead of ignoring certificate errors.
+  command -v certutil >/dev/null || missing+=(libnss3-tools)
   if [ ${#missing[@]} -eq 0 ]; then return; fi
   log "installing: ${missing[*]}"
   # Without a policy-rc.d, Debian would start its own pdns on :53 and nginx on :80.

@@ -1,3 +1,4 @@
+import { execFileSync } from 'child_process';
 import { mkdirSync, mkdtempSync, rmSync } from 'fs';
 import * as os from 'os';
 import * as path from 'path';
@@ -17,6 +18,12 @@ export interface BrowserOptions {
   hostResolverRules?: string;
   /** Accept any certificate (a suite's own CA is not in the profile's trust store). */
   ignoreCertificateErrors?: boolean;
+  /**
+   * Trust this CA (PEM file), as a person who installed the dev CA would: it goes into
+   * the NSS database of the browser's own HOME (Chromium on Linux reads `$HOME/.pki/nssdb`,
+   * not the profile), with Debian's certutil (libnss3-tools). Certificate errors stay errors.
+   */
+  caFile?: string;
 }
 
 export interface PageVisit {
@@ -51,9 +58,19 @@ export class TestBrowser {
     ];
     if (opts.hostResolverRules) args.push(`--host-resolver-rules=${opts.hostResolverRules}`);
     if (opts.ignoreCertificateErrors) args.push('--ignore-certificate-errors');
-    // A fresh profile per launch (playwright passes it as --user-data-dir).
-    const context = await chromium.launchPersistentContext(profile, {
+    // A fresh profile per launch (playwright passes it as --user-data-dir), and a HOME of its own
+    // so a trusted CA lands in this browser's NSS database only.
+    const home = path.join(profile, 'home');
+    mkdirSync(home);
+    if (opts.caFile) {
+      const nssdb = `sql:${path.join(home, '.pki', 'nssdb')}`;
+      mkdirSync(path.join(home, '.pki', 'nssdb'), { recursive: true });
+      execFileSync('certutil', ['-d', nssdb, '-N', '--empty-password'], { stdio: 'pipe' });
+      execFileSync('certutil', ['-d', nssdb, '-A', '-t', 'C,,', '-n', 'demiurge-test-ca', '-i', opts.caFile], { stdio: 'pipe' });
+    }
+    const context = await chromium.launchPersistentContext(path.join(profile, 'user-data'), {
       executablePath: CHROMIUM_PATH,
+      env: { ...process.env, HOME: home },
       args,
       timeout: 60_000,
       acceptDownloads: true,

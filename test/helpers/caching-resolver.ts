@@ -45,6 +45,7 @@ export class CachingResolver {
   constructor(
     private readonly zone: string,
     private readonly authoritative: { address: string; port: number },
+    private readonly binary = 'unbound',
   ) {
     this.dir = mkdtempSync(path.join(os.tmpdir(), 'demiurge-unbound-'));
   }
@@ -80,7 +81,7 @@ remote-control:
   control-enable: no
 `,
     );
-    const child = spawn('unbound', ['-d', '-c', conf], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(this.binary, ['-d', '-c', conf], { stdio: ['ignore', 'pipe', 'pipe'] });
     child.stdout?.on('data', (d: Buffer) => (this.log += d.toString()));
     child.stderr?.on('data', (d: Buffer) => (this.log += d.toString()));
     this.child = child;

@@ -41,7 +41,8 @@ describe('DNS through a caching resolver (unbound → PowerDNS with the stack se
 
   before(async function () {
     s = requireServices(this);
-    requireTool(this, 'unbound', 'the caching resolver of the DNS negative-caching suite');
+    const unbound = requireTool(this, 'unbound', 'the caching resolver of the DNS negative-caching suite');
+    requireTool(this, 'dig', 'queries through the caching resolver');
     const id = suiteId();
     domain = `dnc-${id}.test`;
     schema = `dnc_${id}`;
@@ -64,7 +65,7 @@ describe('DNS through a caching resolver (unbound → PowerDNS with the stack se
     };
     await runScript(ZONE_CREATE_SCRIPT, scriptEnv);
     await runScript(RECORDS_CREATE_SCRIPT, scriptEnv);
-    resolver = new CachingResolver(domain, { address: '127.0.0.1', port: pdns.dnsPort });
+    resolver = new CachingResolver(domain, { address: '127.0.0.1', port: pdns.dnsPort }, unbound);
     await resolver.start();
     nginx = new Stage1Nginx(domain, await freePort(), await freePort());
     nginx.start();

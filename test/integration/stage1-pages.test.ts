@@ -155,6 +155,43 @@ describe('stage-1 pages: a name with nothing behind it gets a page a person unde
     }
   });
 
+  describe('in a real browser that trusts the suite CA (NSS database, no certificate errors ignored)', () => {
+    let browser: TestBrowser;
+
+    before(async function () {
+      requireTool(this, 'chromium', 'the browser checks of stage-1 pages');
+      requireTool(this, 'certutil', 'a browser profile trusting the suite CA');
+      browser = await TestBrowser.launch({ hostResolverRules: `MAP * 127.0.0.1:${nginx.httpsPort}`, caFile: nginx.caFile });
+    });
+
+    after(async () => {
+      await browser?.close();
+    });
+
+    it('an organization without a gateway: the page renders over a trusted TLS connection', async () => {
+      const { page, visit } = await browser.visit(`https://org-${orgNone}.${domain}/`);
+      try {
+        assert.equal(visit.error, undefined, `navigation failed (a TLS error means the CA was not trusted): ${visit.error}`);
+        assert.deepEqual([visit.status, visit.contentType, visit.downloads], [404, 'text/html; charset=utf-8', []]);
+        assert.match(visit.text, /What to do/);
+        await screenshot(page, 'stage1-no_gateway-trusted-ca');
+      } finally {
+        await page.close();
+      }
+    });
+
+    it('the same page in a browser without the CA fails on the certificate (the trust above is real)', async () => {
+      const plain = await TestBrowser.launch({ hostResolverRules: `MAP * 127.0.0.1:${nginx.httpsPort}` });
+      try {
+        const { page, visit } = await plain.visit(`https://org-${orgNone}.${domain}/`);
+        await page.close();
+        assert.match(visit.error ?? '', /ERR_CERT_AUTHORITY_INVALID/, `expected an untrusted certificate, got ${JSON.stringify(visit)}`);
+      } finally {
+        await plain.close();
+      }
+    });
+  });
+
   describe('in a real browser (Debian Chromium, headless)', () => {
     let browser: TestBrowser;
 
