@@ -1,5 +1,7 @@
 import { timingSafeEqual } from 'crypto';
 import { Pool } from 'pg';
+import { allocatorOptionsFromConfig } from './config/allocator-options';
+import type { RuntimeConfig } from './config/types';
 import { ActionCondition, DnsAction, DnsPublisher, Guard } from './dns-publisher';
 import { AllocatorError, AllocatorErrorCode, asAllocatorError, definitelyNotApplied, isAllocatorError } from './errors';
 import type { GatewaySpec } from './inventory';
@@ -203,6 +205,8 @@ export class GatewayAllocator {
   private readonly certRetries = new Map<string, NodeJS.Timeout>();
   private baseConfig: Promise<void> | undefined;
   private closed = false;
+  /** Set by fromConfig: the certificate manager it created, closed with the allocator. */
+  private ownedCertificates: { close(): Promise<void> } | undefined;
 
   constructor(opts: GatewayAllocatorOptions) {
     const problems: string[] = [];
@@ -259,6 +263,15 @@ export class GatewayAllocator {
       this.certs.attach({ pool: this.pool, schema, domain: opts.domain, logger: (e) => this.log({ env: this.envName, ...e }) });
       this.unsubscribeCerts = this.certs.onBackgroundResult((r) => this.onCertificateResult(r));
     }
+  }
+
+  /** An allocator for the environment's runtime config file (runtime/config: loadRuntimeConfig); `overrides` win (e.g. a logger). */
+  static fromConfig(cfg: RuntimeConfig, overrides: Partial<GatewayAllocatorOptions> = {}): GatewayAllocator {
+    const opts = allocatorOptionsFromConfig(cfg, overrides);
+    const allocator = new GatewayAllocator(opts);
+    // Certificates made from the config (not passed in) are this allocator's to close.
+    if (!('certificates' in overrides)) allocator.ownedCertificates = opts.certificates as { close(): Promise<void> } | undefined;
+    return allocator;
   }
 
   /** The allocator's pg pool, for stores that must share its transactions' tables (runtime/http). Not for general use. */
@@ -752,6 +765,7 @@ export class GatewayAllocator {
     for (const t of this.certRetries.values()) clearTimeout(t);
     this.certRetries.clear();
     await Promise.all([this.dns.idle(), this.routes.idle()]);
+    await this.ownedCertificates?.close();
     if (this.ownsPool) await this.pool.end();
   }
 
