@@ -196,11 +196,12 @@ class SshStdioSocket extends Duplex {
 
   _write(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null) => void): void {
     this.touch();
-    this.child.stdin?.write(chunk, cb);
+    // A write error (EPIPE) means ssh is gone: 'close' reports why, with its stderr.
+    this.child.stdin?.write(chunk, () => cb());
   }
 
   _final(cb: (err?: Error | null) => void): void {
-    this.child.stdin?.end(cb);
+    this.child.stdin?.end(() => cb());
   }
 
   _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
