@@ -148,8 +148,9 @@ async function cmdPack(argv: string[]): Promise<number> {
       log(`${r.ok ? '✅' : '❌'} Build packed: ${r.tarball} (${fmtBytes(r.bytes)}) build ${r.buildId}${r.gitCommit ? ` commit ${r.gitCommit.slice(0, 12)}` : ''}`);
       if (!r.hosts) log(`   written to ${r.destination} (${r.via}) in ${r.ms} ms`);
       for (const h of r.hosts ?? []) {
-        if (h.ok) log(`   ✅ ${h.host} (${h.url}): written to ${h.destination} (${h.via}) in ${h.ms} ms`);
-        else log(`   ❌ ${h.host} (${h.url}): ${h.code}: ${h.message}`);
+        const label = h.host === h.url ? h.url : `${h.host} (${h.url})`;
+        if (h.ok) log(`   ✅ ${label}: written to ${h.destination} (${h.via}) in ${h.ms} ms`);
+        else log(`   ❌ ${label}: ${h.code}: ${h.message}`);
       }
       log(`   scripts from ${r.appDir}`);
       for (const [f, size] of Object.entries(r.files)) log(`   - ${f} (${fmtBytes(size)})`);
@@ -190,8 +191,9 @@ async function cmdReload(argv: string[]): Promise<number> {
       for (const h of summary.hosts) {
         const pad = multi ? '   ' : '';
         if (multi || !h.ok) {
-          if (h.ok) out(`${h.gateways > 0 ? '✅' : '⚠️ '} host ${h.host} (${h.url}): ${h.gateways} gateway(s)`);
-          else out(`❌ host ${h.host} (${h.url}): ${h.code}: ${h.message}`);
+          const label = h.host === h.url ? h.url : `${h.host} (${h.url})`;
+          if (h.ok) out(`${h.gateways > 0 ? '✅' : '⚠️ '} host ${label}: ${h.gateways} gateway(s)`);
+          else out(`❌ host ${label}: ${h.code}: ${h.message}`);
         }
         for (const r of summary.results.filter((x) => x.host === h.host)) {
           if (r.ok) out(`${pad}✅ ${r.container}: build ${r.buildId} (pid ${r.pid ?? '?'}) in ${r.ms} ms`);
