@@ -127,6 +127,11 @@ describe('multi-host: pack and reload on two Docker hosts (unix://, tcp://, ssh:
   before(async function () {
     this.timeout(600_000);
     await requireDocker(this, 'multi-host e2e', note);
+    if (!fs.existsSync('/usr/sbin/sshd') || !fs.existsSync('/usr/bin/ssh')) {
+      // The engine is up but the second host's sshd / ssh client is not installed yet.
+      const r = await step('install openssh (scripts/docker-setup.sh)', () => run('bash', [path.join(REPO_ROOT, 'scripts', 'docker-setup.sh')], { timeoutMs: 900_000 }));
+      assert.equal(r.code, 0, `docker-setup.sh failed: ${r.stderr}`);
+    }
     await step('build the gateway and build-server images (cached by tag + context hash)', async () => {
       const outcomes = await Promise.all(Object.entries(IMAGES).map(([k, i]) =>
         buildImageCached(i.tag, path.join(REPO_ROOT, i.context), ['node:20-bookworm-slim'], path.join(os.tmpdir(), `demiurge-e2e-build-${ENV}-${k}.log`))));

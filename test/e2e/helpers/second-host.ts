@@ -105,8 +105,9 @@ function mountsUnder(prefix: string): string[] {
 }
 
 /** Removes everything of this id (safe to call when nothing exists). */
-async function removeAll(id: string, keysDir: string | undefined): Promise<void> {
+async function removeAll(id: string, keysDir: string | undefined, log: (line: string) => void = () => undefined): Promise<void> {
   const n = names(id);
+  const t0 = Date.now();
   const sock = `${n.runDir}/docker.sock`;
   if (fs.existsSync(sock)) {
     // Every container on the second engine is this helper's: remove them so dockerd stops at once.
@@ -118,8 +119,10 @@ async function removeAll(id: string, keysDir: string | undefined): Promise<void>
       api.close();
     }
   }
+  const t1 = Date.now();
   await stopPid(readPid(`${n.runDir}/sshd.pid`), 'second-host sshd', 5000);
   await stopPid(readPid(`${n.runDir}/docker.pid`), 'second-host dockerd', 30_000);
+  const t2 = Date.now();
   for (const m of [...mountsUnder(n.dataRoot), ...mountsUnder(n.runDir)]) await run('umount', ['-l', m]);
   await run('ip', ['netns', 'del', n.netns]);
   await run('ip', ['link', 'del', n.hostVeth]);
@@ -131,6 +134,7 @@ async function removeAll(id: string, keysDir: string | undefined): Promise<void>
     const dir = path.join('/sys/fs/cgroup', ctl, n.cgroupParent);
     if (fs.existsSync(dir)) await run('find', [dir, '-depth', '-type', 'd', '-exec', 'rmdir', '{}', ';']);
   }
+  if (t2 - t0 > 0) log(`second host removed: containers ${t1 - t0} ms, daemons ${t2 - t1} ms, the rest ${Date.now() - t2} ms`);
 }
 
 function spawnDetached(cmd: string, args: string[], logFile: string): ChildProcess {
@@ -193,7 +197,7 @@ export async function startSecondHost(id: string, images: string[], log: (line: 
   const sshdLog = path.join(keys, 'sshd.log');
   let madeSshdDir = false;
   const teardown = async (): Promise<void> => {
-    await removeAll(id, keys);
+    await removeAll(id, keys, log);
     if (madeSshdDir) {
       try {
         fs.rmdirSync('/run/sshd');
