@@ -178,7 +178,7 @@ class SshStdioSocket extends Duplex {
         this.push(null);
         return;
       }
-      const why = this.stderr.trim().split('\n').filter(Boolean).slice(-3).join(' | ') || `ssh exited ${code ?? signal}`;
+      const why = this.stderr.replace(/\r/g, '').trim().split('\n').filter(Boolean).slice(-3).join(' | ') || `ssh exited ${code ?? signal}`;
       const err = new Error(`ssh ${url}: ${why}`) as Tagged;
       err.code = 'ESSHEXIT';
       // No byte came back: ssh (or the daemon behind it) could not be reached at all.
