@@ -373,14 +373,10 @@ describe('program (index.ts under mocks)', function () {
       assert.deepEqual((renewer.inputs.healthcheck as Record<string, unknown>).tests, ['CMD', 'node', RENEW_CLI, 'check']);
       assert.equal(renewer.inputs.wait, true, '`up` waits until the first certificate is installed');
       assert.ok(renewer.dependencies.includes(urnOf(run, CONTAINER, 'dev')), 'after the dev container');
-      // The uploaded code is the CLI and its runtime/tls modules, nothing else.
+      // The uploaded code is the CLI bundled into one file, nothing else.
       const uploads = renewer.inputs.uploads as Array<{ file: string; content: string }>;
-      assert.deepEqual(
-        uploads.map((u) => u.file),
-        bundleRuntimeEntry('runtime/cli/tls-renew.ts').map((f) => `${RENEWER_CODE_DIR}/${f.path}`),
-      );
-      assert.equal(uploads[0].file, RENEW_CLI);
-      assert.ok(uploads.every((u) => /^\/opt\/demiurge\/runtime\/(cli|tls)\/[a-z-]+\.js$/.test(u.file)));
+      assert.deepEqual(uploads, [{ file: RENEW_CLI, content: bundleRuntimeEntry('tls-renew.js').content }]);
+      assert.equal(RENEW_CLI, `${RENEWER_CODE_DIR}/tls-renew.js`);
 
       const ca = byName(run, COMMAND, 'tls-dev-ca');
       assert.equal(ca.inputs.create, CA_EXPORT_SCRIPT);
@@ -908,11 +904,9 @@ describe('command scripts (bash, against fakes)', function () {
 
     it('the uploaded renewal CLI runs from a bare Node.js (no node_modules) and issues from a fresh mkcert CA', async () => {
       const code = path.join(tmp, 'opt');
-      for (const f of bundleRuntimeEntry('runtime/cli/tls-renew.ts')) {
-        fs.mkdirSync(path.dirname(path.join(code, f.path)), { recursive: true });
-        fs.writeFileSync(path.join(code, f.path), f.content);
-      }
-      const cli = path.join(code, 'runtime/cli/tls-renew.js');
+      fs.mkdirSync(code, { recursive: true });
+      const cli = path.join(code, 'tls-renew.js');
+      fs.writeFileSync(cli, bundleRuntimeEntry('tls-renew.js').content);
       const run = (args: string[], env: Record<string, string>): Promise<ScriptResult> =>
         new Promise((resolve) => {
           execFile(process.execPath, [cli, ...args], { cwd: tmp, env: { PATH: process.env.PATH ?? '', ...env }, timeout: 20000 }, (err, stdout, stderr) => {
