@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prepare a Debian 12 machine (root, no systemd, no registry) for the image tests:
-#   1. install docker.io + debootstrap if missing (policy-rc.d first, one apt-get update),
+#   1. install docker.io + debootstrap (+ chromium, libnss3-tools for the browser check) if missing
+#      (policy-rc.d first, one apt-get update),
 #   2. start dockerd in the background if the engine does not answer,
 #   3. fabricate the public base tags the Dockerfiles name, only if missing:
 #        debian:bookworm-slim    debootstrap minbase + trim, `docker import`
@@ -31,6 +32,9 @@ missing=()
 command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
 command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+# The stack suite's browser check: Debian's chromium (driven by playwright-core) and certutil (NSS db with the dev CA).
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v certutil >/dev/null 2>&1 || missing+=(libnss3-tools)
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ ! -e /usr/sbin/policy-rc.d ]; then
     # Keep Debian from starting daemons (no systemd here; we start what we need ourselves).
@@ -44,7 +48,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   done_step "installed ${missing[*]}"
 else
-  done_step "docker.io, debootstrap, curl already installed"
+  done_step "docker.io, debootstrap, curl, chromium, certutil already installed"
 fi
 
 # ------------------------------------------------------------------ dockerd
