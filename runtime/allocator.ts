@@ -1,5 +1,7 @@
 import { timingSafeEqual } from 'crypto';
 import { Pool } from 'pg';
+import { allocatorOptionsFromConfig } from './config/allocator-options';
+import type { RuntimeConfig } from './config/types';
 import { ActionCondition, DnsAction, DnsPublisher, Guard } from './dns-publisher';
 import { AllocatorError, AllocatorErrorCode, asAllocatorError, definitelyNotApplied, isAllocatorError } from './errors';
 import type { GatewaySpec } from './inventory';
@@ -259,6 +261,11 @@ export class GatewayAllocator {
       this.certs.attach({ pool: this.pool, schema, domain: opts.domain, logger: (e) => this.log({ env: this.envName, ...e }) });
       this.unsubscribeCerts = this.certs.onBackgroundResult((r) => this.onCertificateResult(r));
     }
+  }
+
+  /** An allocator for the environment's runtime config file (runtime/config: loadRuntimeConfig); `overrides` win (e.g. a logger). */
+  static fromConfig(cfg: RuntimeConfig, overrides: Partial<GatewayAllocatorOptions> = {}): GatewayAllocator {
+    return new GatewayAllocator(allocatorOptionsFromConfig(cfg, overrides));
   }
 
   /** The allocator's pg pool, for stores that must share its transactions' tables (runtime/http). Not for general use. */

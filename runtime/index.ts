@@ -59,3 +59,6 @@ export { GatewayApi, GATEWAY_ROUTES } from './http/gateway-api';
 export type { ApiRequest, ApiResponse, CollabStartPayload, GatewayApiOptions, GatewayRoute, GatewayTarget, OrganizationConfig } from './http/gateway-api';
 export { GatewayApiError, STATUS_OF } from './http/api-errors';
 export type { ApiErrorCode, ErrorBody } from './http/api-errors';
+// The environment's runtime config file (config.json + secrets.json): what every runtime process reads.
+export { DEFAULT_RUNTIME_CONFIG_PATH, RUNTIME_CONFIG_ENV, allocatorOptionsFromConfig, certificatesFromConfig, loadRuntimeConfig, runtimeConfigPath } from './config';
+export type { LoadRuntimeConfigOptions, RuntimeApiConfig, RuntimeConfig, RuntimeSecrets, RuntimeTlsConfig } from './config';

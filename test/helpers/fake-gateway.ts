@@ -29,6 +29,8 @@ export class FakeGateway {
   token: string | undefined;
   organizationId: string | undefined;
   lastHandshake: string | undefined;
+  /** The last /collab/start body (handshake_token, organization_id, gateway_id, ganymede_url). */
+  lastStart: Record<string, unknown> | undefined;
   lastConfig: Record<string, unknown> | undefined;
   lastPull: Record<string, unknown> | undefined;
   loadedOrg: string | undefined;
@@ -57,6 +59,7 @@ export class FakeGateway {
           }
           const body = JSON.parse(Buffer.concat(chunks).toString('utf8')) as { handshake_token: string; organization_id: string };
           this.lastHandshake = body.handshake_token;
+          this.lastStart = body;
           res.statusCode = 202;
           res.end('{"accepted":true}');
           void this.handshake(body.handshake_token, body.organization_id);

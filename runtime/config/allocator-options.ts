@@ -1,0 +1,51 @@
+import type { GatewayAllocatorOptions } from '../allocator';
+import { AcmeIssuer } from '../tls/acme-issuer';
+import { DevCaIssuer } from '../tls/dev-ca-issuer';
+import { OrgCertificates } from '../tls/org-certificates';
+import type { RuntimeConfig } from './types';
+
+/** postgres:// URL of the config's database (parts percent-encoded, so any password works). */
+export function databaseUrl(cfg: RuntimeConfig): string {
+  const d = cfg.database;
+  const host = d.host.includes(':') ? `[${d.host}]` : d.host;
+  return `postgres://${encodeURIComponent(d.user)}:${encodeURIComponent(cfg.secrets.databasePassword)}@${host}:${d.port}/${encodeURIComponent(d.database)}`;
+}
+
+/**
+ * The per-organization certificate manager the config asks for: mkcert → the
+ * dev CA, letsencrypt → ACME DNS-01 through the environment's PowerDNS, none
+ * (or flat naming, whose names the base wildcard covers) → undefined.
+ */
+export function certificatesFromConfig(cfg: RuntimeConfig): OrgCertificates | undefined {
+  if (cfg.tls.mode === 'none' || cfg.userContainerNaming === 'flat') return undefined;
+  const encryptionKey = cfg.secrets.orgCertificateKey;
+  // validateSecrets refuses a missing key in these modes; this keeps the type honest.
+  if (encryptionKey === null) throw new Error('orgCertificateKey is required with per-organization certificates');
+  if (cfg.tls.mode === 'mkcert') return new OrgCertificates({ issuer: new DevCaIssuer({ caroot: cfg.tls.caroot }), encryptionKey });
+  const t = cfg.tls;
+  const issuer = new AcmeIssuer({
+    directoryUrl: t.directoryUrl,
+    email: t.email,
+    stateDir: t.stateDir,
+    resolvers: t.resolvers,
+    dns: { apiUrl: cfg.powerdns.apiUrl, apiKey: cfg.secrets.powerdnsApiKey, zone: cfg.powerdns.zone },
+    ...(t.caCertificatesFile ? { caCertificatesFile: t.caCertificatesFile } : {}),
+  });
+  return new OrgCertificates({ issuer, encryptionKey });
+}
+
+/** GatewayAllocator options from a loaded runtime config (the allocator owns the pg pool it opens). */
+export function allocatorOptionsFromConfig(cfg: RuntimeConfig, overrides: Partial<GatewayAllocatorOptions> = {}): GatewayAllocatorOptions {
+  return {
+    envName: cfg.envName,
+    domain: cfg.domain,
+    publicIp: cfg.publicIp,
+    pg: { connectionString: databaseUrl(cfg) },
+    schema: cfg.schema,
+    userContainerNaming: cfg.userContainerNaming,
+    powerdns: { apiUrl: cfg.powerdns.apiUrl, apiKey: cfg.secrets.powerdnsApiKey, zone: cfg.powerdns.zone },
+    nginx: { ...cfg.nginx, tls: { ...cfg.nginx.tls } },
+    certificates: 'certificates' in overrides ? overrides.certificates : certificatesFromConfig(cfg),
+    ...overrides,
+  };
+}
