@@ -85,6 +85,9 @@ export function bundleRuntimeEntry(name: RuntimeBundleName, root: string = runti
     entryPoints: [entry],
     absWorkingDir: root,
     preserveSymlinks: true,
+    // The TypeScript settings that change emitted code (tsconfig.json's), given here so the output
+    // does not depend on which tsconfig.json esbuild would find.
+    tsconfigRaw: { compilerOptions: { strict: true, target: 'ES2022', useDefineForClassFields: true, esModuleInterop: true } },
     bundle: true,
     platform: 'node',
     target: 'node20',
