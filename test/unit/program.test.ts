@@ -38,6 +38,7 @@ import {
 } from '../../components/powerdns';
 import { CA_EXPORT_SCRIPT, RENEW_CLI, RENEWER_CODE_DIR } from '../../components/tls';
 import { RUNTIME_CONFIG_SCRIPT } from '../../components/runtime-config';
+import { parseRuntimeConfig } from '../../runtime/config';
 import { bundleRuntimeEntry } from '../../components/runtime-bundle';
 import { DEV_RUNTIME_DIR, RUNTIME_CONFIG_PATH } from '../../components/dev-container';
 import { GATEWAY_DEFAULT_APP } from '../../components/gateway-pool';
@@ -541,6 +542,22 @@ describe('program (index.ts under mocks)', function () {
       assert.ok(!envv.CONFIG_JSON.includes(String(run.outputs.powerDnsApiKey)), 'no secret in config.json');
       assert.equal(envv.GANYMEDE_MODE, 'embedded');
       assert.equal(envv.API_HEALTH_URL, 'http://127.0.0.1:6000/healthz');
+    });
+
+    it('the runtime loader (runtime/config) accepts the config.json and secrets.json the program writes', async () => {
+      const envv = byName(run, COMMAND, 'runtime-config-install').inputs.environment as Record<string, string>;
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'demiurge-runtime-config-'));
+      try {
+        const secretsFile = path.join(dir, 'secrets.json');
+        fs.writeFileSync(secretsFile, envv.SECRETS_JSON, { mode: 0o600 });
+        const doc = { ...(JSON.parse(envv.CONFIG_JSON) as Record<string, unknown>), secretsFile };
+        const cfg = await parseRuntimeConfig(doc, path.join(dir, 'config.json'));
+        assert.equal(cfg.envName, env);
+        assert.deepEqual(cfg.inventory, run.outputs.gatewayInventory);
+        assert.deepEqual(Object.keys(cfg.secrets.gatewayRegistrationTokens).sort(), ['gw-pool-dev-001-0', 'gw-pool-dev-001-1', 'gw-pool-dev-001-2']);
+      } finally {
+        fs.rmSync(dir, { recursive: true, force: true });
+      }
     });
 
     it('two runs under deterministic mocks capture identical inputs (command triggers and image build inputs included)', async () => {
