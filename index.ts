@@ -172,6 +172,8 @@ const runtimeConfig = new RuntimeConfig('runtime-config', {
   orgCertificateKey: tls.orgCertificateKey,
   gatewayRegistrationTokens: pool.registrationTokens,
   dockerHost: cfg.dockerHost,
+  // The API server's first reconcile publishes into the zone: let it exist.
+  after: [pdns.recordsCommand],
 });
 
 // ------------------------------------------------------------------ stack outputs

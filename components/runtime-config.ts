@@ -76,10 +76,12 @@ export interface RuntimeConfigArgs {
   gatewayRegistrationTokens: pulumi.Input<Record<string, string>>;
   /** Docker host for the command (undefined: local default). */
   dockerHost?: string;
+  /** What must exist before the API server (re)starts on the files, e.g. the zone and its records (its first reconcile). */
+  after?: pulumi.Resource[];
 }
 
 /** config.json (docs: ENVRUN contract, version 1): everything non-secret a runtime process needs. */
-export function runtimeConfigDocument(args: Omit<RuntimeConfigArgs, 'devContainer' | 'databasePassword' | 'powerDnsApiKey' | 'orgCertificateKey' | 'gatewayRegistrationTokens' | 'dockerHost' | 'ganymede'>): Record<string, unknown> {
+export function runtimeConfigDocument(args: Omit<RuntimeConfigArgs, 'devContainer' | 'databasePassword' | 'powerDnsApiKey' | 'orgCertificateKey' | 'gatewayRegistrationTokens' | 'dockerHost' | 'ganymede' | 'after'>): Record<string, unknown> {
   return {
     version: 1,
     envName: args.envName,
@@ -147,7 +149,7 @@ export class RuntimeConfig extends pulumi.ComponentResource {
         // Changed values (environment) re-run the same script as an update.
         triggers: [args.devContainer.id],
       },
-      { parent: this },
+      { parent: this, dependsOn: args.after ?? [] },
     );
     this.registerOutputs({ operatorToken: this.operatorToken });
   }

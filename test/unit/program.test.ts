@@ -504,6 +504,7 @@ describe('program (index.ts under mocks)', function () {
       const dev = byName(run, CONTAINER, 'dev');
       assert.deepEqual(cmd.inputs.triggers, ['dev-id'], 'a new dev container gets the files again');
       assert.ok(cmd.dependencies.includes(dev.urn), 'after the dev container');
+      assert.ok(cmd.explicitDependencies.includes(urnOf(run, COMMAND, 'pdns-records')), 'after the zone and its records (the first reconcile)');
       const config = JSON.parse(envv.CONFIG_JSON) as Record<string, unknown>;
       assert.deepEqual(config, {
         version: 1,
