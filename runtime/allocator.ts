@@ -205,6 +205,8 @@ export class GatewayAllocator {
   private readonly certRetries = new Map<string, NodeJS.Timeout>();
   private baseConfig: Promise<void> | undefined;
   private closed = false;
+  /** Set by fromConfig: the certificate manager it created, closed with the allocator. */
+  private ownedCertificates: { close(): Promise<void> } | undefined;
 
   constructor(opts: GatewayAllocatorOptions) {
     const problems: string[] = [];
@@ -265,7 +267,11 @@ export class GatewayAllocator {
 
   /** An allocator for the environment's runtime config file (runtime/config: loadRuntimeConfig); `overrides` win (e.g. a logger). */
   static fromConfig(cfg: RuntimeConfig, overrides: Partial<GatewayAllocatorOptions> = {}): GatewayAllocator {
-    return new GatewayAllocator(allocatorOptionsFromConfig(cfg, overrides));
+    const opts = allocatorOptionsFromConfig(cfg, overrides);
+    const allocator = new GatewayAllocator(opts);
+    // Certificates made from the config (not passed in) are this allocator's to close.
+    if (!('certificates' in overrides)) allocator.ownedCertificates = opts.certificates as { close(): Promise<void> } | undefined;
+    return allocator;
   }
 
   /** The allocator's pg pool, for stores that must share its transactions' tables (runtime/http). Not for general use. */
@@ -759,6 +765,7 @@ export class GatewayAllocator {
     for (const t of this.certRetries.values()) clearTimeout(t);
     this.certRetries.clear();
     await Promise.all([this.dns.idle(), this.routes.idle()]);
+    await this.ownedCertificates?.close();
     if (this.ownsPool) await this.pool.end();
   }
 

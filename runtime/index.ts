@@ -62,3 +62,5 @@ export type { ApiErrorCode, ErrorBody } from './http/api-errors';
 // The environment's runtime config file (config.json + secrets.json): what every runtime process reads.
 export { DEFAULT_RUNTIME_CONFIG_PATH, RUNTIME_CONFIG_ENV, allocatorOptionsFromConfig, certificatesFromConfig, loadRuntimeConfig, runtimeConfigPath } from './config';
 export type { LoadRuntimeConfigOptions, RuntimeApiConfig, RuntimeConfig, RuntimeSecrets, RuntimeTlsConfig } from './config';
+// The gateway's side of the protocol (client, life-cycle agent), for the team's app-gateway; Node built-ins only.
+export * from './gateway-client';

@@ -1,4 +1,7 @@
+import { existsSync } from 'fs';
 import type { GatewayAllocatorOptions } from '../allocator';
+import { databaseUrl } from '../config/allocator-options';
+import { DEFAULT_RUNTIME_CONFIG_PATH, RUNTIME_CONFIG_ENV, type RuntimeConfig } from '../config/types';
 import { AllocatorError } from '../errors';
 import { isUserContainerNaming } from '../naming';
 import { DevCaIssuer } from '../tls/dev-ca-issuer';
@@ -30,12 +33,56 @@ export const SETTINGS = [
 export type SettingName = (typeof SETTINGS)[number]['flag'];
 export type Settings = Partial<Record<SettingName, string>>;
 
-/** Flags win over the environment; empty values count as unset. */
-export function resolveSettings(flags: Settings, env: NodeJS.ProcessEnv): Settings {
+/** Flags win over the environment, which wins over the runtime config file; empty values count as unset. */
+export function resolveSettings(flags: Settings, env: NodeJS.ProcessEnv, file: Settings = {}): Settings {
   const out: Settings = {};
   for (const s of SETTINGS) {
-    const v = flags[s.flag] ?? env[s.env];
-    if (v !== undefined && v !== '') out[s.flag] = v;
+    const v = [flags[s.flag], env[s.env], file[s.flag]].find((x) => x !== undefined && x !== '');
+    if (v !== undefined) out[s.flag] = v;
+  }
+  return out;
+}
+
+/**
+ * The runtime config file the CLI reads, if any: --config (must exist), else
+ * $DEMIURGE_RUNTIME_CONFIG (must exist), else the dev container's
+ * /etc/demiurge/runtime/config.json when it exists.
+ */
+export function cliConfigPath(flag: string | undefined, env: NodeJS.ProcessEnv, defaultPath = DEFAULT_RUNTIME_CONFIG_PATH): string | undefined {
+  if (flag !== undefined && flag !== '') return flag;
+  const fromEnv = env[RUNTIME_CONFIG_ENV];
+  if (fromEnv !== undefined && fromEnv !== '') return fromEnv;
+  return existsSync(defaultPath) ? defaultPath : undefined;
+}
+
+/**
+ * A loaded runtime config as CLI settings (the lowest-priority layer). ACME
+ * per-organization certificates have no CLI setting: the caller adds them
+ * (certificatesFromConfig) when the config asks for them.
+ */
+export function settingsFromConfig(cfg: RuntimeConfig): Settings {
+  const out: Settings = {
+    'database-url': databaseUrl(cfg),
+    env: cfg.envName,
+    domain: cfg.domain,
+    'public-ip': cfg.publicIp,
+    'pdns-api-url': cfg.powerdns.apiUrl,
+    'pdns-api-key': cfg.secrets.powerdnsApiKey,
+    zone: cfg.powerdns.zone,
+    'nginx-conf-dir': cfg.nginx.confDir,
+    'tls-cert': cfg.nginx.tls.certPath,
+    'tls-key': cfg.nginx.tls.keyPath,
+    schema: cfg.schema,
+    'user-container-naming': cfg.userContainerNaming,
+  };
+  if (cfg.nginx.listen) out['nginx-listen'] = cfg.nginx.listen;
+  if (cfg.nginx.statusListen) out['nginx-status-listen'] = cfg.nginx.statusListen;
+  if (cfg.nginx.testCommand) out['nginx-test-command'] = JSON.stringify(cfg.nginx.testCommand);
+  if (cfg.nginx.reloadCommand) out['nginx-reload-command'] = JSON.stringify(cfg.nginx.reloadCommand);
+  if (cfg.tls.mode === 'mkcert' && cfg.userContainerNaming === 'nested' && cfg.secrets.orgCertificateKey) {
+    out['org-cert-issuer'] = 'dev-ca';
+    out['dev-caroot'] = cfg.tls.caroot;
+    out['org-cert-key'] = cfg.secrets.orgCertificateKey;
   }
   return out;
 }

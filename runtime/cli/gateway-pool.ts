@@ -1,8 +1,10 @@
 #!/usr/bin/env node
 /**
  * gateway-pool: operators' view of and hand on the pool (the seeds'
- * gateway-pool.sh, made safe). Settings come from flags or the environment
- * (see SETTINGS); every command takes --json. Exit codes:
+ * gateway-pool.sh, made safe). Settings come from flags, the environment
+ * (see SETTINGS) or the environment's runtime config file (--config,
+ * DEMIURGE_RUNTIME_CONFIG, /etc/demiurge/runtime/config.json), in that order
+ * of priority; every command takes --json. Exit codes:
  *   0 done · 1 refused (typed error, e.g. NOT_ALLOCATED, POOL_EXHAUSTED) · 2 usage or configuration error
  *   3 a service failed (DATABASE_FAILED, DNS_FAILED, NGINX_FAILED, ALLOCATION_IN_PROGRESS: retry) · 4 done with errors (reconcile, reap)
  */
@@ -10,8 +12,11 @@ import { promises as fs } from 'fs';
 import { parseArgs } from 'util';
 import { GatewayAllocator, GatewayListing } from '../allocator';
 import { AllocatorError, asAllocatorError } from '../errors';
+import { certificatesFromConfig } from '../config/allocator-options';
+import { loadRuntimeConfig } from '../config/load';
+import { DEFAULT_RUNTIME_CONFIG_PATH, RUNTIME_CONFIG_ENV, type RuntimeConfig } from '../config/types';
 import { OrgDataStore } from '../org-data-store';
-import { SETTINGS, Settings, allocatorOptions, resolveSettings } from './cli-config';
+import { SETTINGS, Settings, allocatorOptions, cliConfigPath, resolveSettings, settingsFromConfig } from './cli-config';
 
 export const EXIT = { ok: 0, refused: 1, usage: 2, unavailable: 3, partial: 4 } as const;
 
@@ -21,7 +26,7 @@ const COMMANDS: Record<string, { args: string; help: string; effects: boolean }>
   allocate: { args: '<org-uuid>', help: 'allocate a gateway to an organization (DNS + route live when it returns)', effects: true },
   release: { args: '<org-uuid>', help: "release an organization's gateway", effects: true },
   reconcile: { args: '', help: 'repair DNS/routes, finish interrupted operations, remove orphans (--force: also live leases)', effects: true },
-  sync: { args: '[--file F]', help: 'register the inventory from `pulumi stack output --json --show-secrets` (stdin or --file); --prune retires the rest', effects: false },
+  sync: { args: '[--file F]', help: 'register the inventory from `pulumi stack output --json --show-secrets` (--file, else the runtime config file, else stdin); --prune retires the rest', effects: false },
   reap: { args: '', help: 'release gateways silent for --max-silence (default 120s)', effects: true },
   migrate: { args: '', help: 'create or upgrade the pool tables', effects: false },
   snapshots: { args: '<org-uuid>', help: "an organization's stored data snapshots, newest first", effects: false },
@@ -46,9 +51,10 @@ function usage(): string {
     'commands:',
     ...cmds,
     '',
-    'settings (flag, or environment variable):',
+    'settings (flag, or environment variable; either wins over the runtime config file):',
     ...sets,
     '',
+    `runtime config file: --config F, else $${RUNTIME_CONFIG_ENV}, else ${DEFAULT_RUNTIME_CONFIG_PATH} if it exists (written by \`pulumi up\` in the dev container)`,
     'other flags: --json  --verbose (allocator events on stderr)  --force  --prune  --file F  --max-silence 120s  --show-token',
     'exit codes: 0 done, 1 refused, 2 usage/config error, 3 service failure (retry), 4 done with errors',
   ].join('\n');
@@ -129,6 +135,7 @@ function exitCodeOf(err: AllocatorError): number {
 export async function main(argv: string[], io: Io): Promise<number> {
   let json = false;
   let allocator: GatewayAllocator | undefined;
+  let ownedCertificates: { close(): Promise<void> } | undefined;
   const out = (human: string, data: unknown): void => io.stdout(`${json ? JSON.stringify(data, null, 2) : human}\n`);
   try {
     const settingOptions = Object.fromEntries(SETTINGS.map((s) => [s.flag, { type: 'string' as const }]));
@@ -143,6 +150,7 @@ export async function main(argv: string[], io: Io): Promise<number> {
         force: { type: 'boolean' },
         prune: { type: 'boolean' },
         file: { type: 'string' },
+        config: { type: 'string' },
         'max-silence': { type: 'string' },
         'show-token': { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
@@ -165,8 +173,17 @@ export async function main(argv: string[], io: Io): Promise<number> {
       const v = given[s.flag];
       if (typeof v === 'string') flagSettings[s.flag] = v;
     }
-    const settings = resolveSettings(flagSettings, io.env);
+    const configPath = cliConfigPath(values.config, io.env);
+    const runtimeConfig: RuntimeConfig | undefined = configPath === undefined ? undefined : await loadRuntimeConfig(configPath);
+    const settings = resolveSettings(flagSettings, io.env, runtimeConfig ? settingsFromConfig(runtimeConfig) : {});
     const opts = allocatorOptions(settings, spec.effects);
+    // ACME organization certificates have no flag: the config file's, unless issuance was set by flag/env.
+    const ownIssuer = flagSettings['org-cert-issuer'] ?? io.env.ORG_CERT_ISSUER;
+    if (runtimeConfig?.tls.mode === 'letsencrypt' && spec.effects && !ownIssuer && (settings['user-container-naming'] ?? 'nested') === 'nested') {
+      const certs = certificatesFromConfig(runtimeConfig);
+      ownedCertificates = certs;
+      opts.certificates = certs;
+    }
     opts.logger = values.verbose ? (e) => io.stderr(`${JSON.stringify(e)}\n`) : null;
     allocator = new GatewayAllocator(opts);
     const a = allocator;
@@ -204,10 +221,12 @@ export async function main(argv: string[], io: Io): Promise<number> {
         return rep.errors.length > 0 ? EXIT.partial : EXIT.ok;
       }
       case 'sync': {
-        const text = values.file ? await fs.readFile(values.file, 'utf8').catch((e: Error) => {
-          throw new UsageError(`cannot read ${values.file}: ${e.message}`);
-        }) : await io.stdin();
-        const stack = parseStackOutputs(text);
+        // --file, else the runtime config file's inventory and tokens (what the API server registers at start), else stdin.
+        const stack = values.file || !runtimeConfig
+          ? parseStackOutputs(values.file ? await fs.readFile(values.file, 'utf8').catch((e: Error) => {
+              throw new UsageError(`cannot read ${values.file}: ${e.message}`);
+            }) : await io.stdin())
+          : { inventory: runtimeConfig.inventory, tokens: runtimeConfig.secrets.gatewayRegistrationTokens, envName: runtimeConfig.envName, domain: runtimeConfig.domain, warnings: [] as string[] };
         if (stack.envName && stack.envName !== opts.envName) throw new UsageError(`stack outputs are for environment ${stack.envName}, but ENV_NAME/--env is ${opts.envName}`);
         if (stack.domain && stack.domain !== opts.domain) throw new UsageError(`stack outputs are for domain ${stack.domain}, but DOMAIN/--domain is ${opts.domain}`);
         await a.migrate();
@@ -265,6 +284,7 @@ export async function main(argv: string[], io: Io): Promise<number> {
     return exitCodeOf(e);
   } finally {
     await allocator?.close().catch(() => undefined);
+    await ownedCertificates?.close().catch(() => undefined);
   }
 }
 

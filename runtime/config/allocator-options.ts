@@ -1,7 +1,7 @@
 import type { GatewayAllocatorOptions } from '../allocator';
 import { AcmeIssuer } from '../tls/acme-issuer';
 import { DevCaIssuer } from '../tls/dev-ca-issuer';
-import { OrgCertificates } from '../tls/org-certificates';
+import { OrgCertificates, type OrgCertificatesOptions } from '../tls/org-certificates';
 import type { RuntimeConfig } from './types';
 
 /** postgres:// URL of the config's database (parts percent-encoded, so any password works). */
@@ -11,17 +11,32 @@ export function databaseUrl(cfg: RuntimeConfig): string {
   return `postgres://${encodeURIComponent(d.user)}:${encodeURIComponent(cfg.secrets.databasePassword)}@${host}:${d.port}/${encodeURIComponent(d.database)}`;
 }
 
+/** An OrgCertificates that owns its issuer: close() also closes the issuer (the ACME challenge listener, the dev CA's scratch folder). */
+export class ConfigOrgCertificates extends OrgCertificates {
+  constructor(
+    private readonly ownIssuer: DevCaIssuer | AcmeIssuer,
+    opts: Omit<OrgCertificatesOptions, 'issuer'>,
+  ) {
+    super({ ...opts, issuer: ownIssuer });
+  }
+
+  override async close(): Promise<void> {
+    await super.close();
+    await this.ownIssuer.close();
+  }
+}
+
 /**
  * The per-organization certificate manager the config asks for: mkcert → the
  * dev CA, letsencrypt → ACME DNS-01 through the environment's PowerDNS, none
  * (or flat naming, whose names the base wildcard covers) → undefined.
  */
-export function certificatesFromConfig(cfg: RuntimeConfig): OrgCertificates | undefined {
+export function certificatesFromConfig(cfg: RuntimeConfig): ConfigOrgCertificates | undefined {
   if (cfg.tls.mode === 'none' || cfg.userContainerNaming === 'flat') return undefined;
   const encryptionKey = cfg.secrets.orgCertificateKey;
   // validateSecrets refuses a missing key in these modes; this keeps the type honest.
   if (encryptionKey === null) throw new Error('orgCertificateKey is required with per-organization certificates');
-  if (cfg.tls.mode === 'mkcert') return new OrgCertificates({ issuer: new DevCaIssuer({ caroot: cfg.tls.caroot }), encryptionKey });
+  if (cfg.tls.mode === 'mkcert') return new ConfigOrgCertificates(new DevCaIssuer({ caroot: cfg.tls.caroot }), { encryptionKey });
   const t = cfg.tls;
   const issuer = new AcmeIssuer({
     directoryUrl: t.directoryUrl,
@@ -31,7 +46,7 @@ export function certificatesFromConfig(cfg: RuntimeConfig): OrgCertificates | un
     dns: { apiUrl: cfg.powerdns.apiUrl, apiKey: cfg.secrets.powerdnsApiKey, zone: cfg.powerdns.zone },
     ...(t.caCertificatesFile ? { caCertificatesFile: t.caCertificatesFile } : {}),
   });
-  return new OrgCertificates({ issuer, encryptionKey });
+  return new ConfigOrgCertificates(issuer, { encryptionKey });
 }
 
 /** GatewayAllocator options from a loaded runtime config (the allocator owns the pg pool it opens). */

@@ -30,6 +30,11 @@ function describe(v: unknown): string {
   return typeof v === 'string' ? `${JSON.stringify(v.length > 60 ? `${v.slice(0, 60)}…` : v)}` : `${typeof v} ${JSON.stringify(v)}`;
 }
 
+/** `missing`, or `got <value>`. */
+function shown(v: unknown): string {
+  return v === undefined ? 'missing' : `got ${describe(v)}`;
+}
+
 /** Reads fields of one JSON object, reporting under `prefix`; unknown keys are problems (typos must not pass silently). */
 class Section {
   private readonly seen = new Set<string>();
@@ -52,7 +57,7 @@ class Section {
     const v = this.raw(key);
     if (v === undefined && opts.optional) return undefined;
     if (typeof v !== 'string' || v === '' || (opts.check && !opts.check(v))) {
-      this.p.add(this.name(key), `${opts.secret ? (v === undefined ? 'missing' : 'invalid') : `got ${describe(v)}`}; ${fix}`);
+      this.p.add(this.name(key), `${opts.secret ? (v === undefined ? 'missing' : 'invalid') : shown(v)}; ${fix}`);
       return undefined;
     }
     return v;
@@ -62,7 +67,7 @@ class Section {
     const v = this.raw(key);
     if (v === undefined && opts.optional) return undefined;
     if (typeof v !== 'number' || !Number.isFinite(v) || !opts.check(v)) {
-      this.p.add(this.name(key), `got ${describe(v)}; ${fix}`);
+      this.p.add(this.name(key), `${shown(v)}; ${fix}`);
       return undefined;
     }
     return v;
@@ -72,7 +77,7 @@ class Section {
     const v = this.raw(key);
     if (v === undefined && optional) return undefined;
     if (!isObject(v)) {
-      this.p.add(this.name(key), `got ${describe(v)}; ${fix}`);
+      this.p.add(this.name(key), `${shown(v)}; ${fix}`);
       return undefined;
     }
     return new Section(v, this.name(key), this.p);
@@ -82,7 +87,7 @@ class Section {
     const v = this.raw(key);
     if (v === undefined && optional) return undefined;
     if (!Array.isArray(v) || v.length === 0 || !v.every((x) => typeof x === 'string' && x !== '')) {
-      this.p.add(this.name(key), `got ${describe(v)}; ${fix}`);
+      this.p.add(this.name(key), `${shown(v)}; ${fix}`);
       return undefined;
     }
     return v as string[];
@@ -132,7 +137,7 @@ function tlsConfig(s: Section): RuntimeTlsConfig | undefined {
     const email = s.string('email', 'the ACME account e-mail', { check: (v) => /^[^\s@]+@[^\s@]+$/.test(v) });
     const stateDir = s.string('stateDir', 'the absolute path of the ACME account directory, e.g. /var/lib/demiurge/tls/acme', { check: isAbsolutePath });
     const resolvers = s.stringArray('resolvers', 'a non-empty array of host:port DNS servers (the environment PowerDNS, e.g. ["demiurge-dev-001-pdns:53"])');
-    if (resolvers) resolvers.forEach((r, i) => parseListen(r) === undefined && s.p.add(`${s.prefix}.resolvers[${i}]`, `got ${describe(r)}; write host:port`));
+    if (resolvers) resolvers.forEach((r, i) => parseListen(r) === undefined && s.p.add(`${s.prefix}.resolvers[${i}]`, `${shown(r)}; write host:port`));
     const caCertificatesFile = s.string('caCertificatesFile', 'an absolute path of a PEM file, or leave it out', { optional: true, check: isAbsolutePath });
     if (directoryUrl && email && stateDir && resolvers) out = { mode, directoryUrl, email, stateDir, resolvers, ...(caCertificatesFile ? { caCertificatesFile } : {}) };
   }
@@ -165,12 +170,12 @@ type ConfigWithoutSecrets = Omit<RuntimeConfig, 'secrets'>;
 /** Validates a parsed config.json; `file` names it in problems. Returns undefined when there are problems (they are in `p`). */
 export function validateConfig(input: unknown, file: string, p: Problems): ConfigWithoutSecrets | undefined {
   if (!isObject(input)) {
-    p.add('(top level)', `got ${describe(input)}; the file must hold one JSON object`);
+    p.add('(top level)', `${shown(input)}; the file must hold one JSON object`);
     return undefined;
   }
   const s = new Section(input, '', p);
   const version = s.raw('version');
-  if (version !== RUNTIME_CONFIG_VERSION) p.add('version', `got ${describe(version)}; this runtime reads version ${RUNTIME_CONFIG_VERSION} (run \`pulumi up\` with the same repository revision as the runtime)`);
+  if (version !== RUNTIME_CONFIG_VERSION) p.add('version', `${shown(version)}; this runtime reads version ${RUNTIME_CONFIG_VERSION} (run \`pulumi up\` with the same repository revision as the runtime)`);
   const envName = s.string('envName', 'a short lowercase DNS label (stack output envName)', { check: isValidEnvName });
   const domain = s.string('domain', 'a lowercase DNS name without trailing dot (stack output domain)', { check: isValidDomain });
   const publicIp = s.string('publicIp', 'an IPv4 address (the stage-1 host, stack config demiurge:publicIp)', { check: isValidIpv4 });
@@ -226,7 +231,7 @@ export function validateConfig(input: unknown, file: string, p: Problems): Confi
   let naming: UserContainerNaming = 'nested';
   if (namingRaw !== undefined) {
     if (isUserContainerNaming(namingRaw)) naming = namingRaw;
-    else p.add('userContainerNaming', `got ${describe(namingRaw)}; write "nested" or "flat" (stack config demiurge:userContainerNaming)`);
+    else p.add('userContainerNaming', `${shown(namingRaw)}; write "nested" or "flat" (stack config demiurge:userContainerNaming)`);
   }
 
   let inventory: GatewaySpec[] | undefined;

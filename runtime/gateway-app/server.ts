@@ -91,13 +91,13 @@ export class DefaultApp {
     json(res, 404, { success: false, code: 'NOT_FOUND', message: `no such page ${url.slice(0, 100)}` });
   };
 
-  upgrade = (req: http.IncomingMessage, socket: Duplex): void => {
+  upgrade = (req: http.IncomingMessage, socket: Duplex, head: Buffer): void => {
     if ((req.url ?? '').split('?')[0] !== '/ws') {
       socket.end('HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
       return;
     }
     this.a.activity();
-    acceptEcho(req, socket, () => this.a.activity());
+    acceptEcho(req, socket, head, () => this.a.activity());
   };
 
   private collabStart(res: http.ServerResponse, body: unknown): void {

@@ -104,7 +104,7 @@ export class FrameDecoder {
 }
 
 /** Answers the upgrade (or refuses it with 400) and echoes every message back; `onMessage` sees each one. */
-export function acceptEcho(req: IncomingMessage, socket: Duplex, onMessage: () => void = () => undefined): boolean {
+export function acceptEcho(req: IncomingMessage, socket: Duplex, head: Buffer = Buffer.alloc(0), onMessage: () => void = () => undefined): boolean {
   const key = req.headers['sec-websocket-key'];
   const upgrade = String(req.headers.upgrade ?? '').toLowerCase();
   if (upgrade !== 'websocket' || req.headers['sec-websocket-version'] !== '13' || typeof key !== 'string' || !/^[A-Za-z0-9+/]{22}==$/.test(key)) {
@@ -121,7 +121,7 @@ export function acceptEcho(req: IncomingMessage, socket: Duplex, onMessage: () =
     body.writeUInt16BE(code, 0);
     socket.end(encodeFrame(OPCODES.close, body));
   };
-  socket.on('data', (chunk: Buffer) => {
+  const onData = (chunk: Buffer): void => {
     let frames: Frame[];
     try {
       frames = decoder.push(chunk);
@@ -164,8 +164,11 @@ export function acceptEcho(req: IncomingMessage, socket: Duplex, onMessage: () =
         return;
       }
     }
-  });
+  };
+  socket.on('data', onData);
   socket.on('error', () => socket.destroy());
+  // Bytes that arrived with the upgrade request are the first frames.
+  if (head.length > 0) onData(head);
   return true;
 }
 

@@ -1,5 +1,5 @@
 import { isCanonicalOrgId } from '../naming';
-import { GatewayClient, GatewaySession, isBearerToken, OrgSnapshot, PushResult } from './client';
+import { GatewayClient, GatewaySession, isBearerToken, OrgSnapshot, PushReceipt } from './client';
 import { GatewayClientError } from './errors';
 import { sleep, TimerHandle } from './scheduler';
 
@@ -84,11 +84,6 @@ export interface AgentStatus {
   organizationId: string | null;
   dirty: boolean;
   lastPush: { version: number; at: string } | null;
-}
-
-/** Errors acceptHandshake throws map to these HTTP statuses in the app. */
-export function handshakeRefusalStatus(err: GatewayClientError): number {
-  return err.code === 'BUSY' ? 503 : err.code === 'FORBIDDEN' ? 403 : 400;
 }
 
 /**
@@ -210,7 +205,7 @@ export class GatewayAgent {
   }
 
   /** Pushes now if the data changed since the last push. */
-  pushNow(): Promise<PushResult | undefined> {
+  pushNow(): Promise<PushReceipt | undefined> {
     return this.push('manual');
   }
 
@@ -414,7 +409,7 @@ export class GatewayAgent {
 
   // ------------------------------------------------------------ push and timers
 
-  private async push(reason: string, signal?: AbortSignal, via?: GatewaySession): Promise<PushResult | undefined> {
+  private async push(reason: string, signal?: AbortSignal, via?: GatewaySession): Promise<PushReceipt | undefined> {
     while (this.pushing) await this.pushing.catch(() => undefined);
     const session = via ?? this.session;
     if (!session || !this.dirty) return undefined;

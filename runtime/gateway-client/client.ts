@@ -42,13 +42,13 @@ export interface GatewayClientOptions {
   logger?: GatewayClientLogger | null;
 }
 
-export interface RegisterResult {
+export interface ReadyResult {
   gatewayId: string;
   /** The pool state the API reports (ready, or allocated when it still holds an organization). */
   state: string;
 }
 
-export interface PullResult {
+export interface PulledSnapshot {
   /** ISO time of the stored snapshot; null for an organization without data. */
   timestamp: string | null;
   data: OrgSnapshot | null;
@@ -56,7 +56,7 @@ export interface PullResult {
   sha256: string | null;
 }
 
-export interface PushResult {
+export interface PushReceipt {
   storedAt: string;
   sizeBytes: number;
   version: number;
@@ -138,7 +138,7 @@ export class GatewayClient {
    * allocated. With `untilAnswered` it retries (back-off, jitter) until the API
    * answers; a refusal (wrong token, unknown gateway) still fails at once.
    */
-  async ready(opts: CallSignal & { untilAnswered?: boolean } = {}): Promise<RegisterResult> {
+  async ready(opts: CallSignal & { untilAnswered?: boolean } = {}): Promise<ReadyResult> {
     const body = await postJson(this.#transport, '/ready', { gateway_id: this.gatewayId }, this.#registrationToken, {
       policy: opts.untilAnswered ? this.#registrationPolicy : this.#policy,
       idempotent: true,
@@ -206,14 +206,14 @@ export class GatewaySession {
     await this.call('/ready', { gateway_id: this.gatewayId, organization_id: this.organizationId }, opts);
   }
 
-  async pull(opts: CallSignal = {}): Promise<PullResult> {
+  async pull(opts: CallSignal = {}): Promise<PulledSnapshot> {
     const b = await this.call('/data/pull', { organization_id: this.organizationId, gateway_id: this.gatewayId }, opts);
     const data = b.data && typeof b.data === 'object' && !Array.isArray(b.data) ? (b.data as OrgSnapshot) : null;
     return { timestamp: str(b.timestamp), data, version: num(b.version), sha256: str(b.sha256) };
   }
 
   /** Stores a snapshot; `timestamp` (default now) lets the API refuse one older than what it has (STALE_SNAPSHOT). */
-  async push(data: OrgSnapshot, opts: CallSignal & { timestamp?: Date } = {}): Promise<PushResult> {
+  async push(data: OrgSnapshot, opts: CallSignal & { timestamp?: Date } = {}): Promise<PushReceipt> {
     const timestamp = (opts.timestamp ?? new Date(this.#transport.scheduler.now())).toISOString();
     const b = await this.call('/data/push', { organization_id: this.organizationId, gateway_id: this.gatewayId, timestamp, data }, opts);
     return { storedAt: str(b.stored_at) ?? '', sizeBytes: num(b.size_bytes) ?? 0, version: num(b.version) ?? 0, sha256: str(b.sha256) ?? '' };

@@ -4,8 +4,8 @@
  * gateways): the global fetch, no axios, no pg.
  */
 export { GatewayClient, GatewaySession, isBearerToken } from './client';
-export type { CallSignal, GatewayClientOptions, OrgSnapshot, PullResult, PushResult, RegisterResult, StopResult } from './client';
-export { GatewayAgent, handshakeRefusalStatus } from './agent';
+export type { CallSignal, GatewayClientOptions, OrgSnapshot, PulledSnapshot, PushReceipt, ReadyResult, StopResult } from './client';
+export { GatewayAgent } from './agent';
 export type { AgentEvent, AgentLogger, AgentSignal, AgentState, AgentStatus, GatewayAgentOptions, LoadedOrganization, OrganizationHooks, SignalSource, UnloadReason } from './agent';
 export { GatewayClientError, isApiErrorCode, isGatewayClientError, SESSION_ENDED_CODES } from './errors';
 export type { ClientOnlyCode, GatewayClientErrorCode, GatewayClientErrorDetails } from './errors';

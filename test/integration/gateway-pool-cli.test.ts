@@ -8,6 +8,7 @@ import { allocatorSettingsEnv, testAllocatorOptions } from '../helpers/allocator
 import { createZone, deleteZone, dropSchema, gatewayHost, randomOrg, startStandInGateways, suiteId } from '../helpers/fixtures';
 import { TestServices, requireServices } from '../helpers/services';
 import { Stage1Nginx, curlThroughStage1, dig } from '../helpers/stage1-nginx';
+import { suiteRuntimeFiles, writeRuntimeFiles } from '../helpers/runtime-process';
 
 const HTTPS_PORT = 57743;
 const STATUS_PORT = 57799;
@@ -223,4 +224,41 @@ describe('gateway-pool CLI end to end (real PostgreSQL, PowerDNS, nginx)', funct
     assert.equal((await cli(['status'], { bin })).code, 0);
   });
 
+  it('reads the runtime config file (--config or DEMIURGE_RUNTIME_CONFIG); flags and env still win; a bad file exits 2', async () => {
+    const inventory = Array.from({ length: 3 }, (_, i) => ({ name: `gw-pool-${env}-${i}`, host: gatewayHost(i), httpPort: standIn.port, vpnPort: 49100 + i }));
+    const tokens = Object.fromEntries(inventory.map((g) => [g.name, `registration-token-${g.name}-0123456789`]));
+    const dir = mkdtempSync(path.join(tmp, 'runtime-config-'));
+    const configFile = writeRuntimeFiles(dir, suiteRuntimeFiles(s, nginx, { env, domain, schema }, inventory, tokens, { operatorToken: 'operator-token-0123456789abcdef', apiPort: 6000 }));
+    const bare = { PATH: process.env.PATH, HOME: process.env.HOME };
+    const sync = await cli(['sync', '--config', configFile, '--json'], { env: bare });
+    assert.equal(sync.code, 0, sync.stderr);
+    const synced = json<{ added: string[]; unchanged: string[]; registrationTokens: number }>(sync);
+    assert.equal(synced.added.length + synced.unchanged.length, 3);
+    assert.equal(synced.registrationTokens, 3);
+    const a = new GatewayAllocator(testAllocatorOptions(s, nginx, { env, domain, schema }));
+    await a.markReady(inventory.map((g) => g.name));
+    await a.close();
+    const viaEnv = { ...bare, DEMIURGE_RUNTIME_CONFIG: configFile };
+    const st = json<{ envName: string; total: number }>(await cli(['status', '--json'], { env: viaEnv }));
+    assert.deepEqual([st.envName, st.total], [env, 3]);
+    // Effects (PowerDNS key, nginx paths) come from the file too.
+    const org = randomOrg();
+    const al = await cli(['allocate', org, '--json'], { env: viaEnv });
+    assert.equal(al.code, 0, al.stderr);
+    assert.deepEqual(await dig(s.pdnsDnsPort, `org-${org}.${domain}`), ['127.0.0.1']);
+    assert.equal((await cli(['release', org], { env: viaEnv })).code, 0);
+    assert.ok(!al.stdout.includes(s.pdnsApiKey) && !al.stderr.includes(s.pdnsApiKey), 'no secrets in output');
+    // A flag wins over the file; an environment variable too (an unreachable database: exit 3).
+    assert.equal(json<{ envName: string }>(await cli(['status', '--json', '--env', 'otherenv'], { env: viaEnv })).envName, 'otherenv');
+    assert.equal((await cli(['status', '--json'], { env: { ...viaEnv, DATABASE_URL: 'postgres://x:y@127.0.0.1:1/none' } })).code, 3);
+    // Bad files: exit 2 naming the file and the field.
+    writeFileSync(configFile, JSON.stringify({ version: 1, envName: 'Not Valid' }));
+    const bad = await cli(['status'], { env: viaEnv });
+    assert.equal(bad.code, 2);
+    assert.ok(bad.stderr.includes(configFile), bad.stderr);
+    assert.match(bad.stderr, /envName: got "Not Valid"/);
+    const missing = await cli(['status', '--config', path.join(dir, 'nope.json')], { env: bare });
+    assert.equal(missing.code, 2);
+    assert.match(missing.stderr, /nope\.json: it does not exist/);
+  });
 });

@@ -5,6 +5,7 @@ import * as path from 'path';
 import { inspect } from 'util';
 import { GatewayAllocator } from '../../runtime/allocator';
 import { allocatorOptionsFromConfig, databaseUrl, loadRuntimeConfig, runtimeConfigPath, type RuntimeConfig } from '../../runtime/config';
+import { cliConfigPath, resolveSettings, settingsFromConfig } from '../../runtime/cli/cli-config';
 import { AllocatorError } from '../../runtime/errors';
 import { OrgCertificates } from '../../runtime/tls/org-certificates';
 
@@ -204,5 +205,20 @@ describe('runtime config file (runtime/config)', () => {
     assert.equal(a.envName, 'dev-001');
     assert.equal(a.schema, 'gateway_pool');
     await a.close();
+  });
+
+  it('gateway-pool: --config, then DEMIURGE_RUNTIME_CONFIG, then the default path only if it exists; flags > env > file', async () => {
+    write(sampleConfig());
+    assert.equal(cliConfigPath('/a.json', { DEMIURGE_RUNTIME_CONFIG: '/b.json' }), '/a.json');
+    assert.equal(cliConfigPath(undefined, { DEMIURGE_RUNTIME_CONFIG: '/b.json' }), '/b.json');
+    assert.equal(cliConfigPath(undefined, {}, configFile), configFile);
+    assert.equal(cliConfigPath(undefined, {}, path.join(dir, 'absent.json')), undefined);
+    const file = settingsFromConfig(await loadRuntimeConfig(configFile));
+    assert.equal(file.env, 'dev-001');
+    assert.equal(file['org-cert-issuer'], 'dev-ca');
+    assert.equal(file['dev-caroot'], '/var/lib/demiurge/tls/ca');
+    assert.equal(decodeURIComponent(new URL(file['database-url'] as string).password), DB_PASSWORD);
+    const merged = resolveSettings({ env: 'from-flag' }, { DOMAIN: 'env.example.test', PDNS_ZONE: '' }, file);
+    assert.deepEqual([merged.env, merged.domain, merged.zone], ['from-flag', 'env.example.test', 'dev-001.example.test']);
   });
 });
