@@ -402,7 +402,7 @@ describe(`stack e2e: index.ts deployed on the local Docker engine (${MODE === 'r
     await steps.run(`the gateway serves ${org} (its own /_app/status through stage 1 and 2)`, async () => {
       const s = await waitFor(`${gateway} serving ${org}`, 30_000, async () => {
         const a = await appStatus(d, org);
-        return a.organization_id === org ? a : undefined;
+        return a.organization_id === org && a.state === 'serving' ? a : undefined;
       });
       assert.equal(s.gateway_id, gateway, `${fqdn} is served by ${s.gateway_id}, allocated ${gateway}`);
     });
@@ -478,7 +478,10 @@ describe(`stack e2e: index.ts deployed on the local Docker engine (${MODE === 'r
     const { gateway } = await startOrg(d, org);
     const note = `pushed-before-idle-${randomUUID().slice(0, 8)}`;
     await steps.run(`change ${org}'s data through https://${fqdn}/_app/data`, async () => {
-      await waitFor(`${gateway} serving ${org}`, 30_000, async () => ((await appStatus(d, org)).organization_id === org ? true : undefined));
+      await waitFor(`${gateway} serving ${org}`, 30_000, async () => {
+        const a = await appStatus(d, org);
+        return a.organization_id === org && a.state === 'serving' ? true : undefined;
+      });
       const r = await httpsTo(d, fqdn, '/_app/data', { method: 'POST', body: { note } });
       assert.equal(r.status, 200, `POST /_app/data: ${r.status} ${r.body}`);
       assert.match(JSON.stringify((await appStatus(d, org)).data), new RegExp(note));
@@ -498,7 +501,7 @@ describe(`stack e2e: index.ts deployed on the local Docker engine (${MODE === 'r
       const again = await startOrg(d, org);
       const s = await waitFor(`${again.gateway} serving ${org} with its data`, 30_000, async () => {
         const a = await appStatus(d, org);
-        return a.organization_id === org ? a : undefined;
+        return a.organization_id === org && a.state === 'serving' ? a : undefined;
       });
       assert.match(JSON.stringify(s.data), new RegExp(note), `pulled data: ${JSON.stringify(s.data)}`);
       await stopOrg(d, org);
@@ -515,7 +518,10 @@ describe(`stack e2e: index.ts deployed on the local Docker engine (${MODE === 'r
     const spec = o.gatewayInventory.find((g) => g.name === gateway);
     assert.ok(spec);
     const note = `kept-across-restarts-${randomUUID().slice(0, 8)}`;
-    await waitFor(`${gateway} serving ${org}`, 30_000, async () => ((await appStatus(d, org)).organization_id === org ? true : undefined));
+    await waitFor(`${gateway} serving ${org}`, 30_000, async () => {
+        const a = await appStatus(d, org);
+        return a.organization_id === org && a.state === 'serving' ? true : undefined;
+      });
     assert.equal((await httpsTo(d, fqdn, '/_app/data', { method: 'POST', body: { note } })).status, 200);
     // A user keeps working on the organization meanwhile (its gateway's published port: stage 1 restarts too).
     let busy = true;
@@ -537,7 +543,7 @@ describe(`stack e2e: index.ts deployed on the local Docker engine (${MODE === 'r
       assert.equal(r.json.gateway_id, gateway, `${what}: same gateway`);
       const s = await waitFor(`${what}: ${fqdn} served by ${gateway} with its data`, 60_000, async () => {
         const a = await appStatus(d, org);
-        return a.organization_id === org && JSON.stringify(a.data).includes(note) ? a : undefined;
+        return a.organization_id === org && a.state === 'serving' && JSON.stringify(a.data).includes(note) ? a : undefined;
       });
       assert.equal(s.gateway_id, gateway);
     };
