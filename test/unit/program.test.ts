@@ -739,6 +739,19 @@ describe('program (index.ts under mocks)', function () {
   });
 
   describe('variants', () => {
+    it('ganymede workspace: the dev container does not run the built-in API server; the files are written all the same', async () => {
+      const run = await runProgram({ stack: 'dev', config: stackConfig('dev', { ganymede: 'workspace', gatewayIdleTimeoutSeconds: '5', gatewayPushIntervalSeconds: '2' }) });
+      const dev = containers(run).get('demiurge-dev-001-dev') as CapturedResource;
+      assert.equal(envMap(dev).get('GANYMEDE_MODE'), 'workspace');
+      const envv = byName(run, COMMAND, 'runtime-config-install').inputs.environment as Record<string, string>;
+      assert.equal(envv.GANYMEDE_MODE, 'workspace');
+      assert.equal(run.outputs.ganymede, 'workspace');
+      for (const gw of byType(run, CONTAINER).filter((c) => c.name.startsWith('gw-pool-'))) {
+        assert.equal(envMap(gw).get('GATEWAY_IDLE_TIMEOUT_MS'), '5000');
+        assert.equal(envMap(gw).get('GATEWAY_PUSH_INTERVAL_MS'), '2000');
+      }
+    });
+
     it('stage-1 ports move on the host only (the dev container still listens on 80/443 inside)', async () => {
       const run = await runProgram({ stack: 'dev', config: stackConfig('dev', { stage1HttpPort: '8080', stage1HttpsPort: '8443' }) });
       const dev = containers(run).get('demiurge-dev-001-dev') as CapturedResource;
@@ -1014,6 +1027,77 @@ describe('command scripts (bash, against fakes)', function () {
         r = await runScript(s, env);
         assert.equal(r.code, 0, r.stderr);
       }
+    });
+  });
+
+  describe('runtime configuration install', () => {
+    let tmp: string;
+    let bin: string;
+    beforeEach(() => {
+      tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'demiurge-runtime-config-'));
+      bin = path.join(tmp, 'bin');
+      fs.mkdirSync(bin);
+    });
+    afterEach(() => fs.rmSync(tmp, { recursive: true, force: true }));
+
+    /** A docker CLI that logs its argv (one line per call) and the stdin it was given, and whose health probe answers per HEALTHY. */
+    const fakeDocker = (healthy: boolean): void => {
+      fs.writeFileSync(
+        path.join(bin, 'docker'),
+        `#!/usr/bin/env bash
+echo "DOCKER_HOST=\${DOCKER_HOST:-} $*" >> ${tmp}/argv.log
+if [ "$1" = exec ] && [ "$2" = -i ]; then cat >> ${tmp}/stdin.log; echo >> ${tmp}/stdin.log; exit 0; fi
+case "$*" in
+  *curl*) ${healthy ? 'exit 0' : 'exit 7'} ;;
+  logs*) echo '[api-server] {"event":"server.failed","code":"INVALID_CONFIG"}'; echo 'postgres noise' ;;
+esac
+exit 0
+`,
+        { mode: 0o755 },
+      );
+    };
+    const env = (extra: Record<string, string> = {}): Record<string, string> => ({
+      PATH: `${bin}:${process.env.PATH ?? ''}`,
+      CONTAINER: 'demiurge-dev-001-dev',
+      CONFIG_JSON: '{"version":1}',
+      SECRETS_JSON: '{"operatorToken":"s3cr3t-operator-token"}',
+      CONFIG_PATH: '/etc/demiurge/runtime/config.json',
+      SECRETS_PATH: '/etc/demiurge/runtime/secrets.json',
+      GANYMEDE_MODE: 'embedded',
+      API_HEALTH_URL: 'http://127.0.0.1:6000/healthz',
+      API_WAIT_SECONDS: '2',
+      DEMIURGE_DOCKER_HOST: '',
+      ...extra,
+    });
+
+    it('secrets travel on stdin only (0600 via a temporary file), then the API server restarts and answers', async () => {
+      fakeDocker(true);
+      const r = await runScript(RUNTIME_CONFIG_SCRIPT, env({ DEMIURGE_DOCKER_HOST: 'ssh://ops@198.51.100.20' }));
+      assert.equal(r.code, 0, r.stderr);
+      assert.match(r.stdout, /API server answers http:\/\/127\.0\.0\.1:6000\/healthz/);
+      const argv = fs.readFileSync(path.join(tmp, 'argv.log'), 'utf8');
+      assert.ok(!argv.includes('s3cr3t'), 'no secret on a docker command line');
+      assert.ok(!r.stdout.includes('s3cr3t') && !r.stderr.includes('s3cr3t'), 'no secret in the output');
+      assert.match(argv, /DOCKER_HOST=ssh:\/\/ops@198\.51\.100\.20 exec -i -e TARGET=\/etc\/demiurge\/runtime\/secrets\.json -e MODE=600 demiurge-dev-001-dev sh -c/);
+      assert.match(argv, /-e TARGET=\/etc\/demiurge\/runtime\/config\.json -e MODE=644 /);
+      assert.match(argv, /exec demiurge-dev-001-dev \/usr\/local\/bin\/dev-api-server restart/);
+      assert.equal(fs.readFileSync(path.join(tmp, 'stdin.log'), 'utf8'), '{"operatorToken":"s3cr3t-operator-token"}\n{"version":1}\n');
+    });
+
+    it('an API server that never answers fails the command with its own log lines (bounded wait)', async () => {
+      fakeDocker(false);
+      const r = await runScript(RUNTIME_CONFIG_SCRIPT, env());
+      assert.equal(r.code, 1);
+      assert.match(r.stderr, /did not answer http:\/\/127\.0\.0\.1:6000\/healthz within 2 s/);
+      assert.match(r.stderr, /server\.failed/);
+      assert.ok(!r.stderr.includes('postgres noise'), 'only the [api-server] lines');
+    });
+
+    it('workspace mode: files only, no restart', async () => {
+      fakeDocker(false);
+      const r = await runScript(RUNTIME_CONFIG_SCRIPT, env({ GANYMEDE_MODE: 'workspace' }));
+      assert.equal(r.code, 0, r.stderr);
+      assert.ok(!fs.readFileSync(path.join(tmp, 'argv.log'), 'utf8').includes('dev-api-server'));
     });
   });
 
