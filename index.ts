@@ -54,13 +54,15 @@ const volumes = new NamedVolumes('volumes', {
 const image = (key: ImageKey, provider: docker.Provider, resourceName = `image-${key}`): ContainerImage =>
   new ContainerImage(resourceName, { imageName: imageName(env, key), source: cfg.images[key], provider });
 
+const devImage = image('dev', mainProvider);
+
 // 3. Dev container (stage-1 nginx, Ganymede, PostgreSQL).
 const dev = new DevContainer('dev', {
   envName: env,
   domain: cfg.domain,
   publicIp: cfg.publicIp,
   provider: mainProvider,
-  image: image('dev', mainProvider).ref,
+  image: devImage.ref,
   networkName: network.name,
   volumes: volumes.names,
   httpPort: cfg.stage1HttpPort,
@@ -133,8 +135,9 @@ const tls = new Tls('tls', {
   domain: cfg.domain,
   tls: cfg.tls,
   provider: mainProvider,
-  // The dev container's image id: the renewer runs the same image (Node.js, mkcert, lego, docker CLI).
-  image: dev.container.image,
+  // The dev image's id: the renewer runs the same image (Node.js, mkcert, lego, docker CLI). Taken from
+  // the image, not from the dev container, so replacing the dev container (new runtime code) leaves it alone.
+  image: devImage.ref,
   networkName: network.name,
   volumes: { certs: volumes.names.certs, tls: volumes.names.tls },
   devContainer: { name: dev.containerName, resource: dev.container },
