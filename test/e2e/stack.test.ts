@@ -387,6 +387,13 @@ describe(`stack e2e: index.ts deployed on the local Docker engine (${MODE === 'r
       assert.notEqual(bad.code, 0, 'an invalid organization id is refused');
       const wrong = await operator(d, 'wrong-token', 'GET', '/status');
       assert.equal(wrong.status, 401, `a wrong operator token: ${wrong.status} ${JSON.stringify(wrong.json)}`);
+      assert.equal(wrong.json.code, 'UNAUTHENTICATED');
+      const malformed = await operator(d, token(), 'POST', '/organizations/not-a-uuid/start');
+      assert.equal(malformed.status, 400, `a malformed organization id: ${malformed.status} ${JSON.stringify(malformed.json)}`);
+      assert.equal(malformed.json.success, false);
+      assert.match(String(malformed.json.code), /^[A-Z_]+$/, 'a stable code');
+      assert.equal(malformed.json.code, 'INVALID_ORGANIZATION_ID');
+      await everyGatewayReady(d, 10_000); // nothing half-done
     });
   });
 
