@@ -26,7 +26,11 @@ Commands:
 
   reload  --env <env> [--timeout <seconds>] [--json]
       Runs gateway-reload in every running container labelled environment=<env> and
-      demiurge.role=gateway (in parallel) and prints the build id each one now runs.
+      demiurge.role=gateway (in parallel) and prints the build id each one now runs. If the app
+      crashes during the reload, the reload waits for the supervisor's restart (3 s back-off) and
+      succeeds once the new build listens; otherwise a gateway fails with a stable code (--json:
+      results[].code): FETCH_FAILED, RELOAD_BUSY, APP_NOT_STARTED, APP_NOT_LISTENING,
+      APP_CRASHED_DURING_RELOAD, EXEC_FAILED, NO_RESULT.
 
 Exit codes:
   0 success   1 failure (Docker error, a gateway failed to reload)   2 usage error
@@ -132,7 +136,7 @@ async function cmdReload(argv: string[]): Promise<number> {
     } else {
       for (const r of summary.results) {
         if (r.ok) process.stdout.write(`✅ ${r.container}: build ${r.buildId} (pid ${r.pid ?? '?'}) in ${r.ms} ms\n`);
-        else process.stdout.write(`❌ ${r.container}: ${r.message} after ${r.ms} ms${r.output ? `\n${r.output.replace(/^/gm, '     | ')}` : ''}\n`);
+        else process.stdout.write(`❌ ${r.container}: ${r.code ?? 'FAILED'}: ${r.message} after ${r.ms} ms${r.output ? `\n${r.output.replace(/^/gm, '     | ')}` : ''}\n`);
       }
       const ids = new Set(summary.results.filter((r) => r.ok).map((r) => r.buildId));
       if (ids.size > 1) process.stdout.write(`⚠️  gateways run different builds: ${[...ids].join(', ')}\n`);

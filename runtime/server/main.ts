@@ -52,6 +52,8 @@ async function main(argv: string[]): Promise<void> {
   const stop = (signal: string): void => {
     if (stopping) return;
     stopping = true;
+    // Still starting (e.g. waiting for PostgreSQL): nothing is half-done outside PostgreSQL transactions, leave now.
+    if (!server) process.exit(0);
     stdoutLogger({ event: 'server.stopping', env: server?.allocator.envName ?? '', signal });
     void (server ? server.close() : Promise.resolve()).then(
       () => {

@@ -10,6 +10,7 @@
  */
 import { strict as assert } from 'assert';
 import * as fs from 'fs';
+import * as dgram from 'dgram';
 import * as os from 'os';
 import * as path from 'path';
 import {
@@ -38,7 +39,7 @@ import {
   renderRoutesJs,
   routeFileName,
 } from '../../runtime/nginx-config';
-import type { ReloadSummary } from '../../tools/lib/reload';
+import type { GatewayReloadResult, ReloadSummary } from '../../tools/lib/reload';
 import type { PackResult } from '../../tools/lib/pack';
 import {
   REPO_ROOT,
@@ -52,23 +53,26 @@ import {
   run,
   waitFor,
 } from './helpers/docker';
+import { checkoutId } from './helpers/checkout';
 import { healthz, httpRequest, portFree, tcpOpen, upgradeEcho } from './helpers/http';
 import { PROBE_SCRIPT, ProbeRequest, ProbeResponse } from './helpers/probe';
 import { note, step } from './helpers/steps';
 
-const ENV = 'e2etest';
-const DOMAIN = 'e2etest.test';
-const HTTP_BASE = 17100;
-const VPN_BASE = 49900;
+// Per checkout (see helpers/checkout.ts): parallel checkouts on one machine never share a name.
+const ENV = `img-${checkoutId()}`;
+const DOMAIN = `${ENV}.test`;
 const POOL = 2;
+/** Host port slots: HTTP 17100 + 10·slot + i, VPN 49900 + 10·slot + i/udp; the checkout's own slot first. */
+const PORT_SLOTS = 10;
 
 const NET = networkName(ENV);
 const VOL_BUILDS = volumeName(ENV, 'builds');
 const VOL_PGDATA = volumeName(ENV, 'pgdata');
 const BUILD_SERVER = buildServerContainerName(ENV);
 const GATEWAYS = Array.from({ length: POOL }, (_, i) => gatewayName(ENV, i));
-const HTTP_PORTS = GATEWAYS.map((_, i) => gatewayHttpPort(HTTP_BASE, i));
-const VPN_PORTS = GATEWAYS.map((_, i) => gatewayVpnPort(VPN_BASE, i));
+/** Set by choosePorts() in before(). */
+let HTTP_PORTS: number[] = [];
+let VPN_PORTS: number[] = [];
 const DEV = devContainerName(ENV);
 const PDNS = powerDnsContainerName(ENV);
 const PROBE = `${BUILD_SERVER}-probe`;
@@ -95,7 +99,30 @@ const OWNED = {
 const rnd = (): string => Math.random().toString(36).slice(2, 14);
 const SECRETS = { postgres: rnd(), pdnsDb: rnd(), ganymedeDb: rnd(), pdnsApiKey: rnd() };
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+function udpFree(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const sock = dgram.createSocket('udp4');
+    sock.once('error', () => { sock.close(); resolve(false); });
+    sock.bind(port, '0.0.0.0', () => sock.close(() => resolve(true)));
+  });
+}
+
+/** The checkout's port slot, or the next one whose HTTP (tcp) and VPN (udp) ports are all free. */
+async function choosePorts(): Promise<number> {
+  const first = parseInt(checkoutId(), 16) % PORT_SLOTS;
+  for (let k = 0; k < PORT_SLOTS; k++) {
+    const slot = (first + k) % PORT_SLOTS;
+    const http = GATEWAYS.map((_, i) => gatewayHttpPort(17100 + 10 * slot, i));
+    const vpn = GATEWAYS.map((_, i) => gatewayVpnPort(49900 + 10 * slot, i));
+    const free = await Promise.all([...http.map((p) => portFree(p)), ...vpn.map((p) => udpFree(p))]);
+    if (free.every(Boolean)) {
+      HTTP_PORTS = http;
+      VPN_PORTS = vpn;
+      return slot;
+    }
+  }
+  throw new Error(`no free port slot: every slot of HTTP 17100-${17100 + 10 * PORT_SLOTS - 1} / VPN 49900-${49900 + 10 * PORT_SLOTS - 1}/udp has a port in use`);
+}
 
 function cli(args: string[]): Promise<RunResult> {
   return run(process.execPath, ['-r', 'ts-node/register/transpile-only', path.join(REPO_ROOT, 'tools', 'gateway-cli.ts'), ...args], {
@@ -134,6 +161,94 @@ async function appProcesses(container: string): Promise<string[]> {
   return ps.split('\n').filter((l) => /\bnode\b.*app-gateway\/main\.js/.test(l));
 }
 
+/** The container's log (stdout: the entrypoint, supervisor and gateway-reload lines). */
+async function containerLog(container: string): Promise<string> {
+  return (await run('docker', ['logs', container])).stdout;
+}
+
+/**
+ * Runs a bash script in the container, bounded by `timeout`: the script waits for something inside
+ * the container (no docker round trip per probe); on time-out the error names what did not happen.
+ */
+async function inContainer(container: string, what: string, script: string, timeoutS = 20): Promise<string> {
+  const r = await run('docker', ['exec', container, 'timeout', String(timeoutS), 'bash', '-euc', script], { timeoutMs: (timeoutS + 15) * 1000 });
+  if (r.code === 124) throw new Error(`${container}: timed out after ${timeoutS} s waiting for ${what}`);
+  if (r.code !== 0) throw new Error(`${container}: ${what} failed (exit ${r.code}): ${r.stderr.trim() || r.stdout.trim()}`);
+  return r.stdout.trim();
+}
+
+// gateway-reload's test hook (common.sh: RELOAD_PAUSE_AT, RELOAD_PAUSED, RELOAD_RELEASE).
+const RUN_DIR = '/run/gateway';
+const PAUSE_AT = `${RUN_DIR}/reload-pause-at`;
+const PAUSED = `${RUN_DIR}/reload-paused`;
+const RELEASE = `${RUN_DIR}/reload-release`;
+/** In-container shell: the crash endpoint of the stand-in app, and "wait until the pid file no longer names $1". */
+const SH_CRASH = 'curl -s -o /dev/null -X POST http://127.0.0.1:8888/crash || true';
+const shReaped = (pid: number | string): string => `while [ "$(cat ${RUN_DIR}/app.pid 2>/dev/null || true)" = "${pid}" ]; do sleep 0.02; done`;
+/** Create the release file, then wait until the paused reload consumed it (it removes RELOAD_PAUSED first). */
+const SH_RELEASE = `touch ${RELEASE}; while [ -e ${RELEASE} ]; do sleep 0.02; done`;
+
+/** Makes gateway-reload in `container` wait at these points (until released). */
+async function armReloadPause(container: string, points: string[]): Promise<void> {
+  await inContainer(container, 'arming the reload pause', `rm -f ${PAUSED} ${RELEASE}; printf '%s\\n' ${points.join(' ')} > ${PAUSE_AT}`);
+}
+
+/** Removes the hook and releases a reload that may still wait (a failed test must not leave one hanging). */
+async function disarmReloadPause(container: string): Promise<void> {
+  await run('docker', ['exec', container, 'bash', '-c', `rm -f ${PAUSE_AT}; if [ -e ${PAUSED} ]; then touch ${RELEASE}; fi`]);
+}
+
+/** Waits until gateway-reload in `container` is paused at `point`; returns the detail it wrote (e.g. the new app's pid). */
+async function pausedAt(container: string, point: string): Promise<string> {
+  const line = await inContainer(container, `gateway-reload to pause at "${point}"`,
+    `until [ -s ${PAUSED} ] && read -r p d < ${PAUSED} && [ "$p" = "${point}" ]; do sleep 0.02; done; cat ${PAUSED}`, 30);
+  return line.split(' ').slice(1).join(' ').trim();
+}
+
+/**
+ * Counts the app processes in the container every 20 ms (in the container, so no sample is a
+ * docker round trip apart) until stopped; stop() returns the samples.
+ */
+async function startAppSampler(container: string): Promise<{ stop: () => Promise<number[]> }> {
+  const file = '/tmp/e2e-app-samples';
+  const stopFile = `${RUN_DIR}/e2e-sampler-stop`;
+  await docker(['exec', container, 'rm', '-f', file, stopFile]);
+  await docker(['exec', '-d', container, 'bash', '-c',
+    `while [ ! -e ${stopFile} ]; do ps -eo args= | grep -c '^node .*app-gateway/main\\.js' >> ${file} || true; sleep 0.02; done; echo end >> ${file}`]);
+  await inContainer(container, 'the app sampler to take its first sample', `until [ -s ${file} ]; do sleep 0.02; done`, 10);
+  return {
+    stop: async () => {
+      const out = await inContainer(container, 'the app sampler to stop', `touch ${stopFile}; until tail -n 1 ${file} | grep -qx end; do sleep 0.02; done; cat ${file}`, 10);
+      await docker(['exec', container, 'rm', '-f', file, stopFile]);
+      return out.split('\n').filter((l) => /^\d+$/.test(l)).map(Number);
+    },
+  };
+}
+
+/**
+ * The engine's containers, networks and volumes, leaving out those labelled for another environment:
+ * a parallel suite (another checkout) creates and removes its own while this one runs.
+ */
+async function inventoryExceptOtherEnvs(): Promise<{ containers: string[]; networks: string[]; volumes: string[] }> {
+  const list = async (args: string[], nameField = '.Name'): Promise<string[]> =>
+    (await docker([...args, '--format', `{{${nameField}}}\t{{.Label "environment"}}`])).split('\n').filter(Boolean)
+      .map((l) => l.split('\t'))
+      .filter(([, env]) => !env || env === ENV)
+      .map(([name]) => name.trim())
+      .sort();
+  return {
+    containers: await list(['ps', '-a'], '.Names'),
+    networks: await list(['network', 'ls']),
+    volumes: await list(['volume', 'ls']),
+  };
+}
+
+function gatewayResult(summary: ReloadSummary, container: string): GatewayReloadResult {
+  const g = summary.results.find((x) => x.container === container);
+  assert.ok(g, `no reload result for ${container}: ${JSON.stringify(summary)}`);
+  return g;
+}
+
 function makeWorkspace(root: string, name: string, mainJs: string): string {
   const ws = path.join(root, name);
   const dist = path.join(ws, 'dist', 'packages', 'app-gateway');
@@ -157,11 +272,77 @@ describe('images and the daily build loop (real Docker engine)', function () {
   let tmp = '';
   let wsGood = '';
   let gitCommit: string | undefined;
-  let initial: Awaited<ReturnType<typeof engineInventory>> | undefined;
-  let buildA: PackResult | undefined;
-  let buildB: PackResult | undefined;
-  let cleanedUp = false;
+  let initial: Awaited<ReturnType<typeof inventoryExceptOtherEnvs>> | undefined;
+  /** The network, builds volume, build server and gateways exist (created by ensureEnvironment). */
+  let envUp = false;
+  /** The build last packed into the builds volume since the gateways started (none: undefined). */
+  let current: PackResult | undefined;
+  /** Something suite-owned may exist on the engine (after() removes it). */
+  let dirty = false;
   const timings: Record<string, string> = {};
+
+  const labels = (role: 'build-server' | 'gateway' | 'dev' | 'pdns'): string[] =>
+    Object.entries(containerLabels(ENV, role)).flatMap(([k, v]) => ['--label', `${k}=${v}`]);
+
+  /** Network, builds volume, build server and two gateways, unless they are up already. */
+  async function ensureEnvironment(): Promise<void> {
+    if (envUp) return;
+    await step('network, builds volume, build server, two gateways', async () => {
+      dirty = true;
+      await docker(['network', 'create', '--label', `environment=${ENV}`, NET]);
+      await docker(['volume', 'create', '--label', `environment=${ENV}`, VOL_BUILDS]);
+      await docker(['run', '-d', '--name', BUILD_SERVER, '--network', NET, ...labels('build-server'),
+        '-v', `${VOL_BUILDS}:/srv/builds:ro`, '--health-interval', '1s', IMAGES['build-server'].tag]);
+      const tun = fs.existsSync('/dev/net/tun');
+      for (let i = 0; i < POOL; i++) {
+        // gateway 0 gets a tun device (OpenVPN starts), gateway 1 does not (VPN skipped, HTTP unaffected)
+        const vpnArgs = i === 0 && tun ? ['--cap-add', 'NET_ADMIN', '--device', '/dev/net/tun'] : [];
+        await docker(['run', '-d', '--name', GATEWAYS[i], '--hostname', GATEWAYS[i], '--network', NET, ...labels('gateway'),
+          '-e', `ENV_NAME=${ENV}`, '-e', `GATEWAY_HTTP_PORT=${HTTP_PORTS[i]}`, '-e', `GATEWAY_VPN_PORT=${VPN_PORTS[i]}`,
+          '-e', `GATEWAY_ID=00000000-0000-4000-8000-00000000000${i}`, '-e', 'GATEWAY_TOKEN=e2e-token',
+          '-e', `GANYMEDE_FQDN=${ganymedeFqdn(DOMAIN)}`, '-e', `DOMAIN=${DOMAIN}`, '-e', `BUILD_SERVER_URL=${buildServerUrl(ENV)}`,
+          '-p', `${HTTP_PORTS[i]}:${HTTP_PORTS[i]}`, '-p', `${VPN_PORTS[i]}:${VPN_PORTS[i]}/udp`,
+          '--health-interval', '1s', ...vpnArgs, IMAGES.gateway.tag]);
+      }
+    });
+    envUp = true;
+    current = undefined;
+  }
+
+  /** Removes every suite-owned container, network and volume. */
+  async function teardown(): Promise<void> {
+    await removeByName(OWNED);
+    envUp = false;
+    current = undefined;
+    dirty = false;
+  }
+
+  /** Gateways that started before any build existed (test 1's precondition): reused if untouched, else recreated. */
+  async function ensureGatewaysWithoutBuild(): Promise<void> {
+    if (envUp && current === undefined) return;
+    if (envUp) await step('recreate the environment without a build', teardown);
+    await ensureEnvironment();
+  }
+
+  /** Both gateways serve the build last packed (packing one if there is none); returns it. */
+  async function ensureServing(): Promise<PackResult> {
+    await ensureEnvironment();
+    if (!current) {
+      const packed = await step('pack a build into the builds volume', () => packBuild(wsGood));
+      current = packed;
+      await step(`both gateways serve build ${packed.buildId}`, () => waitForBuildEverywhere(packed.buildId, 30_000));
+      return packed;
+    }
+    const build = current;
+    // A gateway may still be in a crash back-off, or an earlier reload failed midway: reload once.
+    const served = await waitForBuildEverywhere(build.buildId, 10_000).then(() => true, () => false);
+    if (!served) {
+      const r = await step('reload to the current build', () => cli(['reload', '--env', ENV, '--json']));
+      assert.equal(r.code, 0, r.stderr + r.stdout);
+      await waitForBuildEverywhere(build.buildId, 15_000);
+    }
+    return build;
+  }
 
   before(async function () {
     this.timeout(900_000);
@@ -190,7 +371,7 @@ describe('images and the daily build loop (real Docker engine)', function () {
       }
     });
 
-    initial = await engineInventory();
+    initial = await inventoryExceptOtherEnvs();
     // Leftovers of an interrupted earlier run (same names) would make `docker run` fail.
     const leftovers = OWNED.containers.filter((c) => initial!.containers.includes(c))
       .concat(OWNED.networks.filter((n) => initial!.networks.includes(n)))
@@ -198,17 +379,16 @@ describe('images and the daily build loop (real Docker engine)', function () {
     if (leftovers.length > 0) {
       note(`removing leftovers of an earlier run (suite-owned names only): ${leftovers.join(', ')}`);
       await removeByName(OWNED);
-      initial = await engineInventory();
+      initial = await inventoryExceptOtherEnvs();
     }
-    for (const port of HTTP_PORTS) {
-      assert.ok(await portFree(port), `host port ${port} is in use; the suite publishes gateways on ${HTTP_PORTS.join(', ')}`);
-    }
+    const slot = await choosePorts();
+    note(`environment ${ENV}, port slot ${slot}: gateways HTTP ${HTTP_PORTS.join(', ')}, VPN ${VPN_PORTS.join(', ')}/udp`);
 
     await step('build the four images (cached by tag + context hash)', async () => {
       const kinds = Object.keys(IMAGES) as ImageKind[];
       const outcomes = await Promise.all(
         kinds.map((k) =>
-          buildImageCached(IMAGES[k].tag, path.join(REPO_ROOT, IMAGES[k].context), IMAGES[k].bases, path.join(os.tmpdir(), `demiurge-e2e-build-${k}.log`)),
+          buildImageCached(IMAGES[k].tag, path.join(REPO_ROOT, IMAGES[k].context), IMAGES[k].bases, path.join(os.tmpdir(), `demiurge-e2e-build-${ENV}-${k}.log`)),
         ),
       );
       for (const o of outcomes) note(`  ${o.tag}: ${o.cached ? 'cached' : 'built'} in ${o.ms} ms`);
@@ -218,33 +398,13 @@ describe('images and the daily build loop (real Docker engine)', function () {
     tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'demiurge-e2e-'));
     wsGood = makeWorkspace(tmp, 'ws-good', fs.readFileSync(path.join(REPO_ROOT, 'test', 'fixtures', 'stand-in-gateway', 'main.js'), 'utf8'));
     gitCommit = await gitInit(wsGood);
-
-    await step('network, builds volume, build server, two gateways', async () => {
-      await docker(['network', 'create', '--label', `environment=${ENV}`, NET]);
-      await docker(['volume', 'create', '--label', `environment=${ENV}`, VOL_BUILDS]);
-      const labels = (role: 'build-server' | 'gateway' | 'dev' | 'pdns'): string[] =>
-        Object.entries(containerLabels(ENV, role)).flatMap(([k, v]) => ['--label', `${k}=${v}`]);
-      await docker(['run', '-d', '--name', BUILD_SERVER, '--network', NET, ...labels('build-server'),
-        '-v', `${VOL_BUILDS}:/srv/builds:ro`, '--health-interval', '1s', IMAGES['build-server'].tag]);
-      const tun = fs.existsSync('/dev/net/tun');
-      for (let i = 0; i < POOL; i++) {
-        // gateway 0 gets a tun device (OpenVPN starts), gateway 1 does not (VPN skipped, HTTP unaffected)
-        const vpnArgs = i === 0 && tun ? ['--cap-add', 'NET_ADMIN', '--device', '/dev/net/tun'] : [];
-        await docker(['run', '-d', '--name', GATEWAYS[i], '--hostname', GATEWAYS[i], '--network', NET, ...labels('gateway'),
-          '-e', `ENV_NAME=${ENV}`, '-e', `GATEWAY_HTTP_PORT=${HTTP_PORTS[i]}`, '-e', `GATEWAY_VPN_PORT=${VPN_PORTS[i]}`,
-          '-e', `GATEWAY_ID=00000000-0000-4000-8000-00000000000${i}`, '-e', 'GATEWAY_TOKEN=e2e-token',
-          '-e', `GANYMEDE_FQDN=${ganymedeFqdn(DOMAIN)}`, '-e', `DOMAIN=${DOMAIN}`, '-e', `BUILD_SERVER_URL=${buildServerUrl(ENV)}`,
-          '-p', `${HTTP_PORTS[i]}:${HTTP_PORTS[i]}`, '-p', `${VPN_PORTS[i]}:${VPN_PORTS[i]}/udp`,
-          '--health-interval', '1s', ...vpnArgs, IMAGES.gateway.tag]);
-      }
-    });
   });
 
   after(async function () {
     this.timeout(120_000);
-    if (!cleanedUp && initial) {
+    if (dirty && initial) {
       note('after(): removing suite-owned containers, network and volumes');
-      await removeByName(OWNED);
+      await teardown();
     }
     if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
     if (Object.keys(timings).length > 0) {
@@ -254,6 +414,7 @@ describe('images and the daily build loop (real Docker engine)', function () {
   });
 
   it('1. gateways wait for the build server, fetch a packed build and serve it through stage-2 nginx', async () => {
+    await ensureGatewaysWithoutBuild();
     // The gateways started before any build existed: they must be retrying, with a log line per attempt.
     await waitFor('a retry log line', 15_000, async () => {
       const logs = await docker(['logs', GATEWAYS[0]]);
@@ -262,14 +423,14 @@ describe('images and the daily build loop (real Docker engine)', function () {
     const gw0Healthy = await containerHealth(GATEWAYS[0]);
     note(`  gateway health before any build: ${gw0Healthy} (nginx answers its own health location)`);
 
-    buildA = await step('pack build A into the builds volume', () => packBuild(wsGood));
+    const buildA = await step('pack build A into the builds volume', () => packBuild(wsGood));
+    current = buildA;
     note(`  build A = ${buildA.buildId} (${buildA.bytes} bytes via ${buildA.via})`);
     assert.ok(buildA.files['app-gateway/main.js'] > 0 && buildA.files['app-gateway/main.js.map'] > 0 && buildA.files['app/main.sh'] > 0);
     if (gitCommit) assert.equal(buildA.gitCommit, gitCommit);
 
-    const ms = await step('both gateways serve build A', () => waitForBuildEverywhere(buildA!.buildId, 30_000));
+    const ms = await step('both gateways serve build A', () => waitForBuildEverywhere(buildA.buildId, 30_000));
     timings['first fetch after pack'] = `${ms} ms`;
-
     const h = await healthz(HTTP_PORTS[0]);
     assert.ok(h);
     const info = (h as unknown as { buildInfo: Record<string, unknown> }).buildInfo;
@@ -317,22 +478,24 @@ describe('images and the daily build loop (real Docker engine)', function () {
   });
 
   it('2. pack a second build and reload: both gateways serve it within 15 s', async () => {
-    assert.ok(buildA, 'needs step 1');
-    buildB = await step('pack build B (through a helper container this time)', async () => {
+    const previous = await ensureServing();
+    const buildB = await step('pack build B (through a helper container this time)', async () => {
       const r = await cli(['pack', '--env', ENV, '--workspace', wsGood, '--volume', VOL_BUILDS, '--volume-mode', 'helper', '--json']);
       assert.equal(r.code, 0, r.stderr + r.stdout);
       return lastJson<PackResult>(r.stdout);
     });
+    current = buildB;
     assert.equal(buildB.via, 'helper-container');
-    assert.notEqual(buildB.buildId, buildA.buildId);
+    assert.notEqual(buildB.buildId, previous.buildId);
 
     const t0 = Date.now();
-    const r = await step('demiurge-gateway reload --env e2etest', () => cli(['reload', '--env', ENV, '--json']));
+    const r = await step(`demiurge-gateway reload --env ${ENV}`, () => cli(['reload', '--env', ENV, '--json']));
     assert.equal(r.code, 0, r.stderr + r.stdout);
     const summary = lastJson<ReloadSummary>(r.stdout);
     assert.equal(summary.results.length, POOL);
     for (const g of summary.results) {
-      assert.ok(g.ok, `${g.container}: ${g.message}`);
+      assert.ok(g.ok, `${g.container}: ${g.code}: ${g.message}`);
+      assert.equal(g.code, undefined);
       assert.equal(g.buildId, buildB.buildId, `${g.container} reports ${g.buildId}`);
       note(`  ${g.container}: build ${g.buildId} pid ${g.pid} reloaded in ${g.ms} ms`);
     }
@@ -344,7 +507,7 @@ describe('images and the daily build loop (real Docker engine)', function () {
   });
 
   it('3. a crashed app is back within 5 s; a reload in the same window never leaves two apps', async () => {
-    assert.ok(buildB, 'needs step 2');
+    const build = await ensureServing();
     const port = HTTP_PORTS[0];
     const gw = GATEWAYS[0];
 
@@ -361,39 +524,112 @@ describe('images and the daily build loop (real Docker engine)', function () {
     note(`  crash recovery: ${recovery} ms (pid ${before.pid} -> ${back.value.pid})`);
     timings['crash recovery'] = `${recovery} ms`;
     assert.ok(recovery < 5_000, `took ${recovery} ms`);
-    assert.equal(back.value.buildId, buildB.buildId);
+    assert.equal(back.value.buildId, build.buildId);
 
-    // Crash + reload in the same window, both orders; sample the process list meanwhile.
-    for (const order of ['crash-then-reload', 'reload-then-crash'] as const) {
-      const samples: number[] = [];
-      let sampling = true;
-      const sampler = (async () => {
-        while (sampling) {
-          samples.push((await appProcesses(gw)).length);
-          await sleep(50);
-        }
-      })();
-      let reload: Promise<RunResult>;
-      if (order === 'crash-then-reload') {
-        await httpRequest(`http://127.0.0.1:${port}/crash`, { method: 'POST' });
-        await sleep(400); // inside the supervisor's 3 s back-off
+    // A crash at a known point of a reload (gateway-reload's pause points), with the app processes
+    // counted in the container every 20 ms. Each case returns the reload's result for gateway 0.
+    const crashDuringReload = async (label: string, points: string[], crash: () => Promise<void>): Promise<{ r: RunResult; g: GatewayReloadResult; log: string; samples: number[] }> => {
+      const logMark = (await containerLog(gw)).length;
+      await armReloadPause(gw, points);
+      const sampler = await startAppSampler(gw);
+      let reload: Promise<RunResult> | undefined;
+      let samples: number[] | undefined;
+      try {
         reload = cli(['reload', '--env', ENV, '--json']);
-      } else {
-        reload = cli(['reload', '--env', ENV, '--json']);
-        await sleep(900); // ts-node start-up; the crash lands while the reload runs
-        await httpRequest(`http://127.0.0.1:${port}/crash`, { method: 'POST' }).catch(() => undefined);
+        await crash();
+        const r = await reload;
+        samples = await sampler.stop();
+        const summary = lastJson<ReloadSummary>(r.stdout);
+        const other = gatewayResult(summary, GATEWAYS[1]);
+        assert.ok(other.ok, `${GATEWAYS[1]} (no crash) must reload: ${other.code}: ${other.message}`);
+        const g = gatewayResult(summary, gw);
+        note(`  ${label}: reload exit ${r.code}, ${gw} ${g.ok ? 'ok' : g.code} in ${g.ms} ms; app processes sampled ${samples.length}x, max ${Math.max(...samples)}`);
+        assert.ok(samples.length > 0, 'the sampler took no sample');
+        assert.ok(Math.max(...samples) <= 1, `two apps seen: samples ${samples.join(',')}`);
+        return { r, g, log: (await containerLog(gw)).slice(logMark), samples };
+      } finally {
+        // After a failure: release a reload that still waits, let the CLI finish, stop the sampler.
+        await disarmReloadPause(gw);
+        if (reload) await reload;
+        if (!samples) await sampler.stop().catch(() => undefined);
       }
-      const r = await reload;
-      await sleep(4_000); // past any 3 s back-off the crash may have caused
-      sampling = false;
-      await sampler;
-      const final = await appProcesses(gw);
-      note(`  ${order}: reload exit ${r.code}; app processes sampled ${samples.length}x, max ${Math.max(...samples)}; final: ${final.length}`);
+    };
+    const oneAppServing = async (what: string, accept: (pid: number) => boolean): Promise<number> => {
+      const h = await waitFor(what, 10_000, async () => {
+        const x = await healthz(port).catch(() => undefined);
+        return x && accept(x.pid) ? x : undefined;
+      }, 50);
+      assert.equal(h.value.buildId, build.buildId);
+      const apps = await appProcesses(gw);
+      assert.equal(apps.length, 1, apps.join('\n'));
+      return h.value.pid;
+    };
+
+    // (a) The old app crashes after the fetch, before the reload signals it: the supervisor is in
+    //     its back-off when the reload asks for a restart, and restarts at once.
+    {
+      const old = await healthz(port);
+      assert.ok(old);
+      const { r, g, log } = await crashDuringReload('old app crashes after the fetch', ['fetched'], async () => {
+        await pausedAt(gw, 'fetched');
+        await inContainer(gw, `the old app (pid ${old.pid}) to crash and be reaped by the supervisor, then the reload to continue`,
+          `${SH_CRASH}; ${shReaped(old.pid)}; ${SH_RELEASE}`);
+      });
       assert.equal(r.code, 0, r.stderr + r.stdout);
-      assert.ok(Math.max(...samples) <= 1, `two apps seen: samples ${samples.join(',')}`);
-      assert.equal(final.length, 1, final.join('\n'));
-      const h = await waitFor('the app to serve', 5_000, () => healthz(port).catch(() => undefined));
-      assert.equal(h.value.buildId, buildB.buildId);
+      assert.ok(g.ok && g.code === undefined, `${g.code}: ${g.message}`);
+      assert.equal(g.buildId, build.buildId);
+      assert.ok(g.pid && g.pid !== old.pid, `new pid ${g.pid}`);
+      assert.match(log, /app exited unexpectedly rc=1/);
+      assert.match(log, /app is not running \(crash back-off or starting\)/);
+      assert.match(log, /(reload requested during crash back-off|rc=1 after \d+ ms for a reload); restarting now/);
+      const pid = await oneAppServing(`the reloaded app (pid ${g.pid}) to serve`, (p) => p === g.pid);
+      note(`  old app crashes after the fetch: pid ${old.pid} -> ${pid}, restarted at once (no 3 s back-off)`);
+    }
+
+    // (b) The new app crashes after the supervisor started it, before the reload saw it listen (the
+    //     CI failure): the reload waits for the supervisor's restart after its back-off and succeeds.
+    {
+      const old = await healthz(port);
+      assert.ok(old);
+      let crashed = 0;
+      const { r, g, log } = await crashDuringReload('new app crashes before it listens', ['new-app-started'], async () => {
+        crashed = Number(await pausedAt(gw, 'new-app-started'));
+        assert.ok(crashed > 0 && crashed !== old.pid, `paused with pid ${crashed}`);
+        // Crash exactly that app once it listens, wait until the supervisor reaped it, and let the
+        // reload go on without pausing again.
+        await inContainer(gw, `the new app (pid ${crashed}) to listen, crash and be reaped, then the reload to continue`,
+          `until curl -sf http://127.0.0.1:8888/healthz | grep -q '"pid":${crashed},'; do sleep 0.02; done; ${SH_CRASH}; ${shReaped(crashed)}; rm -f ${PAUSE_AT}; ${SH_RELEASE}`);
+      });
+      assert.equal(r.code, 0, r.stderr + r.stdout);
+      assert.ok(g.ok && g.code === undefined, `${g.code}: ${g.message}`);
+      assert.equal(g.buildId, build.buildId);
+      assert.ok(g.pid && g.pid !== crashed && g.pid !== old.pid, `reported pid ${g.pid} (old ${old.pid}, crashed ${crashed})`);
+      assert.match(log, new RegExp(`app pid=${crashed} exited during the reload \\(1/1 tolerated\\); waiting for the supervisor's restart`));
+      assert.match(log, /app exited unexpectedly rc=1 .*restarting in 3 s/);
+      assert.ok(g.ms >= 3_000 && g.ms < 20_000, `the reload waited out the 3 s back-off: ${g.ms} ms`);
+      await oneAppServing(`the restarted app (pid ${g.pid}) to serve`, (p) => p === g.pid);
+      timings['reload with a crash of the new app'] = `${g.ms} ms`;
+    }
+
+    // (c) The new app crashes every time (twice): the reload fails with APP_CRASHED_DURING_RELOAD,
+    //     the CLI reports the code for that gateway, and the supervisor still brings the app back.
+    {
+      const crashedPids: number[] = [];
+      const { r, g } = await crashDuringReload('new app crashes twice', ['new-app-started'], async () => {
+        for (let n = 1; n <= 2; n++) {
+          const pid = Number(await pausedAt(gw, 'new-app-started'));
+          assert.ok(pid > 0 && !crashedPids.includes(pid), `pause ${n} with pid ${pid}`);
+          crashedPids.push(pid);
+          await inContainer(gw, `app ${n}/2 (pid ${pid}) to listen, crash and be reaped, then the reload to continue`,
+            `until curl -sf http://127.0.0.1:8888/healthz | grep -q '"pid":${pid},'; do sleep 0.02; done; ${SH_CRASH}; ${shReaped(pid)}; ${SH_RELEASE}`);
+        }
+      });
+      assert.equal(r.code, 1, `the CLI fails when a gateway fails: ${r.stdout}`);
+      assert.equal(g.ok, false);
+      assert.equal(g.code, 'APP_CRASHED_DURING_RELOAD', `${g.code}: ${g.message}`);
+      assert.match(g.message, /exited 2 times before it listened/);
+      const pid = await oneAppServing('the supervisor to bring the app back after the failed reload', (p) => !crashedPids.includes(p));
+      note(`  new app crashes twice: ${g.code} after ${g.ms} ms; the supervisor restarted it (pid ${pid})`);
     }
 
     // An app ignoring SIGTERM is SIGKILLed after 10 s, and the reload still succeeds.
@@ -403,9 +639,8 @@ describe('images and the daily build loop (real Docker engine)', function () {
     await httpRequest(`http://127.0.0.1:${port1}/ignore-sigterm`, { method: 'POST' });
     const r = await step('reload with an app that ignores SIGTERM', () => cli(['reload', '--env', ENV, '--json']));
     assert.equal(r.code, 0, r.stderr + r.stdout);
-    const s = lastJson<ReloadSummary>(r.stdout);
-    const g1 = s.results.find((x) => x.container === GATEWAYS[1]);
-    assert.ok(g1 && g1.ok && g1.pid !== stubborn.pid);
+    const g1 = gatewayResult(lastJson<ReloadSummary>(r.stdout), GATEWAYS[1]);
+    assert.ok(g1.ok && g1.pid !== stubborn.pid);
     assert.ok(g1.ms >= 9_500 && g1.ms < 20_000, `stubborn reload took ${g1.ms} ms`);
     assert.match(await docker(['logs', GATEWAYS[1]]), /ignored SIGTERM for 10 s; sending SIGKILL/);
     note(`  SIGTERM ignored -> SIGKILL: ${GATEWAYS[1]} reloaded in ${g1.ms} ms`);
@@ -413,7 +648,7 @@ describe('images and the daily build loop (real Docker engine)', function () {
   });
 
   it('4. the build server serves only regular *.tar.gz files in its directory and is not published', async () => {
-    assert.ok(buildB, 'needs step 2');
+    const build = await ensureServing();
     // Hostile fixtures next to the real tarball.
     await docker(['run', '--rm', '--name', FIXTURE, '-v', `${VOL_BUILDS}:/b`, 'debian:bookworm-slim', 'sh', '-euc', [
       'cd /b',
@@ -443,7 +678,7 @@ describe('images and the daily build loop (real Docker engine)', function () {
       { label: 'encoded backslash', method: 'GET', target: '/..%5c..%5cetc%5cpasswd', expect: nf },
       { label: 'raw backslashes', method: 'GET', target: '/..\\..\\etc\\passwd', expect: [400, 404] },
       { label: 'backslash in name', method: 'GET', target: '/back\\slash.tar.gz', expect: [400, 404] },
-      { label: 'encoded legit name', method: 'GET', target: '/gateway-e2etest%2etar%2egz', expect: nf },
+      { label: 'encoded legit name', method: 'GET', target: `/${TARBALL.replace(/\./g, '%2e')}`, expect: nf },
       { label: 'NUL byte', method: 'GET', target: `${T}%00.txt`, expect: nf },
       { label: 'trailing slash', method: 'GET', target: `${T}/`, expect: nf },
       { label: 'double slash', method: 'GET', target: '//etc/passwd', expect: nf },
@@ -476,7 +711,7 @@ describe('images and the daily build loop (real Docker engine)', function () {
     const hostile = requests.filter((r) => !r.label.startsWith('control'));
     note(`  ${hostile.length} hostile requests: ${hostile.map((_r, i) => `${responses[i + 2].status}`).join(' ')}`);
     assert.deepEqual(failures, [], failures.join('\n'));
-    assert.equal(responses[0].bytes, buildB.bytes, 'control GET returns the whole tarball');
+    assert.equal(responses[0].bytes, build.bytes, 'control GET returns the whole tarball');
     assert.equal(responses[1].bytes, 0, 'HEAD has no body');
 
     // Not published: no host port binding at all, and nothing of ours on the host's 8090.
@@ -489,7 +724,7 @@ describe('images and the daily build loop (real Docker engine)', function () {
   });
 
   it('5. pack rejects a bundle that requires react, naming the line, and writes nothing', async () => {
-    assert.ok(buildB, 'needs step 2');
+    const build = await ensureServing();
     const ws = makeWorkspace(tmp, 'ws-react', ['"use strict";', 'const http = require("http");', 'var e4 = require("react");', 'module.exports = {};', ''].join('\n'));
     const out = path.join(tmp, 'out-react');
     const r1 = await cli(['pack', '--env', ENV, '--workspace', ws, '--out', out]);
@@ -502,14 +737,17 @@ describe('images and the daily build loop (real Docker engine)', function () {
     const r2 = await cli(['pack', '--env', ENV, '--workspace', ws, '--volume', VOL_BUILDS]);
     assert.equal(r2.code, 3);
     const h = await healthz(HTTP_PORTS[0]);
-    assert.equal(h?.buildId, buildB.buildId);
-    // The volume still holds build B: fetch it again through a reload-free fetch in a gateway.
+    assert.equal(h?.buildId, build.buildId);
+    // The volume still holds the last good build: fetch it again through a reload-free fetch in a gateway.
     const fetched = await docker(['exec', GATEWAYS[0], 'gateway-fetch-build']);
-    assert.match(fetched, new RegExp(`build_id=${buildB.buildId}`));
+    assert.match(fetched, new RegExp(`build_id=${build.buildId}`));
   });
 
   it('6. dev image: PostgreSQL + stage-1 nginx come up healthy; PowerDNS answers its API with the key', async () => {
-    const labels = (role: 'dev' | 'pdns'): string[] => Object.entries(containerLabels(ENV, role)).flatMap(([k, v]) => ['--label', `${k}=${v}`]);
+    const build = await ensureServing();
+    // A fresh dev container and pgdata volume (the schema and restart checks below need a first start).
+    await removeByName({ containers: [PDNS, DEV], volumes: [VOL_PGDATA] });
+    dirty = true;
     await docker(['volume', 'create', '--label', `environment=${ENV}`, VOL_PGDATA]);
     const devArgs = ['run', '-d', '--name', DEV, '--network', NET, ...labels('dev'),
       '-e', `ENV_NAME=${ENV}`, '-e', `DOMAIN=${DOMAIN}`, '-e', 'PUBLIC_IP=127.0.0.1',
@@ -563,9 +801,13 @@ describe('images and the daily build loop (real Docker engine)', function () {
         return parsed.version === version && parsed.routes[orgId] === `${GATEWAYS[0]}:${HTTP_PORTS[0]}` ? true : undefined;
       }, 100);
       const fqdn = `org-${orgId}.${DOMAIN}`;
-      const through = await sh(`curl -sk --resolve ${fqdn}:443:127.0.0.1 https://${fqdn}/healthz`);
-      const h = JSON.parse(through.stdout) as { buildId: string };
-      assert.equal(h.buildId, buildB?.buildId, `stage 1 -> ${GATEWAYS[0]} -> app: ${through.stdout}`);
+      // The status server answering proves the new workers run; the first HTTPS answer may still
+      // come from a worker generation that is shutting down, so wait for the route's answer.
+      const { value: h } = await waitFor(`https://${fqdn}/healthz to answer from the app through stage 1`, 10_000, async () => {
+        const through = await sh(`curl -sk --max-time 3 --resolve ${fqdn}:443:127.0.0.1 https://${fqdn}/healthz`);
+        return JSON.parse(through.stdout) as { buildId: string };
+      }, 100);
+      assert.equal(h.buildId, build.buildId, `stage 1 -> ${GATEWAYS[0]} -> app: ${JSON.stringify(h)}`);
       note(`  https://${fqdn}/healthz (in the dev container) -> ${GATEWAYS[0]}:${HTTP_PORTS[0]} -> app build ${h.buildId}`);
       await sh(`rm -rf ${confDir}/* && nginx -s reload`);
     });
@@ -613,6 +855,8 @@ describe('images and the daily build loop (real Docker engine)', function () {
 
   it('7. containers stop gracefully; cleans up only what it created and leaves the engine as it found it', async () => {
     assert.ok(initial);
+    await ensureServing(); // gateways with a supervised app, so their graceful stop covers the app
+
     // docker stop (SIGTERM): gateways stop app + nginx, dev stops nginx + PostgreSQL (fast shutdown).
     const running = (await engineInventory()).containers.filter((c) => [...GATEWAYS, DEV, PDNS, BUILD_SERVER].includes(c));
     const stops = await Promise.all(running.map(async (c) => {
@@ -632,9 +876,8 @@ describe('images and the daily build loop (real Docker engine)', function () {
       const l = await run('docker', ['logs', DEV]);
       assert.match(l.stdout + l.stderr, /database system is shut down/);
     }
-    await removeByName(OWNED);
-    cleanedUp = true;
-    const now = await engineInventory();
+    await teardown();
+    const now = await inventoryExceptOtherEnvs();
     assert.deepEqual(now.containers, initial.containers);
     assert.deepEqual(now.networks, initial.networks);
     assert.deepEqual(now.volumes, initial.volumes);

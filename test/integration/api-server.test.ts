@@ -1,5 +1,5 @@
 import { strict as assert } from 'assert';
-import { execFileSync } from 'child_process';
+import { execFileSync, spawn } from 'child_process';
 import { randomBytes } from 'crypto';
 import { existsSync, mkdtempSync, readdirSync, rmSync, unlinkSync } from 'fs';
 import * as os from 'os';
@@ -16,6 +16,7 @@ const HTTPS_PORT = 57643;
 const STATUS_PORT = 57699;
 const API_PORT = 57680;
 const API_URL = `http://127.0.0.1:${API_PORT}`;
+const APP_PORT = 57681;
 const OPERATOR_TOKEN = randomBytes(24).toString('base64url');
 
 interface Answer {
@@ -52,9 +53,11 @@ describe('built-in API server (bundled runtime/server/main.ts as a child process
   let secretValues: string[];
 
   /** (Re)writes the runtime files; `api` overrides settings of the api section (the reaper test shortens it). */
-  function writeConfig(api: Record<string, unknown> = {}): string {
-    const inventory = gateways.map((g, i) => ({ name: g.name, host: '127.0.0.1', httpPort: g.port, vpnPort: 49100 + i }));
-    const tokens = Object.fromEntries(gateways.map((g) => [g.name, g.registrationToken]));
+  function writeConfig(api: Record<string, unknown> = {}, poolSize = gateways.length, only?: { name: string; port: number; token: string }): string {
+    const inventory = only
+      ? [{ name: only.name, host: '127.0.0.1', httpPort: only.port, vpnPort: 49199 }]
+      : gateways.slice(0, poolSize).map((g, i) => ({ name: g.name, host: '127.0.0.1', httpPort: g.port, vpnPort: 49100 + i }));
+    const tokens = only ? { [only.name]: only.token } : Object.fromEntries(gateways.map((g) => [g.name, g.registrationToken]));
     const files = suiteRuntimeFiles(s, nginx, { env, domain, schema }, inventory, tokens, {
       operatorToken: OPERATOR_TOKEN,
       apiPort: API_PORT,
@@ -67,9 +70,9 @@ describe('built-in API server (bundled runtime/server/main.ts as a child process
   }
   const randomBytesKey = randomBytes(32).toString('base64');
 
-  async function restart(signal: NodeJS.Signals, api: Record<string, unknown> = {}): Promise<number> {
+  async function restart(signal: NodeJS.Signals, api: Record<string, unknown> = {}, poolSize = gateways.length, only?: { name: string; port: number; token: string }): Promise<number> {
     await server.stop(signal);
-    writeConfig(api);
+    writeConfig(api, poolSize, only);
     const from = server.logs.length;
     await server.start();
     return from;
@@ -151,6 +154,23 @@ describe('built-in API server (bundled runtime/server/main.ts as a child process
     assert.deepEqual([reg.added, reg.updated, reg.retired], [0, 0, 0]);
     const health = await http('GET', '/healthz', null);
     assert.deepEqual([health.status, health.body.database], [200, 'ok']);
+  });
+
+  it('a pool resize in the config reaches the pool at the next start (prune), and back', async () => {
+    await readyAll();
+    const from = await restart('SIGTERM', {}, 2);
+    try {
+      const reg = server.logs.slice(from).find((l) => l.event === 'inventory.registered') as LogLine;
+      assert.equal(reg.retired, 1);
+      const st = await http('GET', '/operator/status');
+      assert.equal((st.body.byState as Record<string, number>).retired, 1);
+      const rejoin = await gateways[2].ready();
+      assert.deepEqual([rejoin.status, rejoin.body.code], [401, 'UNAUTHENTICATED'], `a retired gateway cannot rejoin by itself: ${JSON.stringify(rejoin.body)}`);
+    } finally {
+      const back = await restart('SIGTERM');
+      assert.equal((server.logs.slice(back).find((l) => l.event === 'inventory.registered') as LogLine).updated, 1);
+      await readyAll();
+    }
   });
 
   it('gateways become ready through /gateway/ready with their registration token', async () => {
@@ -290,6 +310,35 @@ describe('built-in API server (bundled runtime/server/main.ts as a child process
     }
   });
 
+  it("the gateway image's default app (runtime/gateway-app, bundled) against it: ready at boot, serves an org, pushes and releases itself when idle", async () => {
+    const app = { name: `gw-pool-${env}-app`, port: APP_PORT, token: randomBytes(24).toString('base64url') };
+    const appBundle = await bundleRuntime('runtime/gateway-app/main.ts', tmp, 'gateway-app.js');
+    const from = await restart('SIGTERM', {}, gateways.length, app);
+    const child = spawn(process.execPath, [appBundle], {
+      env: { PATH: process.env.PATH, GANYMEDE_URL: API_URL, GATEWAY_ID: app.name, GATEWAY_TOKEN: app.token, APP_LISTEN: `127.0.0.1:${APP_PORT}`, GATEWAY_IDLE_TIMEOUT_MS: '1500', GATEWAY_PUSH_INTERVAL_MS: '300' },
+      stdio: ['ignore', 'ignore', 'inherit'],
+    });
+    try {
+      await server.waitLog((l) => l.event === 'gateway.ready' && l.gateway === app.name, `gateway.ready of ${app.name} (the app calls /gateway/ready at boot)`, 30_000, from);
+      const org = randomOrg();
+      const r = await http('POST', `/operator/organizations/${org}/start`);
+      assert.deepEqual([r.status, r.body.gateway_id], [200, app.name], JSON.stringify(r.body));
+      await server.waitLog((l) => l.event === 'gateway.loaded' && l.organizationId === org, `gateway.loaded of ${org}`, 20_000, from);
+      const page = await curlThroughStage1(nginx, `org-${org}.${domain}`, '/');
+      assert.equal(page.status, 200);
+      assert.ok(page.body.includes(org), 'the page names the organization it serves');
+      await server.waitLog((l) => l.event === 'gateway.released' && l.organizationId === org, `the idle release of ${org}`, 30_000, from);
+      assert.equal(await dig(s.pdnsDnsPort, `org-${org}.${domain}`), 'NXDOMAIN');
+      // Released to ready (not quarantined): the app takes the next organization without a restart.
+      const st = await http('GET', '/operator/status');
+      assert.equal((st.body.gateways as Array<{ name: string; state: string }>).find((g) => g.name === app.name)?.state, 'ready');
+    } finally {
+      child.kill('SIGKILL');
+      await restart('SIGTERM');
+      await readyAll();
+    }
+  });
+
   it('the bundle prints a clear error for a bad config and exits 2', async () => {
     const { execFile } = await import('child_process');
     const run = (args: string[]): Promise<{ code: number; stderr: string; stdout: string }> =>
@@ -301,5 +350,12 @@ describe('built-in API server (bundled runtime/server/main.ts as a child process
     assert.equal(check.code, 0, check.stderr);
     assert.equal(JSON.parse(check.stdout).gateways, 3);
     assert.equal((await run(['--help'])).code, 0);
+    // The CLI bundles the same way and reads the same file.
+    const cli = await bundleRuntime('runtime/cli/gateway-pool.ts', tmp, 'gateway-pool.js');
+    const st = await new Promise<{ code: number; stdout: string; stderr: string }>((r) =>
+      execFile(process.execPath, [cli, 'status', '--json', '--config', path.join(tmp, 'config.json')], { env: { PATH: process.env.PATH } }, (err, stdout, stderr) => r({ code: err ? 1 : 0, stdout, stderr })),
+    );
+    assert.equal(st.code, 0, st.stderr);
+    assert.deepEqual([JSON.parse(st.stdout).envName, JSON.parse(st.stdout).total], [env, 3]);
   });
 });

@@ -6,12 +6,12 @@
  *  - `up`: the realiser creates each resource as the program registers it and
  *    hands the real outputs back (image ids, container ids, passwords, stdout).
  */
-import * as crypto from 'crypto';
 import * as dgram from 'dgram';
 import * as net from 'net';
 import * as path from 'path';
 import { REPO_ROOT, runProgram, type CapturedResource, type ProgramRun } from '../../unit/helpers/pulumi-mocks';
 import { readStackYaml } from '../../../tools/lib/stack-yaml';
+import { checkoutId } from '../helpers/checkout';
 import type { Realiser } from './realise';
 
 export { REPO_ROOT };
@@ -46,14 +46,7 @@ export const E2E_IDLE_SECONDS = '8';
 export const E2E_PUSH_SECONDS = '2';
 const SLOTS = 10;
 
-/**
- * Stable per checkout: the same checkout reuses its image tags (so a warm run
- * hits the build cache under the same names), two checkouts on one machine
- * get different names and, usually, different port slots.
- */
-export function checkoutId(root = REPO_ROOT): string {
-  return crypto.createHash('sha256').update(root).digest('hex').slice(0, 6);
-}
+export { checkoutId };
 
 export function slotPorts(slot: number): E2ePorts {
   const base = 62000 + 100 * slot;

@@ -16,6 +16,10 @@ APP_LOCK="$RUN_DIR/app.lock"            # serializes "start app" (supervisor) an
 BUILD_LOCK="$RUN_DIR/build.lock"        # serializes fetch + swap
 RELOAD_LOCK="$RUN_DIR/reload.lock"      # one reload at a time
 NGINX_LOCK="$RUN_DIR/nginx.lock"        # one nginx config change at a time
+# Test hook of gateway-reload (absent in normal operation; see pause_point there):
+RELOAD_PAUSE_AT="$RUN_DIR/reload-pause-at"  # names of the points at which a reload waits, one per line
+RELOAD_PAUSED="$RUN_DIR/reload-paused"      # "<point> <detail>" while a reload waits there
+RELOAD_RELEASE="$RUN_DIR/reload-release"    # created to let the waiting reload continue
 
 mkdir -p "$RUN_DIR"
 
