@@ -515,7 +515,7 @@ describe(`stack e2e: index.ts deployed on the local Docker engine (${MODE === 'r
     });
   });
 
-  it('7. restarting the dev container, then the API server alone, loses no allocation and no pushed data', async () => {
+  it('7. restarting the dev container, then the API server alone (asked, then crashed), loses no allocation and no pushed data', async () => {
     const d = need(dep, 'deployment');
     const o = d.outputs;
     await everyGatewayReady(d, 180_000);
@@ -573,6 +573,16 @@ describe(`stack e2e: index.ts deployed on the local Docker engine (${MODE === 'r
         await kept('after the API server restart');
         const logs = await runCommand(['docker', 'logs', o.devContainerName], {}, REPO_ROOT);
         assert.match(logs.stdout + logs.stderr, /API server exited \(exit \d+\) for a requested restart/);
+      });
+      await steps.run('the API server crashes (SIGKILL): the entrypoint logs it and starts it again after its back-off', async () => {
+        const r = await runCommand(['docker', 'exec', o.devContainerName, 'sh', '-c', 'kill -KILL "$(cat /run/demiurge/api-server.pid)"'], {}, REPO_ROOT);
+        assert.equal(r.code, 0, r.stderr);
+        await waitFor('the supervisor logging the crash', 30_000, async () => {
+          const logs = await runCommand(['docker', 'logs', o.devContainerName], {}, REPO_ROOT);
+          return /API server exited unexpectedly \(exit 137 after \d+ s\); restarting in \d+ s/.test(logs.stdout + logs.stderr) ? true : undefined;
+        });
+        await apiBack('after the crash');
+        await kept('after the crash');
       });
     } finally {
       busy = false;
