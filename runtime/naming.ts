@@ -350,3 +350,18 @@ export function powerDnsApiUrl(env: string): string {
 export function portRange(base: number, poolSize: number): [number, number] {
   return [base, base + Math.max(poolSize, 1) - 1];
 }
+
+// ---------------------------------------------------------------- API server (Ganymede)
+
+/** Port of the API server in the dev container: stage 1 proxies ganymede.<domain> to 127.0.0.1 on it. */
+export const GANYMEDE_PORT = 6000;
+
+/** URL at which gateways reach the API server: the dev container by name on the environment network. */
+export function ganymedeInternalUrl(env: string): string {
+  return `http://${devContainerName(env)}:${GANYMEDE_PORT}`;
+}
+
+/** The API server's public URL, through stage 1. */
+export function ganymedePublicUrl(domain: string): string {
+  return `https://${ganymedeFqdn(domain)}`;
+}
