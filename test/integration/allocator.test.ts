@@ -9,6 +9,7 @@ import { createZone, deleteZone, dropSchema, gatewayHost, patchZone, randomOrg, 
 import { TestServices, requireServices } from '../helpers/services';
 import { Stage1Nginx, curlThroughStage1, dig } from '../helpers/stage1-nginx';
 import { testAllocatorOptions } from '../helpers/allocator-settings';
+import { waitLeasesExpired } from '../helpers/pool-state';
 
 const HTTPS_PORT = 58443;
 const STATUS_PORT = 58099;
@@ -299,9 +300,8 @@ describe('GatewayAllocator (real PostgreSQL, PowerDNS, nginx)', function () {
       const { allocator, schema, env } = await freshPool(2, { nginx: { ...nginx.nginxOptions(), liveTimeoutMs: 500 } });
       await allocator.reconcile(); // base config in place while nginx runs
       const before = await sqlState(schema);
-      nginx.stop();
+      await nginx.stopAndWait();
       try {
-        await new Promise((r) => setTimeout(r, 300));
         const org = randomOrg();
         await assert.rejects(allocator.allocate(org), (e: unknown) => isAllocatorError(e, 'NGINX_FAILED'));
         assert.deepEqual(await sqlState(schema), before);
@@ -325,7 +325,7 @@ describe('GatewayAllocator (real PostgreSQL, PowerDNS, nginx)', function () {
         const survivor = make();
         const early = await survivor.reconcile();
         assert.equal(early.inFlight.length, 1, 'a live lease is left alone');
-        await new Promise((r) => setTimeout(r, 400));
+        await waitLeasesExpired(pgAdmin, schema);
         const report = await survivor.reconcile();
         assert.equal(report.recovered.length, 1);
         assert.equal(await dig(s.pdnsDnsPort, `org-${org}.${domain}`), 'NXDOMAIN');
@@ -345,7 +345,7 @@ describe('GatewayAllocator (real PostgreSQL, PowerDNS, nginx)', function () {
       const slow = make({
         failpoints: {
           'allocate.afterClaim': async () => {
-            await new Promise((r) => setTimeout(r, 400));
+            await waitLeasesExpired(pgAdmin, schema);
             report = await survivor.reconcile(); // takes the expired claim over and rolls it back
           },
         },
@@ -371,7 +371,7 @@ describe('GatewayAllocator (real PostgreSQL, PowerDNS, nginx)', function () {
       await normal.allocate(b);
       await assert.rejects(crashing.release(a), SimulatedCrash);
       await assert.rejects(crashing.release(b), SimulatedCrash);
-      await new Promise((r) => setTimeout(r, 400));
+      await waitLeasesExpired(pgAdmin, schema);
       await normal.release(b); // a retried release finishes the interrupted one
       const report = await normal.reconcile();
       assert.deepEqual(report.recovered.map((r) => r.organizationId), [a]);
