@@ -3,10 +3,11 @@ import { ChildProcess, spawn } from 'child_process';
 import { randomBytes } from 'crypto';
 import * as path from 'path';
 import { Pool } from 'pg';
-import { GatewayAllocator, OrgDataStore } from '../../runtime';
+import { GatewayAllocator, OrgDataStore, isAllocatorError } from '../../runtime';
 import { allocatorSettingsEnv, testAllocatorOptions } from '../helpers/allocator-settings';
 import { callApi, FakeGateway } from '../helpers/fake-gateway';
 import { createZone, deleteZone, dropSchema, randomOrg, suiteId } from '../helpers/fixtures';
+import { waitSilent } from '../helpers/pool-state';
 import { TestServices, requireServices } from '../helpers/services';
 import { Stage1Nginx, curlThroughStage1, dig } from '../helpers/stage1-nginx';
 
@@ -35,7 +36,12 @@ describe('Gateway API over HTTP (Express router, real PostgreSQL, PowerDNS, ngin
   let admin: GatewayAllocator;
   let adminPool: Pool;
   let store: OrgDataStore;
+  /** The pool: every test starts with these ready (beforeEach) and its organizations released (afterEach). */
   const gateways: FakeGateway[] = [];
+  /** Registered with the pool but only ever made ready by the registration test, which needs a gateway that is not. */
+  let registrant: FakeGateway;
+  /** Organizations started by the running test; released after it. */
+  let testOrgs: string[] = [];
 
   function apiEnv(): NodeJS.ProcessEnv {
     return { ...process.env, API_PORT: String(API_PORT), MAX_SNAPSHOT_BYTES: String(MAX_SNAPSHOT), ...allocatorSettingsEnv(s, nginx, { env, domain, schema }) };
@@ -80,14 +86,45 @@ describe('Gateway API over HTTP (Express router, real PostgreSQL, PowerDNS, ngin
     return JSON.stringify(await store.history(orgId));
   }
 
-  async function startOrg(orgId: string, user = 'alice'): Promise<{ status: number; body: Record<string, unknown> }> {
+  async function startOrg(orgId: string, user = 'alice', track = testOrgs): Promise<{ status: number; body: Record<string, unknown> }> {
+    track.push(orgId);
     return callApi(API_URL, '/start', { organization_id: orgId }, { 'x-test-user': user });
   }
 
   function gatewayOf(name: unknown): FakeGateway {
-    const g = gateways.find((x) => x.name === name);
+    const g = [...gateways, registrant].find((x) => x.name === name);
     assert.ok(g, `no fake gateway ${String(name)}`);
     return g;
+  }
+
+  /** Set-up: a started organization whose gateway has loaded it. */
+  async function startLoaded(orgId = randomOrg(), track = testOrgs): Promise<{ org: string; gw: FakeGateway }> {
+    const r = await startOrg(orgId, 'alice', track);
+    assert.equal(r.status, 200, `set-up: start ${orgId}: ${JSON.stringify(r.body)}`);
+    const gw = gatewayOf(r.body.gateway_id);
+    await gw.waitLoaded(orgId);
+    return { org: orgId, gw };
+  }
+
+  /** Every pool gateway that is not in the pool (never registered, or quarantined) says /gateway/ready. */
+  async function ensurePoolReady(): Promise<void> {
+    const states = new Map((await admin.list()).map((l) => [l.name, l.state]));
+    [...gateways, registrant].forEach((g) => (g.accepting = true));
+    for (const g of gateways) {
+      if (states.get(g.name) !== 'registered') continue;
+      const r = await g.ready();
+      assert.equal(r.status, 200, `set-up: ${g.name} ready: ${JSON.stringify(r.body)}`);
+    }
+  }
+
+  /** Releases what `orgs` still hold (whatever a test left behind) and lets their fake gateways forget them. */
+  async function releaseAll(orgs: string[]): Promise<void> {
+    for (const org of orgs.splice(0)) {
+      await admin.release(org).catch((e: unknown) => {
+        if (!isAllocatorError(e, 'NOT_ALLOCATED')) throw e;
+      });
+      [...gateways, registrant].filter((g) => g.loadedOrg === org || g.organizationId === org).forEach((g) => g.reset());
+    }
   }
 
   before(async function () {
@@ -103,20 +140,32 @@ describe('Gateway API over HTTP (Express router, real PostgreSQL, PowerDNS, ngin
     await admin.migrate();
     adminPool = new Pool({ connectionString: s.pgUrl, max: 2 });
     store = new OrgDataStore({ pg: adminPool, schema });
-    for (let i = 0; i < 4; i += 1) {
+    for (let i = 0; i < 5; i += 1) {
       const g = new FakeGateway(`gw-pool-${env}-${i}`, randomBytes(24).toString('base64url'), API_URL);
       await g.listen();
-      gateways.push(g);
+      if (i < 4) gateways.push(g);
+      else registrant = g;
     }
+    const all = [...gateways, registrant];
     // What `gateway-pool sync` does with the stack outputs (its own test covers the CLI).
-    await admin.registerGateways(gateways.map((g, i) => ({ name: g.name, host: '127.0.0.1', httpPort: g.port, vpnPort: 49100 + i })));
-    await admin.setRegistrationTokens(Object.fromEntries(gateways.map((g) => [g.name, g.registrationToken])));
+    await admin.registerGateways(all.map((g, i) => ({ name: g.name, host: '127.0.0.1', httpPort: g.port, vpnPort: 49100 + i })));
+    await admin.setRegistrationTokens(Object.fromEntries(all.map((g) => [g.name, g.registrationToken])));
     await startApi();
+  });
+
+  beforeEach(async () => {
+    if (!api) await startApi(); // a test that restarted it failed half-way
+    await ensurePoolReady();
+  });
+
+  afterEach(async () => {
+    await releaseAll(testOrgs);
+    testOrgs = [];
   });
 
   after(async () => {
     await stopApi();
-    await Promise.allSettled(gateways.map((g) => g.close()));
+    await Promise.allSettled([...gateways, registrant].map((g) => g?.close()));
     await admin?.close();
     await adminPool?.end();
     nginx?.destroy();
@@ -127,30 +176,28 @@ describe('Gateway API over HTTP (Express router, real PostgreSQL, PowerDNS, ngin
   });
 
   it('registers gateways only with their own registration token', async () => {
-    const [g0, g1] = gateways;
-    const wrong = await callApi(API_URL, '/ready', { gateway_id: g0.name }, { authorization: `Bearer ${g1.registrationToken}` });
+    const stateOf = async (name: string): Promise<string | undefined> => (await admin.list()).find((l) => l.name === name)?.state;
+    assert.equal(await stateOf(registrant.name), 'registered', 'precondition: the registrant has not said ready yet');
+    const readyBefore = (await admin.status()).byState.ready ?? 0;
+    const wrong = await callApi(API_URL, '/ready', { gateway_id: registrant.name }, { authorization: `Bearer ${gateways[0].registrationToken}` });
     assert.equal(wrong.status, 401);
     assert.equal(wrong.body.code, 'UNAUTHENTICATED');
-    assert.equal((await admin.status()).byState.ready, 0);
-    for (const g of gateways) {
-      const r = await g.ready();
-      assert.equal(r.status, 200, JSON.stringify(r.body));
-      assert.deepEqual([r.body.state, r.body.loaded], ['ready', false]);
-    }
-    assert.equal((await admin.status()).byState.ready, 4);
+    assert.equal(await stateOf(registrant.name), 'registered', 'another gateway\'s token changed nothing');
+    assert.equal((await admin.status()).byState.ready ?? 0, readyBefore);
+    const r = await registrant.ready();
+    assert.equal(r.status, 200, JSON.stringify(r.body));
+    assert.deepEqual([r.body.state, r.body.loaded], ['ready', false]);
+    assert.equal(await stateOf(registrant.name), 'ready');
+    assert.equal((await admin.status()).byState.ready, readyBefore + 1);
   });
 
-  let orgA: string;
-  let first: FakeGateway;
-  const dataA = snapshot('org-a-v1');
-
   it('start → config → pull (empty) → ready(org loaded): the gateway serves the org through stage-1', async () => {
-    orgA = randomOrg();
+    const orgA = randomOrg();
     const started = await startOrg(orgA);
     assert.equal(started.status, 200, JSON.stringify(started.body));
     assert.equal(started.body.created, true);
     assert.equal(started.body.gateway_url, `https://org-${orgA}.${domain}`);
-    first = gatewayOf(started.body.gateway_id);
+    const first = gatewayOf(started.body.gateway_id);
     await first.waitLoaded(orgA);
     assert.equal(first.lastConfig?.organization_id, orgA);
     assert.equal(first.lastConfig?.organization_name, `Org ${orgA.slice(0, 8)}`);
@@ -167,6 +214,8 @@ describe('Gateway API over HTTP (Express router, real PostgreSQL, PowerDNS, ngin
   });
 
   it('push → stop releases; a second stop is harmless; the released token is refused', async () => {
+    const { org: orgA, gw: first } = await startLoaded();
+    const dataA = snapshot('org-a-v1');
     const pushed = await first.call('/data/push', { organization_id: orgA, gateway_id: first.name, timestamp: new Date().toISOString(), data: dataA });
     assert.equal(pushed.status, 200, JSON.stringify(pushed.body));
     assert.equal(pushed.body.version, 1);
@@ -194,6 +243,13 @@ describe('Gateway API over HTTP (Express router, real PostgreSQL, PowerDNS, ngin
   });
 
   it('the data survives a restart of the API process; the next start lands on another gateway and pulls it back', async () => {
+    // Set-up: the organization pushed its data and was stopped.
+    const { org: orgA, gw: first } = await startLoaded();
+    const dataA = snapshot('org-a-v1');
+    assert.equal((await first.call('/data/push', { organization_id: orgA, gateway_id: first.name, data: dataA })).status, 200, 'set-up: push');
+    assert.equal((await first.call('/stop', { organization_id: orgA, gateway_id: first.name })).status, 200, 'set-up: stop');
+    first.reset();
+
     await stopApi('SIGKILL');
     await startApi();
     const started = await startOrg(orgA);
@@ -209,19 +265,22 @@ describe('Gateway API over HTTP (Express router, real PostgreSQL, PowerDNS, ngin
   });
 
   describe('security: every refusal changes nothing', () => {
+    let orgA: string;
     let orgB: string;
     let gwA: FakeGateway;
     let gwB: FakeGateway;
+    const suiteOrgs: string[] = [];
 
     before(async () => {
-      gwA = gateways.find((g) => g.loadedOrg === orgA) as FakeGateway;
-      orgB = randomOrg();
-      const r = await startOrg(orgB);
-      assert.equal(r.status, 200, JSON.stringify(r.body));
-      gwB = gatewayOf(r.body.gateway_id);
-      await gwB.waitLoaded(orgB);
+      await ensurePoolReady();
+      ({ org: orgA, gw: gwA } = await startLoaded(randomOrg(), suiteOrgs));
+      ({ org: orgB, gw: gwB } = await startLoaded(randomOrg(), suiteOrgs));
       const pushB = await gwB.call('/data/push', { organization_id: orgB, data: snapshot('org-b') });
       assert.equal(pushB.status, 200);
+    });
+
+    after(async () => {
+      await releaseAll(suiteOrgs);
     });
 
     it("a gateway token of org A cannot pull or push org B's data (403)", async () => {
@@ -362,7 +421,7 @@ describe('Gateway API over HTTP (Express router, real PostgreSQL, PowerDNS, ngin
     const r = await startOrg(orgE);
     assert.equal(r.status, 502);
     assert.deepEqual([r.body.code, r.body.retryable], ['GATEWAY_UNREACHABLE', true]);
-    const broken = (await admin.list()).filter((l) => l.state === 'registered').map((l) => l.name);
+    const broken = (await admin.list()).filter((l) => l.state === 'registered' && readyNames.includes(l.name)).map((l) => l.name);
     assert.equal(broken.length, 1, 'the broken gateway is out of the pool until it calls /gateway/ready');
     assert.equal(await admin.getAllocation(orgE), undefined);
     assert.equal(await dig(s.pdnsDnsPort, `org-${orgE}.${domain}`), 'NXDOMAIN');
@@ -381,16 +440,17 @@ describe('Gateway API over HTTP (Express router, real PostgreSQL, PowerDNS, ngin
     assert.equal(r.status, 200, JSON.stringify(r.body));
     const silent = gatewayOf(r.body.gateway_id);
     await silent.waitLoaded(silentOrg);
+    const { org: talkingOrg, gw: talking } = await startLoaded();
     const last = snapshot('last-words');
     assert.equal((await silent.call('/data/push', { organization_id: silentOrg, data: last })).status, 200);
-    await new Promise((res) => setTimeout(res, 1500));
-    const talking = gateways.find((g) => g.loadedOrg === orgA) as FakeGateway;
+    // Silence is measured by PostgreSQL's clock: wait until the last push is more than 1000 ms old there.
+    await waitSilent(adminPool, schema, [silent.name], 1000);
     assert.equal((await talking.call('/heartbeat', {})).status, 200);
     const report = await admin.reapStale(1000);
     const released = report.released.map((x) => x.gateway);
     assert.ok(released.includes(silent.name), JSON.stringify(report));
     assert.ok(!released.includes(talking.name));
-    assert.equal((await admin.getAllocation(orgA))?.name, talking.name);
+    assert.equal((await admin.getAllocation(talkingOrg))?.name, talking.name);
     assert.equal(await admin.getAllocation(silentOrg), undefined);
     assert.deepEqual((await store.pull(silentOrg)).data, last);
     const late = await silent.call('/stop', {});
