@@ -6,13 +6,11 @@ import { readFileSync } from 'fs';
 import { Pool } from 'pg';
 import { AllocatorError, GatewayAllocator, GatewayAllocatorOptions, SimulatedCrash, isAllocatorError } from '../../runtime';
 import { createZone, deleteZone, dropSchema, gatewayHost, patchZone, randomOrg, startStandInGateways, suiteId, zoneRRsets } from '../helpers/fixtures';
+import { freePorts } from '../helpers/ports';
 import { TestServices, requireServices } from '../helpers/services';
 import { Stage1Nginx, curlThroughStage1, dig } from '../helpers/stage1-nginx';
 import { testAllocatorOptions } from '../helpers/allocator-settings';
 import { waitLeasesExpired } from '../helpers/pool-state';
-
-const HTTPS_PORT = 58443;
-const STATUS_PORT = 58099;
 
 describe('GatewayAllocator (real PostgreSQL, PowerDNS, nginx)', function () {
   this.timeout(180_000);
@@ -29,7 +27,8 @@ describe('GatewayAllocator (real PostgreSQL, PowerDNS, nginx)', function () {
     s = requireServices(this);
     domain = `it-${suiteId()}.test`;
     await createZone(s, domain);
-    nginx = new Stage1Nginx(domain, HTTPS_PORT, STATUS_PORT);
+    const [httpsPort, statusPort] = await freePorts(2);
+    nginx = new Stage1Nginx(domain, httpsPort, statusPort);
     nginx.start();
     standIn = await startStandInGateways();
     pgAdmin = new Pool({ connectionString: s.pgUrl, max: 2 });
@@ -82,7 +81,7 @@ describe('GatewayAllocator (real PostgreSQL, PowerDNS, nginx)', function () {
   function httpsGet(hostname: string, hostHeader = hostname, urlPath = '/healthz'): Promise<{ status: number; body: string }> {
     return new Promise((resolve, reject) => {
       const req = https.get(
-        { host: '127.0.0.1', port: HTTPS_PORT, servername: hostname, headers: { host: hostHeader }, path: urlPath, ca: readFileSync(nginx.caFile), agent: false },
+        { host: '127.0.0.1', port: nginx.httpsPort, servername: hostname, headers: { host: hostHeader }, path: urlPath, ca: readFileSync(nginx.caFile), agent: false },
         (res) => {
           let body = '';
           res.on('data', (c) => (body += c));
@@ -280,7 +279,7 @@ describe('GatewayAllocator (real PostgreSQL, PowerDNS, nginx)', function () {
         assert.equal(JSON.parse((await curlThroughStage1(nginx, `org-${during}.${domain}`)).body).gatewayAddress, g2.host);
         await allocator.release(during);
         // A base-config change (here: a new certificate path) must pass nginx -t before any reload.
-        const changed = make({ nginx: { ...nginx.nginxOptions(), tls: { certPath: nginx.certFile, keyPath: nginx.keyFile }, listen: `127.0.0.1:${HTTPS_PORT} ssl http2` } });
+        const changed = make({ nginx: { ...nginx.nginxOptions(), tls: { certPath: nginx.certFile, keyPath: nginx.keyFile }, listen: `127.0.0.1:${nginx.httpsPort} ssl http2` } });
         const org = randomOrg();
         const before = await sqlState(schema);
         await assert.rejects(changed.allocate(org), (e: unknown) => isAllocatorError(e, 'NGINX_FAILED') && /nginx -t/.test((e as Error).message));

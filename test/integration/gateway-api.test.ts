@@ -8,13 +8,10 @@ import { allocatorSettingsEnv, testAllocatorOptions } from '../helpers/allocator
 import { callApi, FakeGateway } from '../helpers/fake-gateway';
 import { createZone, deleteZone, dropSchema, randomOrg, suiteId } from '../helpers/fixtures';
 import { waitSilent } from '../helpers/pool-state';
+import { freePorts } from '../helpers/ports';
 import { TestServices, requireServices } from '../helpers/services';
 import { Stage1Nginx, curlThroughStage1, dig } from '../helpers/stage1-nginx';
 
-const HTTPS_PORT = 57443;
-const STATUS_PORT = 57099;
-const API_PORT = 57080;
-const API_URL = `http://127.0.0.1:${API_PORT}`;
 const MAX_SNAPSHOT = 64 * 1024;
 const ROOT = path.resolve(__dirname, '..', '..');
 
@@ -35,6 +32,8 @@ describe('Gateway API over HTTP (Express router, real PostgreSQL, PowerDNS, ngin
   let api: ChildProcess | undefined;
   let admin: GatewayAllocator;
   let adminPool: Pool;
+  let apiPort = 0;
+  let apiUrl = '';
   let store: OrgDataStore;
   /** The pool: every test starts with these ready (beforeEach) and its organizations released (afterEach). */
   const gateways: FakeGateway[] = [];
@@ -44,7 +43,7 @@ describe('Gateway API over HTTP (Express router, real PostgreSQL, PowerDNS, ngin
   let testOrgs: string[] = [];
 
   function apiEnv(): NodeJS.ProcessEnv {
-    return { ...process.env, API_PORT: String(API_PORT), MAX_SNAPSHOT_BYTES: String(MAX_SNAPSHOT), ...allocatorSettingsEnv(s, nginx, { env, domain, schema }) };
+    return { ...process.env, API_PORT: String(apiPort), MAX_SNAPSHOT_BYTES: String(MAX_SNAPSHOT), ...allocatorSettingsEnv(s, nginx, { env, domain, schema }) };
   }
 
   async function startApi(): Promise<void> {
@@ -88,7 +87,7 @@ describe('Gateway API over HTTP (Express router, real PostgreSQL, PowerDNS, ngin
 
   async function startOrg(orgId: string, user = 'alice', track = testOrgs): Promise<{ status: number; body: Record<string, unknown> }> {
     track.push(orgId);
-    return callApi(API_URL, '/start', { organization_id: orgId }, { 'x-test-user': user });
+    return callApi(apiUrl, '/start', { organization_id: orgId }, { 'x-test-user': user });
   }
 
   function gatewayOf(name: unknown): FakeGateway {
@@ -134,14 +133,17 @@ describe('Gateway API over HTTP (Express router, real PostgreSQL, PowerDNS, ngin
     schema = `api_${id}`;
     env = `api${id}`;
     await createZone(s, domain);
-    nginx = new Stage1Nginx(domain, HTTPS_PORT, STATUS_PORT);
+    const [httpsPort, statusPort, port] = await freePorts(3);
+    apiPort = port;
+    apiUrl = `http://127.0.0.1:${apiPort}`;
+    nginx = new Stage1Nginx(domain, httpsPort, statusPort);
     nginx.start();
     admin = new GatewayAllocator(testAllocatorOptions(s, nginx, { env, domain, schema }));
     await admin.migrate();
     adminPool = new Pool({ connectionString: s.pgUrl, max: 2 });
     store = new OrgDataStore({ pg: adminPool, schema });
     for (let i = 0; i < 5; i += 1) {
-      const g = new FakeGateway(`gw-pool-${env}-${i}`, randomBytes(24).toString('base64url'), API_URL);
+      const g = new FakeGateway(`gw-pool-${env}-${i}`, randomBytes(24).toString('base64url'), apiUrl);
       await g.listen();
       if (i < 4) gateways.push(g);
       else registrant = g;
@@ -179,7 +181,7 @@ describe('Gateway API over HTTP (Express router, real PostgreSQL, PowerDNS, ngin
     const stateOf = async (name: string): Promise<string | undefined> => (await admin.list()).find((l) => l.name === name)?.state;
     assert.equal(await stateOf(registrant.name), 'registered', 'precondition: the registrant has not said ready yet');
     const readyBefore = (await admin.status()).byState.ready ?? 0;
-    const wrong = await callApi(API_URL, '/ready', { gateway_id: registrant.name }, { authorization: `Bearer ${gateways[0].registrationToken}` });
+    const wrong = await callApi(apiUrl, '/ready', { gateway_id: registrant.name }, { authorization: `Bearer ${gateways[0].registrationToken}` });
     assert.equal(wrong.status, 401);
     assert.equal(wrong.body.code, 'UNAUTHENTICATED');
     assert.equal(await stateOf(registrant.name), 'registered', 'another gateway\'s token changed nothing');
@@ -300,11 +302,11 @@ describe('Gateway API over HTTP (Express router, real PostgreSQL, PowerDNS, ngin
 
     it('a handshake token works once', async () => {
       const used = gwB.lastHandshake as string;
-      const r = await callApi(API_URL, '/config', { handshake_token: used });
+      const r = await callApi(apiUrl, '/config', { handshake_token: used });
       assert.equal(r.status, 401);
       assert.equal(r.body.code, 'HANDSHAKE_INVALID');
       assert.equal(r.body.gateway_token, undefined);
-      const viaHeader = await callApi(API_URL, '/config', {}, { authorization: `Bearer ${used}` });
+      const viaHeader = await callApi(apiUrl, '/config', {}, { authorization: `Bearer ${used}` });
       assert.equal(viaHeader.status, 401);
       // The gateway's token still works: a replayed handshake did not rotate it.
       assert.equal((await gwB.call('/heartbeat', {})).status, 200);
@@ -314,7 +316,7 @@ describe('Gateway API over HTTP (Express router, real PostgreSQL, PowerDNS, ngin
       const before = await history(orgB);
       for (const p of ['/data/push', '/data/pull', '/heartbeat', '/stop', '/ready']) {
         for (const auth of [undefined, 'Bearer', 'Bearer not-a-real-token-at-all-1234', 'Basic Zm9vOmJhcg==', `Bearer ${'x'.repeat(500)}`, 'Bearer ÿÿÿÿÿÿÿÿÿÿÿÿÿÿÿÿÿÿ']) {
-          const r = await callApi(API_URL, p, { organization_id: orgB, data: snapshot('x') }, auth ? { authorization: auth } : {});
+          const r = await callApi(apiUrl, p, { organization_id: orgB, data: snapshot('x') }, auth ? { authorization: auth } : {});
           assert.equal(r.status, 401, `${p} with ${String(auth).slice(0, 20)}: ${r.status} ${JSON.stringify(r.body)}`);
           assert.equal(r.body.success, false);
           assert.equal(typeof r.body.code, 'string');
@@ -338,7 +340,7 @@ describe('Gateway API over HTTP (Express router, real PostgreSQL, PowerDNS, ngin
     it('malformed JSON and wrong types → 400', async () => {
       const before = await history(orgB);
       const auth = { authorization: `Bearer ${gwB.token as string}` };
-      const malformed = await callApi(API_URL, '/data/push', '{"organization_id": "' + orgB + '", "data": {', auth, true);
+      const malformed = await callApi(apiUrl, '/data/push', '{"organization_id": "' + orgB + '", "data": {', auth, true);
       assert.equal(malformed.status, 400);
       assert.equal(malformed.body.code, 'INVALID_REQUEST');
       const cases: unknown[] = [
@@ -355,7 +357,7 @@ describe('Gateway API over HTTP (Express router, real PostgreSQL, PowerDNS, ngin
         { organization_id: orgB, gateway_id: 'Not A Name', data: snapshot('t') },
       ];
       for (const body of cases) {
-        const r = await callApi(API_URL, '/data/push', body, auth);
+        const r = await callApi(apiUrl, '/data/push', body, auth);
         assert.equal(r.status, 400, `${JSON.stringify(body).slice(0, 80)} → ${r.status} ${JSON.stringify(r.body)}`);
         assert.ok(['INVALID_REQUEST', 'INVALID_SNAPSHOT'].includes(r.body.code as string));
         assert.ok(!JSON.stringify(r.body).includes('    at '), 'no stack traces');
@@ -370,9 +372,9 @@ describe('Gateway API over HTTP (Express router, real PostgreSQL, PowerDNS, ngin
       const forbidden = await startOrg(orgC, 'mallory');
       assert.equal(forbidden.status, 403);
       assert.equal(forbidden.body.code, 'FORBIDDEN');
-      const bad = await callApi(API_URL, '/start', { organization_id: 'org-1; DROP TABLE' }, { 'x-test-user': 'alice' });
+      const bad = await callApi(apiUrl, '/start', { organization_id: 'org-1; DROP TABLE' }, { 'x-test-user': 'alice' });
       assert.equal(bad.status, 400);
-      const get = await fetch(`${API_URL}/gateway/start`);
+      const get = await fetch(`${apiUrl}/gateway/start`);
       assert.equal(get.status, 405);
       assert.equal(((await get.json()) as { code: string }).code, 'METHOD_NOT_ALLOWED');
       assert.equal(JSON.stringify(await admin.status()), statusBefore);

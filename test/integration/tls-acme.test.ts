@@ -32,12 +32,13 @@ import { renewBaseCertificate, renewalDue, readInstalled, servedFingerprint } fr
 import type { IssuedCertificate } from '../../runtime/tls/types';
 import { createZone, deleteZone, dropSchema, gatewayHost, patchZone, randomOrg, startStandInGateways, suiteId, zoneRRsets } from '../helpers/fixtures';
 import { Pebble, ensureDebianPackage } from '../helpers/pebble';
+import { freePorts } from '../helpers/ports';
 import { requireServices, type TestServices } from '../helpers/services';
 import { Stage1Nginx } from '../helpers/stage1-nginx';
 import { testAllocatorOptions } from '../helpers/allocator-settings';
 
-const HTTPS_PORT = 61443;
-const STATUS_PORT = 61099;
+/** The stage-1 nginx's HTTPS port, chosen in the suite's before hook. */
+let httpsPort = 0;
 const REPO = path.resolve(__dirname, '..', '..');
 
 function sh(cmd: string, args: string[], input?: string): Promise<{ code: number; stdout: string; stderr: string }> {
@@ -52,7 +53,7 @@ function sh(cmd: string, args: string[], input?: string): Promise<{ code: number
 
 /** `openssl s_client` as a user would run it: SNI, full verification against a CA file, the leaf's SANs. */
 async function sClient(servername: string, caFile: string): Promise<{ verified: boolean; sans: string[]; output: string }> {
-  const r = await sh('openssl', ['s_client', '-connect', `127.0.0.1:${HTTPS_PORT}`, '-servername', servername, '-verify_return_error', '-verify_hostname', servername, '-CAfile', caFile, '-showcerts']);
+  const r = await sh('openssl', ['s_client', '-connect', `127.0.0.1:${httpsPort}`, '-servername', servername, '-verify_return_error', '-verify_hostname', servername, '-CAfile', caFile, '-showcerts']);
   const leaf = /-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/.exec(r.stdout)?.[0];
   let sans: string[] = [];
   if (leaf !== undefined) {
@@ -106,8 +107,9 @@ describe('TLS via ACME DNS-01 (Pebble, real PowerDNS, real nginx)', function () 
     await createZone(s, domain);
     work = mkdtempSync(path.join(os.tmpdir(), 'demiurge-tls-acme-'));
     const t0 = Date.now();
-    pebble = new Pebble({ acmePort: 61400, managementPort: 61401, dnsServer: `127.0.0.1:${s.pdnsDnsPort}` });
-    shortPebble = new Pebble({ acmePort: 61404, managementPort: 61405, dnsServer: `127.0.0.1:${s.pdnsDnsPort}`, certificateValidityPeriod: 60 });
+    const [acmePort, managementPort, shortAcmePort, shortManagementPort] = await freePorts(4);
+    pebble = new Pebble({ acmePort, managementPort, dnsServer: `127.0.0.1:${s.pdnsDnsPort}` });
+    shortPebble = new Pebble({ acmePort: shortAcmePort, managementPort: shortManagementPort, dnsServer: `127.0.0.1:${s.pdnsDnsPort}`, certificateValidityPeriod: 60 });
     await Promise.all([pebble.start(), shortPebble.start()]);
     timings.pebbleStart = Date.now() - t0;
     upstream = http.createServer((req, res) => {
@@ -120,7 +122,9 @@ describe('TLS via ACME DNS-01 (Pebble, real PowerDNS, real nginx)', function () 
     });
     await new Promise<void>((r) => upstream.listen(0, '127.0.0.1', r));
     upstreamPort = (upstream.address() as AddressInfo).port;
-    nginx = new Stage1Nginx(domain, HTTPS_PORT, STATUS_PORT);
+    let statusPort: number;
+    [httpsPort, statusPort] = await freePorts(2);
+    nginx = new Stage1Nginx(domain, httpsPort, statusPort);
     standIn = await startStandInGateways();
     pg = new Pool({ connectionString: s.pgUrl, max: 2 });
   });
@@ -162,10 +166,10 @@ describe('TLS via ACME DNS-01 (Pebble, real PowerDNS, real nginx)', function () 
   function writeSites(base: { cert: string; key: string }, orgs: Array<{ orgId: string; cert: string; key: string }> = []): void {
     const proxy = `location / { proxy_pass http://127.0.0.1:${upstreamPort}; proxy_set_header Host $host; proxy_read_timeout 60s; }`;
     const blocks = [
-      `server {\n    listen 127.0.0.1:${HTTPS_PORT} ssl default_server;\n    server_name ${domain};\n    ssl_certificate ${base.cert};\n    ssl_certificate_key ${base.key};\n    ${proxy}\n}`,
+      `server {\n    listen 127.0.0.1:${httpsPort} ssl default_server;\n    server_name ${domain};\n    ssl_certificate ${base.cert};\n    ssl_certificate_key ${base.key};\n    ${proxy}\n}`,
       ...orgs.map(
         (o) =>
-          `server {\n    listen 127.0.0.1:${HTTPS_PORT} ssl;\n    server_name org-${o.orgId}.${domain} *.org-${o.orgId}.${domain};\n    ssl_certificate ${o.cert};\n    ssl_certificate_key ${o.key};\n    ${proxy}\n}`,
+          `server {\n    listen 127.0.0.1:${httpsPort} ssl;\n    server_name org-${o.orgId}.${domain} *.org-${o.orgId}.${domain};\n    ssl_certificate ${o.cert};\n    ssl_certificate_key ${o.key};\n    ${proxy}\n}`,
       ),
     ];
     writeFileSync(path.join(nginx.sitesDir, 'tls-acme.conf'), `${blocks.join('\n')}\n`);
@@ -346,7 +350,7 @@ describe('TLS via ACME DNS-01 (Pebble, real PowerDNS, real nginx)', function () 
         DNS_RESOLVERS: `127.0.0.1:${s.pdnsDnsPort}`,
         NGINX_TEST_COMMAND: JSON.stringify(nginx.nginxOptions().testCommand ?? []),
         NGINX_RELOAD_COMMAND: JSON.stringify(nginx.nginxOptions().reloadCommand ?? []),
-        TLS_PROBE: `127.0.0.1:${HTTPS_PORT}`,
+        TLS_PROBE: `127.0.0.1:${httpsPort}`,
       };
     }
 
@@ -364,7 +368,7 @@ describe('TLS via ACME DNS-01 (Pebble, real PowerDNS, real nginx)', function () 
     function slowRequest(): Promise<{ status: number; body: string; fingerprint: string }> {
       return new Promise((resolve, reject) => {
         const req = https.request(
-          { host: '127.0.0.1', port: HTTPS_PORT, path: '/slow', servername: domain, headers: { host: domain }, ca: readFileSync(shortPebble.rootFile), agent: false },
+          { host: '127.0.0.1', port: httpsPort, path: '/slow', servername: domain, headers: { host: domain }, ca: readFileSync(shortPebble.rootFile), agent: false },
           (res) => {
             const fingerprint = (res.socket as import('tls').TLSSocket).getPeerCertificate().fingerprint256;
             let body = '';
@@ -399,7 +403,7 @@ describe('TLS via ACME DNS-01 (Pebble, real PowerDNS, real nginx)', function () 
       // Pebble: notAfter = notBefore + period - 1 s.
       const lifetime = (info.notAfter.getTime() - info.notBefore.getTime()) / 1000;
       assert.ok(lifetime >= 58 && lifetime <= 60, `Pebble issued a 60-second certificate (got ${lifetime} s)`);
-      assert.equal(await servedFingerprint({ host: '127.0.0.1', port: HTTPS_PORT, servername: domain }), info.fingerprint256);
+      assert.equal(await servedFingerprint({ host: '127.0.0.1', port: httpsPort, servername: domain }), info.fingerprint256);
       r = await runCli(['once']);
       assert.equal(r.code, 0, r.out);
       assert.match(r.out, /nothing to do/);
@@ -433,7 +437,7 @@ describe('TLS via ACME DNS-01 (Pebble, real PowerDNS, real nginx)', function () 
       assert.equal(keyStat.uid, nobodyUid(), 'the new key keeps the old key\'s owner');
       assert.equal(keyStat.mode & 0o777, 0o600);
       // The CLI confirmed by handshake; check again from here: new connections get the new certificate.
-      assert.equal(await servedFingerprint({ host: '127.0.0.1', port: HTTPS_PORT, servername: domain }), after.fingerprint256);
+      assert.equal(await servedFingerprint({ host: '127.0.0.1', port: httpsPort, servername: domain }), after.fingerprint256);
       const v = await sClient(domain, shortPebble.rootFile);
       assert.ok(v.verified, v.output.slice(-1500));
 
@@ -465,7 +469,7 @@ describe('TLS via ACME DNS-01 (Pebble, real PowerDNS, real nginx)', function () 
       const still = await readInstalled(certPath);
       assert.ok(still !== undefined && still !== 'unreadable');
       assert.equal(still.fingerprint256, before.fingerprint256);
-      assert.equal(await servedFingerprint({ host: '127.0.0.1', port: HTTPS_PORT, servername: domain }), before.fingerprint256);
+      assert.equal(await servedFingerprint({ host: '127.0.0.1', port: httpsPort, servername: domain }), before.fingerprint256);
     });
   });
 });

@@ -22,15 +22,10 @@ import { DevCaIssuer } from '../../runtime/tls/dev-ca-issuer';
 import { decryptPrivateKey } from '../../runtime/tls/org-certificates';
 import type { CertificateIssuer, IssuedCertificate } from '../../runtime/tls/types';
 import { createZone, deleteZone, dropSchema, gatewayHost, randomOrg, startStandInGateways, suiteId, zoneRRsets } from '../helpers/fixtures';
+import { freePorts } from '../helpers/ports';
 import { TestServices, requireServices } from '../helpers/services';
 import { Stage1Nginx, curlThroughStage1 } from '../helpers/stage1-nginx';
 import { testAllocatorOptions } from '../helpers/allocator-settings';
-
-const HTTPS_PORT = 57543;
-const STATUS_PORT = 57599;
-/** A second stage-1 nginx for the flat scheme (its base configuration differs). */
-const FLAT_HTTPS_PORT = 57544;
-const FLAT_STATUS_PORT = 57598;
 
 interface Served {
   serial: string;
@@ -129,9 +124,11 @@ describe('per-organization certificates, dev CA (real PostgreSQL, PowerDNS, ngin
     s = requireServices(this);
     domain = `tls-${suiteId()}.test`;
     await createZone(s, domain);
-    nginx = new Stage1Nginx(domain, HTTPS_PORT, STATUS_PORT);
+    const [httpsPort, statusPort, flatHttpsPort, flatStatusPort] = await freePorts(4);
+    nginx = new Stage1Nginx(domain, httpsPort, statusPort);
     nginx.start();
-    flatNginx = new Stage1Nginx(domain, FLAT_HTTPS_PORT, FLAT_STATUS_PORT);
+    // A second stage-1 nginx for the flat scheme (its base configuration differs).
+    flatNginx = new Stage1Nginx(domain, flatHttpsPort, flatStatusPort);
     flatNginx.start();
     standIn = await startStandInGateways();
     devCa = new DevCaIssuer({ caroot: path.dirname(nginx.caFile) });
@@ -346,7 +343,7 @@ describe('per-organization certificates, dev CA (real PostgreSQL, PowerDNS, ngin
         }, 0);
       const handshake = (name: string): Promise<void> =>
         new Promise((resolve, reject) => {
-          const sock = tls.connect({ host: '127.0.0.1', port: HTTPS_PORT, servername: name, ca: readFileSync(nginx.caFile) }, () => {
+          const sock = tls.connect({ host: '127.0.0.1', port: nginx.httpsPort, servername: name, ca: readFileSync(nginx.caFile) }, () => {
             sock.end();
             resolve();
           });
