@@ -136,7 +136,7 @@ describe('TLS via ACME DNS-01 (Pebble, real PowerDNS, real nginx)', function () 
   /** Requests the slow upstream holds until released. */
   const held: Array<() => void> = [];
   const issuers: AcmeIssuer[] = [];
-  const events: Array<ChallengeEvent & { visible: string[] }> = [];
+  type SeenEvent = ChallengeEvent & { visible: string[] };
   const timings: Record<string, number> = {};
   const schemas: string[] = [];
   const closers: Array<{ close: () => Promise<void> }> = [];
@@ -190,7 +190,8 @@ describe('TLS via ACME DNS-01 (Pebble, real PowerDNS, real nginx)', function () 
     console.log(`      timings (ms): ${JSON.stringify(timings)}`);
   });
 
-  function issuer(p: Pebble, stateDir: string): AcmeIssuer {
+  /** An issuer on Pebble `p`; its challenge events (with what DNS answered at that moment) go to `events`. */
+  function issuer(p: Pebble, stateDir: string, events: SeenEvent[] = []): AcmeIssuer {
     const i = new AcmeIssuer({
       directoryUrl: p.directoryUrl,
       email: 'ops@example.com',
@@ -234,12 +235,14 @@ describe('TLS via ACME DNS-01 (Pebble, real PowerDNS, real nginx)', function () 
     const orgId = randomOrg();
     const schema = `tlsacme_${suiteId()}`;
     let heldIssuer: HeldIssuer;
+    /** Challenge events of this describe's orders only (the base certificate and orgId's). */
+    const events: SeenEvent[] = [];
     let allocator: GatewayAllocator;
     let certs: OrgCertificates;
 
     /** Set-up: the ACME base certificate, installed as the stage-1 base pair and served. */
     const baseServed = once(async (): Promise<IssuedCertificate> => {
-      const acme = issuer(pebble, path.join(work, 'acme-state'));
+      const acme = issuer(pebble, path.join(work, 'acme-state'), events);
       const t0 = Date.now();
       const base = await acme.issue([domain, `*.${domain}`]);
       timings.issueBase = Date.now() - t0;
@@ -257,7 +260,7 @@ describe('TLS via ACME DNS-01 (Pebble, real PowerDNS, real nginx)', function () 
     const poolReady = once(async (): Promise<void> => {
       await baseServed();
       schemas.push(schema);
-      heldIssuer = new HeldIssuer(issuer(pebble, path.join(work, 'acme-state')));
+      heldIssuer = new HeldIssuer(issuer(pebble, path.join(work, 'acme-state'), events));
       certs = new OrgCertificates({ issuer: heldIssuer, encryptionKey: randomBytes(32), logger: null });
       closers.push(certs);
       allocator = new GatewayAllocator({ ...testAllocatorOptions(s, nginx, { env: 'tlsacme', domain, schema }), certificates: certs });
