@@ -16,15 +16,18 @@ import {
   DEV_TLS_CERT_PATH,
   DEV_TLS_KEY_PATH,
   DevContainer,
+  RUNTIME_CONFIG_PATH,
   EnvironmentNetwork,
   GatewayPool,
   NamedVolumes,
   PowerDns,
+  RuntimeConfig,
   Tls,
   type GatewayPoolHost,
 } from './components';
+import { bundleRuntimeEntry, runtimeMigrations } from './components/runtime-bundle';
 import type { GatewaySpec } from './runtime/inventory';
-import { ganymedeFqdn, imageName, networkName as envNetworkName } from './runtime/naming';
+import { ganymedePublicUrl, imageName, networkName as envNetworkName } from './runtime/naming';
 
 /** Directory of the stage-1 nginx the allocator owns (docs/CONTRACTS.md). */
 const NGINX_CONF_DIR = '/etc/nginx/demiurge';
@@ -33,6 +36,12 @@ const NGINX_CONF_DIR = '/etc/nginx/demiurge';
 const cfg = loadStackConfig();
 const plan = planGateways(cfg);
 const env = cfg.envName;
+
+// The runtime, bundled from this checkout (esbuild, deterministic): a change to runtime/ changes
+// exactly the containers that carry the changed bundle.
+const devRuntimeFiles = [bundleRuntimeEntry('api-server.js'), bundleRuntimeEntry('gateway-pool.js'), ...runtimeMigrations()];
+const gatewayDefaultApp = bundleRuntimeEntry('gateway-app.js');
+const renewCli = bundleRuntimeEntry('tls-renew.js');
 
 // 2. The environment's Docker host: network, volumes, images.
 const mainProvider = new docker.Provider('docker-main', { host: cfg.dockerHost });
@@ -45,13 +54,15 @@ const volumes = new NamedVolumes('volumes', {
 const image = (key: ImageKey, provider: docker.Provider, resourceName = `image-${key}`): ContainerImage =>
   new ContainerImage(resourceName, { imageName: imageName(env, key), source: cfg.images[key], provider });
 
+const devImage = image('dev', mainProvider);
+
 // 3. Dev container (stage-1 nginx, Ganymede, PostgreSQL).
 const dev = new DevContainer('dev', {
   envName: env,
   domain: cfg.domain,
   publicIp: cfg.publicIp,
   provider: mainProvider,
-  image: image('dev', mainProvider).ref,
+  image: devImage.ref,
   networkName: network.name,
   volumes: volumes.names,
   httpPort: cfg.stage1HttpPort,
@@ -59,6 +70,8 @@ const dev = new DevContainer('dev', {
   dockerSocketPath: cfg.dockerSocketPath,
   tlsCertPath: DEV_TLS_CERT_PATH,
   tlsKeyPath: DEV_TLS_KEY_PATH,
+  runtimeFiles: devRuntimeFiles,
+  ganymede: cfg.ganymede,
 });
 
 // 4. PowerDNS with the zone and its core records.
@@ -110,6 +123,9 @@ const pool = new GatewayPool('gateway-pool', {
   members: plan,
   hosts: poolHosts,
   buildServer: buildServer.container,
+  defaultApp: gatewayDefaultApp,
+  idleTimeoutSeconds: cfg.gatewayIdleTimeoutSeconds,
+  pushIntervalSeconds: cfg.gatewayPushIntervalSeconds,
 });
 
 // 7. Stage-1 TLS: the renewer container issues/renews the base certificate into the certs volume
@@ -119,8 +135,9 @@ const tls = new Tls('tls', {
   domain: cfg.domain,
   tls: cfg.tls,
   provider: mainProvider,
-  // The dev container's image id: the renewer runs the same image (Node.js, mkcert, lego, docker CLI).
-  image: dev.container.image,
+  // The dev image's id: the renewer runs the same image (Node.js, mkcert, lego, docker CLI). Taken from
+  // the image, not from the dev container, so replacing the dev container (new runtime code) leaves it alone.
+  image: devImage.ref,
   networkName: network.name,
   volumes: { certs: volumes.names.certs, tls: volumes.names.tls },
   devContainer: { name: dev.containerName, resource: dev.container },
@@ -129,10 +146,37 @@ const tls = new Tls('tls', {
   certsMount: DEV_MOUNTS.certs,
   dockerSocketPath: cfg.dockerSocketPath,
   dockerHost: cfg.dockerHost,
+  renewCli,
   powerDns:
     cfg.tls.mode === 'letsencrypt'
       ? { apiUrl: pdns.apiUrl, apiKey: pdns.apiKey, ready: [pdns.recordsCommand] }
       : undefined,
+});
+
+// 8. The runtime configuration in the dev container (config.json, secrets.json) from the same values
+//    as the outputs below; in embedded mode the API server is restarted on it and answers /healthz.
+const inventory = toInventory(plan);
+const runtimeConfig = new RuntimeConfig('runtime-config', {
+  envName: env,
+  domain: cfg.domain,
+  publicIp: cfg.publicIp,
+  ganymede: cfg.ganymede,
+  tlsMode: cfg.tls.mode,
+  tlsRuntime: tls.runtime,
+  inventory,
+  nginxConfDir: NGINX_CONF_DIR,
+  tlsCertPath: DEV_TLS_CERT_PATH,
+  tlsKeyPath: DEV_TLS_KEY_PATH,
+  userContainerNaming: cfg.userContainerNaming,
+  powerDnsApiUrl: pdns.apiUrl,
+  devContainer: { name: dev.containerName, id: dev.container.id },
+  databasePassword: dev.ganymedeDbPassword,
+  powerDnsApiKey: pdns.apiKey,
+  orgCertificateKey: tls.orgCertificateKey,
+  gatewayRegistrationTokens: pool.registrationTokens,
+  dockerHost: cfg.dockerHost,
+  // The API server's first reconcile publishes into the zone: let it exist.
+  after: [pdns.recordsCommand],
 });
 
 // ------------------------------------------------------------------ stack outputs
@@ -140,9 +184,15 @@ export const envName: string = env;
 export const domain: string = cfg.domain;
 export const publicIp: string = cfg.publicIp;
 export const frontendUrl = `https://${cfg.domain}`;
-export const ganymedeUrl = `https://${ganymedeFqdn(cfg.domain)}`;
+export const ganymedeUrl = ganymedePublicUrl(cfg.domain);
+/** embedded (the built-in API server runs in the dev container) or workspace. */
+export const ganymede: string = cfg.ganymede;
+/** Secret: bearer token of `${ganymedeUrl}/operator/*` (and what the in-container CLI reads from secrets.json). */
+export const operatorToken: pulumi.Output<string> = runtimeConfig.operatorToken;
+/** Where the runtime processes in the dev container read their configuration. */
+export const runtimeConfigPath: string = RUNTIME_CONFIG_PATH;
 /** Exactly `GatewaySpec[]`, ready for `registerGateways`; available once the pool exists. */
-export const gatewayInventory: pulumi.Output<GatewaySpec[]> = pool.containerNames.apply(() => toInventory(plan));
+export const gatewayInventory: pulumi.Output<GatewaySpec[]> = pool.containerNames.apply(() => inventory);
 /** PowerDNS API on the environment network (what the allocator in the dev container uses). */
 export const powerDnsApiUrl: string = pdns.apiUrl;
 /** Secret: per-gateway registration tokens (GATEWAY_TOKEN), for `gateway-pool sync` and /gateway/ready. */

@@ -2,6 +2,8 @@ import * as pulumi from '@pulumi/pulumi';
 import * as docker from '@pulumi/docker';
 import * as random from '@pulumi/random';
 import { PORTS, devContainerName } from '../runtime/naming';
+import type { GanymedeMode } from '../stack/config';
+import type { BundledFile } from './runtime-bundle';
 import {
   NET_ADMIN,
   RESTART_POLICY,
@@ -28,6 +30,13 @@ export const DEV_MOUNTS = {
 } as const;
 
 /** Stage-1 base certificate inside the dev container (the certs volume). */
+/** Where the runtime bundles (api-server.js, gateway-pool.js, migrations/) are uploaded in the dev container. */
+export const DEV_RUNTIME_DIR = '/opt/demiurge/runtime';
+/** The runtime configuration every runtime process in the dev container reads (runtime/config). */
+export const RUNTIME_CONFIG_DIR = '/etc/demiurge/runtime';
+export const RUNTIME_CONFIG_PATH = `${RUNTIME_CONFIG_DIR}/config.json`;
+export const RUNTIME_SECRETS_PATH = `${RUNTIME_CONFIG_DIR}/secrets.json`;
+
 export const DEV_TLS_CERT_PATH = `${DEV_MOUNTS.certs}/fullchain.pem`;
 export const DEV_TLS_KEY_PATH = `${DEV_MOUNTS.certs}/privkey.pem`;
 
@@ -60,11 +69,17 @@ export interface DevContainerArgs {
   /** In-container paths of the stage-1 base certificate (written by the Tls component). */
   tlsCertPath: string;
   tlsKeyPath: string;
+  /** Files uploaded into DEV_RUNTIME_DIR (a change replaces the container: the new code runs at once). */
+  runtimeFiles: readonly BundledFile[];
+  /** embedded: the entrypoint runs and supervises the API server; workspace: it does not. */
+  ganymede: GanymedeMode;
 }
 
 /**
  * The main container: stage-1 nginx (all TLS), the API server (Ganymede) and
- * PostgreSQL (databases `ganymede` and `pdns`).
+ * PostgreSQL (databases `ganymede` and `pdns`). The runtime bundles are
+ * uploaded into it; its configuration (config.json, secrets.json) is written
+ * by the RuntimeConfig component once the rest of the environment exists.
  */
 export class DevContainer extends pulumi.ComponentResource {
   readonly container: docker.Container;
@@ -106,7 +121,11 @@ export class DevContainer extends pulumi.ComponentResource {
           secretEnvVar('GANYMEDE_DB_PASSWORD', this.ganymedeDbPassword),
           envVar('TLS_CERT_PATH', args.tlsCertPath),
           envVar('TLS_KEY_PATH', args.tlsKeyPath),
+          envVar('GANYMEDE_MODE', args.ganymede),
+          envVar('DEMIURGE_RUNTIME_DIR', DEV_RUNTIME_DIR),
+          envVar('DEMIURGE_RUNTIME_CONFIG', RUNTIME_CONFIG_PATH),
         ],
+        uploads: args.runtimeFiles.map((f) => ({ file: `${DEV_RUNTIME_DIR}/${f.path}`, content: f.content })),
         ports: [
           { internal: PORTS.stage1Http, external: args.httpPort, protocol: 'tcp' },
           { internal: PORTS.stage1Https, external: args.httpsPort, protocol: 'tcp' },

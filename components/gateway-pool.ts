@@ -1,7 +1,8 @@
 import * as pulumi from '@pulumi/pulumi';
 import * as docker from '@pulumi/docker';
 import * as random from '@pulumi/random';
-import { buildServerUrl, ganymedeFqdn } from '../runtime/naming';
+import { buildServerUrl, ganymedeFqdn, ganymedeInternalUrl } from '../runtime/naming';
+import type { BundledFile } from './runtime-bundle';
 import {
   NET_ADMIN,
   RESTART_POLICY,
@@ -42,7 +43,14 @@ export interface GatewayPoolArgs {
   hosts: Readonly<Record<string, GatewayPoolHost>>;
   /** The build server container: gateways fetch their build from it on start. */
   buildServer: pulumi.Resource;
+  /** The default app (runtime/gateway-app, bundled), run when no build is packed. */
+  defaultApp: BundledFile;
+  idleTimeoutSeconds: number;
+  pushIntervalSeconds: number;
 }
+
+/** Where the default app is uploaded in every gateway (gateway-supervise runs it when no build is packed). */
+export const GATEWAY_DEFAULT_APP = '/usr/local/share/demiurge-gateway/default-app/main.js';
 
 /**
  * The gateway pool. Every resource is keyed by the gateway index, so growing
@@ -84,7 +92,12 @@ export class GatewayPool extends pulumi.ComponentResource {
               envVar('GANYMEDE_FQDN', ganymedeFqdn(args.domain)),
               envVar('DOMAIN', args.domain),
               envVar('BUILD_SERVER_URL', buildServerUrl(args.envName)),
+              // The API server in the dev container, on the environment network (gateway protocol).
+              envVar('GANYMEDE_URL', ganymedeInternalUrl(args.envName)),
+              envVar('GATEWAY_IDLE_TIMEOUT_MS', args.idleTimeoutSeconds * 1000),
+              envVar('GATEWAY_PUSH_INTERVAL_MS', args.pushIntervalSeconds * 1000),
             ],
+            uploads: [{ file: GATEWAY_DEFAULT_APP, content: args.defaultApp.content }],
             // The gateway listens on its published ports inside the container too, so the
             // stage-1 nginx reaches it at <container name>:httpPort on the environment
             // network and at <host IP>:httpPort from another host. One entry per port.

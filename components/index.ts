@@ -7,3 +7,4 @@ export * from './powerdns';
 export * from './build-server';
 export * from './gateway-pool';
 export * from './tls';
+export * from './runtime-config';

@@ -3,12 +3,14 @@ import * as docker from '@pulumi/docker';
 import * as random from '@pulumi/random';
 import * as command from '@pulumi/command';
 import {
+  DNS_TIMING,
   PORTS,
   absolute,
   devContainerName,
   ganymedeFqdn,
   powerDnsApiUrl,
   powerDnsContainerName,
+  zoneSoaContent,
 } from '../runtime/naming';
 import { RESTART_POLICY, STOP_GRACE_SECONDS, TYPE_PREFIX, envNetworkAttachment, envVar, roleLabels, secretEnvVar, tcpHealthcheck } from './common';
 import { DATABASES } from './dev-container';
@@ -18,8 +20,9 @@ export function nameServerFqdn(domain: string): string {
   return `ns1.${domain}`;
 }
 
+/** The zone's SOA (negative TTL DNS_TIMING.negativeTtlSeconds: see runtime/naming.ts). */
 export function soaContent(domain: string): string {
-  return `${absolute(nameServerFqdn(domain))} ${absolute(`hostmaster.${domain}`)} 0 10800 3600 604800 3600`;
+  return zoneSoaContent(domain);
 }
 
 /**
@@ -80,12 +83,18 @@ const RR_FUNCTIONS = String.raw`rr() { printf '{"name":"%s","type":"A","ttl":%s,
 del() { printf '{"name":"%s","type":"A","changetype":"DELETE"}' "$1"; }
 `;
 
-/** REPLACEs the core A records (idempotent); removes the wildcard when disabled. */
+/**
+ * REPLACEs the core A records (idempotent); removes the wildcard when disabled.
+ * Also REPLACEs the SOA, so a zone created before the short negative TTL (or by
+ * a PowerDNS whose default-soa-content differs) gets it too: SOA TTL and
+ * minimum bound how long resolvers cache an NXDOMAIN (runtime/naming.ts DNS_TIMING).
+ */
 export const RECORDS_CREATE_SCRIPT = `${API_PRELUDE}${RR_FUNCTIONS}
 code=$(wait_api "\${PDNS_WAIT_SECONDS:-180}") || fail "at $PDNS_API_URL (unreachable)" "$code"
 [ "$code" = 200 ] || fail "GET /zones/$ZONE" "$code"
-rrsets=""
-for name in $A_RECORDS; do rrsets="$rrsets\${rrsets:+,}$(rr "$name")"; done
+: "\${SOA_CONTENT:?}" "\${SOA_TTL:?}"
+rrsets="$(printf '{"name":"%s","type":"SOA","ttl":%s,"changetype":"REPLACE","records":[{"content":"%s","disabled":false}]}' "$ZONE" "$SOA_TTL" "$SOA_CONTENT")"
+for name in $A_RECORDS; do rrsets="$rrsets,$(rr "$name")"; done
 if [ "$WILDCARD" = true ]; then rrsets="$rrsets,$(rr "$WILDCARD_NAME")"; else rrsets="$rrsets,$(del "$WILDCARD_NAME")"; fi
 code=$(pdns PATCH "/zones/$ZONE" "{\\"rrsets\\":[$rrsets]}")
 [ "$code" = 204 ] || fail "PATCH /zones/$ZONE" "$code"
@@ -197,6 +206,8 @@ export class PowerDns extends pulumi.ComponentResource {
       A_RECORDS: [this.zone, absolute(ganymedeFqdn(args.domain)), absolute(nameServerFqdn(args.domain))].join(' '),
       WILDCARD_NAME: absolute(`*.${args.domain}`),
       WILDCARD: String(args.wildcard),
+      SOA_CONTENT: soaContent(args.domain),
+      SOA_TTL: String(DNS_TIMING.soaTtlSeconds),
     };
 
     // A new zone name replaces (create the new, delete the old); other changes re-run create.

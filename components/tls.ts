@@ -5,12 +5,11 @@ import * as command from '@pulumi/command';
 import type { TlsConfig } from '../stack/config';
 import { PORTS, powerDnsContainerName, tlsRenewerContainerName } from '../runtime/naming';
 import { RESTART_POLICY, STOP_GRACE_SECONDS, TYPE_PREFIX, envNetworkAttachment, envVar, roleLabels, secretEnvVar } from './common';
-import { bundleRuntimeEntry, type BundledFile } from './runtime-bundle';
+import type { BundledFile } from './runtime-bundle';
 
-/** Where the renewal CLI and its modules are uploaded in the renewer container. */
-export const RENEWER_CODE_DIR = '/opt/demiurge';
-export const RENEW_CLI_ENTRY = 'runtime/cli/tls-renew.ts';
-export const RENEW_CLI = `${RENEWER_CODE_DIR}/runtime/cli/tls-renew.js`;
+/** Where the renewal CLI (one esbuild bundle) is uploaded in the renewer container. */
+export const RENEWER_CODE_DIR = '/opt/demiurge/runtime';
+export const RENEW_CLI = `${RENEWER_CODE_DIR}/tls-renew.js`;
 /** Mount point of the `tls` volume (same path in the dev container, see DEV_MOUNTS.tlsState). */
 export const TLS_STATE_DIR = '/var/lib/demiurge/tls';
 /** mkcert's CAROOT on the tls volume: the dev CA developers trust once. */
@@ -66,6 +65,8 @@ export interface TlsArgs {
   dockerSocketPath: string;
   /** Docker host for the CA export command (undefined: local default). */
   dockerHost?: string;
+  /** runtime/cli/tls-renew.ts bundled (components/runtime-bundle.ts). */
+  renewCli: BundledFile;
   /** letsencrypt only: PowerDNS API on the environment network, for DNS-01. */
   powerDns?: {
     apiUrl: string;
@@ -155,7 +156,7 @@ export class Tls extends pulumi.ComponentResource {
       dependsOn.push(...args.powerDns.ready);
     }
 
-    this.renewerCode.push(...bundleRuntimeEntry(RENEW_CLI_ENTRY));
+    this.renewerCode.push(args.renewCli);
     this.renewer = new docker.Container(
       `${name}-renewer`,
       {

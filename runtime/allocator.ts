@@ -6,7 +6,7 @@ import { ActionCondition, DnsAction, DnsPublisher, Guard } from './dns-publisher
 import { AllocatorError, AllocatorErrorCode, asAllocatorError, definitelyNotApplied, isAllocatorError } from './errors';
 import type { GatewaySpec } from './inventory';
 import { migrate as runMigrations, MigrationResult, quoteSchema } from './migrate';
-import { isUserContainerNaming, isValidDomain, isValidEnvName, isValidIpv4, orgFqdn, orgWildcardFqdn, type UserContainerNaming } from './naming';
+import { DNS_TIMING, isUserContainerNaming, isValidDomain, isValidEnvName, isValidIpv4, orgFqdn, orgWildcardFqdn, type UserContainerNaming } from './naming';
 import { CertFileChange, NginxOptions, NginxRoutes, RouteChange } from './nginx-routes';
 import { GatewayRow, GatewayState, PoolStore, RegisterResult } from './pool-store';
 import { PowerDnsClient, PowerDnsOptions } from './powerdns-client';
@@ -46,7 +46,7 @@ export interface GatewayAllocatorOptions {
   nginx: NginxOptions;
   /** PostgreSQL schema of the pool tables; default `gateway_pool`. */
   schema?: string;
-  /** TTL of published A records; default 60 s. */
+  /** TTL of published A records; default DNS_TIMING.orgRecordTtlSeconds (3 s: a release disappears from caches that fast). */
   dnsTtl?: number;
   /** How long an allocate/release may hold a gateway in a transitional state before reconcile() may take over; default 30 s. */
   leaseMs?: number;
@@ -251,7 +251,7 @@ export class GatewayAllocator {
       envName: opts.envName,
       domain: opts.domain,
       publicIp: opts.publicIp,
-      ttl: opts.dnsTtl ?? 60,
+      ttl: opts.dnsTtl ?? DNS_TIMING.orgRecordTtlSeconds,
       naming,
     }, guard);
     this.naming = naming;

@@ -107,7 +107,9 @@ export class DnsPublisher {
       const orgId = m[1];
       const ours = rr.comments.some((c) => c.account === DNS_OWNER_ACCOUNT && c.content === this.ownerComment(orgId));
       if (!ours) continue;
-      const correct = rr.records.length === 1 && rr.records[0].content === this.opts.publicIp && !rr.records[0].disabled;
+      // A TTL other than ours (e.g. records published before the short TTLs) is wrong too:
+      // reconcile() re-publishes it, so a release disappears from caches as fast as promised.
+      const correct = rr.records.length === 1 && rr.records[0].content === this.opts.publicIp && !rr.records[0].disabled && rr.ttl === this.opts.ttl;
       const entry = owned.get(orgId) ?? { names: [], correct: true };
       entry.names.push(rr.name);
       entry.correct = entry.correct && correct;

@@ -2,6 +2,8 @@
 export type AllocatorErrorCode =
   | 'INVALID_ORGANIZATION_ID'
   | 'INVALID_GATEWAY'
+  /** The inventory declares an endpoint (host:httpPort) that a gateway it does not list still holds. */
+  | 'INVENTORY_CONFLICT'
   | 'INVALID_CONFIG'
   | 'POOL_EXHAUSTED'
   | 'NOT_ALLOCATED'
@@ -19,7 +21,10 @@ export type AllocatorErrorCode =
   | 'ORGANIZATION_ACTIVE'
   | 'CLOSED';
 
-/** Codes a caller may retry after a short back-off; the others need different input or an operator. */
+/**
+ * Codes a caller may retry after a short back-off; the others need different input or an operator.
+ * The one set: the CLI's exit code 3 and the HTTP API's `retryable` derive from it.
+ */
 export const RETRYABLE_CODES: ReadonlySet<AllocatorErrorCode> = new Set<AllocatorErrorCode>([
   'ALLOCATION_IN_PROGRESS',
   'ALLOCATION_LOST',

@@ -29,6 +29,7 @@ export type { PowerDnsOptions } from './powerdns-client';
 export { renderOrgsConf } from './nginx-config';
 export * as naming from './naming';
 export type { UserContainerNaming } from './naming';
+export { DNS_TIMING } from './naming';
 // Per-organization certificates (nested naming): manager, dev-CA issuer and the shared issuer interface.
 export { OrgCertificates, parseEncryptionKey } from './tls/org-certificates';
 export type {

@@ -300,6 +300,31 @@ export function certificateNameCovers(certName: string, hostname: string): boole
   return dot > 0 && h.slice(dot + 1) === c.slice(2);
 }
 
+// ---------------------------------------------------------------- DNS timing
+
+/**
+ * How long any cache may keep an answer about an organization's name: the
+ * promise is that a client that asked before an allocation (or after a
+ * release) sees the change within 5 s, through an ordinary caching resolver.
+ * RFC 2308: a resolver keeps an NXDOMAIN for min(SOA TTL, SOA minimum), a
+ * record for its TTL; resolvers count whole seconds, so an entry may live
+ * TTL + 1 s. Costs: a resolver asks again at most every 2–3 s per name that
+ * is in use (README "How fast an organization's name appears and disappears").
+ */
+export const DNS_TIMING = {
+  /** SOA minimum = the zone's negative TTL (NXDOMAIN / NODATA), seconds. */
+  negativeTtlSeconds: 2,
+  /** TTL of the SOA record itself (resolvers take the lesser of the two), seconds. */
+  soaTtlSeconds: 2,
+  /** TTL of organization A records (`org-<uuid>`, `*.org-<uuid>`): a release disappears this fast, seconds. */
+  orgRecordTtlSeconds: 3,
+} as const;
+
+/** SOA content of an environment's zone: `ns1.<domain>. hostmaster.<domain>. serial refresh retry expire minimum`. */
+export function zoneSoaContent(domain: string): string {
+  return `${absolute(`ns1.${domain}`)} ${absolute(`hostmaster.${domain}`)} 0 10800 3600 604800 ${DNS_TIMING.negativeTtlSeconds}`;
+}
+
 /** Absolute (dot-terminated) form used by the PowerDNS API. */
 export function absolute(name: string): string {
   return name.endsWith('.') ? name : `${name}.`;
@@ -324,4 +349,19 @@ export function powerDnsApiUrl(env: string): string {
 /** Port ranges [first, last] a pool occupies. */
 export function portRange(base: number, poolSize: number): [number, number] {
   return [base, base + Math.max(poolSize, 1) - 1];
+}
+
+// ---------------------------------------------------------------- API server (Ganymede)
+
+/** Port of the API server in the dev container: stage 1 proxies ganymede.<domain> to 127.0.0.1 on it. */
+export const GANYMEDE_PORT = 6000;
+
+/** URL at which gateways reach the API server: the dev container by name on the environment network. */
+export function ganymedeInternalUrl(env: string): string {
+  return `http://${devContainerName(env)}:${GANYMEDE_PORT}`;
+}
+
+/** The API server's public URL, through stage 1. */
+export function ganymedePublicUrl(domain: string): string {
+  return `https://${ganymedeFqdn(domain)}`;
 }

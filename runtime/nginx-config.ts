@@ -12,6 +12,7 @@
  */
 
 import type { UserContainerNaming } from './naming';
+import { ORG_PLACEHOLDER, gatewayDownPage, noGatewayPage } from './stage1-pages';
 
 export const ROUTE_OWNER = 'demiurge-allocator';
 export const ROUTES_SUBDIR = 'routes';
@@ -149,10 +150,36 @@ function target(id) {
     }
 }
 
+function orgIdOf(r) {
+    var id = r.variables.demiurge_org_id || '';
+${flat ? "    if (id.length === 26) id = uuidOf(id);\n" : ''}    return id;
+}
+
 // js_set: the host:port of the organization's gateway, '' when none is allocated.
 function gateway(r) {
-    var id = r.variables.demiurge_org_id || '';
-${flat ? "    if (id.length === 26) id = uuidOf(id);\n" : ''}    return target(id);
+    return target(orgIdOf(r));
+}
+
+// Pages stage 1 answers itself (runtime/stage1-pages.ts): HTML for people, JSON when
+// asked for (Accept: application/json without text/html); never cached.
+var PAGES = ${JSON.stringify({ noGateway: noGatewayPage(o.domain), gatewayDown: gatewayDownPage(o.domain) })};
+
+function page(r, p) {
+    var id = orgIdOf(r);
+    if (!ID.test(id)) id = '';
+    var accept = (r.headersIn['Accept'] || '').toLowerCase();
+    var json = accept.indexOf('application/json') >= 0 && accept.indexOf('text/html') < 0;
+    r.headersOut['Cache-Control'] = 'no-store';
+    r.headersOut['Content-Type'] = json ? 'application/json; charset=utf-8' : 'text/html; charset=utf-8';
+    r.return(p.status, (json ? p.json : p.html).split(${JSON.stringify(ORG_PLACEHOLDER)}).join(id));
+}
+
+function noGateway(r) {
+    page(r, PAGES.noGateway);
+}
+
+function gatewayDown(r) {
+    page(r, PAGES.gatewayDown);
 }
 
 // Status server: what the workers would route each id to right now${certDir ? ', whether they can read\n// each org\'s certificate bundle and the base certificate, and which worker answers' : ''}.
@@ -168,7 +195,7 @@ ${certDir ? '            out.certs[ids[i]] = hasCert(ids[i]);\n' : ''}        }
     r.return(200, JSON.stringify(out));
 }
 
-export default { gateway: gateway, lookup: lookup${certDir ? ', tlsOrg: tlsOrg' : ''} };
+export default { gateway: gateway, lookup: lookup, noGateway: noGateway, gatewayDown: gatewayDown${certDir ? ', tlsOrg: tlsOrg' : ''} };
 `;
 }
 
@@ -233,9 +260,23 @@ server {
     ssl_certificate ${sslCert};
     ssl_certificate_key ${sslKey};
 
+    # What a person (or an API client) sees when there is nothing to pass the request to:
+    # a page naming the problem and what to do, never a bare status or a download.
+    # Only nginx's own errors: a gateway's answers (any status) pass through unchanged.
+    error_page 404 @demiurge_no_gateway;
+    error_page 502 504 @demiurge_gateway_down;
+
+    location @demiurge_no_gateway {
+        js_content demiurge_routes.noGateway;
+    }
+
+    location @demiurge_gateway_down {
+        js_content demiurge_routes.gatewayDown;
+    }
+
     location / {
         if ($demiurge_gateway = "") {
-            return 404 "no gateway is allocated to this organization\\n";
+            return 404;
         }
         proxy_pass http://$demiurge_gateway;
         proxy_http_version 1.1;

@@ -1,5 +1,6 @@
 import type { Pool, QueryResultRow } from 'pg';
 import { Coalescer } from './batcher';
+import { AllocatorError } from './errors';
 import type { GatewaySpec } from './inventory';
 import { quoteSchema } from './migrate';
 import { inTransaction } from './pg-transaction';
@@ -69,6 +70,8 @@ export interface RegisterResult {
   retired: string[];
   /** Gateways absent from the inventory that could not be retired yet because they are held. */
   retireDeferred: string[];
+  /** Gateways absent from the inventory whose endpoint a listed one took: retired ones, and free ones with prune (rows deleted). */
+  removed: string[];
 }
 
 interface ClaimRequest {
@@ -134,9 +137,16 @@ export class PoolStore {
     });
   }
 
+  /**
+   * The allocated gateway holding this token. Presenting the token is the
+   * gateway's sign of life (push, pull, config, heartbeat, stop all
+   * authenticate here), so the lookup refreshes `last_heartbeat_at` in the same
+   * statement: no extra round trip per call, and the reaper's silence re-check
+   * (in the release statement) sees it.
+   */
   async findByTokenHash(hash: Buffer): Promise<GatewayRow | undefined> {
     const rows = await this.query<DbRow>(
-      `SELECT ${COLUMNS} FROM ${this.t} g WHERE g.token_hash = $1 AND g.state = 'allocated'`,
+      `UPDATE ${this.t} g SET last_heartbeat_at = now() WHERE g.token_hash = $1 AND g.state = 'allocated' RETURNING ${COLUMNS}`,
       [hash],
     );
     return rows[0] ? toRow(rows[0]) : undefined;
@@ -438,7 +448,8 @@ export class PoolStore {
   /** Rotates the allocation token of an allocated gateway (the old one stops working at once). */
   async rotateToken(orgId: string, tokenHash: Buffer, allocationId?: string): Promise<GatewayRow | undefined> {
     const rows = await this.query<DbRow>(
-      `UPDATE ${this.t} g SET token_hash = $2 WHERE g.organization_id = $1 AND g.state = 'allocated'
+      // The handshake (/gateway/config) that rotates the token is the gateway's first sign of life.
+      `UPDATE ${this.t} g SET token_hash = $2, last_heartbeat_at = now() WHERE g.organization_id = $1 AND g.state = 'allocated'
          AND ($3::bigint IS NULL OR g.allocation_id = $3::bigint) RETURNING ${COLUMNS}`,
       [orgId, tokenHash, allocationId ?? null],
     );
@@ -481,17 +492,61 @@ export class PoolStore {
   }
 
   /**
+   * Gateways not in the inventory whose endpoint (host:httpPort) a declared one
+   * takes. A retired one declares and holds nothing: it is removed. A free one
+   * is removed too when pruning (the stack no longer declares it). Anything else
+   * (held, or free without prune) is an `INVENTORY_CONFLICT`, thrown before
+   * anything is written.
+   */
+  private settleEndpointConflicts(specs: GatewaySpec[], before: Map<string, GatewayRow>, prune: boolean): string[] {
+    const declared = new Set(specs.map((s) => s.name));
+    const byEndpoint = new Map<string, GatewayRow>();
+    for (const row of before.values()) if (!declared.has(row.name)) byEndpoint.set(`${row.host}:${row.httpPort}`, row);
+    const removable: string[] = [];
+    const conflicts: Array<{ declared: string; endpoint: string; holder: GatewayRow }> = [];
+    for (const s of specs) {
+      const endpoint = `${s.host}:${s.httpPort}`;
+      const holder = byEndpoint.get(endpoint);
+      if (!holder) continue;
+      if (holder.state === 'retired' || (prune && (holder.state === 'ready' || holder.state === 'registered'))) removable.push(holder.name);
+      else conflicts.push({ declared: s.name, endpoint, holder });
+    }
+    if (conflicts.length > 0) throw inventoryConflict(conflicts, prune);
+    return removable;
+  }
+
+  /**
    * Upserts the inventory in one transaction. Host/port changes apply to held
    * gateways too (reconcile() rewrites their routes). With `prune`, gateways
    * missing from the inventory are retired when free; held ones are reported.
    */
   async register(specs: GatewaySpec[], prune: boolean): Promise<RegisterResult> {
     this.roundTrips += 1;
+    try {
+      return await this.registerOnce(specs, prune);
+    } catch (err) {
+      // A concurrent registration can still win the race for an endpoint between our check and COMMIT.
+      const pgErr = err as { code?: string; constraint?: string };
+      if (pgErr.code === '23505' && pgErr.constraint === 'endpoint_unique') {
+        throw new AllocatorError('INVENTORY_CONFLICT', `gateway inventory conflicts with gateways registered concurrently (${(err as Error).message}); nothing was changed: list the pool (gateway-pool list) and register again`, {}, err);
+      }
+      throw err;
+    }
+  }
+
+  private async registerOnce(specs: GatewaySpec[], prune: boolean): Promise<RegisterResult> {
     return inTransaction(this.pool, async (client) => {
       const before = new Map(
         (await client.query<DbRow>(`SELECT ${COLUMNS} FROM ${this.t} g FOR UPDATE`)).rows.map((r) => [r.name, toRow(r)]),
       );
-      const result: RegisterResult = { added: [], updated: [], unchanged: [], retired: [], retireDeferred: [] };
+      const result: RegisterResult = { added: [], updated: [], unchanged: [], retired: [], retireDeferred: [], removed: [] };
+      // Checked before any write: endpoint_unique would otherwise fail the COMMIT (deferred) as a
+      // "database failure", although it is a permanent conflict only the operator can settle.
+      const removable = this.settleEndpointConflicts(specs, before, prune);
+      for (const name of removable) {
+        await client.query(`DELETE FROM ${this.t} WHERE name = $1 AND state IN ('retired', 'ready', 'registered')`, [name]);
+        result.removed.push(name);
+      }
       for (const s of specs) {
         const old = before.get(s.name);
         if (!old) {
@@ -515,7 +570,7 @@ export class PoolStore {
       if (prune) {
         const wanted = new Set(specs.map((s) => s.name));
         for (const old of before.values()) {
-          if (wanted.has(old.name) || old.state === 'retired') continue;
+          if (wanted.has(old.name) || old.state === 'retired' || removable.includes(old.name)) continue;
           if (old.state === 'ready' || old.state === 'registered') {
             await client.query(`UPDATE ${this.t} SET state = 'retired', state_since = now() WHERE name = $1`, [old.name]);
             result.retired.push(old.name);
@@ -527,6 +582,22 @@ export class PoolStore {
       return result;
     });
   }
+}
+
+/** The `INVENTORY_CONFLICT` answer, naming every conflict and the fix. */
+function inventoryConflict(conflicts: Array<{ declared: string; endpoint: string; holder: GatewayRow }>, prune: boolean): AllocatorError {
+  const held = conflicts.filter((c) => !['retired', 'ready', 'registered'].includes(c.holder.state));
+  const list = conflicts
+    .slice(0, 20)
+    .map((c) => `${c.declared} declares ${c.endpoint}, registered to ${c.holder.name} (${c.holder.state}${c.holder.organizationId ? `, organization ${c.holder.organizationId}` : ''}), which this inventory does not list`)
+    .join('; ');
+  const fix = prune
+    ? `release the organization(s) of ${held.map((c) => c.holder.name).join(', ')} (or wait for their gateways to stop), then register again with prune`
+    : 'if this stack replaced those gateways (renamed environment or pool), register with prune (`gateway-pool sync --prune`): free gateways it no longer declares are removed, held ones must be released first; ' +
+      'if another environment uses the same database schema, give each environment its own schema (`schema` option / ALLOCATOR_SCHEMA)';
+  return new AllocatorError('INVENTORY_CONFLICT', `gateway inventory conflicts with registered gateways: ${list}. Nothing was changed. Fix: ${fix}`, {
+    conflicts: conflicts.map((c) => ({ declared: c.declared, endpoint: c.endpoint, registeredTo: c.holder.name, state: c.holder.state, organizationId: c.holder.organizationId })),
+  });
 }
 
 /** Items answered by a batched fenced UPDATE: true for those whose (name, allocation_id) it changed. */

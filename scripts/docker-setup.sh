@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Prepare a Debian 12 machine (root, no systemd, no registry) for the image tests:
-#   1. install docker.io + debootstrap if missing (policy-rc.d first, one apt-get update),
+#   1. install docker.io + debootstrap (+ iproute2, openssh-client/-server for the multi-host suite,
+#      chromium + libnss3-tools for the browser check; sshd is never started or configured here) if missing
+#      (policy-rc.d first, one apt-get update),
 #   2. start dockerd in the background if the engine does not answer,
 #   3. fabricate the public base tags the Dockerfiles name, only if missing:
 #        debian:bookworm-slim    debootstrap minbase + trim, `docker import`
@@ -31,6 +33,14 @@ missing=()
 command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
 command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+# The multi-host suite's second Docker host: a network namespace (ip, nsenter) and an sshd of its own.
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v nsenter >/dev/null 2>&1 || missing+=(util-linux)
+command -v ssh >/dev/null 2>&1 || missing+=(openssh-client)
+[ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+# The stack suite's browser check: Debian's chromium (driven by playwright-core) and certutil (NSS db with the dev CA).
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v certutil >/dev/null 2>&1 || missing+=(libnss3-tools)
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ ! -e /usr/sbin/policy-rc.d ]; then
     # Keep Debian from starting daemons (no systemd here; we start what we need ourselves).
@@ -44,7 +54,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   done_step "installed ${missing[*]}"
 else
-  done_step "docker.io, debootstrap, curl already installed"
+  done_step "docker.io, debootstrap, curl, iproute2, openssh, chromium, certutil already installed"
 fi
 
 # ------------------------------------------------------------------ dockerd

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs (if missing) and starts the real services the integration tests,
 # the benchmark and the soak run against: PostgreSQL 15, PowerDNS 4.7 (gpgsql
-# backend, HTTP API) and the tools they use (nginx, mkcert, dig, curl).
+# backend, HTTP API) and the tools they use (nginx, mkcert, dig, curl, unbound, chromium).
 #
 # Idempotent, root on Debian 12, no systemd. Everything runs on non-default
 # ports so it never collides with services a user already runs:
@@ -71,6 +71,13 @@ install_packages() {
   command -v curl >/dev/null || missing+=(curl)
   command -v openssl >/dev/null || missing+=(openssl)
   command -v psql >/dev/null || missing+=(postgresql-client)
+  # A real caching resolver for the negative-caching suite (test/integration/dns-negative-cache.test.ts);
+  # the suite starts its own instance on a free loopback port (policy-rc.d keeps Debian's off :53).
+  command -v unbound >/dev/null || missing+=(unbound)
+  # A real browser for the stage-1 page checks (test/helpers/browser.ts, driven by npm playwright-core).
+  command -v chromium >/dev/null || missing+=(chromium)
+  # certutil: a browser profile that trusts a suite's CA (an NSS database), instead of ignoring certificate errors.
+  command -v certutil >/dev/null || missing+=(libnss3-tools)
   if [ ${#missing[@]} -eq 0 ]; then return; fi
   log "installing: ${missing[*]}"
   # Without a policy-rc.d, Debian would start its own pdns on :53 and nginx on :80.
@@ -152,7 +159,8 @@ webserver-address=127.0.0.1
 webserver-port=$PDNS_API_PORT
 webserver-allow-from=127.0.0.0/8
 socket-dir=$STATE/pdns/socket
-default-soa-content=ns1.@ hostmaster.@ 0 10800 3600 604800 3600
+# The environment's negative TTL (runtime/naming.ts DNS_TIMING); test zones get it too.
+default-soa-content=ns1.@ hostmaster.@ 0 10800 3600 604800 2
 # Tests read answers right after API changes; the API purges changed names,
 # these make negative answers (NXDOMAIN after release) immediate too.
 cache-ttl=0

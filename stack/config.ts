@@ -43,6 +43,13 @@ export const IMAGE_CONTEXTS: Readonly<Record<ImageKey, string>> = {
   gateway: 'images/gateway',
 };
 
+/** embedded: the dev container runs the built-in API server; workspace: the team's own Ganymede serves 127.0.0.1:6000. */
+export type GanymedeMode = 'embedded' | 'workspace';
+export const GANYMEDE_MODES: readonly GanymedeMode[] = ['embedded', 'workspace'];
+/** The seed's idle rule: a gateway with no activity for 5 minutes pushes, stops and is ready again. */
+export const DEFAULT_GATEWAY_IDLE_TIMEOUT_SECONDS = 300;
+export const DEFAULT_GATEWAY_PUSH_INTERVAL_SECONDS = 60;
+
 export type ImageSource =
   | { kind: 'build'; context: string }
   | { kind: 'prebuilt'; tag: string };
@@ -104,6 +111,12 @@ export interface StackConfig {
   dockerHost?: string;
   dockerSocketPath: string;
   retainDataVolumes: boolean;
+  /** Who serves the API at 127.0.0.1:6000 in the dev container (ganymede.<domain>). */
+  ganymede: GanymedeMode;
+  /** Gateways release themselves after this many seconds without activity (GATEWAY_IDLE_TIMEOUT_MS). */
+  gatewayIdleTimeoutSeconds: number;
+  /** Gateways push their organization's data this often while allocated (GATEWAY_PUSH_INTERVAL_MS). */
+  gatewayPushIntervalSeconds: number;
 }
 
 /**
@@ -138,6 +151,9 @@ export const CONFIG_KEYS = {
   dockerHost: '(unset: DOCKER_HOST or the local socket)',
   dockerSocketPath: '/var/run/docker.sock',
   retainDataVolumes: 'true',
+  ganymede: 'embedded',
+  gatewayIdleTimeoutSeconds: String(DEFAULT_GATEWAY_IDLE_TIMEOUT_SECONDS),
+  gatewayPushIntervalSeconds: String(DEFAULT_GATEWAY_PUSH_INTERVAL_SECONDS),
 } as const;
 
 export type ConfigKey = keyof typeof CONFIG_KEYS;
@@ -509,6 +525,17 @@ export function parseStackConfig(raw: RawConfig, options: ParseOptions = {}): St
   }
   const retainDataVolumes = bool('retainDataVolumes', true);
 
+  // ---- runtime in the environment
+  const ganymedeRaw = get('ganymede') ?? 'embedded';
+  let ganymede: GanymedeMode = 'embedded';
+  if (!(GANYMEDE_MODES as readonly string[]).includes(ganymedeRaw)) {
+    c.add('ganymede', `must be one of ${GANYMEDE_MODES.join(', ')}, got ${quote(ganymedeRaw)}.`, c.setFix('ganymede', 'embedded'));
+  } else {
+    ganymede = ganymedeRaw as GanymedeMode;
+  }
+  const gatewayIdleTimeoutSeconds = int('gatewayIdleTimeoutSeconds', DEFAULT_GATEWAY_IDLE_TIMEOUT_SECONDS, 1, 86400, DEFAULT_GATEWAY_IDLE_TIMEOUT_SECONDS);
+  const gatewayPushIntervalSeconds = int('gatewayPushIntervalSeconds', DEFAULT_GATEWAY_PUSH_INTERVAL_SECONDS, 1, 86400, DEFAULT_GATEWAY_PUSH_INTERVAL_SECONDS);
+
   if (c.issues.length > 0) throw new StackConfigError(project, c.issues);
 
   return {
@@ -534,6 +561,9 @@ export function parseStackConfig(raw: RawConfig, options: ParseOptions = {}): St
     dockerHost,
     dockerSocketPath,
     retainDataVolumes,
+    ganymede,
+    gatewayIdleTimeoutSeconds,
+    gatewayPushIntervalSeconds,
   };
 }
 

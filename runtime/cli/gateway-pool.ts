@@ -27,7 +27,7 @@ const COMMANDS: Record<string, { args: string; help: string; effects: boolean }>
   release: { args: '<org-uuid>', help: "release an organization's gateway", effects: true },
   reconcile: { args: '', help: 'repair DNS/routes, finish interrupted operations, remove orphans (--force: also live leases)', effects: true },
   sync: { args: '[--file F]', help: 'register the inventory from `pulumi stack output --json --show-secrets` (--file, else the runtime config file, else stdin); --prune retires the rest', effects: false },
-  reap: { args: '', help: 'release gateways silent for --max-silence (default 120s)', effects: true },
+  reap: { args: '', help: "release gateways silent for --max-silence (default 10m: longer than a seed gateway's 5-minute idle stop)", effects: true },
   migrate: { args: '', help: 'create or upgrade the pool tables', effects: false },
   snapshots: { args: '<org-uuid>', help: "an organization's stored data snapshots, newest first", effects: false },
   restore: { args: '<org-uuid> <version>', help: 'make a kept snapshot current again (--force while the org holds a gateway)', effects: false },
@@ -55,7 +55,7 @@ function usage(): string {
     ...sets,
     '',
     `runtime config file: --config F, else $${RUNTIME_CONFIG_ENV}, else ${DEFAULT_RUNTIME_CONFIG_PATH} if it exists (written by \`pulumi up\` in the dev container)`,
-    'other flags: --json  --verbose (allocator events on stderr)  --force  --prune  --file F  --max-silence 120s  --show-token',
+    'other flags: --json  --verbose (allocator events on stderr)  --force  --prune  --file F  --max-silence 10m  --show-token',
     'exit codes: 0 done, 1 refused, 2 usage/config error, 3 service failure (retry), 4 done with errors',
   ].join('\n');
 }
@@ -127,7 +127,8 @@ export function parseStackOutputs(text: string): { inventory: unknown; tokens?: 
 
 function exitCodeOf(err: AllocatorError): number {
   if (err.code === 'INVALID_CONFIG') return EXIT.usage;
-  if (['DATABASE_FAILED', 'DNS_FAILED', 'NGINX_FAILED', 'ALLOCATION_IN_PROGRESS', 'ALLOCATION_LOST'].includes(err.code)) return EXIT.unavailable;
+  // runtime/errors.ts holds the one set of retryable codes.
+  if (err.retryable) return EXIT.unavailable;
   return EXIT.refused;
 }
 
@@ -235,6 +236,7 @@ export async function main(argv: string[], io: Io): Promise<number> {
         stack.warnings.forEach((w) => io.stderr(`warning: ${w}\n`));
         out(
           `inventory synced: ${reg.added.length} added, ${reg.updated.length} updated, ${reg.unchanged.length} unchanged, ${reg.retired.length} retired` +
+            (reg.removed.length ? `, ${reg.removed.length} removed (endpoint taken by a listed gateway: ${reg.removed.join(', ')})` : '') +
             (reg.retireDeferred.length ? `, ${reg.retireDeferred.length} to retire once released (${reg.retireDeferred.join(', ')})` : '') +
             (stack.tokens ? `; registration tokens set for ${Object.keys(stack.tokens).length}` : ''),
           { ...reg, registrationTokens: stack.tokens ? Object.keys(stack.tokens).length : 0, warnings: stack.warnings },
@@ -242,7 +244,7 @@ export async function main(argv: string[], io: Io): Promise<number> {
         return EXIT.ok;
       }
       case 'reap': {
-        const maxSilence = parseDuration(values['max-silence'] ?? '120s');
+        const maxSilence = parseDuration(values['max-silence'] ?? '10m');
         const rep = await a.reapStale(maxSilence);
         out(
           [`reaped ${rep.released.length} silent gateway(s), ${rep.revived.length} spoke up in time, errors ${rep.errors.length}`, ...rep.released.map((r) => `released ${r.gateway} (org ${r.organizationId}, silent since ${r.silentSince})`), ...rep.errors.map((e) => `error ${e.gateway} ${e.code}: ${e.message}`)].join('\n'),

@@ -1,4 +1,5 @@
 import { isCanonicalOrgId } from '../naming';
+import { httpFetch } from './http-fetch';
 import { isValidGatewayName } from '../validation';
 import { DEFAULT_RETRY, resolvePolicy, RetryPolicy } from './backoff';
 import { GatewayClientError } from './errors';
@@ -26,7 +27,7 @@ export interface GatewayClientOptions {
   gatewayId: string;
   /** The gateway's registration token (GATEWAY_TOKEN): used for /gateway/ready only. */
   registrationToken: string;
-  /** Default: the global fetch (Node 20). */
+  /** Default: node:http(s) (httpFetch; the global fetch refuses the API server's port 6000). */
   fetch?: FetchLike;
   scheduler?: Scheduler;
   /** Jitter source, [0, 1); default Math.random. */
@@ -111,7 +112,8 @@ export class GatewayClient {
     if (url && (url.username || url.password || url.search || url.hash)) bad('baseUrl must not carry credentials, a query or a fragment');
     if (!isValidGatewayName(opts.gatewayId)) bad('gatewayId must be a gateway name (a lowercase DNS label)');
     if (!isBearerToken(opts.registrationToken)) bad('registrationToken must be 16..200 characters of [A-Za-z0-9._~+/=-]');
-    const fetchImpl = opts.fetch ?? (globalThis.fetch as unknown as FetchLike | undefined);
+    // node:http by default: the global fetch refuses port 6000, the API server's (see http-fetch.ts).
+    const fetchImpl = opts.fetch ?? httpFetch;
     if (typeof fetchImpl !== 'function') bad('no fetch available (Node >= 20 has one, or pass options.fetch)');
     const timeoutMs = opts.timeoutMs ?? 10_000;
     if (!(Number.isFinite(timeoutMs) && timeoutMs > 0)) bad('timeoutMs must be a positive number');

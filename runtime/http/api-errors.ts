@@ -1,4 +1,4 @@
-import { AllocatorError, AllocatorErrorCode } from '../errors';
+import { AllocatorError, AllocatorErrorCode, RETRYABLE_CODES } from '../errors';
 
 /** Codes of the HTTP API besides the allocator's own. */
 export type ApiOnlyCode =
@@ -20,6 +20,7 @@ export const STATUS_OF: Readonly<Record<ApiErrorCode, number>> = {
   INVALID_REQUEST: 400,
   INVALID_ORGANIZATION_ID: 400,
   INVALID_GATEWAY: 400,
+  INVENTORY_CONFLICT: 409,
   INVALID_SNAPSHOT: 400,
   UNKNOWN_VERSION: 404,
   UNAUTHENTICATED: 401,
@@ -47,16 +48,12 @@ export const STATUS_OF: Readonly<Record<ApiErrorCode, number>> = {
   POOL_EXHAUSTED: 503,
 };
 
-const RETRYABLE: ReadonlySet<ApiErrorCode> = new Set<ApiErrorCode>([
-  'ALLOCATION_IN_PROGRESS',
-  'ALLOCATION_LOST',
-  'DNS_FAILED',
-  'NGINX_FAILED',
-  'DATABASE_FAILED',
-  'GATEWAY_UNREACHABLE',
-  'POOL_EXHAUSTED',
-]);
-
+/**
+ * The allocator's retryable codes (runtime/errors.ts), plus what an HTTP client (a gateway, a browser's
+ * app) should retry after a back-off although a library caller should not loop on it: an unreachable
+ * gateway (the retry allocates another) and a full pool (a release frees one).
+ */
+const RETRYABLE: ReadonlySet<ApiErrorCode> = new Set<ApiErrorCode>([...RETRYABLE_CODES, 'GATEWAY_UNREACHABLE', 'POOL_EXHAUSTED']);
 /** An error the API answers with as it is: a code, a message safe to show, no stack, no secrets. */
 export class GatewayApiError extends Error {
   readonly code: ApiErrorCode;

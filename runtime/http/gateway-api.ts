@@ -323,10 +323,10 @@ export class GatewayApi<User = unknown> {
     return { status: 200, body: { success: true, released: true, gateway_id: holder.gateway, organization_id: holder.organizationId, ...(pushed ? { version: pushed } : {}) } };
   }
 
+  /** POST /heartbeat: the token check itself refreshes `last_heartbeat_at` (as it does for every gateway call). */
   async heartbeat(req: ApiRequest): Promise<ApiResponse> {
     const holder = await this.gatewayAuth(req);
     this.checkOwnership(bodyObject(req, true), holder);
-    await this.allocator.heartbeat(holder.gateway);
     return { status: 200, body: { success: true, gateway_id: holder.gateway, organization_id: holder.organizationId } };
   }
 

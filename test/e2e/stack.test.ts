@@ -1,38 +1,45 @@
 /**
  * The deployment, end to end, where the Pulumi CLI cannot run:
  *  1. the real index.ts runs under Pulumi mocks with the dev stack's config (pool 2, a
- *     test env name, ports in 62000-62999), first as a preview whose every input must be
- *     on the realiser's allow-list, then as an `up` in which test/e2e/realise creates
- *     each resource on the local Docker engine as the program registers it (dependency
- *     order, real outputs handed back: image ids, container ids, passwords, stdout);
- *  2. the result is checked as a user would: dig against the published DNS port, the
- *     runtime allocator (in the dev container, configured from the stack outputs)
- *     allocating organizations, curl through stage-1 nginx -> gateway stage-2 -> app
- *     with the mkcert CA, release -> NXDOMAIN and no route, the other gateway for a
- *     second organization, POOL_EXHAUSTED for a third;
+ *     test env name, ports in 62000-62999, a short gateway idle timeout), first as a preview
+ *     whose every input must be on the realiser's allow-list, then as an `up` in which
+ *     test/e2e/realise creates each resource on the local Docker engine as the program
+ *     registers it (dependency order, real outputs handed back: image ids, container ids,
+ *     passwords, stdout). The runtime reaches the environment only through the program
+ *     (esbuild bundles uploaded into the containers, config written by its command);
+ *  2. after that, only what a user does: dig against the published DNS port; wait until
+ *     every gateway reported ready by itself; start organizations through
+ *     https://ganymede.<domain>/operator/... and through the laptop-side CLI
+ *     (`npm run gateway-pool -- --stack <stack> ...`); a real browser (chromium, dev CA)
+ *     on the organization's pages with a WebSocket through both stages; let a gateway go
+ *     idle; restart the dev container and the API server;
  *  3. `pulumi destroy` is mirrored: refused while data volumes are protected, then after
  *     unprotect everything goes except the retainOnDelete volumes, which is asserted;
  *  4. `up` again adopts those volumes (data and dev CA survive), `destroy` again, and the
  *     retained volumes are removed too (test hygiene) unless KEEP_E2E_VOLUMES=1.
+ * Tests 1-7 each run alone (`--grep` their title): the deployment is the before hook, and
+ * each test starts its own organization.
  *
- * Run alone:  npx mocha --config .mocharc.e2e.json test/e2e/stack.test.ts
+ * Run alone:  npx mocha --config .mocharc.e2e.json --grep 'stack e2e'
  * After a real `pulumi up --stack dev` (no realisation, no teardown; the same checks):
  *             E2E_PULUMI_STACK=dev npx mocha --config .mocharc.e2e.json test/e2e/stack.test.ts
  *             (or E2E_STACK_OUTPUTS=<file of `pulumi stack output --json --show-secrets`>)
+ * Screenshots: .test-artifacts/stack-e2e/.
  */
 import { strict as assert } from 'assert';
 import { randomUUID } from 'crypto';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import type { GatewaySpec } from '../../runtime/inventory';
 import { DATA_VOLUMES } from '../../components/volumes';
-import { buildServerUrl, buildTarballName, orgFqdn, volumeName } from '../../runtime/naming';
-import { pack, type PackResult } from '../../tools/lib/pack';
+import { orgFqdn, userContainerFqdn, volumeName } from '../../runtime/naming';
+import { browserUnavailable, launchBrowser } from './helpers/browser';
 import { engineInventory, removeByName } from './helpers/docker';
+import { httpsTo, operator, stackCli, waitFor, writeStackFile } from './helpers/environment';
 import { httpRequest } from './helpers/http';
 import { requireDocker } from './helpers/require-docker';
 import {
+  E2E_IDLE_SECONDS,
   E2E_POOL_SIZE,
   REPO_ROOT,
   checkoutId,
@@ -46,7 +53,6 @@ import {
   type CapturedResource,
   type E2eSettings,
 } from './realise/capture';
-import { ContainerAllocator, DriverError, installAllocator } from './realise/container-allocator';
 import { curlHttp, curlHttps, describeDeployment, dig, parseOutputs, type Deployment, type StackOutputs } from './realise/deployment';
 import { Engine } from './realise/engine';
 import { CONTAINER, IMAGE, VOLUME } from './realise/fields';
@@ -65,7 +71,10 @@ const KEEP_VOLUMES = process.env.KEEP_E2E_VOLUMES === '1';
 const KEEP_STACK = process.env.E2E_KEEP_STACK;
 
 const secs = (ms: number): string => `${(ms / 1000).toFixed(1)}s`;
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+/** Screenshots of the browser check (gitignored). */
+const ARTIFACTS = path.join(REPO_ROOT, '.test-artifacts', 'stack-e2e');
+/** The stack name the laptop CLI is run with in realise mode (its Pulumi.<stack>.yaml is written into the run's directory). */
+const CLI_STACK = 'e2e';
 
 /** Step log with times: `[e2e] step <name> ✔ 3.2s (at 1m04.3s)`, and a summary at the end. */
 class Steps {
@@ -100,30 +109,13 @@ class Steps {
   }
 }
 
-/** The gateways' app for this suite: says which gateway it runs in and which build. */
-const STAND_IN_APP = `'use strict';
-const http = require('http');
-const fs = require('fs');
-const os = require('os');
-const path = require('path');
-let buildId = 'unknown';
-try { buildId = /^build_id=(.*)$/m.exec(fs.readFileSync(path.join(__dirname, '..', 'BUILD_INFO.txt'), 'utf8'))[1]; } catch (e) { /* no BUILD_INFO */ }
-http.createServer((req, res) => {
-  const body = JSON.stringify({ status: 'ok', app: 'stack-e2e-stand-in', buildId, gatewayId: process.env.GATEWAY_ID || null,
-    hostname: os.hostname(), path: req.url, host: req.headers.host || null, forwardedProto: req.headers['x-forwarded-proto'] || null });
-  res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
-  res.end(body);
-}).listen(8888, '127.0.0.1');
-process.on('SIGTERM', () => process.exit(0));
-`;
-
-interface AppAnswer {
-  status: string;
-  buildId: string;
-  gatewayId: string | null;
-  hostname: string;
-  host: string | null;
-  forwardedProto: string | null;
+/** The default gateway app's /_app/status (runtime/gateway-app). */
+interface AppStatus {
+  state: string;
+  organization_id: string | null;
+  gateway_id: string;
+  build: string;
+  data: unknown;
 }
 
 async function readOutputsFromPulumi(): Promise<Record<string, unknown>> {
@@ -146,14 +138,10 @@ describe(`stack e2e: index.ts deployed on the local Docker engine (${MODE === 'r
   let deployedResources: CapturedResource[] = [];
   let outputs: StackOutputs | undefined;
   let dep: Deployment | undefined;
-  let allocator: ContainerAllocator | undefined;
-  let build: PackResult | undefined;
   let initial: Awaited<ReturnType<typeof engineInventory>> | undefined;
   let destroyReport: DestroyReport | undefined;
-  /** Organizations this run allocated (released in after() if a test failed midway). */
-  const allocated = new Set<string>();
-  /** deployed mode: the gateways already run a real build, so only stage 2's own location is probed. */
-  let standIn = true;
+  /** Organizations this run started (stopped in after() if a test failed midway). */
+  const started = new Set<string>();
 
   const need = <T>(v: T | undefined, what: string): T => {
     assert.ok(v !== undefined, `${what} is missing (an earlier step failed)`);
@@ -207,6 +195,8 @@ describe(`stack e2e: index.ts deployed on the local Docker engine (${MODE === 'r
       deployedResources = upRun.resources;
       assert.deepEqual(shape(upRun.resources), shape(planned), 'up registered exactly the resources the preview planned');
       outputs = parseOutputs(upRun.outputs);
+      // The user's checkout: a stack file naming this environment, for the laptop-side CLI.
+      writeStackFile(path.join(tmp, 'project'), CLI_STACK, config);
       if (KEEP_STACK) {
         fs.writeFileSync(KEEP_STACK, `${JSON.stringify(upRun.outputs, null, 2)}\n`, { mode: 0o600 });
         steps.note(`E2E_KEEP_STACK: outputs written to ${KEEP_STACK}; the environment stays up after the run`);
@@ -217,9 +207,8 @@ describe(`stack e2e: index.ts deployed on the local Docker engine (${MODE === 'r
   });
 
   after(async function () {
-    if (allocator) {
-      for (const org of allocated) await allocator.release(org).catch(() => undefined);
-      await allocator.close().catch(() => undefined);
+    if (dep && outputs?.operatorToken) {
+      for (const org of started) await operator(dep, outputs.operatorToken, 'POST', `/organizations/${org}/stop`).catch(() => undefined);
     }
     const keep = KEEP_STACK !== undefined && outputs !== undefined;
     if (realiser && !realiser.isDestroyed && !keep) {
@@ -308,194 +297,305 @@ describe(`stack e2e: index.ts deployed on the local Docker engine (${MODE === 'r
     await steps.run(`curl https://${o.domain}:${d.httpsPort} and https://ganymede.${o.domain}:${d.httpsPort}${d.caFile ? ' with the dev CA' : ''}`, async () => {
       const apex = await curlHttps(d, o.domain, '/');
       assert.equal(apex.code, 0, `TLS to ${o.domain}: ${apex.stderr}`);
-      // No frontend build is deployed here: the image answers 404 (200 once one is).
-      assert.ok([200, 404].includes(apex.status), `${o.domain}: ${apex.status}`);
-      const gany = await curlHttps(d, `ganymede.${o.domain}`, '/');
+      // No frontend build is deployed here: the image answers its "no frontend build" page, 503 (200 once one is).
+      assert.ok([200, 503].includes(apex.status), `${o.domain}: ${apex.status}`);
+      const gany = await curlHttps(d, `ganymede.${o.domain}`, '/healthz');
       assert.equal(gany.code, 0, `TLS to ganymede.${o.domain}: ${gany.stderr}`);
-      // Proxied to Ganymede (127.0.0.1:6000 in the dev container): 502 while it does not run.
-      assert.ok(gany.status >= 200 && gany.status < 600, `ganymede.${o.domain}: ${gany.status}`);
+      // Proxied to the built-in API server (127.0.0.1:6000 in the dev container), which `up` waited for.
+      assert.equal(gany.status, 200, `ganymede.${o.domain}/healthz: ${gany.status} ${gany.body.slice(0, 200)}`);
       steps.note(`  ${o.domain} ${apex.status}, ganymede.${o.domain} ${gany.status} (certificate verified)`);
       const redirect = await curlHttp(d, o.domain, '/some/path?x=1');
       assert.deepEqual(redirect, { status: 301, location: `https://${o.domain}/some/path?x=1` });
     });
   });
 
-  it('3. gateways fetch a packed build from the build server at the URL the program gave them', async () => {
-    const d = need(dep, 'deployment');
-    const o = d.outputs;
-    const tarball = buildTarballName(o.envName);
-    const existing = await runCommand(['docker', 'exec', o.devContainerName, 'test', '-s', `/srv/builds/${tarball}`], {}, REPO_ROOT);
-    if (MODE === 'deployed' && existing.code === 0 && process.env.E2E_PACK_STAND_IN !== '1') {
-      standIn = false;
-      steps.note(`  ${tarball} already exists: keeping the environment's own build (E2E_PACK_STAND_IN=1 replaces it); app checks use stage 2's /_gateway/nginx-health`);
-      return;
-    }
-    build = await steps.run(`pack a stand-in app into volume ${d.buildsVolume}`, async () => {
-      const ws = path.join(tmp, 'workspace');
-      fs.mkdirSync(path.join(ws, 'dist', 'packages', 'app-gateway'), { recursive: true });
-      fs.writeFileSync(path.join(ws, 'dist', 'packages', 'app-gateway', 'main.js'), STAND_IN_APP);
-      return pack({ env: o.envName, workspace: ws, volume: d.buildsVolume });
-    });
-    const b = build;
-    await steps.run('every gateway serves the build on its published port', async () => {
-      await Promise.all(o.gatewayInventory.map(async (g) => {
-        const t0 = Date.now();
-        for (;;) {
-          const r = await httpRequest(`http://127.0.0.1:${g.httpPort}/healthz`, { timeoutMs: 2000 }).catch(() => undefined);
-          if (r?.status === 200) {
-            const a = JSON.parse(r.body) as AppAnswer;
-            if (a.buildId === b.buildId) {
-              assert.equal(a.gatewayId, g.name, `${g.name}: GATEWAY_ID`);
-              steps.note(`  ${g.name}: build ${a.buildId} after ${secs(Date.now() - t0)}`);
-              return;
-            }
-          }
-          if (Date.now() - t0 > 120_000) throw new Error(`${g.name} never served build ${b.buildId}: last ${r?.status} ${r?.body.slice(0, 200)}\n${(await runCommand(['docker', 'logs', '--tail', '20', g.name], {}, REPO_ROOT)).stdout}`);
-          await sleep(250);
-        }
-      }));
-      // The URL came from the program (BUILD_SERVER_URL), not from the image's default.
-      for (const g of o.gatewayInventory) {
-        const logs = await runCommand(['docker', 'logs', g.name], {}, REPO_ROOT);
-        assert.match(logs.stdout + logs.stderr, new RegExp(`FETCHED build_id=${b.buildId} .*url=${buildServerUrl(o.envName).replace(/[.]/g, '\\.')}/${tarball.replace(/[.]/g, '\\.')}`));
-      }
-    });
-  });
-
-  it('4. the runtime allocator in the dev container starts from the stack outputs', async () => {
-    const d = need(dep, 'deployment');
-    const o = d.outputs;
-    await steps.run(`install the allocator into ${o.devContainerName} (transpiled runtime/ + its node_modules)`, async () => {
-      const r = await installAllocator(REPO_ROOT, o.devContainerName);
-      steps.note(`  ${r.files} runtime modules; packages ${r.packages.join(', ')} (+ their dependencies)`);
-    });
-    const a = new ContainerAllocator(o.devContainerName, path.join(tmp, 'allocator.log'));
-    allocator = a;
-    await steps.run('migrate, registerGateways(gatewayInventory), markReady once each gateway answers', async () => {
-      // Exactly the handoff of the design: the outputs, unchanged.
-      const tls = await a.init({
-        envName: o.envName,
-        domain: o.domain,
-        publicIp: o.publicIp,
-        pg: { connectionString: o.databaseUrl },
-        powerdns: { apiUrl: o.powerDnsApiUrl, apiKey: o.powerDnsApiKey, zone: o.zone },
-        nginx: { confDir: o.nginxConfDir },
-      }).catch((err: Error) => { throw new Error(`${err.message}\n${a.logTail()}`); });
-      steps.note(`  TLS from the container: ${tls.certPath}, ${tls.keyPath}`);
-      await a.migrate();
-      await a.registerGateways(o.gatewayInventory);
-      // Stands in for each gateway's POST /gateway/ready: it answers through its own port.
-      for (const g of o.gatewayInventory) {
-        const r = await httpRequest(`http://127.0.0.1:${g.httpPort}/_gateway/nginx-health`, { timeoutMs: 3000 });
-        assert.equal(r.status, 200, `${g.name} stage 2 answers`);
-      }
-      const states = await a.markReady(o.gatewayInventory.map((g) => g.name));
-      assert.deepEqual(Object.values(states), o.gatewayInventory.map(() => 'ready'), JSON.stringify(states));
-      const status = await a.status();
-      assert.equal(status.total, o.gatewayInventory.length);
-    });
-  });
-
-  // Organizations of tests 5-7 (plain tests, not a nested describe: mocha runs nested suites last).
-  const orgs = [randomUUID(), randomUUID(), randomUUID()];
-  let first: GatewaySpec | undefined;
-
-  /** curl https://org-<id>.<domain>/healthz through stage 1 with the CA; the answer of the gateway's app. */
-  const through = async (d: Deployment, org: string, expectGateway: string | undefined): Promise<string> => {
+  /** The stack name and directory the laptop-side CLI is run with (README "Quick start"). */
+  const cliStack = (): { stack: string; dir: string | undefined } =>
+    MODE === 'deployed' ? { stack: DEPLOYED_STACK ?? 'dev', dir: undefined } : { stack: CLI_STACK, dir: path.join(tmp, 'project') };
+  const cli = async (args: string[]): Promise<{ code: number; stdout: string; stderr: string }> => {
+    const s = cliStack();
+    return stackCli(REPO_ROOT, s.stack, s.dir, args);
+  };
+  const token = (): string => {
+    const t = need(outputs, 'outputs').operatorToken;
+    assert.ok(t, 'stack output operatorToken');
+    return t;
+  };
+  /** POST /operator/organizations/<org>/start through https://ganymede.<domain>; remembered for cleanup. */
+  const startOrg = async (d: Deployment, org: string): Promise<{ gateway: string; answer: Record<string, unknown> }> => {
+    started.add(org);
+    const r = await operator(d, token(), 'POST', `/organizations/${org}/start`);
+    assert.equal(r.status, 200, `start ${org}: ${r.status} ${JSON.stringify(r.json)}`);
+    assert.equal(r.json.success, true, JSON.stringify(r.json));
+    const gateway = String(r.json.gateway_id);
+    assert.ok(d.outputs.gatewayInventory.some((g) => g.name === gateway), `gateway_id ${gateway} is in the inventory`);
+    return { gateway, answer: r.json };
+  };
+  const stopOrg = async (d: Deployment, org: string): Promise<void> => {
+    const r = await operator(d, token(), 'POST', `/organizations/${org}/stop`);
+    assert.ok(r.status === 200 || r.json.code === 'NOT_ALLOCATED', `stop ${org}: ${r.status} ${JSON.stringify(r.json)}`);
+    started.delete(org);
+  };
+  /** The default app's own view, through stage 1 and 2: which organization it serves and its data. */
+  const appStatus = async (d: Deployment, org: string): Promise<AppStatus> => {
+    const r = await httpsTo(d, orgFqdn(org, d.outputs.domain), '/_app/status');
+    assert.equal(r.status, 200, `https://${orgFqdn(org, d.outputs.domain)}/_app/status: ${r.status} ${r.body.slice(0, 300)}`);
+    return JSON.parse(r.body) as AppStatus;
+  };
+  const poolStates = async (d: Deployment): Promise<Record<string, { state: string; organizationId: string | null }>> => {
+    const r = await operator(d, token(), 'GET', '/status');
+    assert.equal(r.status, 200, `GET /operator/status: ${r.status} ${JSON.stringify(r.json)}`);
+    const gws = r.json.gateways as Array<{ name: string; state: string; organizationId: string | null }>;
+    return Object.fromEntries(gws.map((g) => [g.name, { state: g.state, organizationId: g.organizationId }]));
+  };
+  const everyGatewayReady = (d: Deployment, timeoutMs: number): Promise<Record<string, { state: string; organizationId: string | null }>> =>
+    waitFor('every gateway of the inventory ready', timeoutMs, async () => {
+      const s = await poolStates(d);
+      const names = d.outputs.gatewayInventory.map((g) => g.name);
+      if (names.every((n) => s[n]?.state === 'ready')) return s;
+      throw new Error(JSON.stringify(s));
+    }, 500);
+  /** The organization is gone: API, DNS, stage-1 route file, stage 1 answers "no gateway". */
+  const assertReleased = async (d: Deployment, org: string): Promise<void> => {
     const fqdn = orgFqdn(org, d.outputs.domain);
-    const r = await curlHttps(d, fqdn, standIn ? '/healthz' : '/_gateway/nginx-health');
-    assert.equal(r.code, 0, `curl ${fqdn}: ${r.stderr}`);
-    assert.equal(r.status, 200, `${fqdn}: ${r.status} ${r.body}`);
-    if (!standIn) {
-      assert.equal(r.body.trim(), 'ok');
-      return `stage 2 of ${expectGateway ?? '?'}`;
-    }
-    const app = JSON.parse(r.body) as AppAnswer;
-    assert.equal(app.buildId, build?.buildId);
-    assert.equal(app.forwardedProto, 'https', 'stage 1 terminated TLS and said so');
-    assert.equal(app.host, fqdn, 'Host header kept through both stages');
-    if (expectGateway) assert.equal(app.gatewayId, expectGateway, `${fqdn} routed to ${app.gatewayId}, allocated ${expectGateway}`);
-    return `app on ${app.gatewayId}`;
+    const r = await operator(d, token(), 'GET', `/organizations/${org}`);
+    assert.equal(r.json.code, 'NOT_ALLOCATED', `GET /operator/organizations/${org}: ${JSON.stringify(r.json)}`);
+    for (const name of [fqdn, `uc-${randomUUID()}.${fqdn}`]) assert.equal((await dig(d, name, 'A')).status, 'NXDOMAIN', `${name} after release`);
+    const file = `${d.outputs.nginxConfDir}/routes/org-${org}.conf`;
+    const gone = await runCommand(['docker', 'exec', d.outputs.devContainerName, 'test', '!', '-e', file], {}, REPO_ROOT);
+    assert.equal(gone.code, 0, `${file} was removed`);
+    const page = await curlHttps(d, fqdn, '/');
+    assert.equal(page.status, 404, `${fqdn} after release: ${page.status} ${page.body.slice(0, 200)}`);
   };
 
-  it('5. a first organization gets a gateway: its names resolve and https reaches that gateway\'s app', async () => {
+  it('3. every gateway reports ready by itself (no sync, no markReady from the test); the laptop CLI shows the pool', async () => {
     const d = need(dep, 'deployment');
-    const a = need(allocator, 'allocator');
-    const org = orgs[0];
-    const fqdn = orgFqdn(org, d.outputs.domain);
-    const got = await steps.run(`allocate ${org}`, () => a.allocate(org));
-    allocated.add(org);
-    assert.equal(got.created, true);
-    assert.equal(got.fqdn, fqdn);
-    const spec = d.outputs.gatewayInventory.find((g) => g.name === got.name);
-    assert.ok(spec, `allocated gateway ${got.name} is in the inventory`);
-    assert.deepEqual({ host: got.host, httpPort: got.httpPort }, { host: spec.host, httpPort: spec.httpPort });
-    first = spec;
-    await steps.run(`dig ${fqdn} and a name under it`, async () => {
-      for (const name of [fqdn, `uc-${randomUUID()}.${fqdn}`]) {
-        const r = await dig(d, name, 'A');
-        assert.deepEqual(r.answers.filter((x) => x.type === 'A').map((x) => x.data), [d.outputs.publicIp], `${name}: ${r.status}`);
-      }
-    });
-    await steps.run(`curl https://${fqdn}:${d.httpsPort} (stage 1 -> ${got.name} stage 2 -> app)`, async () => {
-      steps.note(`  ${fqdn} -> ${await through(d, org, got.name)}`);
+    const states = await steps.run('GET https://ganymede/operator/status until every gateway is ready (bounded: 180 s)', () => everyGatewayReady(d, 180_000));
+    steps.note(`  ${Object.entries(states).map(([n, s]) => `${n} ${s.state}`).join(', ')}`);
+    await steps.run(`npm run -s gateway-pool -- --stack ${cliStack().stack} status --json (docker exec into ${d.outputs.devContainerName})`, async () => {
+      const r = await cli(['status', '--json']);
+      assert.equal(r.code, 0, `exit ${r.code}: ${r.stderr}`);
+      const st = JSON.parse(r.stdout) as { envName: string; total: number; byState: Record<string, number> };
+      assert.equal(st.envName, d.outputs.envName);
+      assert.equal(st.total, d.outputs.gatewayInventory.length);
+      assert.equal(st.byState.ready, d.outputs.gatewayInventory.length, JSON.stringify(st));
+      const text = await cli(['status']);
+      assert.equal(text.code, 0, text.stderr);
+      assert.match(text.stdout, new RegExp(`pool ${d.outputs.envName}: ${d.outputs.gatewayInventory.length} gateways`));
+      // Bad input keeps its stable code and exit status through the wrapper.
+      const bad = await cli(['allocate', 'not-a-uuid', '--json']);
+      assert.notEqual(bad.code, 0, 'an invalid organization id is refused');
+      const wrong = await operator(d, 'wrong-token', 'GET', '/status');
+      assert.equal(wrong.status, 401, `a wrong operator token: ${wrong.status} ${JSON.stringify(wrong.json)}`);
+      assert.equal(wrong.json.code, 'UNAUTHENTICATED');
+      const malformed = await operator(d, token(), 'POST', '/organizations/not-a-uuid/start');
+      assert.equal(malformed.status, 400, `a malformed organization id: ${malformed.status} ${JSON.stringify(malformed.json)}`);
+      assert.equal(malformed.json.success, false);
+      assert.match(String(malformed.json.code), /^[A-Z_]+$/, 'a stable code');
+      assert.equal(malformed.json.code, 'INVALID_ORGANIZATION_ID');
+      await everyGatewayReady(d, 10_000); // nothing half-done
     });
   });
 
-  it('6. release: the names are NXDOMAIN and stage 1 no longer routes the organization', async () => {
+  it('4. an organization started through https://ganymede/operator: a real browser loads its pages from its gateway and a WebSocket echoes through both stages', async function () {
     const d = need(dep, 'deployment');
-    const a = need(allocator, 'allocator');
-    const org = orgs[0];
+    const why = browserUnavailable();
+    await everyGatewayReady(d, 180_000);
+    const org = randomUUID();
     const fqdn = orgFqdn(org, d.outputs.domain);
-    await steps.run(`release ${org}`, () => a.release(org));
-    allocated.delete(org);
-    await steps.run('NXDOMAIN, no route file, stage 1 answers "no gateway"', async () => {
-      for (const name of [fqdn, `uc-${randomUUID()}.${fqdn}`]) assert.equal((await dig(d, name, 'A')).status, 'NXDOMAIN', name);
-      const file = `${d.outputs.nginxConfDir}/routes/org-${org}.conf`;
-      const gone = await runCommand(['docker', 'exec', d.outputs.devContainerName, 'test', '!', '-e', file], {}, REPO_ROOT);
-      assert.equal(gone.code, 0, `${file} was removed`);
-      const r = await curlHttps(d, fqdn, '/healthz');
-      assert.equal(r.status, 404, `${fqdn} after release: ${r.status} ${r.body}`);
-      assert.match(r.body, /no gateway is allocated/);
+    const uc = userContainerFqdn('e2e-browser', org, d.outputs.domain, 'nested');
+    const { gateway } = await steps.run(`POST https://ganymede.${d.outputs.domain}/operator/organizations/${org}/start`, () => startOrg(d, org));
+    steps.note(`  ${org} -> ${gateway}`);
+    await steps.run(`the gateway serves ${org} (its own /_app/status through stage 1 and 2)`, async () => {
+      const s = await waitFor(`${gateway} serving ${org}`, 30_000, async () => {
+        const a = await appStatus(d, org);
+        return a.organization_id === org && a.state === 'serving' ? a : undefined;
+      });
+      assert.equal(s.gateway_id, gateway, `${fqdn} is served by ${s.gateway_id}, allocated ${gateway}`);
+    });
+    if (why) {
+      await stopOrg(d, org);
+      // In CI the browser is part of the suite; elsewhere say loudly that this part did not run.
+      assert.ok(!process.env.CI, `the browser check must run in CI: ${why}`);
+      steps.note(`SKIPPED the browser part: ${why}`);
+      return this.skip();
+    }
+    await steps.run(`chromium (dev CA in a fresh NSS db) loads https://${fqdn}/ and https://${uc}/; the page's WebSocket echoes`, async () => {
+      const browser = await launchBrowser({ domain: d.outputs.domain, httpsHost: d.httpsHost, httpsPort: d.httpsPort, caFile: d.caFile, homeDir: path.join(tmp, 'browser-home') });
+      try {
+        const page = await browser.newPage();
+        for (const [name, shot] of [[fqdn, 'org-page.png'], [uc, 'user-container-page.png']] as const) {
+          const res = await page.goto(`https://${name}/`, { waitUntil: 'load', timeout: 30_000 });
+          assert.equal(res?.status(), 200, `https://${name}/ answered ${res?.status()}`);
+          assert.equal((await page.textContent('#org'))?.trim(), org, `https://${name}/ names the organization`);
+          assert.match(await page.content(), new RegExp(gateway), `https://${name}/ names its gateway ${gateway}`);
+          await page.waitForSelector('#ws-status[data-ok]', { timeout: 15_000 });
+          assert.equal(await page.getAttribute('#ws-status', 'data-ok'), 'true', `WebSocket echo on ${name}: ${await page.textContent('#ws-status')}`);
+          fs.mkdirSync(ARTIFACTS, { recursive: true });
+          await page.screenshot({ path: path.join(ARTIFACTS, shot), fullPage: true });
+          steps.note(`  https://${name}/ 200 from ${gateway}, WebSocket echo ok, screenshot ${path.join(ARTIFACTS, shot)}`);
+        }
+      } finally {
+        await browser.close();
+      }
+    });
+    await steps.run(`stop ${org} through the operator endpoint`, async () => {
+      await stopOrg(d, org);
+      await assertReleased(d, org);
     });
   });
 
-  it('7. a second organization gets the other gateway; with both taken a third gets POOL_EXHAUSTED', async () => {
+  it('5. the laptop-side CLI allocates and releases an organization in the environment', async () => {
     const d = need(dep, 'deployment');
-    const a = need(allocator, 'allocator');
-    const f = need(first, 'the first allocation');
-    const second = await steps.run(`allocate ${orgs[1]}`, () => a.allocate(orgs[1]));
-    allocated.add(orgs[1]);
-    assert.notEqual(second.name, f.name, 'the longest-ready gateway, not the one just released');
-    steps.note(`  ${orgFqdn(orgs[1], d.outputs.domain)} -> ${await through(d, orgs[1], second.name)}`);
-    // The released gateway serves another allocation without a restart.
-    const again = await steps.run(`allocate ${orgs[0]} again`, () => a.allocate(orgs[0]));
-    allocated.add(orgs[0]);
-    assert.equal(again.name, f.name, 'the only gateway left');
-    steps.note(`  ${orgFqdn(orgs[0], d.outputs.domain)} -> ${await through(d, orgs[0], again.name)}`);
-    await steps.run(`allocate ${orgs[2]} with every gateway taken`, async () => {
-      await assert.rejects(a.allocate(orgs[2]), (err: unknown) => err instanceof DriverError && err.code === 'POOL_EXHAUSTED');
-      assert.equal((await dig(d, orgFqdn(orgs[2], d.outputs.domain), 'A')).status, 'NXDOMAIN', 'an exhausted allocation publishes nothing');
+    await everyGatewayReady(d, 180_000);
+    const org = randomUUID();
+    started.add(org);
+    const fqdn = orgFqdn(org, d.outputs.domain);
+    const al = await steps.run(`npm run -s gateway-pool -- --stack ${cliStack().stack} allocate ${org} --json`, async () => {
+      const r = await cli(['allocate', org, '--json']);
+      assert.equal(r.code, 0, `exit ${r.code}: ${r.stderr}`);
+      return JSON.parse(r.stdout) as { name: string; fqdn: string; created: boolean };
     });
-    const status = await a.status();
-    assert.equal(status.allocatedOrganizations, 2);
-    await steps.run('release everything this run allocated', async () => {
-      for (const org of [...allocated]) {
-        await a.release(org);
-        allocated.delete(org);
-        assert.equal((await dig(d, orgFqdn(org, d.outputs.domain), 'A')).status, 'NXDOMAIN');
+    assert.equal(al.fqdn, fqdn);
+    assert.equal(al.created, true);
+    await steps.run(`${fqdn} resolves and stage 1 routes it to ${al.name}`, async () => {
+      const a = await dig(d, fqdn, 'A');
+      assert.deepEqual(a.answers.filter((x) => x.type === 'A').map((x) => x.data), [d.outputs.publicIp]);
+      const s = await appStatus(d, org);
+      assert.equal(s.gateway_id, al.name);
+    });
+    const list = await cli(['list', '--json']);
+    assert.equal(list.code, 0, list.stderr);
+    assert.equal((JSON.parse(list.stdout) as Array<{ name: string; organizationId: string | null }>).find((g) => g.name === al.name)?.organizationId, org);
+    await steps.run(`npm run -s gateway-pool -- release ${org}`, async () => {
+      const r = await cli(['release', org, '--json']);
+      assert.equal(r.code, 0, `exit ${r.code}: ${r.stderr}`);
+      started.delete(org);
+      const again = await cli(['release', org, '--json']);
+      assert.equal(again.code, 1, `a second release is refused (NOT_ALLOCATED, exit 1): ${again.code} ${again.stdout}${again.stderr}`);
+      await assertReleased(d, org);
+    });
+  });
+
+  it('6. idle: the gateway pushes, releases itself after the idle timeout and is ready again; the next allocation pulls the pushed data', async () => {
+    const d = need(dep, 'deployment');
+    await everyGatewayReady(d, 180_000);
+    const org = randomUUID();
+    const fqdn = orgFqdn(org, d.outputs.domain);
+    const { gateway } = await startOrg(d, org);
+    const note = `pushed-before-idle-${randomUUID().slice(0, 8)}`;
+    await steps.run(`change ${org}'s data through https://${fqdn}/_app/data`, async () => {
+      await waitFor(`${gateway} serving ${org}`, 30_000, async () => {
+        const a = await appStatus(d, org);
+        return a.organization_id === org && a.state === 'serving' ? true : undefined;
+      });
+      const r = await httpsTo(d, fqdn, '/_app/data', { method: 'POST', body: { note } });
+      assert.equal(r.status, 200, `POST /_app/data: ${r.status} ${r.body}`);
+      assert.match(JSON.stringify((await appStatus(d, org)).data), new RegExp(note));
+    });
+    const idleS = Number(E2E_IDLE_SECONDS);
+    await steps.run(`no activity: within ${idleS} s + 60 s ${gateway} releases ${org} by itself`, async () => {
+      await waitFor(`${org} released by its idle gateway`, (idleS + 60) * 1000, async () => {
+        const r = await operator(d, token(), 'GET', `/organizations/${org}`);
+        return r.json.code === 'NOT_ALLOCATED' ? true : undefined;
+      }, 500);
+      started.delete(org);
+      await assertReleased(d, org);
+      const s = await poolStates(d);
+      assert.equal(s[gateway]?.state, 'ready', `${gateway} is ready again without a restart: ${JSON.stringify(s[gateway])}`);
+    });
+    await steps.run(`start ${org} again: its gateway pulls the data pushed before idle`, async () => {
+      const again = await startOrg(d, org);
+      const s = await waitFor(`${again.gateway} serving ${org} with its data`, 30_000, async () => {
+        const a = await appStatus(d, org);
+        return a.organization_id === org && a.state === 'serving' ? a : undefined;
+      });
+      assert.match(JSON.stringify(s.data), new RegExp(note), `pulled data: ${JSON.stringify(s.data)}`);
+      await stopOrg(d, org);
+    });
+  });
+
+  it('7. restarting the dev container, then the API server alone (asked, then crashed), loses no allocation and no pushed data', async () => {
+    const d = need(dep, 'deployment');
+    const o = d.outputs;
+    await everyGatewayReady(d, 180_000);
+    const org = randomUUID();
+    const fqdn = orgFqdn(org, o.domain);
+    const { gateway } = await startOrg(d, org);
+    const spec = o.gatewayInventory.find((g) => g.name === gateway);
+    assert.ok(spec);
+    const note = `kept-across-restarts-${randomUUID().slice(0, 8)}`;
+    await waitFor(`${gateway} serving ${org}`, 30_000, async () => {
+        const a = await appStatus(d, org);
+        return a.organization_id === org && a.state === 'serving' ? true : undefined;
+      });
+    assert.equal((await httpsTo(d, fqdn, '/_app/data', { method: 'POST', body: { note } })).status, 200);
+    // A user keeps working on the organization meanwhile (its gateway's published port: stage 1 restarts too).
+    let busy = true;
+    const user = (async () => {
+      while (busy) {
+        await httpRequest(`http://127.0.0.1:${spec.httpPort}/`, { headers: { host: fqdn }, timeoutMs: 2000 }).catch(() => undefined);
+        await new Promise((r) => setTimeout(r, 1000));
       }
-    });
+    })();
+    const apiBack = async (what: string): Promise<void> => {
+      await waitFor(`${what}: https://ganymede.${o.domain}/healthz answers 200`, 180_000, async () => {
+        const r = await httpsTo(d, `ganymede.${o.domain}`, '/healthz', { timeoutMs: 3000 });
+        return r.status === 200 ? true : undefined;
+      }, 500);
+    };
+    const kept = async (what: string): Promise<void> => {
+      const r = await operator(d, token(), 'GET', `/organizations/${org}`);
+      assert.equal(r.status, 200, `${what}: ${org} still allocated: ${JSON.stringify(r.json)}`);
+      assert.equal(r.json.gateway_id, gateway, `${what}: same gateway`);
+      const s = await waitFor(`${what}: ${fqdn} served by ${gateway} with its data`, 60_000, async () => {
+        const a = await appStatus(d, org);
+        return a.organization_id === org && a.state === 'serving' && JSON.stringify(a.data).includes(note) ? a : undefined;
+      });
+      assert.equal(s.gateway_id, gateway);
+    };
+    try {
+      await steps.run(`docker restart ${o.devContainerName} (PostgreSQL, nginx, API server)`, async () => {
+        const r = await runCommand(['docker', 'restart', '-t', '30', o.devContainerName], {}, REPO_ROOT);
+        assert.equal(r.code, 0, r.stderr);
+        await apiBack('after the dev container restart');
+        await kept('after the dev container restart');
+      });
+      await steps.run(`docker exec ${o.devContainerName} dev-api-server restart (the API server alone)`, async () => {
+        const before = await runCommand(['docker', 'exec', o.devContainerName, 'dev-api-server', 'status'], {}, REPO_ROOT);
+        const r = await runCommand(['docker', 'exec', o.devContainerName, 'dev-api-server', 'restart'], {}, REPO_ROOT);
+        assert.equal(r.code, 0, r.stderr);
+        await waitFor('a new API server process', 60_000, async () => {
+          const now = await runCommand(['docker', 'exec', o.devContainerName, 'dev-api-server', 'status'], {}, REPO_ROOT);
+          return now.code === 0 && now.stdout !== before.stdout ? true : undefined;
+        });
+        await apiBack('after the API server restart');
+        await kept('after the API server restart');
+        const logs = await runCommand(['docker', 'logs', o.devContainerName], {}, REPO_ROOT);
+        assert.match(logs.stdout + logs.stderr, /API server exited \(exit \d+\) for a requested restart/);
+      });
+      await steps.run('the API server crashes (SIGKILL): the entrypoint logs it and starts it again after its back-off', async () => {
+        const r = await runCommand(['docker', 'exec', o.devContainerName, 'sh', '-c', 'kill -KILL "$(cat /run/demiurge/api-server.pid)"'], {}, REPO_ROOT);
+        assert.equal(r.code, 0, r.stderr);
+        await waitFor('the supervisor logging the crash', 30_000, async () => {
+          const logs = await runCommand(['docker', 'logs', o.devContainerName], {}, REPO_ROOT);
+          return /API server exited unexpectedly \(exit 137 after \d+ s\); restarting in \d+ s/.test(logs.stdout + logs.stderr) ? true : undefined;
+        });
+        await apiBack('after the crash');
+        await kept('after the crash');
+      });
+    } finally {
+      busy = false;
+      await user;
+    }
+    await stopOrg(d, org);
+    await assertReleased(d, org);
   });
 
   it('8. destroy: refused while data is protected; after unprotect, only the retainOnDelete volumes remain', async function () {
     if (MODE !== 'realise' || KEEP_STACK) return this.skip();
     const r = need(realiser, 'realiser');
     const o = need(outputs, 'outputs');
-    if (allocator) {
-      await allocator.close();
-      allocator = undefined;
-    }
     const names = Realiser.declaredNames(planned);
     const retained = deployedResources.filter((x) => x.type === VOLUME && x.retainOnDelete).map((x) => String(x.inputs.name)).sort();
     // The program's own list of data volumes (retainDataVolumes defaults to true in the dev stack).

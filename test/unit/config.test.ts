@@ -77,6 +77,9 @@ describe('stack config: parseStackConfig', () => {
       dockerHost: undefined,
       dockerSocketPath: '/var/run/docker.sock',
       retainDataVolumes: true,
+      ganymede: 'embedded',
+      gatewayIdleTimeoutSeconds: 300,
+      gatewayPushIntervalSeconds: 60,
     };
     assert.deepEqual(cfg, expected);
   });
@@ -272,6 +275,9 @@ describe('stack config: parseStackConfig', () => {
       expectInvalid({ ...MINIMAL, dockerSocketPath: 'docker.sock' }, 'dockerSocketPath');
       expectInvalid({ ...MINIMAL, tlsMode: 'mkcert', tlsStateDir: '/srv/tls' }, 'tlsStateDir', /not a configuration key/);
       expectInvalid({ ...MINIMAL, retainDataVolumes: 'yes' }, 'retainDataVolumes', /true or false/);
+      expectInvalid({ ...MINIMAL, ganymede: 'external' }, 'ganymede', /one of embedded, workspace/);
+      expectInvalid({ ...MINIMAL, gatewayIdleTimeoutSeconds: '0' }, 'gatewayIdleTimeoutSeconds', /between 1 and 86400/);
+      expectInvalid({ ...MINIMAL, gatewayPushIntervalSeconds: 'often' }, 'gatewayPushIntervalSeconds', /whole number/);
       expectInvalid({ ...MINIMAL, dnsWildcard: '1' }, 'dnsWildcard');
       expectInvalid({ ...MINIMAL, powerDnsAdminUrl: 'ftp://x' }, 'powerDnsAdminUrl');
       expectInvalid({ ...MINIMAL, powerDnsApiHostPort: '0' }, 'powerDnsAdminUrl', /required when demiurge:powerDnsApiHostPort is 0/);

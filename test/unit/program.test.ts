@@ -37,7 +37,11 @@ import {
   ZONE_DELETE_SCRIPT,
 } from '../../components/powerdns';
 import { CA_EXPORT_SCRIPT, RENEW_CLI, RENEWER_CODE_DIR } from '../../components/tls';
+import { RUNTIME_CONFIG_SCRIPT } from '../../components/runtime-config';
+import { parseRuntimeConfig } from '../../runtime/config';
 import { bundleRuntimeEntry } from '../../components/runtime-bundle';
+import { DEV_RUNTIME_DIR, RUNTIME_CONFIG_PATH } from '../../components/dev-container';
+import { GATEWAY_DEFAULT_APP } from '../../components/gateway-pool';
 
 const CONTAINER = 'docker:index/container:Container';
 const IMAGE = 'docker:index/image:Image';
@@ -55,6 +59,18 @@ function stackConfig(stack: 'dev' | 'prod', overrides: Record<string, string | u
     else config[`demiurge:${k}`] = v;
   }
   return config;
+}
+
+/** Runs `fn` with the program bundling the runtime from another checkout (components/runtime-bundle.ts). */
+async function withSourceRoot<T>(root: string, fn: () => Promise<T>): Promise<T> {
+  const saved = process.env.DEMIURGE_RUNTIME_SOURCE_ROOT;
+  process.env.DEMIURGE_RUNTIME_SOURCE_ROOT = root;
+  try {
+    return await fn();
+  } finally {
+    if (saved === undefined) delete process.env.DEMIURGE_RUNTIME_SOURCE_ROOT;
+    else process.env.DEMIURGE_RUNTIME_SOURCE_ROOT = saved;
+  }
 }
 
 function urnOf(run: ProgramRun, type: string, name: string): string {
@@ -223,7 +239,22 @@ describe('program (index.ts under mocks)', function () {
         'GANYMEDE_DB_PASSWORD',
         'TLS_CERT_PATH',
         'TLS_KEY_PATH',
+        'GANYMEDE_MODE',
+        'DEMIURGE_RUNTIME_DIR',
+        'DEMIURGE_RUNTIME_CONFIG',
       ]);
+      assert.equal(e.get('GANYMEDE_MODE'), 'embedded');
+      assert.equal(e.get('DEMIURGE_RUNTIME_DIR'), DEV_RUNTIME_DIR);
+      assert.equal(e.get('DEMIURGE_RUNTIME_CONFIG'), RUNTIME_CONFIG_PATH);
+      // The runtime ships as uploads: the API server and the CLI bundled, and the migrations they read.
+      const uploads = dev.inputs.uploads as Array<{ file: string; content: string }>;
+      assert.deepEqual(uploads.map((u) => u.file), [
+        '/opt/demiurge/runtime/api-server.js',
+        '/opt/demiurge/runtime/gateway-pool.js',
+        ...fs.readdirSync(path.join(REPO_ROOT, 'runtime', 'migrations')).filter((f) => f.endsWith('.sql')).sort().map((f) => `/opt/demiurge/runtime/migrations/${f}`),
+      ]);
+      assert.equal(uploads[0].content, bundleRuntimeEntry('api-server.js').content);
+      assert.equal(uploads[1].content, bundleRuntimeEntry('gateway-pool.js').content);
       assert.equal(e.get('ENV_NAME'), env);
       assert.equal(e.get('DOMAIN'), 'demiurge.test');
       assert.equal(e.get('PUBLIC_IP'), '127.0.0.1');
@@ -255,7 +286,7 @@ describe('program (index.ts under mocks)', function () {
         PDNS_DB_PORT: '5432',
         PDNS_DB_NAME: 'pdns',
         PDNS_DB_USER: 'pdns',
-        PDNS_SOA_CONTENT: 'ns1.demiurge.test. hostmaster.demiurge.test. 0 10800 3600 604800 3600',
+        PDNS_SOA_CONTENT: 'ns1.demiurge.test. hostmaster.demiurge.test. 0 10800 3600 604800 2',
       });
       assert.equal(e.get('PDNS_API_KEY'), mockPassword('pdns-api-key', 40));
       // Same password as the role the dev container creates.
@@ -284,6 +315,9 @@ describe('program (index.ts under mocks)', function () {
         assert.equal(environment.PUBLIC_IP, '127.0.0.1');
         assert.equal(environment.A_RECORDS, 'demiurge.test. ganymede.demiurge.test. ns1.demiurge.test.');
         assert.equal(environment.WILDCARD, 'false');
+        // The negative TTL (SOA minimum) and SOA TTL bound how long resolvers cache an NXDOMAIN (README, DNS timing).
+        assert.equal(environment.SOA_CONTENT, 'ns1.demiurge.test. hostmaster.demiurge.test. 0 10800 3600 604800 2');
+        assert.equal(environment.SOA_TTL, '2');
         assert.deepEqual(cmd.inputs.triggers, ['demiurge.test.']);
       }
       assert.match(String(records.inputs.create), /"changetype":"REPLACE"/);
@@ -323,7 +357,14 @@ describe('program (index.ts under mocks)', function () {
           'GANYMEDE_FQDN',
           'DOMAIN',
           'BUILD_SERVER_URL',
+          'GANYMEDE_URL',
+          'GATEWAY_IDLE_TIMEOUT_MS',
+          'GATEWAY_PUSH_INTERVAL_MS',
         ]);
+        assert.equal(e.get('GANYMEDE_URL'), 'http://demiurge-dev-001-dev:6000');
+        assert.equal(e.get('GATEWAY_IDLE_TIMEOUT_MS'), '300000', 'the seed\'s 5-minute idle rule by default');
+        assert.equal(e.get('GATEWAY_PUSH_INTERVAL_MS'), '60000');
+        assert.deepEqual(gw.inputs.uploads, [{ file: GATEWAY_DEFAULT_APP, content: bundleRuntimeEntry('gateway-app.js').content }]);
         assert.equal(e.get('ENV_NAME'), env);
         assert.equal(e.get('GATEWAY_HTTP_PORT'), String(7100 + n));
         assert.equal(e.get('GATEWAY_VPN_PORT'), String(49100 + n));
@@ -373,14 +414,10 @@ describe('program (index.ts under mocks)', function () {
       assert.deepEqual((renewer.inputs.healthcheck as Record<string, unknown>).tests, ['CMD', 'node', RENEW_CLI, 'check']);
       assert.equal(renewer.inputs.wait, true, '`up` waits until the first certificate is installed');
       assert.ok(renewer.dependencies.includes(urnOf(run, CONTAINER, 'dev')), 'after the dev container');
-      // The uploaded code is the CLI and its runtime/tls modules, nothing else.
+      // The uploaded code is the CLI bundled into one file, nothing else.
       const uploads = renewer.inputs.uploads as Array<{ file: string; content: string }>;
-      assert.deepEqual(
-        uploads.map((u) => u.file),
-        bundleRuntimeEntry('runtime/cli/tls-renew.ts').map((f) => `${RENEWER_CODE_DIR}/${f.path}`),
-      );
-      assert.equal(uploads[0].file, RENEW_CLI);
-      assert.ok(uploads.every((u) => /^\/opt\/demiurge\/runtime\/(cli|tls)\/[a-z-]+\.js$/.test(u.file)));
+      assert.deepEqual(uploads, [{ file: RENEW_CLI, content: bundleRuntimeEntry('tls-renew.js').content }]);
+      assert.equal(RENEW_CLI, `${RENEWER_CODE_DIR}/tls-renew.js`);
 
       const ca = byName(run, COMMAND, 'tls-dev-ca');
       assert.equal(ca.inputs.create, CA_EXPORT_SCRIPT);
@@ -416,16 +453,19 @@ describe('program (index.ts under mocks)', function () {
         'domain',
         'envName',
         'frontendUrl',
+        'ganymede',
         'ganymedeUrl',
         'gatewayInventory',
         'gatewayRegistrationTokens',
         'networkName',
         'nginxConfDir',
+        'operatorToken',
         'orgCertificateKey',
         'powerDnsAdminUrl',
         'powerDnsApiKey',
         'powerDnsApiUrl',
         'publicIp',
+        'runtimeConfigPath',
         'tlsDevCaCertificate',
         'tlsMode',
         'tlsRuntime',
@@ -453,7 +493,110 @@ describe('program (index.ts under mocks)', function () {
         run.outputs.databaseUrl,
         `postgres://ganymede:${mockPassword('dev-ganymede-db-password', 32)}@demiurge-dev-001-dev:5432/ganymede`,
       );
-      assert.deepEqual(run.outputSecretPaths.sort(), ['databaseUrl', 'gatewayRegistrationTokens', 'orgCertificateKey', 'powerDnsApiKey']);
+      assert.deepEqual(run.outputSecretPaths.sort(), ['databaseUrl', 'gatewayRegistrationTokens', 'operatorToken', 'orgCertificateKey', 'powerDnsApiKey']);
+      assert.equal(run.outputs.operatorToken, mockPassword('runtime-config-operator-token', 48));
+      assert.equal(run.outputs.ganymede, 'embedded');
+    });
+
+    it('runtime configuration: config.json from the same values as the outputs, secrets.json only as a secret, written after the dev container', () => {
+      const cmd = byName(run, COMMAND, 'runtime-config-install');
+      assert.equal(cmd.inputs.create, RUNTIME_CONFIG_SCRIPT);
+      assert.equal(cmd.inputs.delete, undefined);
+      assert.deepEqual(cmd.inputs.interpreter, ['/bin/bash', '-c']);
+      const envv = cmd.inputs.environment as Record<string, string>;
+      const dev = byName(run, CONTAINER, 'dev');
+      assert.deepEqual(cmd.inputs.triggers, ['dev-id'], 'a new dev container gets the files again');
+      assert.ok(cmd.dependencies.includes(dev.urn), 'after the dev container');
+      assert.ok(cmd.explicitDependencies.includes(urnOf(run, COMMAND, 'pdns-records')), 'after the zone and its records (the first reconcile)');
+      const config = JSON.parse(envv.CONFIG_JSON) as Record<string, unknown>;
+      assert.deepEqual(config, {
+        version: 1,
+        envName: env,
+        domain: 'demiurge.test',
+        publicIp: '127.0.0.1',
+        schema: 'gateway_pool',
+        database: { host: '127.0.0.1', port: 5432, database: 'ganymede', user: 'ganymede' },
+        powerdns: { apiUrl: run.outputs.powerDnsApiUrl, zone: 'demiurge.test' },
+        nginx: { confDir: run.outputs.nginxConfDir, tls: { certPath: '/etc/demiurge/tls/fullchain.pem', keyPath: '/etc/demiurge/tls/privkey.pem' } },
+        userContainerNaming: 'nested',
+        inventory: run.outputs.gatewayInventory,
+        tls: { mode: 'mkcert', ...(run.outputs.tlsRuntime as Record<string, unknown>) },
+        api: {
+          listen: '0.0.0.0:6000',
+          publicUrl: run.outputs.ganymedeUrl,
+          gatewayUrl: 'http://demiurge-dev-001-dev:6000',
+          reconcileIntervalSeconds: 60,
+          reaper: { intervalSeconds: 30, silenceSeconds: 600 },
+        },
+        secretsFile: '/etc/demiurge/runtime/secrets.json',
+      });
+      // What the runtime's own loader accepts (envserver's runtime/config).
+      assert.equal(envv.CONFIG_PATH, RUNTIME_CONFIG_PATH);
+      assert.equal(envv.SECRETS_PATH, '/etc/demiurge/runtime/secrets.json');
+      assert.ok(cmd.secretPaths.some((p) => p.startsWith('environment')), 'the environment (SECRETS_JSON) is a secret');
+      const secrets = JSON.parse(envv.SECRETS_JSON) as Record<string, unknown>;
+      assert.deepEqual(secrets, {
+        databasePassword: mockPassword('dev-ganymede-db-password', 32),
+        powerdnsApiKey: run.outputs.powerDnsApiKey,
+        operatorToken: run.outputs.operatorToken,
+        orgCertificateKey: run.outputs.orgCertificateKey,
+        gatewayRegistrationTokens: run.outputs.gatewayRegistrationTokens,
+      });
+      for (const v of Object.values(secrets.gatewayRegistrationTokens as Record<string, string>)) assert.ok(!envv.CONFIG_JSON.includes(v));
+      assert.ok(!envv.CONFIG_JSON.includes(String(run.outputs.powerDnsApiKey)), 'no secret in config.json');
+      assert.equal(envv.GANYMEDE_MODE, 'embedded');
+      assert.equal(envv.API_HEALTH_URL, 'http://127.0.0.1:6000/healthz');
+    });
+
+    it('the runtime loader (runtime/config) accepts the config.json and secrets.json the program writes', async () => {
+      const envv = byName(run, COMMAND, 'runtime-config-install').inputs.environment as Record<string, string>;
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'demiurge-runtime-config-'));
+      try {
+        const secretsFile = path.join(dir, 'secrets.json');
+        fs.writeFileSync(secretsFile, envv.SECRETS_JSON, { mode: 0o600 });
+        const doc = { ...(JSON.parse(envv.CONFIG_JSON) as Record<string, unknown>), secretsFile };
+        const cfg = await parseRuntimeConfig(doc, path.join(dir, 'config.json'));
+        assert.equal(cfg.envName, env);
+        assert.deepEqual(cfg.inventory, run.outputs.gatewayInventory);
+        assert.deepEqual(Object.keys(cfg.secrets.gatewayRegistrationTokens).sort(), ['gw-pool-dev-001-0', 'gw-pool-dev-001-1', 'gw-pool-dev-001-2']);
+      } finally {
+        fs.rmSync(dir, { recursive: true, force: true });
+      }
+    });
+
+    it('two runs under deterministic mocks capture identical inputs (command triggers and image build inputs included)', async () => {
+      const again = await runProgram({ stack: 'dev', config: stackConfig('dev') });
+      const inputsOf = (r: ProgramRun): Record<string, string> =>
+        Object.fromEntries(r.resources.map((x) => [x.urn, digest(JSON.stringify({ inputs: x.inputs, deps: [...x.dependencies].sort(), secret: x.secretPaths }))]));
+      assert.deepEqual(inputsOf(again), inputsOf(run));
+      assert.ok(byType(again, IMAGE).every((i) => typeof (i.inputs.build as Record<string, unknown>).context === 'string'));
+    });
+
+    it('a change to runtime/ changes exactly the resources that carry the changed bundle', async function () {
+      this.timeout(60_000);
+      // Another checkout of the repository whose gateway default app differs by one line.
+      const other = fs.mkdtempSync(path.join(os.tmpdir(), 'demiurge-runtime-change-'));
+      try {
+        fs.cpSync(path.join(REPO_ROOT, 'runtime'), path.join(other, 'runtime'), { recursive: true });
+        fs.symlinkSync(path.join(REPO_ROOT, 'node_modules'), path.join(other, 'node_modules'));
+        const copy = await withSourceRoot(other, () => runProgram({ stack: 'dev', config: stackConfig('dev') }));
+        const byUrn = (r: ProgramRun): Map<string, string> => new Map(r.resources.map((x) => [x.urn, JSON.stringify(x.inputs)]));
+        assert.deepEqual([...byUrn(copy)].filter(([u, v]) => byUrn(run).get(u) !== v).map(([u]) => u), [], 'an identical checkout elsewhere gives identical bundles');
+        const main = path.join(other, 'runtime', 'gateway-app', 'main.ts');
+        fs.writeFileSync(main, `${fs.readFileSync(main, 'utf8')}\nprocess.env.DEMIURGE_CHANGED_FOR_TEST = '1';\n`);
+        const changed = await withSourceRoot(other, () => runProgram({ stack: 'dev', config: stackConfig('dev') }));
+        const before = byUrn(run);
+        const differing = changed.resources.filter((x) => before.get(x.urn) !== JSON.stringify(x.inputs)).map((x) => x.name).sort();
+        assert.deepEqual(differing, ['gw-pool-dev-001-0', 'gw-pool-dev-001-1', 'gw-pool-dev-001-2'], 'only the gateways carry the default app');
+        // A change to the allocator (used by the API server and the CLI) reaches the dev container only.
+        const naming2 = path.join(other, 'runtime', 'pool-store.ts');
+        fs.writeFileSync(naming2, `${fs.readFileSync(naming2, 'utf8')}\nprocess.env.DEMIURGE_CHANGED_FOR_TEST_2 = '1';\n`);
+        const changed2 = await withSourceRoot(other, () => runProgram({ stack: 'dev', config: stackConfig('dev') }));
+        const differing2 = changed2.resources.filter((x) => byUrn(changed).get(x.urn) !== JSON.stringify(x.inputs)).map((x) => x.name).sort();
+        assert.deepEqual(differing2, ['dev'], 'only the dev container carries the API server and the CLI');
+      } finally {
+        fs.rmSync(other, { recursive: true, force: true });
+      }
     });
   });
 
@@ -599,6 +742,19 @@ describe('program (index.ts under mocks)', function () {
   });
 
   describe('variants', () => {
+    it('ganymede workspace: the dev container does not run the built-in API server; the files are written all the same', async () => {
+      const run = await runProgram({ stack: 'dev', config: stackConfig('dev', { ganymede: 'workspace', gatewayIdleTimeoutSeconds: '5', gatewayPushIntervalSeconds: '2' }) });
+      const dev = containers(run).get('demiurge-dev-001-dev') as CapturedResource;
+      assert.equal(envMap(dev).get('GANYMEDE_MODE'), 'workspace');
+      const envv = byName(run, COMMAND, 'runtime-config-install').inputs.environment as Record<string, string>;
+      assert.equal(envv.GANYMEDE_MODE, 'workspace');
+      assert.equal(run.outputs.ganymede, 'workspace');
+      for (const gw of byType(run, CONTAINER).filter((c) => c.name.startsWith('gw-pool-'))) {
+        assert.equal(envMap(gw).get('GATEWAY_IDLE_TIMEOUT_MS'), '5000');
+        assert.equal(envMap(gw).get('GATEWAY_PUSH_INTERVAL_MS'), '2000');
+      }
+    });
+
     it('stage-1 ports move on the host only (the dev container still listens on 80/443 inside)', async () => {
       const run = await runProgram({ stack: 'dev', config: stackConfig('dev', { stage1HttpPort: '8080', stage1HttpsPort: '8443' }) });
       const dev = containers(run).get('demiurge-dev-001-dev') as CapturedResource;
@@ -639,7 +795,7 @@ describe('program (index.ts under mocks)', function () {
 
     it('tlsMode none: no TLS commands, the dev image falls back to its self-signed certificate', async () => {
       const run = await runProgram({ stack: 'dev', config: stackConfig('dev', { tlsMode: 'none', dnsWildcard: 'true' }) });
-      assert.deepEqual(byType(run, COMMAND).map((c) => c.name).sort(), ['pdns-records', 'pdns-zone']);
+      assert.deepEqual(byType(run, COMMAND).map((c) => c.name).sort(), ['pdns-records', 'pdns-zone', 'runtime-config-install']);
       assert.equal(containers(run).get('demiurge-dev-001-tls-renewer'), undefined);
       assert.equal(run.outputs.orgCertificateKey, null);
       assert.equal(envMap(containers(run).get('demiurge-dev-001-dev') as CapturedResource).get('TLS_CERT_PATH'), '/etc/demiurge/tls/fullchain.pem');
@@ -727,6 +883,11 @@ class FakePowerDns {
     return this.zones.get(zone)?.get(`${name}/A`)?.records.map((r) => r.content);
   }
 
+  rrset(zone: string, name: string, type: string): { ttl: number; records: string[] } | undefined {
+    const rr = this.zones.get(zone)?.get(`${name}/${type}`);
+    return rr ? { ttl: rr.ttl as number, records: rr.records.map((r) => r.content) } : undefined;
+  }
+
   private handle(req: http.IncomingMessage, res: http.ServerResponse): void {
     let body = '';
     req.on('data', (c: Buffer) => (body += c.toString()));
@@ -808,6 +969,8 @@ describe('command scripts (bash, against fakes)', function () {
         A_RECORDS: 'demiurge.test. ganymede.demiurge.test. ns1.demiurge.test.',
         WILDCARD_NAME: '*.demiurge.test.',
         WILDCARD: 'false',
+        SOA_CONTENT: 'ns1.demiurge.test. hostmaster.demiurge.test. 0 10800 3600 604800 2',
+        SOA_TTL: '2',
         PDNS_WAIT_SECONDS: '3',
       };
     });
@@ -832,6 +995,7 @@ describe('command scripts (bash, against fakes)', function () {
         assert.deepEqual(api.a('demiurge.test.', name), ['127.0.0.1'], name);
       }
       assert.equal(api.a('demiurge.test.', '*.demiurge.test.'), undefined);
+      assert.deepEqual(api.rrset('demiurge.test.', 'demiurge.test.', 'SOA'), { ttl: 2, records: ['ns1.demiurge.test. hostmaster.demiurge.test. 0 10800 3600 604800 2'] });
       let r = await runScript(RECORDS_CREATE_SCRIPT, { ...env, PUBLIC_IP: '192.0.2.5', WILDCARD: 'true' });
       assert.equal(r.code, 0, r.stderr);
       assert.deepEqual(api.a('demiurge.test.', 'ganymede.demiurge.test.'), ['192.0.2.5']);
@@ -877,6 +1041,77 @@ describe('command scripts (bash, against fakes)', function () {
     });
   });
 
+  describe('runtime configuration install', () => {
+    let tmp: string;
+    let bin: string;
+    beforeEach(() => {
+      tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'demiurge-runtime-config-'));
+      bin = path.join(tmp, 'bin');
+      fs.mkdirSync(bin);
+    });
+    afterEach(() => fs.rmSync(tmp, { recursive: true, force: true }));
+
+    /** A docker CLI that logs its argv (one line per call) and the stdin it was given, and whose health probe answers per HEALTHY. */
+    const fakeDocker = (healthy: boolean): void => {
+      fs.writeFileSync(
+        path.join(bin, 'docker'),
+        `#!/usr/bin/env bash
+echo "DOCKER_HOST=\${DOCKER_HOST:-} $*" >> ${tmp}/argv.log
+if [ "$1" = exec ] && [ "$2" = -i ]; then cat >> ${tmp}/stdin.log; echo >> ${tmp}/stdin.log; exit 0; fi
+case "$*" in
+  *curl*) ${healthy ? 'exit 0' : 'exit 7'} ;;
+  logs*) echo '[api-server] {"event":"server.failed","code":"INVALID_CONFIG"}'; echo 'postgres noise' ;;
+esac
+exit 0
+`,
+        { mode: 0o755 },
+      );
+    };
+    const env = (extra: Record<string, string> = {}): Record<string, string> => ({
+      PATH: `${bin}:${process.env.PATH ?? ''}`,
+      CONTAINER: 'demiurge-dev-001-dev',
+      CONFIG_JSON: '{"version":1}',
+      SECRETS_JSON: '{"operatorToken":"s3cr3t-operator-token"}',
+      CONFIG_PATH: '/etc/demiurge/runtime/config.json',
+      SECRETS_PATH: '/etc/demiurge/runtime/secrets.json',
+      GANYMEDE_MODE: 'embedded',
+      API_HEALTH_URL: 'http://127.0.0.1:6000/healthz',
+      API_WAIT_SECONDS: '2',
+      DEMIURGE_DOCKER_HOST: '',
+      ...extra,
+    });
+
+    it('secrets travel on stdin only (0600 via a temporary file), then the API server restarts and answers', async () => {
+      fakeDocker(true);
+      const r = await runScript(RUNTIME_CONFIG_SCRIPT, env({ DEMIURGE_DOCKER_HOST: 'ssh://ops@198.51.100.20' }));
+      assert.equal(r.code, 0, r.stderr);
+      assert.match(r.stdout, /API server answers http:\/\/127\.0\.0\.1:6000\/healthz/);
+      const argv = fs.readFileSync(path.join(tmp, 'argv.log'), 'utf8');
+      assert.ok(!argv.includes('s3cr3t'), 'no secret on a docker command line');
+      assert.ok(!r.stdout.includes('s3cr3t') && !r.stderr.includes('s3cr3t'), 'no secret in the output');
+      assert.match(argv, /DOCKER_HOST=ssh:\/\/ops@198\.51\.100\.20 exec -i -e TARGET=\/etc\/demiurge\/runtime\/secrets\.json -e MODE=600 demiurge-dev-001-dev sh -c/);
+      assert.match(argv, /-e TARGET=\/etc\/demiurge\/runtime\/config\.json -e MODE=644 /);
+      assert.match(argv, /exec demiurge-dev-001-dev \/usr\/local\/bin\/dev-api-server restart/);
+      assert.equal(fs.readFileSync(path.join(tmp, 'stdin.log'), 'utf8'), '{"operatorToken":"s3cr3t-operator-token"}\n{"version":1}\n');
+    });
+
+    it('an API server that never answers fails the command with its own log lines (bounded wait)', async () => {
+      fakeDocker(false);
+      const r = await runScript(RUNTIME_CONFIG_SCRIPT, env());
+      assert.equal(r.code, 1);
+      assert.match(r.stderr, /did not answer http:\/\/127\.0\.0\.1:6000\/healthz within 2 s/);
+      assert.match(r.stderr, /server\.failed/);
+      assert.ok(!r.stderr.includes('postgres noise'), 'only the [api-server] lines');
+    });
+
+    it('workspace mode: files only, no restart', async () => {
+      fakeDocker(false);
+      const r = await runScript(RUNTIME_CONFIG_SCRIPT, env({ GANYMEDE_MODE: 'workspace' }));
+      assert.equal(r.code, 0, r.stderr);
+      assert.ok(!fs.readFileSync(path.join(tmp, 'argv.log'), 'utf8').includes('dev-api-server'));
+    });
+  });
+
   describe('TLS', () => {
     let tmp: string;
     beforeEach(() => {
@@ -908,11 +1143,9 @@ describe('command scripts (bash, against fakes)', function () {
 
     it('the uploaded renewal CLI runs from a bare Node.js (no node_modules) and issues from a fresh mkcert CA', async () => {
       const code = path.join(tmp, 'opt');
-      for (const f of bundleRuntimeEntry('runtime/cli/tls-renew.ts')) {
-        fs.mkdirSync(path.dirname(path.join(code, f.path)), { recursive: true });
-        fs.writeFileSync(path.join(code, f.path), f.content);
-      }
-      const cli = path.join(code, 'runtime/cli/tls-renew.js');
+      fs.mkdirSync(code, { recursive: true });
+      const cli = path.join(code, 'tls-renew.js');
+      fs.writeFileSync(cli, bundleRuntimeEntry('tls-renew.js').content);
       const run = (args: string[], env: Record<string, string>): Promise<ScriptResult> =>
         new Promise((resolve) => {
           execFile(process.execPath, [cli, ...args], { cwd: tmp, env: { PATH: process.env.PATH ?? '', ...env }, timeout: 20000 }, (err, stdout, stderr) => {

@@ -115,7 +115,7 @@ describe('stage-1 rendering with per-org certificates and flat names', () => {
     assert.match(conf, /ssl_certificate_key \$demiurge_ssl_certificate_key;/);
     const js = renderRoutesJs(o, 'v');
     assert.match(js, /function tlsOrg\(r\)/);
-    assert.match(js, /export default \{ gateway: gateway, lookup: lookup, tlsOrg: tlsOrg \}/);
+    assert.match(js, /export default \{ gateway: gateway, lookup: lookup, noGateway: noGateway, gatewayDown: gatewayDown, tlsOrg: tlsOrg \}/);
     assert.match(js, /base: readable\(BASE_CERT\) && readable\(BASE_KEY\), pid: process\.pid/);
     assert.notEqual(renderOrgsConf(base), conf);
   });

@@ -4,7 +4,10 @@
  * React-bearing bundles are rejected before anything is written. The tarball is written to a
  * temporary name in the destination directory and renamed, so the build server never serves a
  * partial file; into a Docker volume either directly at its mountpoint (CLI on the Docker host) or
- * through a short-lived helper container (archive upload + rename inside the volume).
+ * through a short-lived helper container (archive upload + rename inside the volume). With several
+ * Docker hosts (each gateway host keeps its own copy of the builds volume, served by its own build
+ * server), the same tarball (one build id) is written to the volume of every host, in parallel; a
+ * host that fails is reported on its own and does not stop the others.
  */
 import { execFileSync } from 'child_process';
 import * as crypto from 'crypto';
@@ -14,7 +17,7 @@ import * as path from 'path';
 import * as tar from 'tar';
 import { buildTarballName, imageName, isValidEnvName } from '../../runtime/naming';
 import { BundleReport, checkBundle } from './bundle-check';
-import { DockerApi } from './docker-api';
+import { DockerApi, DockerApiError } from './docker-api';
 
 /** Where a workspace keeps the gateway scripts (the original monorepo's location). */
 export const WORKSPACE_APP_DIR = path.join('docker-images', 'backend-images', 'gateway', 'app');
@@ -37,20 +40,54 @@ export interface PackOptions {
   /** Image for the helper container (needs `mv`); default demiurge-<env>-build-server. */
   helperImage?: string;
   docker?: DockerApi;
+  /** Docker hosts whose volume `volume` receives the tarball (default: [docker ?? the default host]). */
+  hosts?: readonly PackHost[];
   /** Progress lines. */
   log?: (line: string) => void;
 }
 
+/** A Docker host to write the builds volume on: its report name and its API client. */
+export interface PackHost {
+  name: string;
+  docker: DockerApi;
+}
+
+/**
+ * Per-host failure code:
+ *   HOST_UNREACHABLE      no connection to the host's engine
+ *   VOLUME_MISSING        the volume does not exist on that host
+ *   HELPER_IMAGE_MISSING  the helper image is not on that host
+ *   WRITE_FAILED          the tarball could not be moved into place (mountpoint or helper)
+ *   DOCKER_ERROR          any other engine error
+ */
+export type PackHostFailureCode = 'HOST_UNREACHABLE' | 'VOLUME_MISSING' | 'HELPER_IMAGE_MISSING' | 'WRITE_FAILED' | 'DOCKER_ERROR';
+
+export interface HostPackResult {
+  host: string;
+  url: string;
+  ok: boolean;
+  code?: PackHostFailureCode;
+  message?: string;
+  /** volume:<name>/<file> when written. */
+  destination?: string;
+  via?: 'volume-mountpoint' | 'helper-container';
+  ms: number;
+}
+
 export interface PackResult {
+  /** False when the tarball could not be written on some host (see hosts). */
+  ok: boolean;
   buildId: string;
   tarball: string;
-  /** Where it was written: a path, or volume:<name>/<file>. */
+  /** Where it was written: a path, or volume:<name>/<file> (the first host that succeeded). */
   destination: string;
   bytes: number;
   files: Record<string, number>;
   gitCommit?: string;
   appDir: string;
   via: 'directory' | 'volume-mountpoint' | 'helper-container';
+  /** Volume mode: one entry per Docker host, in the order given. */
+  hosts?: HostPackResult[];
   ms: number;
 }
 
@@ -174,19 +211,38 @@ async function writeAtomically(stageDir: string, dir: string, name: string): Pro
   }
 }
 
-async function writeViaHelper(docker: DockerApi, image: string, volume: string, stageDir: string, name: string): Promise<number> {
-  if (!(await docker.imageExists(image))) {
-    throw new PackError(`helper image ${image} not found (needs sh and mv; set --helper-image)`, EXIT_FAILED);
+/** Copies an already written tarball into `dir` atomically (temp dotfile, fsync, rename). */
+function copyAtomically(tarball: string, dir: string, name: string): void {
+  const tmp = path.join(dir, `.${name}.tmp-${process.pid}-${crypto.randomBytes(3).toString('hex')}`);
+  try {
+    fs.copyFileSync(tarball, tmp);
+    const fd = fs.openSync(tmp, 'r+');
+    try {
+      fs.fsyncSync(fd);
+    } finally {
+      fs.closeSync(fd);
+    }
+    fs.chmodSync(tmp, 0o644);
+    fs.renameSync(tmp, path.join(dir, name));
+  } catch (err) {
+    fs.rmSync(tmp, { force: true });
+    throw err;
   }
-  const local = fs.mkdtempSync(path.join(os.tmpdir(), 'gateway-upload-'));
-  const tmpName = `.${name}.tmp-${process.pid}-${crypto.randomBytes(3).toString('hex')}`;
+}
+
+class HostWriteError extends Error {
+  constructor(readonly code: PackHostFailureCode, message: string) {
+    super(message);
+  }
+}
+
+/** Uploads the tar-wrapped tarball (as `tmpName`) into the volume and renames it inside a helper container. */
+async function writeViaHelper(docker: DockerApi, image: string, volume: string, wrapped: Buffer, tmpName: string, name: string): Promise<void> {
+  if (!(await docker.imageExists(image))) {
+    throw new HostWriteError('HELPER_IMAGE_MISSING', `helper image ${image} not found on ${docker.url} (needs sh and mv; set --helper-image)`);
+  }
   let id: string | undefined;
   try {
-    const bytes = await writeTarball(stageDir, path.join(local, tmpName));
-    // Docker's archive upload takes a tar; wrap the tarball (as the temp name) in one.
-    const chunks: Buffer[] = [];
-    const stream = tar.c({ cwd: local, portable: true }, [tmpName]);
-    for await (const chunk of stream) chunks.push(chunk as Buffer);
     id = await docker.createContainer({
       Image: image,
       // mv is a rename inside the volume (atomic); on failure the temp file is removed.
@@ -196,14 +252,68 @@ async function writeViaHelper(docker: DockerApi, image: string, volume: string, 
       Labels: { 'demiurge.role': 'pack-helper' },
       HostConfig: { Binds: [`${volume}:/builds`] },
     });
-    await docker.putArchive(id, '/builds', Buffer.concat(chunks));
+    await docker.putArchive(id, '/builds', wrapped);
     await docker.startContainer(id);
     const code = await docker.waitContainer(id);
-    if (code !== 0) throw new PackError(`helper container failed to move the tarball into place (exit ${code}): ${await docker.containerLogs(id)}`, EXIT_FAILED);
-    return bytes;
+    if (code !== 0) throw new HostWriteError('WRITE_FAILED', `helper container failed to move the tarball into place on ${docker.url} (exit ${code}): ${await docker.containerLogs(id)}`);
   } finally {
     if (id) await docker.removeContainer(id).catch(() => undefined);
-    fs.rmSync(local, { recursive: true, force: true });
+  }
+}
+
+interface VolumeWrite {
+  volume: string;
+  name: string;
+  mode: VolumeWriteMode;
+  helperImage: string;
+  /** The finished tarball on this machine. */
+  tarball: string;
+  /** The same, wrapped in a tar under `tmpName` (Docker's archive upload takes a tar). */
+  wrapped: Buffer;
+  tmpName: string;
+  log: (line: string) => void;
+}
+
+async function writeToHost(h: PackHost, w: VolumeWrite): Promise<HostPackResult> {
+  const t0 = Date.now();
+  const base = { host: h.name, url: h.docker.url };
+  try {
+    const info = await h.docker.inspectVolume(w.volume);
+    if (!info) throw new HostWriteError('VOLUME_MISSING', `docker volume ${w.volume} does not exist on ${h.docker.url}`);
+    // The mountpoint is only ours to write when the engine is local (a unix socket on this machine).
+    let direct = false;
+    if (w.mode !== 'helper' && h.docker.host.kind === 'unix') {
+      try {
+        fs.accessSync(info.Mountpoint, fs.constants.W_OK);
+        direct = fs.statSync(info.Mountpoint).isDirectory();
+      } catch {
+        direct = false;
+      }
+    }
+    if (!direct && w.mode === 'direct') {
+      throw new HostWriteError('WRITE_FAILED', h.docker.host.kind === 'unix'
+        ? `volume mountpoint ${info.Mountpoint} is not writable from here`
+        : `${h.docker.url} is not a local engine: its volume mountpoint cannot be written from here (use --volume-mode helper or auto)`);
+    }
+    let via: HostPackResult['via'];
+    if (direct) {
+      try {
+        copyAtomically(w.tarball, info.Mountpoint, w.name);
+      } catch (err) {
+        throw new HostWriteError('WRITE_FAILED', `writing ${info.Mountpoint}/${w.name}: ${(err as Error).message}`);
+      }
+      via = 'volume-mountpoint';
+    } else {
+      w.log(`${h.name}: writing through a helper container (${w.helperImage})`);
+      await writeViaHelper(h.docker, w.helperImage, w.volume, w.wrapped, w.tmpName, w.name);
+      via = 'helper-container';
+    }
+    return { ...base, ok: true, destination: `volume:${w.volume}/${w.name}`, via, ms: Date.now() - t0 };
+  } catch (err) {
+    const code: PackHostFailureCode = err instanceof HostWriteError
+      ? err.code
+      : err instanceof DockerApiError && err.code === 'HOST_UNREACHABLE' ? 'HOST_UNREACHABLE' : 'DOCKER_ERROR';
+    return { ...base, ok: false, code, message: (err as Error).message, ms: Date.now() - t0 };
   }
 }
 
@@ -232,6 +342,7 @@ export async function pack(opts: PackOptions): Promise<PackResult> {
     let bytes: number;
     let destination: string;
     let via: PackResult['via'];
+    let hostResults: HostPackResult[] | undefined;
     if (opts.outDir) {
       const out = path.resolve(opts.outDir);
       fs.mkdirSync(out, { recursive: true });
@@ -240,32 +351,29 @@ export async function pack(opts: PackOptions): Promise<PackResult> {
       via = 'directory';
     } else {
       const volume = opts.volume as string;
-      const docker = opts.docker ?? new DockerApi();
-      const info = await docker.inspectVolume(volume);
-      if (!info) throw new PackError(`docker volume ${volume} does not exist`, EXIT_FAILED);
-      const mode = opts.volumeMode ?? 'auto';
-      let direct = false;
-      if (mode !== 'helper') {
-        try {
-          fs.accessSync(info.Mountpoint, fs.constants.W_OK);
-          direct = fs.statSync(info.Mountpoint).isDirectory();
-        } catch {
-          direct = false;
-        }
-        if (!direct && mode === 'direct') throw new PackError(`volume mountpoint ${info.Mountpoint} is not writable from here`, EXIT_FAILED);
+      const hosts: readonly PackHost[] = opts.hosts ?? [{ name: 'default', docker: opts.docker ?? new DockerApi() }];
+      // One tarball for every host: the same bytes and build id everywhere.
+      const local = fs.mkdtempSync(path.join(os.tmpdir(), 'gateway-upload-'));
+      try {
+        const tmpName = `.${name}.tmp-${process.pid}-${crypto.randomBytes(3).toString('hex')}`;
+        const tarball = path.join(local, tmpName);
+        bytes = await writeTarball(staged.dir, tarball);
+        const chunks: Buffer[] = [];
+        for await (const chunk of tar.c({ cwd: local, portable: true }, [tmpName])) chunks.push(chunk as Buffer);
+        const write: VolumeWrite = {
+          volume, name, mode: opts.volumeMode ?? 'auto', helperImage: opts.helperImage ?? imageName(opts.env, 'build-server'),
+          tarball, wrapped: Buffer.concat(chunks), tmpName, log,
+        };
+        hostResults = await Promise.all(hosts.map((h) => writeToHost(h, write)));
+      } finally {
+        fs.rmSync(local, { recursive: true, force: true });
       }
-      if (direct) {
-        bytes = await writeAtomically(staged.dir, info.Mountpoint, name);
-        via = 'volume-mountpoint';
-      } else {
-        const image = opts.helperImage ?? imageName(opts.env, 'build-server');
-        log(`writing through a helper container (${image})`);
-        bytes = await writeViaHelper(docker, image, volume, staged.dir, name);
-        via = 'helper-container';
-      }
-      destination = `volume:${volume}/${name}`;
+      const first = hostResults.find((r) => r.ok);
+      destination = first?.destination ?? `volume:${volume}/${name}`;
+      via = first?.via ?? 'helper-container';
     }
-    return { buildId, tarball: name, destination, bytes, files: staged.files, gitCommit: staged.gitCommit, appDir, via, ms: Date.now() - t0 };
+    const ok = hostResults === undefined || hostResults.every((r) => r.ok);
+    return { ok, buildId, tarball: name, destination, bytes, files: staged.files, gitCommit: staged.gitCommit, appDir, via, hosts: hostResults, ms: Date.now() - t0 };
   } finally {
     fs.rmSync(staged.dir, { recursive: true, force: true });
   }

@@ -1,11 +1,13 @@
 /**
- * `reload`: hot-reloads every running gateway of an environment. Finds the containers labelled
- * environment=<env> and demiurge.role=gateway through the Docker Engine API, runs the image's
- * gateway-reload in all of them in parallel and reports, per gateway, the build id and pid of the
- * app now serving, or a stable failure code (contract: docs/CONTRACTS.md, "Gateway reload").
+ * `reload`: hot-reloads every running gateway of an environment on every Docker host given. On
+ * each host (in parallel) finds the containers labelled environment=<env> and
+ * demiurge.role=gateway through the Docker Engine API, runs the image's gateway-reload in all of
+ * them in parallel and reports, per host, whether it was reached, and per gateway the build id
+ * and pid of the app now serving, or a stable failure code (contract: docs/CONTRACTS.md,
+ * "Gateway reload"). A host that cannot be reached fails on its own; the others still reload.
  */
 import { ENVIRONMENT_LABEL, ROLE_LABEL, isValidEnvName } from '../../runtime/naming';
-import { ContainerSummary, DockerApi, containerName } from './docker-api';
+import { ContainerSummary, DockerApi, DockerApiError, DockerErrorCode, containerName } from './docker-api';
 
 export const RELOAD_COMMAND = ['/usr/local/bin/gateway-reload'];
 
@@ -20,6 +22,8 @@ export type ReloadFailureCode = (typeof SCRIPT_FAILURE_CODES)[number] | 'EXEC_FA
 
 export interface GatewayReloadResult {
   container: string;
+  /** Name of the Docker host it runs on (HostReloadResult.host). */
+  host: string;
   ok: boolean;
   /** Why it failed (absent when ok). */
   code?: ReloadFailureCode;
@@ -33,8 +37,24 @@ export interface GatewayReloadResult {
   output?: string;
 }
 
+/** Per Docker host: reached (and how many gateways it has) or a host-level failure code. */
+export interface HostReloadResult {
+  /** Host name (the stack's, or the URL for a --host flag). */
+  host: string;
+  url: string;
+  ok: boolean;
+  /** HOST_UNREACHABLE (no connection to its engine) or DOCKER_ERROR (the engine refused the listing). */
+  code?: Exclude<DockerErrorCode, 'INVALID_HOST'>;
+  message?: string;
+  /** Running gateways of the environment found there. */
+  gateways: number;
+  ms: number;
+}
+
 export interface ReloadSummary {
   env: string;
+  hosts: HostReloadResult[];
+  /** Every gateway of every reachable host, ordered by host then name. */
   results: GatewayReloadResult[];
   ok: boolean;
   ms: number;
@@ -87,7 +107,7 @@ export async function findGateways(docker: DockerApi, env: string): Promise<Cont
   return found.sort((a, b) => containerName(a).localeCompare(containerName(b), 'en', { numeric: true }));
 }
 
-async function reloadOne(docker: DockerApi, c: ContainerSummary, timeoutMs: number): Promise<GatewayReloadResult> {
+async function reloadOneRaw(docker: DockerApi, c: ContainerSummary, timeoutMs: number): Promise<Omit<GatewayReloadResult, 'host'>> {
   const name = containerName(c);
   const t0 = Date.now();
   let exec: Awaited<ReturnType<DockerApi['exec']>>;
@@ -111,14 +131,48 @@ async function reloadOne(docker: DockerApi, c: ContainerSummary, timeoutMs: numb
   return { container: name, ok: true, buildId: parsed.buildId || undefined, pid: parsed.pid ?? undefined, ms, message: parsed.message };
 }
 
-export async function reloadGateways(env: string, opts: { docker?: DockerApi; timeoutMs?: number } = {}): Promise<ReloadSummary> {
-  if (!isValidEnvName(env)) throw new ReloadError(`invalid environment name: ${JSON.stringify(env)}`, 2);
-  const docker = opts.docker ?? new DockerApi();
+async function reloadOne(host: string, docker: DockerApi, c: ContainerSummary, timeoutMs: number): Promise<GatewayReloadResult> {
+  return { host, ...(await reloadOneRaw(docker, c, timeoutMs)) };
+}
+
+/** A Docker host to reload on: its report name and its API client. */
+export interface ReloadHost {
+  name: string;
+  docker: DockerApi;
+}
+
+async function reloadHost(env: string, h: ReloadHost, timeoutMs: number): Promise<{ host: HostReloadResult; results: GatewayReloadResult[] }> {
   const t0 = Date.now();
-  const gateways = await findGateways(docker, env);
-  if (gateways.length === 0) {
-    throw new ReloadError(`no running containers labelled ${ENVIRONMENT_LABEL}=${env}, ${ROLE_LABEL}=gateway`, 4);
+  const url = h.docker.url ?? h.name;
+  let gateways: ContainerSummary[];
+  try {
+    gateways = await findGateways(h.docker, env);
+  } catch (err) {
+    const code = err instanceof DockerApiError && err.code === 'HOST_UNREACHABLE' ? 'HOST_UNREACHABLE' : 'DOCKER_ERROR';
+    return { host: { host: h.name, url, ok: false, code, message: (err as Error).message, gateways: 0, ms: Date.now() - t0 }, results: [] };
   }
-  const results = await Promise.all(gateways.map((g) => reloadOne(docker, g, opts.timeoutMs ?? 90_000)));
-  return { env, results, ok: results.every((r) => r.ok), ms: Date.now() - t0 };
+  const results = await Promise.all(gateways.map((g) => reloadOne(h.name, h.docker, g, timeoutMs)));
+  return { host: { host: h.name, url, ok: true, gateways: gateways.length, ms: Date.now() - t0 }, results };
+}
+
+/**
+ * Reloads on every host in parallel. Throws ReloadError (exit 4) only when every host was reached
+ * and none has a running gateway of the environment; otherwise `ok` is false if any host or any
+ * gateway failed.
+ */
+export async function reloadGateways(
+  env: string,
+  opts: { docker?: DockerApi; hosts?: readonly ReloadHost[]; timeoutMs?: number } = {},
+): Promise<ReloadSummary> {
+  if (!isValidEnvName(env)) throw new ReloadError(`invalid environment name: ${JSON.stringify(env)}`, 2);
+  const hosts: readonly ReloadHost[] = opts.hosts ?? [{ name: 'default', docker: opts.docker ?? new DockerApi() }];
+  const t0 = Date.now();
+  const perHost = await Promise.all(hosts.map((h) => reloadHost(env, h, opts.timeoutMs ?? 90_000)));
+  const hostResults = perHost.map((p) => p.host);
+  const results = perHost.flatMap((p) => p.results);
+  if (results.length === 0 && hostResults.every((h) => h.ok)) {
+    const where = hosts.length === 1 ? '' : ` on any of ${hosts.length} hosts (${hosts.map((h) => h.name).join(', ')})`;
+    throw new ReloadError(`no running containers labelled ${ENVIRONMENT_LABEL}=${env}, ${ROLE_LABEL}=gateway${where}`, 4);
+  }
+  return { env, hosts: hostResults, results, ok: hostResults.every((h) => h.ok) && results.every((r) => r.ok), ms: Date.now() - t0 };
 }

@@ -10,7 +10,7 @@ import * as dgram from 'dgram';
 import * as net from 'net';
 import * as path from 'path';
 import { REPO_ROOT, runProgram, type CapturedResource, type ProgramRun } from '../../unit/helpers/pulumi-mocks';
-import { readStackYaml } from '../../unit/helpers/stack-yaml';
+import { readStackYaml } from '../../../tools/lib/stack-yaml';
 import { checkoutId } from '../helpers/checkout';
 import type { Realiser } from './realise';
 
@@ -40,6 +40,10 @@ export interface E2eSettings {
 }
 
 export const E2E_POOL_SIZE = 2;
+/** The gateways' idle timeout in the suite (stack setting gatewayIdleTimeoutSeconds; the default is the seed's 300). */
+export const E2E_IDLE_SECONDS = '8';
+/** How often an allocated gateway pushes (gatewayPushIntervalSeconds). */
+export const E2E_PUSH_SECONDS = '2';
 const SLOTS = 10;
 
 export { checkoutId };
@@ -122,6 +126,8 @@ export function e2eConfig(s: E2eSettings): Record<string, string> {
     stage1HttpsPort: String(s.ports.stage1Https),
     dnsPort: String(s.ports.dns),
     powerDnsApiHostPort: String(s.ports.powerDnsApi),
+    gatewayIdleTimeoutSeconds: E2E_IDLE_SECONDS,
+    gatewayPushIntervalSeconds: E2E_PUSH_SECONDS,
   };
   for (const [k, v] of Object.entries(overrides)) config[`demiurge:${k}`] = v;
   return config;

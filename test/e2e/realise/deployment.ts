@@ -30,9 +30,11 @@ export interface StackOutputs {
   /** mkcert: the dev CA, as PEM (newer program) or as a path on the deploying machine (older one). */
   tlsDevCaCertificate: string | null;
   tlsCaRootPath: string | null;
+  /** Secret: bearer token of https://ganymede.<domain>/operator/*. */
+  operatorToken: string;
 }
 
-const STRING_KEYS = ['envName', 'domain', 'publicIp', 'powerDnsApiUrl', 'powerDnsAdminUrl', 'powerDnsApiKey', 'databaseUrl', 'zone', 'nginxConfDir', 'networkName', 'devContainerName', 'tlsMode'] as const;
+const STRING_KEYS = ['envName', 'domain', 'publicIp', 'powerDnsApiUrl', 'powerDnsAdminUrl', 'powerDnsApiKey', 'databaseUrl', 'zone', 'nginxConfDir', 'networkName', 'devContainerName', 'tlsMode', 'operatorToken'] as const;
 
 /** Validates the shape (a missing or renamed output fails here, naming it). */
 export function parseOutputs(raw: Record<string, unknown>): StackOutputs {

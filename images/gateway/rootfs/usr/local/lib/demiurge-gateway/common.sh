@@ -4,6 +4,8 @@ RELEASES_DIR="${RELEASES_DIR:-/opt/gateway-releases}"  # unpacked builds, swappe
 RUN_DIR="${RUN_DIR:-/run/gateway}"
 LOG_FILE="${LOG_FILE:-/tmp/gateway.log}"             # the app's stdout/stderr
 APP_MAIN="${GATEWAY_ROOT}/app-gateway/main.js"
+# Uploaded by the Pulumi program (runtime/gateway-app bundled); run while no build is packed.
+DEFAULT_APP_MAIN="${DEFAULT_APP_MAIN:-/usr/local/share/demiurge-gateway/default-app/main.js}"
 UC_CONF_DIR="${UC_CONF_DIR:-/etc/nginx/gateway.d}"
 
 APP_PIDFILE="$RUN_DIR/app.pid"          # pid of the running app (absent while it is down)
@@ -49,7 +51,7 @@ is_app_pid() {
   state=$(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null | cut -d' ' -f1)
   [ "$state" != Z ] || return 1
   cmd=$(tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null)
-  case "$cmd" in *"app-gateway/main.js"*) return 0 ;; *) return 1 ;; esac
+  case "$cmd" in *"app-gateway/main.js"*|*"default-app/main.js"*) return 0 ;; *) return 1 ;; esac
 }
 
 valid_env_name() { [[ "$1" =~ ^[a-z]([a-z0-9-]{0,30}[a-z0-9])?$ ]]; }
