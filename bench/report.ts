@@ -281,7 +281,7 @@ ${legend(W / 2 + 52, H - 62, scale)}
 </svg>`;
 }
 
-/** Replaces the README's results block (between the bench-results markers). Returns false if the markers are missing. */
+/** Replaces the results block of docs/bench.md (between the bench-results markers). Returns false if the markers are missing. */
 export function updateReadme(file: string, r: BenchResults): boolean {
   const text = readFileSync(file, 'utf8');
   const a = text.indexOf(README_BEGIN);
@@ -290,9 +290,9 @@ export function updateReadme(file: string, r: BenchResults): boolean {
   const block = [
     README_BEGIN,
     '<!-- written by `npm run bench` (full run); do not edit by hand -->',
-    '![latency vs concurrency and vs organizations allocated](bench/results/latest.svg)',
+    '![latency vs concurrency and vs organizations allocated](../bench/results/latest.svg)',
     '',
-    renderMarkdown(r, '####'),
+    renderMarkdown(r, '###'),
     '',
   ].join('\n');
   writeFileSync(file, text.slice(0, a) + block + text.slice(b));

@@ -6,7 +6,7 @@
  *   npx ts-node --transpile-only bench/run.ts [--quick] [--no-readme]
  *
  * Writes bench/results/<date>.json, <date>.md, <date>.svg and latest.{json,md,svg};
- * a full run also refreshes the results block of the README's bench section.
+ * a full run also refreshes the results block of docs/bench.md.
  */
 import { ChildProcess, fork } from 'child_process';
 import { randomUUID } from 'crypto';
@@ -736,7 +736,7 @@ async function main(): Promise<void> {
     };
     for (const [f, content] of Object.entries(files)) writeFileSync(path.join(outDir, f), `${content.trimEnd()}\n`);
     log(`wrote ${path.relative(ROOT, outDir)}/{${Object.keys(files).join(',')}}`);
-    if (WRITE_README) log(updateReadme(path.join(ROOT, 'README.md'), results) ? 'README.md bench results refreshed' : 'README.md has no bench results markers; left alone');
+    if (WRITE_README) log(updateReadme(path.join(ROOT, 'docs/bench.md'), results) ? 'docs/bench.md results refreshed' : 'docs/bench.md has no bench results markers; left alone');
 
     process.stdout.write(`\n${md}\n`);
     log(`done in ${((performance.now() - t0) / 1000).toFixed(1)} s: ${targets.filter((t) => t.pass).length}/${targets.length} targets met`);

@@ -5,7 +5,7 @@
 # benchmark, which starts its own nginx instances (ports 59443/59099 and unix
 # sockets), its own PostgreSQL schema and PowerDNS zone, and drops them at the end.
 # Results: bench/results/<date>.{json,md,svg} and latest.*; --quick writes to
-# bench/results/quick/ (git-ignored) and never touches the README.
+# bench/results/quick/ (git-ignored) and never touches docs/bench.md.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 start=$(date +%s)

@@ -2,7 +2,7 @@
  * The runtime as the API server installs it (issue 14): `npm pack` of the
  * runtime workspace, a fresh consumer project with express, typescript and a
  * pg minor other than ours, then
- * - the README's "Use from Ganymede" snippet (docs/examples/ganymede.ts)
+ * - the README's "Use the runtime from your own API server (Ganymede)" snippet (docs/examples/ganymede.ts)
  *   compiles strict under the four module resolutions, errors inside
  *   node_modules included (skipLibCheck false);
  * - CJS and ESM consumers load every entry, and the ESM one allocates and

@@ -343,12 +343,12 @@ describe('stack files', () => {
   });
 });
 
-describe('README configuration reference', () => {
+describe('docs/deploying.md configuration reference', () => {
   it('documents exactly the keys of stack/config.ts with their defaults', () => {
-    const readme = fs.readFileSync(path.join(ROOT, 'README.md'), 'utf8');
+    const readme = fs.readFileSync(path.join(ROOT, 'docs/deploying.md'), 'utf8');
     const section = /<!-- BEGIN pulumi -->([\s\S]*?)<!-- END pulumi -->/.exec(readme);
-    assert.ok(section, 'README.md has no pulumi section');
-    const ref = /### Configuration reference([\s\S]*?)\n### /.exec(section[1]);
+    assert.ok(section, 'docs/deploying.md has no pulumi section');
+    const ref = /\n## Configuration reference([\s\S]*?)\n## /.exec(section[1]);
     assert.ok(ref, 'no "Configuration reference" subsection');
     const rows = new Map<string, string>();
     for (const line of ref[1].split('\n')) {
@@ -357,7 +357,7 @@ describe('README configuration reference', () => {
     }
     assert.deepEqual([...rows.keys()].sort(), Object.keys(CONFIG_KEYS).sort());
     for (const [key, dflt] of Object.entries(CONFIG_KEYS)) {
-      assert.ok(rows.get(key)?.includes(dflt), `README default of ${key} should read ${dflt}, is ${rows.get(key)}`);
+      assert.ok(rows.get(key)?.includes(dflt), `docs/deploying.md default of ${key} should read ${dflt}, is ${rows.get(key)}`);
     }
   });
 });

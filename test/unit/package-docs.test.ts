@@ -1,5 +1,5 @@
 /**
- * The README's "Use from Ganymede" snippet is the file the package-install
+ * The README's "Use the runtime from your own API server (Ganymede)" snippet is the file the package-install
  * integration test compiles and runs (docs/examples/ganymede.ts), verbatim.
  */
 import { strict as assert } from 'assert';
@@ -9,11 +9,12 @@ import * as path from 'path';
 const ROOT = path.resolve(__dirname, '..', '..');
 
 describe('package docs', () => {
-  it('README "Use from Ganymede" shows docs/examples/ganymede.ts verbatim', () => {
+  it('README "Use the runtime from your own API server" shows docs/examples/ganymede.ts verbatim', () => {
     const readme = readFileSync(path.join(ROOT, 'README.md'), 'utf8');
     const snippet = readFileSync(path.join(ROOT, 'docs', 'examples', 'ganymede.ts'), 'utf8');
-    const section = readme.slice(readme.indexOf('### Use from Ganymede'));
-    assert.ok(readme.includes('### Use from Ganymede'), 'the section exists');
+    const heading = '## Use the runtime from your own API server (Ganymede)';
+    const section = readme.slice(readme.indexOf(heading));
+    assert.ok(readme.includes(heading), 'the section exists');
     assert.ok(section.includes('```ts\n' + snippet + '```'), 'the snippet is the compiled example, unchanged');
   });
 
