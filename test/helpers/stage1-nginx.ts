@@ -4,6 +4,7 @@ import * as os from 'os';
 import * as path from 'path';
 import type { NginxOptions } from '../../runtime';
 import { NJS_MODULE_PATH } from '../../runtime/nginx-config';
+import { portClosed, processGone, waitFor } from './wait-for';
 
 /** A real stage-1 nginx for one suite: own prefix, own ports, mkcert-issued wildcard for the suite's domain. */
 export class Stage1Nginx {
@@ -81,6 +82,18 @@ http {
     } catch {
       /* not running */
     }
+  }
+
+  /** Stops nginx and waits until its master has exited and the HTTPS port refuses connections. */
+  async stopAndWait(timeoutMs = 15_000): Promise<void> {
+    let pid: number | undefined;
+    try {
+      pid = Number(readFileSync(path.join(this.prefix, 'nginx.pid'), 'utf8'));
+    } catch {
+      /* no pid file: not running */
+    }
+    this.stop();
+    await waitFor(`stage-1 nginx (pid ${pid ?? 'none'}) to exit and close port ${this.httpsPort}`, timeoutMs, async () => (pid === undefined || processGone(pid)) && (await portClosed(this.httpsPort)));
   }
 
   destroy(): void {

@@ -3,17 +3,14 @@ import { ChildProcess, spawn } from 'child_process';
 import { randomBytes } from 'crypto';
 import * as path from 'path';
 import { Pool } from 'pg';
-import { GatewayAllocator, OrgDataStore } from '../../runtime';
+import { GatewayAllocator, OrgDataStore, isAllocatorError } from '../../runtime';
 import { allocatorSettingsEnv, testAllocatorOptions } from '../helpers/allocator-settings';
 import { callApi, FakeGateway } from '../helpers/fake-gateway';
 import { createZone, deleteZone, dropSchema, randomOrg, suiteId } from '../helpers/fixtures';
+import { freePorts } from '../helpers/ports';
 import { TestServices, requireServices } from '../helpers/services';
 import { Stage1Nginx, curlThroughStage1, dig } from '../helpers/stage1-nginx';
 
-const HTTPS_PORT = 57443;
-const STATUS_PORT = 57099;
-const API_PORT = 57080;
-const API_URL = `http://127.0.0.1:${API_PORT}`;
 const MAX_SNAPSHOT = 64 * 1024;
 const ROOT = path.resolve(__dirname, '..', '..');
 
@@ -34,11 +31,18 @@ describe('Gateway API over HTTP (Express router, real PostgreSQL, PowerDNS, ngin
   let api: ChildProcess | undefined;
   let admin: GatewayAllocator;
   let adminPool: Pool;
+  let apiPort = 0;
+  let apiUrl = '';
   let store: OrgDataStore;
+  /** The pool: every test starts with these ready (beforeEach) and its organizations released (afterEach). */
   const gateways: FakeGateway[] = [];
+  /** Registered with the pool but only ever made ready by the registration test, which needs a gateway that is not. */
+  let registrant: FakeGateway;
+  /** Organizations started by the running test; released after it. */
+  let testOrgs: string[] = [];
 
   function apiEnv(): NodeJS.ProcessEnv {
-    return { ...process.env, API_PORT: String(API_PORT), MAX_SNAPSHOT_BYTES: String(MAX_SNAPSHOT), ...allocatorSettingsEnv(s, nginx, { env, domain, schema }) };
+    return { ...process.env, API_PORT: String(apiPort), MAX_SNAPSHOT_BYTES: String(MAX_SNAPSHOT), ...allocatorSettingsEnv(s, nginx, { env, domain, schema }) };
   }
 
   async function startApi(): Promise<void> {
@@ -80,14 +84,45 @@ describe('Gateway API over HTTP (Express router, real PostgreSQL, PowerDNS, ngin
     return JSON.stringify(await store.history(orgId));
   }
 
-  async function startOrg(orgId: string, user = 'alice'): Promise<{ status: number; body: Record<string, unknown> }> {
-    return callApi(API_URL, '/start', { organization_id: orgId }, { 'x-test-user': user });
+  async function startOrg(orgId: string, user = 'alice', track = testOrgs): Promise<{ status: number; body: Record<string, unknown> }> {
+    track.push(orgId);
+    return callApi(apiUrl, '/start', { organization_id: orgId }, { 'x-test-user': user });
   }
 
   function gatewayOf(name: unknown): FakeGateway {
-    const g = gateways.find((x) => x.name === name);
+    const g = [...gateways, registrant].find((x) => x.name === name);
     assert.ok(g, `no fake gateway ${String(name)}`);
     return g;
+  }
+
+  /** Set-up: a started organization whose gateway has loaded it. */
+  async function startLoaded(orgId = randomOrg(), track = testOrgs): Promise<{ org: string; gw: FakeGateway }> {
+    const r = await startOrg(orgId, 'alice', track);
+    assert.equal(r.status, 200, `set-up: start ${orgId}: ${JSON.stringify(r.body)}`);
+    const gw = gatewayOf(r.body.gateway_id);
+    await gw.waitLoaded(orgId);
+    return { org: orgId, gw };
+  }
+
+  /** Every pool gateway that is not in the pool (never registered, or quarantined) says /gateway/ready. */
+  async function ensurePoolReady(): Promise<void> {
+    const states = new Map((await admin.list()).map((l) => [l.name, l.state]));
+    [...gateways, registrant].forEach((g) => (g.accepting = true));
+    for (const g of gateways) {
+      if (states.get(g.name) !== 'registered') continue;
+      const r = await g.ready();
+      assert.equal(r.status, 200, `set-up: ${g.name} ready: ${JSON.stringify(r.body)}`);
+    }
+  }
+
+  /** Releases what `orgs` still hold (whatever a test left behind) and lets their fake gateways forget them. */
+  async function releaseAll(orgs: string[]): Promise<void> {
+    for (const org of orgs.splice(0)) {
+      await admin.release(org).catch((e: unknown) => {
+        if (!isAllocatorError(e, 'NOT_ALLOCATED')) throw e;
+      });
+      [...gateways, registrant].filter((g) => g.loadedOrg === org || g.organizationId === org).forEach((g) => g.reset());
+    }
   }
 
   before(async function () {
@@ -97,26 +132,41 @@ describe('Gateway API over HTTP (Express router, real PostgreSQL, PowerDNS, ngin
     schema = `api_${id}`;
     env = `api${id}`;
     await createZone(s, domain);
-    nginx = new Stage1Nginx(domain, HTTPS_PORT, STATUS_PORT);
+    const [httpsPort, statusPort, port] = await freePorts(3);
+    apiPort = port;
+    apiUrl = `http://127.0.0.1:${apiPort}`;
+    nginx = new Stage1Nginx(domain, httpsPort, statusPort);
     nginx.start();
     admin = new GatewayAllocator(testAllocatorOptions(s, nginx, { env, domain, schema }));
     await admin.migrate();
     adminPool = new Pool({ connectionString: s.pgUrl, max: 2 });
     store = new OrgDataStore({ pg: adminPool, schema });
-    for (let i = 0; i < 4; i += 1) {
-      const g = new FakeGateway(`gw-pool-${env}-${i}`, randomBytes(24).toString('base64url'), API_URL);
+    for (let i = 0; i < 5; i += 1) {
+      const g = new FakeGateway(`gw-pool-${env}-${i}`, randomBytes(24).toString('base64url'), apiUrl);
       await g.listen();
-      gateways.push(g);
+      if (i < 4) gateways.push(g);
+      else registrant = g;
     }
+    const all = [...gateways, registrant];
     // What `gateway-pool sync` does with the stack outputs (its own test covers the CLI).
-    await admin.registerGateways(gateways.map((g, i) => ({ name: g.name, host: '127.0.0.1', httpPort: g.port, vpnPort: 49100 + i })));
-    await admin.setRegistrationTokens(Object.fromEntries(gateways.map((g) => [g.name, g.registrationToken])));
+    await admin.registerGateways(all.map((g, i) => ({ name: g.name, host: '127.0.0.1', httpPort: g.port, vpnPort: 49100 + i })));
+    await admin.setRegistrationTokens(Object.fromEntries(all.map((g) => [g.name, g.registrationToken])));
     await startApi();
+  });
+
+  beforeEach(async () => {
+    if (!api) await startApi(); // a test that restarted it failed half-way
+    await ensurePoolReady();
+  });
+
+  afterEach(async () => {
+    await releaseAll(testOrgs);
+    testOrgs = [];
   });
 
   after(async () => {
     await stopApi();
-    await Promise.allSettled(gateways.map((g) => g.close()));
+    await Promise.allSettled([...gateways, registrant].map((g) => g?.close()));
     await admin?.close();
     await adminPool?.end();
     nginx?.destroy();
@@ -127,30 +177,28 @@ describe('Gateway API over HTTP (Express router, real PostgreSQL, PowerDNS, ngin
   });
 
   it('registers gateways only with their own registration token', async () => {
-    const [g0, g1] = gateways;
-    const wrong = await callApi(API_URL, '/ready', { gateway_id: g0.name }, { authorization: `Bearer ${g1.registrationToken}` });
+    const stateOf = async (name: string): Promise<string | undefined> => (await admin.list()).find((l) => l.name === name)?.state;
+    assert.equal(await stateOf(registrant.name), 'registered', 'precondition: the registrant has not said ready yet');
+    const readyBefore = (await admin.status()).byState.ready ?? 0;
+    const wrong = await callApi(apiUrl, '/ready', { gateway_id: registrant.name }, { authorization: `Bearer ${gateways[0].registrationToken}` });
     assert.equal(wrong.status, 401);
     assert.equal(wrong.body.code, 'UNAUTHENTICATED');
-    assert.equal((await admin.status()).byState.ready, 0);
-    for (const g of gateways) {
-      const r = await g.ready();
-      assert.equal(r.status, 200, JSON.stringify(r.body));
-      assert.deepEqual([r.body.state, r.body.loaded], ['ready', false]);
-    }
-    assert.equal((await admin.status()).byState.ready, 4);
+    assert.equal(await stateOf(registrant.name), 'registered', 'another gateway\'s token changed nothing');
+    assert.equal((await admin.status()).byState.ready ?? 0, readyBefore);
+    const r = await registrant.ready();
+    assert.equal(r.status, 200, JSON.stringify(r.body));
+    assert.deepEqual([r.body.state, r.body.loaded], ['ready', false]);
+    assert.equal(await stateOf(registrant.name), 'ready');
+    assert.equal((await admin.status()).byState.ready, readyBefore + 1);
   });
 
-  let orgA: string;
-  let first: FakeGateway;
-  const dataA = snapshot('org-a-v1');
-
   it('start → config → pull (empty) → ready(org loaded): the gateway serves the org through stage-1', async () => {
-    orgA = randomOrg();
+    const orgA = randomOrg();
     const started = await startOrg(orgA);
     assert.equal(started.status, 200, JSON.stringify(started.body));
     assert.equal(started.body.created, true);
     assert.equal(started.body.gateway_url, `https://org-${orgA}.${domain}`);
-    first = gatewayOf(started.body.gateway_id);
+    const first = gatewayOf(started.body.gateway_id);
     await first.waitLoaded(orgA);
     assert.equal(first.lastConfig?.organization_id, orgA);
     assert.equal(first.lastConfig?.organization_name, `Org ${orgA.slice(0, 8)}`);
@@ -167,6 +215,8 @@ describe('Gateway API over HTTP (Express router, real PostgreSQL, PowerDNS, ngin
   });
 
   it('push → stop releases; a second stop is harmless; the released token is refused', async () => {
+    const { org: orgA, gw: first } = await startLoaded();
+    const dataA = snapshot('org-a-v1');
     const pushed = await first.call('/data/push', { organization_id: orgA, gateway_id: first.name, timestamp: new Date().toISOString(), data: dataA });
     assert.equal(pushed.status, 200, JSON.stringify(pushed.body));
     assert.equal(pushed.body.version, 1);
@@ -194,6 +244,13 @@ describe('Gateway API over HTTP (Express router, real PostgreSQL, PowerDNS, ngin
   });
 
   it('the data survives a restart of the API process; the next start lands on another gateway and pulls it back', async () => {
+    // Set-up: the organization pushed its data and was stopped.
+    const { org: orgA, gw: first } = await startLoaded();
+    const dataA = snapshot('org-a-v1');
+    assert.equal((await first.call('/data/push', { organization_id: orgA, gateway_id: first.name, data: dataA })).status, 200, 'set-up: push');
+    assert.equal((await first.call('/stop', { organization_id: orgA, gateway_id: first.name })).status, 200, 'set-up: stop');
+    first.reset();
+
     await stopApi('SIGKILL');
     await startApi();
     const started = await startOrg(orgA);
@@ -209,19 +266,22 @@ describe('Gateway API over HTTP (Express router, real PostgreSQL, PowerDNS, ngin
   });
 
   describe('security: every refusal changes nothing', () => {
+    let orgA: string;
     let orgB: string;
     let gwA: FakeGateway;
     let gwB: FakeGateway;
+    const suiteOrgs: string[] = [];
 
     before(async () => {
-      gwA = gateways.find((g) => g.loadedOrg === orgA) as FakeGateway;
-      orgB = randomOrg();
-      const r = await startOrg(orgB);
-      assert.equal(r.status, 200, JSON.stringify(r.body));
-      gwB = gatewayOf(r.body.gateway_id);
-      await gwB.waitLoaded(orgB);
+      await ensurePoolReady();
+      ({ org: orgA, gw: gwA } = await startLoaded(randomOrg(), suiteOrgs));
+      ({ org: orgB, gw: gwB } = await startLoaded(randomOrg(), suiteOrgs));
       const pushB = await gwB.call('/data/push', { organization_id: orgB, data: snapshot('org-b') });
       assert.equal(pushB.status, 200);
+    });
+
+    after(async () => {
+      await releaseAll(suiteOrgs);
     });
 
     it("a gateway token of org A cannot pull or push org B's data (403)", async () => {
@@ -241,11 +301,11 @@ describe('Gateway API over HTTP (Express router, real PostgreSQL, PowerDNS, ngin
 
     it('a handshake token works once', async () => {
       const used = gwB.lastHandshake as string;
-      const r = await callApi(API_URL, '/config', { handshake_token: used });
+      const r = await callApi(apiUrl, '/config', { handshake_token: used });
       assert.equal(r.status, 401);
       assert.equal(r.body.code, 'HANDSHAKE_INVALID');
       assert.equal(r.body.gateway_token, undefined);
-      const viaHeader = await callApi(API_URL, '/config', {}, { authorization: `Bearer ${used}` });
+      const viaHeader = await callApi(apiUrl, '/config', {}, { authorization: `Bearer ${used}` });
       assert.equal(viaHeader.status, 401);
       // The gateway's token still works: a replayed handshake did not rotate it.
       assert.equal((await gwB.call('/heartbeat', {})).status, 200);
@@ -255,7 +315,7 @@ describe('Gateway API over HTTP (Express router, real PostgreSQL, PowerDNS, ngin
       const before = await history(orgB);
       for (const p of ['/data/push', '/data/pull', '/heartbeat', '/stop', '/ready']) {
         for (const auth of [undefined, 'Bearer', 'Bearer not-a-real-token-at-all-1234', 'Basic Zm9vOmJhcg==', `Bearer ${'x'.repeat(500)}`, 'Bearer ÿÿÿÿÿÿÿÿÿÿÿÿÿÿÿÿÿÿ']) {
-          const r = await callApi(API_URL, p, { organization_id: orgB, data: snapshot('x') }, auth ? { authorization: auth } : {});
+          const r = await callApi(apiUrl, p, { organization_id: orgB, data: snapshot('x') }, auth ? { authorization: auth } : {});
           assert.equal(r.status, 401, `${p} with ${String(auth).slice(0, 20)}: ${r.status} ${JSON.stringify(r.body)}`);
           assert.equal(r.body.success, false);
           assert.equal(typeof r.body.code, 'string');
@@ -279,7 +339,7 @@ describe('Gateway API over HTTP (Express router, real PostgreSQL, PowerDNS, ngin
     it('malformed JSON and wrong types → 400', async () => {
       const before = await history(orgB);
       const auth = { authorization: `Bearer ${gwB.token as string}` };
-      const malformed = await callApi(API_URL, '/data/push', '{"organization_id": "' + orgB + '", "data": {', auth, true);
+      const malformed = await callApi(apiUrl, '/data/push', '{"organization_id": "' + orgB + '", "data": {', auth, true);
       assert.equal(malformed.status, 400);
       assert.equal(malformed.body.code, 'INVALID_REQUEST');
       const cases: unknown[] = [
@@ -296,7 +356,7 @@ describe('Gateway API over HTTP (Express router, real PostgreSQL, PowerDNS, ngin
         { organization_id: orgB, gateway_id: 'Not A Name', data: snapshot('t') },
       ];
       for (const body of cases) {
-        const r = await callApi(API_URL, '/data/push', body, auth);
+        const r = await callApi(apiUrl, '/data/push', body, auth);
         assert.equal(r.status, 400, `${JSON.stringify(body).slice(0, 80)} → ${r.status} ${JSON.stringify(r.body)}`);
         assert.ok(['INVALID_REQUEST', 'INVALID_SNAPSHOT'].includes(r.body.code as string));
         assert.ok(!JSON.stringify(r.body).includes('    at '), 'no stack traces');
@@ -311,9 +371,9 @@ describe('Gateway API over HTTP (Express router, real PostgreSQL, PowerDNS, ngin
       const forbidden = await startOrg(orgC, 'mallory');
       assert.equal(forbidden.status, 403);
       assert.equal(forbidden.body.code, 'FORBIDDEN');
-      const bad = await callApi(API_URL, '/start', { organization_id: 'org-1; DROP TABLE' }, { 'x-test-user': 'alice' });
+      const bad = await callApi(apiUrl, '/start', { organization_id: 'org-1; DROP TABLE' }, { 'x-test-user': 'alice' });
       assert.equal(bad.status, 400);
-      const get = await fetch(`${API_URL}/gateway/start`);
+      const get = await fetch(`${apiUrl}/gateway/start`);
       assert.equal(get.status, 405);
       assert.equal(((await get.json()) as { code: string }).code, 'METHOD_NOT_ALLOWED');
       assert.equal(JSON.stringify(await admin.status()), statusBefore);
@@ -362,7 +422,7 @@ describe('Gateway API over HTTP (Express router, real PostgreSQL, PowerDNS, ngin
     const r = await startOrg(orgE);
     assert.equal(r.status, 502);
     assert.deepEqual([r.body.code, r.body.retryable], ['GATEWAY_UNREACHABLE', true]);
-    const broken = (await admin.list()).filter((l) => l.state === 'registered').map((l) => l.name);
+    const broken = (await admin.list()).filter((l) => l.state === 'registered' && readyNames.includes(l.name)).map((l) => l.name);
     assert.equal(broken.length, 1, 'the broken gateway is out of the pool until it calls /gateway/ready');
     assert.equal(await admin.getAllocation(orgE), undefined);
     assert.equal(await dig(s.pdnsDnsPort, `org-${orgE}.${domain}`), 'NXDOMAIN');

@@ -3,15 +3,16 @@ import { execFile, execFileSync } from 'child_process';
 import { existsSync, mkdtempSync, readdirSync, rmSync, unlinkSync, writeFileSync } from 'fs';
 import * as os from 'os';
 import * as path from 'path';
+import { Pool } from 'pg';
 import { GatewayAllocator } from '../../runtime';
 import { allocatorSettingsEnv, testAllocatorOptions } from '../helpers/allocator-settings';
 import { createZone, deleteZone, dropSchema, gatewayHost, randomOrg, startStandInGateways, suiteId } from '../helpers/fixtures';
+import { waitSilent } from '../helpers/pool-state';
+import { freePorts } from '../helpers/ports';
 import { TestServices, requireServices } from '../helpers/services';
 import { Stage1Nginx, curlThroughStage1, dig } from '../helpers/stage1-nginx';
 import { suiteRuntimeFiles, writeRuntimeFiles } from '../helpers/runtime-process';
 
-const HTTPS_PORT = 57743;
-const STATUS_PORT = 57799;
 const ROOT = path.resolve(__dirname, '..', '..');
 const CLI = path.join(ROOT, 'runtime/cli/gateway-pool.ts');
 
@@ -27,10 +28,14 @@ describe('gateway-pool CLI end to end (real PostgreSQL, PowerDNS, nginx)', funct
   let nginx: Stage1Nginx;
   let standIn: { port: number; close: () => Promise<void> };
   let domain: string;
+  let tmp: string;
+  let pgAdmin: Pool;
+  /** The pool the running test works on (usePool): its own env name and schema, so no test sees another's gateways. */
   let schema: string;
   let env: string;
-  let tmp: string;
   let baseEnv: NodeJS.ProcessEnv;
+  const schemas: string[] = [];
+  let poolCounter = 0;
 
   function cli(args: string[], opts: { env?: NodeJS.ProcessEnv; stdin?: string; bin?: string } = {}): Promise<Run> {
     const argv = opts.bin ? [opts.bin, ...args] : ['-r', 'ts-node/register/transpile-only', CLI, ...args];
@@ -58,27 +63,62 @@ describe('gateway-pool CLI end to end (real PostgreSQL, PowerDNS, nginx)', funct
     return JSON.stringify({ envName: env, domain, gatewayInventory: inventory, gatewayRegistrationTokens: tokens, powerDnsApiKey: 'not used by sync', ...extra });
   }
 
+  /**
+   * Set-up of a test: a new pool (env, schema) becomes the CLI's; with `gateways`, that many are
+   * registered from the stack inventory and ready, and the first `allocated` organizations hold one.
+   */
+  async function usePool(setup: { gateways?: number; allocated?: number } = {}): Promise<{ orgs: string[]; holders: string[] }> {
+    poolCounter += 1;
+    const id = `${suiteId()}${poolCounter}`;
+    env = `cli${id}`;
+    schema = `cli_${id}`;
+    schemas.push(schema);
+    baseEnv = { PATH: process.env.PATH, HOME: process.env.HOME, ...allocatorSettingsEnv(s, nginx, { env, domain, schema }) };
+    const orgs: string[] = [];
+    const holders: string[] = [];
+    if (setup.gateways === undefined) return { orgs, holders };
+    const a = new GatewayAllocator(testAllocatorOptions(s, nginx, { env, domain, schema }));
+    try {
+      await a.migrate();
+      const inventory = JSON.parse(stackOutputs(setup.gateways)).gatewayInventory as Array<{ name: string; host: string; httpPort: number; vpnPort: number }>;
+      await a.registerGateways(inventory);
+      // The gateways' own /gateway/ready is the API's job; here the library plays it.
+      await a.markReady(inventory.map((g) => g.name));
+      for (let i = 0; i < (setup.allocated ?? 0); i += 1) {
+        const gw = await a.allocate(randomOrg());
+        orgs.push(gw.organizationId);
+        holders.push(gw.name);
+      }
+    } finally {
+      await a.close();
+    }
+    return { orgs, holders };
+  }
+
   before(async function () {
     s = requireServices(this);
-    const id = suiteId();
-    domain = `cli-${id}.test`;
-    schema = `cli_${id}`;
-    env = `cli${id}`;
+    domain = `cli-${suiteId()}.test`;
     await createZone(s, domain);
-    nginx = new Stage1Nginx(domain, HTTPS_PORT, STATUS_PORT);
+    const [httpsPort, statusPort] = await freePorts(2);
+    nginx = new Stage1Nginx(domain, httpsPort, statusPort);
     nginx.start();
     standIn = await startStandInGateways();
     tmp = mkdtempSync(path.join(os.tmpdir(), 'demiurge-cli-'));
-    baseEnv = { PATH: process.env.PATH, HOME: process.env.HOME, ...allocatorSettingsEnv(s, nginx, { env, domain, schema }) };
+    pgAdmin = new Pool({ connectionString: s.pgUrl, max: 2 });
+  });
+
+  beforeEach(async () => {
+    await usePool(); // an empty one, for tests that need none
   });
 
   after(async () => {
     await standIn?.close();
     nginx?.destroy();
+    await pgAdmin?.end();
     if (tmp) rmSync(tmp, { recursive: true, force: true });
     if (s) {
       await deleteZone(s, domain);
-      await dropSchema(s.pgUrl, schema);
+      for (const sc of schemas) await dropSchema(s.pgUrl, sc);
     }
   });
 
@@ -150,10 +190,7 @@ describe('gateway-pool CLI end to end (real PostgreSQL, PowerDNS, nginx)', funct
   });
 
   it('status and list, as text and JSON', async () => {
-    // The gateways' own /gateway/ready is the API's job; here the library plays it.
-    const a = new GatewayAllocator(testAllocatorOptions(s, nginx, { env, domain, schema }));
-    await a.markReady([0, 1, 2].map((i) => `gw-pool-${env}-${i}`));
-    await a.close();
+    await usePool({ gateways: 3 });
     const st = await cli(['status', '--json']);
     assert.equal(st.code, 0, st.stderr);
     const status = json<{ total: number; byState: Record<string, number> }>(st);
@@ -169,9 +206,9 @@ describe('gateway-pool CLI end to end (real PostgreSQL, PowerDNS, nginx)', funct
     assert.equal(json<unknown[]>(await cli(['list', '--json'])).length, 3);
   });
 
-  let org: string;
   it('allocate publishes DNS and the route; the token stays hidden unless asked; a repeat is idempotent', async () => {
-    org = randomOrg();
+    await usePool({ gateways: 3 });
+    const org = randomOrg();
     const r = await cli(['allocate', org, '--json']);
     assert.equal(r.code, 0, r.stderr);
     const al = json<{ name: string; created: boolean; token: string; fqdn: string }>(r);
@@ -189,6 +226,9 @@ describe('gateway-pool CLI end to end (real PostgreSQL, PowerDNS, nginx)', funct
   });
 
   it('reconcile repairs a deleted route file; exit 0 with a JSON report', async () => {
+    const {
+      orgs: [org],
+    } = await usePool({ gateways: 3, allocated: 1 });
     const routesDir = path.join(nginx.confDir, 'routes');
     const file = readdirSync(routesDir).find((f) => f.includes(org));
     assert.ok(file);
@@ -200,6 +240,9 @@ describe('gateway-pool CLI end to end (real PostgreSQL, PowerDNS, nginx)', funct
   });
 
   it('refusals exit 1 with the typed code: bad org id, pool exhausted, releasing twice', async () => {
+    const {
+      orgs: [org],
+    } = await usePool({ gateways: 3, allocated: 1 });
     const bad = await cli(['allocate', 'not-a-uuid', '--json']);
     assert.equal(bad.code, 1);
     assert.equal(json(bad).code, 'INVALID_ORGANIZATION_ID');
@@ -219,7 +262,9 @@ describe('gateway-pool CLI end to end (real PostgreSQL, PowerDNS, nginx)', funct
   });
 
   it('reap releases silent gateways; snapshots lists none for a new org', async () => {
-    await new Promise((r) => setTimeout(r, 1200));
+    const { holders } = await usePool({ gateways: 3, allocated: 2 });
+    // Silence is measured by PostgreSQL's clock: wait until both allocations are more than 1 s old there.
+    await waitSilent(pgAdmin, schema, holders, 1000);
     const r = await cli(['reap', '--max-silence', '1s', '--json']);
     assert.equal(r.code, 0, r.stderr);
     assert.equal(json<{ released: unknown[] }>(r).released.length, 2);

@@ -15,6 +15,7 @@ import { OrgDataStore } from '../../runtime/org-data-store';
 import { PowerDnsClient } from '../../runtime/powerdns-client';
 import { dropSchema, randomOrg, suiteId } from '../helpers/fixtures';
 import { TestServices, requireServices } from '../helpers/services';
+import { drainEventLoop, waitFor, within } from '../helpers/wait-for';
 
 describe('soak regressions (real PostgreSQL)', function () {
   this.timeout(60_000);
@@ -24,12 +25,15 @@ describe('soak regressions (real PostgreSQL)', function () {
   let other: Pool;
   // Only sessions of this suite are ever terminated: other suites share this PostgreSQL.
   const appName = `soak-regressions-${suiteId()}`;
+  /** Every client this suite's pool opened (its processID is the server session's pid). */
+  const clients: Array<PoolClient & { processID: number | null }> = [];
 
   before(async function () {
     s = requireServices(this);
     schema = `soakreg_${suiteId()}`;
     pool = new Pool({ connectionString: s.pgUrl, max: 4, application_name: appName });
     pool.on('error', () => undefined);
+    pool.on('connect', (c) => clients.push(c as PoolClient & { processID: number | null }));
     other = new Pool({ connectionString: s.pgUrl, max: 2 });
     await migrate(pool, schema);
   });
@@ -40,20 +44,27 @@ describe('soak regressions (real PostgreSQL)', function () {
     if (s) await dropSchema(s.pgUrl, schema);
   });
 
-  /** Terminates the session that waits on a lock (the one `fn` started), once it is waiting. */
-  async function terminateWaiter(marker: string): Promise<void> {
-    for (let i = 0; i < 200; i++) {
+  /**
+   * Terminates the session of this suite's pool that waits on a lock (the one
+   * `fn` started), once it is waiting. Resolves with the moment that session's
+   * client has ended: pg emits a checked-out client's 'error' (the process
+   * killer of the bug) just before its 'end', so once it has ended, an
+   * uncaught exception would already have been raised.
+   */
+  async function terminateWaiter(marker: string): Promise<{ ended: Promise<void> }> {
+    const { value: pid } = await waitFor(`a session of ${appName} waiting on a lock in "${marker}"`, 10_000, async () => {
       const r = await other.query<{ pid: number }>(
         `SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE $1 AND application_name = $2 AND pid <> pg_backend_pid()`,
         [`%${marker}%`, appName],
       );
-      if (r.rows.length > 0) {
-        await other.query('SELECT pg_terminate_backend($1)', [r.rows[0].pid]);
-        return;
-      }
-      await new Promise((res) => setTimeout(res, 25));
-    }
-    throw new Error(`no session waiting on ${marker}`);
+      return r.rows[0]?.pid;
+    });
+    const client = clients.find((c) => c.processID === pid);
+    assert.ok(client, `the waiting session ${pid} belongs to this suite's pool`);
+    const ended = within(`the client of the terminated session ${pid} to end`, 10_000, new Promise<void>((r) => client.once('end', () => r()))).then(drainEventLoop);
+    ended.catch(() => undefined); // awaited by the caller; not unhandled if an assertion fails first
+    await other.query('SELECT pg_terminate_backend($1)', [pid]);
+    return { ended };
   }
 
   async function holdingLock(sql: string, params: unknown[], during: () => Promise<void>): Promise<void> {
@@ -80,10 +91,10 @@ describe('soak regressions (real PostgreSQL)', function () {
     try {
       await holdingLock('SELECT pg_advisory_xact_lock(hashtextextended($1, 0))', [`demiurge-dns-zone:${zone}.`], async () => {
         const applying = dns.apply([{ orgId: randomOrg(), present: true }]);
-        await terminateWaiter('pg_advisory_xact_lock');
+        const { ended } = await terminateWaiter('pg_advisory_xact_lock');
         await assert.rejects(applying, (e: unknown) => isAllocatorError(e, 'DATABASE_FAILED') && (e as AllocatorError).details?.notApplied === true);
+        await ended;
       });
-      await new Promise((res) => setTimeout(res, 100));
       assert.deepEqual(crashes, [], 'no uncaught exception');
     } finally {
       process.removeListener('uncaughtException', onCrash);
@@ -107,10 +118,10 @@ describe('soak regressions (real PostgreSQL)', function () {
       // The push locks the holder's row FOR UPDATE: it waits behind ours, and dies there.
       await holdingLock(`SELECT 1 FROM "${schema}".gateways WHERE name = $1 FOR UPDATE`, [gw], async () => {
         const pushing = store.push(org, { yjs_state: {}, gateway_state: { n: 1 } }, { gateway: gw });
-        await terminateWaiter('FOR UPDATE');
+        const { ended } = await terminateWaiter('FOR UPDATE');
         await assert.rejects(pushing, (e: unknown) => isAllocatorError(e, 'DATABASE_FAILED'));
+        await ended;
       });
-      await new Promise((res) => setTimeout(res, 100));
       assert.deepEqual(crashes, [], 'no uncaught exception');
     } finally {
       process.removeListener('uncaughtException', onCrash);

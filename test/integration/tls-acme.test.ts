@@ -29,15 +29,17 @@ import { AcmeIssuer, isAcmeIssueError, type ChallengeEvent } from '../../runtime
 import { ChallengeDns } from '../../runtime/tls/dns-challenge';
 import { certificateInfo } from '../../runtime/tls/pem';
 import { renewBaseCertificate, renewalDue, readInstalled, servedFingerprint } from '../../runtime/tls/renew';
-import type { IssuedCertificate } from '../../runtime/tls/types';
+import type { CertificateIssuer, IssuedCertificate } from '../../runtime/tls/types';
 import { createZone, deleteZone, dropSchema, gatewayHost, patchZone, randomOrg, startStandInGateways, suiteId, zoneRRsets } from '../helpers/fixtures';
 import { Pebble, ensureDebianPackage } from '../helpers/pebble';
+import { freePorts } from '../helpers/ports';
 import { requireServices, type TestServices } from '../helpers/services';
 import { Stage1Nginx } from '../helpers/stage1-nginx';
+import { waitFor } from '../helpers/wait-for';
 import { testAllocatorOptions } from '../helpers/allocator-settings';
 
-const HTTPS_PORT = 61443;
-const STATUS_PORT = 61099;
+/** The stage-1 nginx's HTTPS port, chosen in the suite's before hook. */
+let httpsPort = 0;
 const REPO = path.resolve(__dirname, '..', '..');
 
 function sh(cmd: string, args: string[], input?: string): Promise<{ code: number; stdout: string; stderr: string }> {
@@ -52,7 +54,7 @@ function sh(cmd: string, args: string[], input?: string): Promise<{ code: number
 
 /** `openssl s_client` as a user would run it: SNI, full verification against a CA file, the leaf's SANs. */
 async function sClient(servername: string, caFile: string): Promise<{ verified: boolean; sans: string[]; output: string }> {
-  const r = await sh('openssl', ['s_client', '-connect', `127.0.0.1:${HTTPS_PORT}`, '-servername', servername, '-verify_return_error', '-verify_hostname', servername, '-CAfile', caFile, '-showcerts']);
+  const r = await sh('openssl', ['s_client', '-connect', `127.0.0.1:${httpsPort}`, '-servername', servername, '-verify_return_error', '-verify_hostname', servername, '-CAfile', caFile, '-showcerts']);
   const leaf = /-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/.exec(r.stdout)?.[0];
   let sans: string[] = [];
   if (leaf !== undefined) {
@@ -73,6 +75,50 @@ function nobodyUid(flag: '-u' | '-g' = '-u'): number {
   return Number(execFileSync('id', [flag, 'nobody']).toString());
 }
 
+/** Memoizes a set-up step: whichever test needs it first runs it, the others reuse its result. */
+function once<T>(step: () => Promise<T>): () => Promise<T> {
+  let done: Promise<T> | undefined;
+  return () => (done ??= step());
+}
+
+/**
+ * Wraps the ACME issuer so a test decides when an organization's order may
+ * go to the CA: the pending state is then observed for as long as the test
+ * needs, not for as long as Pebble happens to take.
+ */
+class HeldIssuer implements CertificateIssuer {
+  readonly kind = 'acme' as const;
+  private readonly gates = new Map<string, { open: Promise<void>; release: () => void; refuse: (err: Error) => void }>();
+  constructor(private readonly inner: AcmeIssuer) {}
+  private gate(name: string): { open: Promise<void>; release: () => void; refuse: (err: Error) => void } {
+    let g = this.gates.get(name);
+    if (g === undefined) {
+      let release = (): void => undefined;
+      let refuse = (_err: Error): void => undefined;
+      const open = new Promise<void>((res, rej) => {
+        release = res;
+        refuse = rej;
+      });
+      open.catch(() => undefined);
+      g = { open, release, refuse };
+      this.gates.set(name, g);
+    }
+    return g;
+  }
+  async issue(names: string[], opts?: { signal?: AbortSignal }): Promise<IssuedCertificate> {
+    await this.gate(names[0]).open;
+    return this.inner.issue(names, opts);
+  }
+  /** Lets the order whose first name is `name` go to the CA. */
+  release(name: string): void {
+    this.gate(name).release();
+  }
+  /** Fails that order without contacting the CA. */
+  refuse(name: string, err: Error): void {
+    this.gate(name).refuse(err);
+  }
+}
+
 async function challengeRRsets(s: TestServices, domain: string): Promise<string[]> {
   return (await zoneRRsets(s, domain)).filter((r) => r.type === 'TXT' || r.name.startsWith('_acme-challenge')).map((r) => `${r.name} ${r.type} ${r.records.map((x) => x.content).join(' ')}`);
 }
@@ -90,13 +136,12 @@ describe('TLS via ACME DNS-01 (Pebble, real PowerDNS, real nginx)', function () 
   /** Requests the slow upstream holds until released. */
   const held: Array<() => void> = [];
   const issuers: AcmeIssuer[] = [];
-  const events: Array<ChallengeEvent & { visible: string[] }> = [];
+  type SeenEvent = ChallengeEvent & { visible: string[] };
   const timings: Record<string, number> = {};
   const schemas: string[] = [];
   const closers: Array<{ close: () => Promise<void> }> = [];
   let standIn: { port: number; close: () => Promise<void> };
   let pg: Pool;
-  let t1 = 0;
   const pgQuery = async (sql: string, params: unknown[]): Promise<Array<Record<string, unknown>>> => (await pg.query(sql, params)).rows;
 
   before(async function () {
@@ -106,8 +151,9 @@ describe('TLS via ACME DNS-01 (Pebble, real PowerDNS, real nginx)', function () 
     await createZone(s, domain);
     work = mkdtempSync(path.join(os.tmpdir(), 'demiurge-tls-acme-'));
     const t0 = Date.now();
-    pebble = new Pebble({ acmePort: 61400, managementPort: 61401, dnsServer: `127.0.0.1:${s.pdnsDnsPort}` });
-    shortPebble = new Pebble({ acmePort: 61404, managementPort: 61405, dnsServer: `127.0.0.1:${s.pdnsDnsPort}`, certificateValidityPeriod: 60 });
+    const [acmePort, managementPort, shortAcmePort, shortManagementPort] = await freePorts(4);
+    pebble = new Pebble({ acmePort, managementPort, dnsServer: `127.0.0.1:${s.pdnsDnsPort}` });
+    shortPebble = new Pebble({ acmePort: shortAcmePort, managementPort: shortManagementPort, dnsServer: `127.0.0.1:${s.pdnsDnsPort}`, certificateValidityPeriod: 60 });
     await Promise.all([pebble.start(), shortPebble.start()]);
     timings.pebbleStart = Date.now() - t0;
     upstream = http.createServer((req, res) => {
@@ -120,7 +166,10 @@ describe('TLS via ACME DNS-01 (Pebble, real PowerDNS, real nginx)', function () 
     });
     await new Promise<void>((r) => upstream.listen(0, '127.0.0.1', r));
     upstreamPort = (upstream.address() as AddressInfo).port;
-    nginx = new Stage1Nginx(domain, HTTPS_PORT, STATUS_PORT);
+    let statusPort: number;
+    [httpsPort, statusPort] = await freePorts(2);
+    nginx = new Stage1Nginx(domain, httpsPort, statusPort);
+    nginx.start(); // no server blocks yet: every step writes its sites and reloads
     standIn = await startStandInGateways();
     pg = new Pool({ connectionString: s.pgUrl, max: 2 });
   });
@@ -141,7 +190,8 @@ describe('TLS via ACME DNS-01 (Pebble, real PowerDNS, real nginx)', function () 
     console.log(`      timings (ms): ${JSON.stringify(timings)}`);
   });
 
-  function issuer(p: Pebble, stateDir: string): AcmeIssuer {
+  /** An issuer on Pebble `p`; its challenge events (with what DNS answered at that moment) go to `events`. */
+  function issuer(p: Pebble, stateDir: string, events: SeenEvent[] = []): AcmeIssuer {
     const i = new AcmeIssuer({
       directoryUrl: p.directoryUrl,
       email: 'ops@example.com',
@@ -162,37 +212,86 @@ describe('TLS via ACME DNS-01 (Pebble, real PowerDNS, real nginx)', function () 
   function writeSites(base: { cert: string; key: string }, orgs: Array<{ orgId: string; cert: string; key: string }> = []): void {
     const proxy = `location / { proxy_pass http://127.0.0.1:${upstreamPort}; proxy_set_header Host $host; proxy_read_timeout 60s; }`;
     const blocks = [
-      `server {\n    listen 127.0.0.1:${HTTPS_PORT} ssl default_server;\n    server_name ${domain};\n    ssl_certificate ${base.cert};\n    ssl_certificate_key ${base.key};\n    ${proxy}\n}`,
+      `server {\n    listen 127.0.0.1:${httpsPort} ssl default_server;\n    server_name ${domain};\n    ssl_certificate ${base.cert};\n    ssl_certificate_key ${base.key};\n    ${proxy}\n}`,
       ...orgs.map(
         (o) =>
-          `server {\n    listen 127.0.0.1:${HTTPS_PORT} ssl;\n    server_name org-${o.orgId}.${domain} *.org-${o.orgId}.${domain};\n    ssl_certificate ${o.cert};\n    ssl_certificate_key ${o.key};\n    ${proxy}\n}`,
+          `server {\n    listen 127.0.0.1:${httpsPort} ssl;\n    server_name org-${o.orgId}.${domain} *.org-${o.orgId}.${domain};\n    ssl_certificate ${o.cert};\n    ssl_certificate_key ${o.key};\n    ${proxy}\n}`,
       ),
     ];
     writeFileSync(path.join(nginx.sitesDir, 'tls-acme.conf'), `${blocks.join('\n')}\n`);
   }
 
+  /** Reloads nginx and waits until new connections for `servername` get the certificate in `certFile`. */
+  async function reloadServing(certFile: string, servername = domain): Promise<void> {
+    const reload = nginx.nginxOptions().reloadCommand ?? [];
+    const r = await sh(reload[0], reload.slice(1));
+    assert.equal(r.code, 0, `nginx reload: ${r.stderr}`);
+    const want = certificateInfo(readFileSync(certFile, 'utf8')).fingerprint256;
+    await waitFor(`nginx to serve ${certFile} for ${servername} after the reload`, 15_000, async () => (await servedFingerprint({ host: '127.0.0.1', port: httpsPort, servername })) === want);
+  }
+
   describe('acceptance 1: base and per-organization certificates through DNS-01', () => {
+    /** The organization whose certificate is issued (tests 3 to 5); the pending test has its own. */
     const orgId = randomOrg();
-    let acme: AcmeIssuer;
-    let base: IssuedCertificate;
+    const schema = `tlsacme_${suiteId()}`;
+    let heldIssuer: HeldIssuer;
+    /** Challenge events of this describe's orders only (the base certificate and orgId's). */
+    const events: SeenEvent[] = [];
     let allocator: GatewayAllocator;
     let certs: OrgCertificates;
 
-    it('issues <domain> + *.<domain> in one order and nginx serves it', async () => {
-      acme = issuer(pebble, path.join(work, 'acme-state'));
+    /** Set-up: the ACME base certificate, installed as the stage-1 base pair and served. */
+    const baseServed = once(async (): Promise<IssuedCertificate> => {
+      const acme = issuer(pebble, path.join(work, 'acme-state'), events);
       const t0 = Date.now();
-      base = await acme.issue([domain, `*.${domain}`]);
+      const base = await acme.issue([domain, `*.${domain}`]);
       timings.issueBase = Date.now() - t0;
-      assert.deepEqual(certificateInfo(base.certPem).names.sort(), [`*.${domain}`, domain].sort());
-      assert.ok(base.notAfter.getTime() > Date.now() + 30 * 86_400_000, 'a normal (long) certificate');
-      assert.match(certificateInfo(base.certPem).issuer, /Pebble Intermediate CA/);
       // The stage-1 base pair (the allocator's organization server falls back to it) is the ACME one.
       writeFileSync(nginx.certFile, base.certPem);
       writeFileSync(nginx.keyFile, base.keyPem, { mode: 0o600 });
       // With per-org certificates nginx loads certificates in the workers (user nobody), per handshake.
       chownSync(nginx.keyFile, nobodyUid(), nobodyUid('-g'));
       writeSites({ cert: nginx.certFile, key: nginx.keyFile });
-      nginx.start();
+      await reloadServing(nginx.certFile);
+      return base;
+    });
+
+    /** Set-up: a pool of two gateways whose allocator orders per-organization certificates through a held ACME issuer. */
+    const poolReady = once(async (): Promise<void> => {
+      await baseServed();
+      schemas.push(schema);
+      heldIssuer = new HeldIssuer(issuer(pebble, path.join(work, 'acme-state'), events));
+      certs = new OrgCertificates({ issuer: heldIssuer, encryptionKey: randomBytes(32), logger: null });
+      closers.push(certs);
+      allocator = new GatewayAllocator({ ...testAllocatorOptions(s, nginx, { env: 'tlsacme', domain, schema }), certificates: certs });
+      closers.push(allocator);
+      await allocator.migrate();
+      const inventory = [0, 1].map((i) => ({ name: `gw-pool-tlsacme-${i}`, host: gatewayHost(i), httpPort: standIn.port, vpnPort: 49100 + i }));
+      await allocator.registerGateways(inventory);
+      await allocator.markReady(inventory.map((g) => g.name));
+    });
+
+    /** Set-up: `orgId` allocated, its certificate issued through DNS-01 and served. */
+    const orgCertificateServed = once(async (): Promise<void> => {
+      await poolReady();
+      const t1 = Date.now();
+      heldIssuer.release(`org-${orgId}.${domain}`);
+      assert.equal((await allocator.allocate(orgId)).certificate, 'pending');
+      await waitFor(`the certificate of org-${orgId} to be issued (DNS-01, Pebble)`, 120_000, async () => (await allocator.getAllocation(orgId))?.certificate === 'ready', 250).catch(async (err: Error) => {
+        throw new Error(`${err.message}: ${JSON.stringify(await certs.status(orgId))}`);
+      });
+      timings.orgCertificateReady = Date.now() - t1;
+      // The file is written under the allocator's lock; the first handshakes may still see the base certificate.
+      for (const sni of [`org-${orgId}.${domain}`, `uc-abc.org-${orgId}.${domain}`]) {
+        await waitFor(`nginx to serve the org certificate for ${sni}`, 10_000, async () => (await sClient(sni, pebble.rootFile)).verified, 250);
+      }
+    });
+
+    it('issues <domain> + *.<domain> in one order and nginx serves it', async () => {
+      const base = await baseServed();
+      assert.deepEqual(certificateInfo(base.certPem).names.sort(), [`*.${domain}`, domain].sort());
+      assert.ok(base.notAfter.getTime() > Date.now() + 30 * 86_400_000, 'a normal (long) certificate');
+      assert.match(certificateInfo(base.certPem).issuer, /Pebble Intermediate CA/);
       for (const sni of [domain, `ganymede.${domain}`]) {
         const r = await sClient(sni, pebble.rootFile);
         assert.ok(r.verified, `${sni}: not verified:\n${r.output.slice(-1500)}`);
@@ -203,50 +302,41 @@ describe('TLS via ACME DNS-01 (Pebble, real PowerDNS, real nginx)', function () 
     });
 
     it('allocating an organization orders its certificate in the background; meanwhile its route serves the base certificate and reports pending', async () => {
-      const schema = `tlsacme_${suiteId()}`;
-      schemas.push(schema);
-      certs = new OrgCertificates({ issuer: acme, encryptionKey: randomBytes(32), logger: null });
-      closers.push(certs);
+      await poolReady();
       assert.equal(certs.issuance, 'background');
-      allocator = new GatewayAllocator({ ...testAllocatorOptions(s, nginx, { env: 'tlsacme', domain, schema }), certificates: certs });
-      closers.push(allocator);
-      await allocator.migrate();
-      await allocator.registerGateways([{ name: 'gw-pool-tlsacme-0', host: gatewayHost(0), httpPort: standIn.port, vpnPort: 49100 }]);
-      await allocator.markReady(['gw-pool-tlsacme-0']);
-      t1 = Date.now();
-      const gw = await allocator.allocate(orgId);
-      assert.equal(gw.certificate, 'pending');
-      assert.equal((await certs.status(orgId)).state, 'pending');
-      const apex = await sClient(`org-${orgId}.${domain}`, pebble.rootFile);
-      assert.ok(apex.verified, apex.output.slice(-1500));
-      assert.deepEqual(apex.sans.sort(), [`*.${domain}`, domain].sort(), 'the base certificate covers org-<uuid>.<domain>');
-      assert.equal((await sClient(`uc-abc.org-${orgId}.${domain}`, pebble.rootFile)).verified, false, 'but not uc-….org-<uuid>.<domain>');
+      const pendingOrg = randomOrg();
+      try {
+        const gw = await allocator.allocate(pendingOrg);
+        assert.equal(gw.certificate, 'pending');
+        // Its order is held (HeldIssuer) until the end of this test: pending for as long as we look.
+        assert.equal((await certs.status(pendingOrg)).state, 'pending');
+        const apex = await sClient(`org-${pendingOrg}.${domain}`, pebble.rootFile);
+        assert.ok(apex.verified, apex.output.slice(-1500));
+        assert.deepEqual(apex.sans.sort(), [`*.${domain}`, domain].sort(), 'the base certificate covers org-<uuid>.<domain>');
+        assert.equal((await sClient(`uc-abc.org-${pendingOrg}.${domain}`, pebble.rootFile)).verified, false, 'but not uc-….org-<uuid>.<domain>');
+      } finally {
+        heldIssuer.refuse(`org-${pendingOrg}.${domain}`, new Error('the test is over'));
+        await certs.idle();
+        await allocator.release(pendingOrg);
+      }
     });
 
     it('once issued (DNS-01, Pebble), nginx serves org-<uuid> + *.org-<uuid>; openssl s_client verifies it against Pebble\'s root', async () => {
-      const deadline = Date.now() + 120_000;
-      while ((await allocator.getAllocation(orgId))?.certificate !== 'ready') {
-        assert.ok(Date.now() < deadline, `no certificate after 120 s: ${JSON.stringify(await certs.status(orgId))}`);
-        await new Promise((r) => setTimeout(r, 250));
-      }
-      timings.orgCertificateReady = Date.now() - t1;
+      await orgCertificateServed();
       const sans = [`org-${orgId}.${domain}`, `*.org-${orgId}.${domain}`].sort();
       for (const sni of [`org-${orgId}.${domain}`, `uc-abc.org-${orgId}.${domain}`]) {
-        let r = await sClient(sni, pebble.rootFile);
-        // The file is written under the allocator's lock; the first handshakes may still see the base certificate.
-        for (let i = 0; i < 40 && !r.verified; i++) {
-          await new Promise((res) => setTimeout(res, 250));
-          r = await sClient(sni, pebble.rootFile);
-        }
+        const r = await sClient(sni, pebble.rootFile);
         assert.ok(r.verified, `${sni}: not verified:\n${r.output.slice(-1500)}`);
         assert.deepEqual(r.sans.sort(), sans, `${sni}: SANs`);
       }
-      const row = await pgQuery(`SELECT cert_pem, key_encrypted FROM "${schemas[schemas.length - 1]}".org_certificates WHERE organization_id = $1`, [orgId]);
+      const row = await pgQuery(`SELECT cert_pem, key_encrypted FROM "${schema}".org_certificates WHERE organization_id = $1`, [orgId]);
       assert.match(String(row[0].cert_pem), /BEGIN CERTIFICATE/);
       assert.ok(!(row[0].key_encrypted as Buffer).toString('latin1').includes('PRIVATE KEY'), 'the key is encrypted at rest');
     });
 
-    it('each _acme-challenge rrset held both values (apex and wildcard) at once, visible over DNS', () => {
+    it('each _acme-challenge rrset held both values (apex and wildcard) at once, visible over DNS', async () => {
+      await baseServed();
+      await orgCertificateServed();
       for (const name of [domain, `org-${orgId}.${domain}`]) {
         const fqdn = ChallengeDns.recordName(name);
         const presents = events.filter((e) => e.fqdn === fqdn && e.action === 'present');
@@ -261,6 +351,8 @@ describe('TLS via ACME DNS-01 (Pebble, real PowerDNS, real nginx)', function () 
     });
 
     it('the challenge records are gone from PowerDNS (API)', async () => {
+      await baseServed();
+      await orgCertificateServed();
       assert.deepEqual(await challengeRRsets(s, domain), []);
     });
   });
@@ -346,7 +438,7 @@ describe('TLS via ACME DNS-01 (Pebble, real PowerDNS, real nginx)', function () 
         DNS_RESOLVERS: `127.0.0.1:${s.pdnsDnsPort}`,
         NGINX_TEST_COMMAND: JSON.stringify(nginx.nginxOptions().testCommand ?? []),
         NGINX_RELOAD_COMMAND: JSON.stringify(nginx.nginxOptions().reloadCommand ?? []),
-        TLS_PROBE: `127.0.0.1:${HTTPS_PORT}`,
+        TLS_PROBE: `127.0.0.1:${httpsPort}`,
       };
     }
 
@@ -364,7 +456,7 @@ describe('TLS via ACME DNS-01 (Pebble, real PowerDNS, real nginx)', function () 
     function slowRequest(): Promise<{ status: number; body: string; fingerprint: string }> {
       return new Promise((resolve, reject) => {
         const req = https.request(
-          { host: '127.0.0.1', port: HTTPS_PORT, path: '/slow', servername: domain, headers: { host: domain }, ca: readFileSync(shortPebble.rootFile), agent: false },
+          { host: '127.0.0.1', port: httpsPort, path: '/slow', servername: domain, headers: { host: domain }, ca: readFileSync(shortPebble.rootFile), agent: false },
           (res) => {
             const fingerprint = (res.socket as import('tls').TLSSocket).getPeerCertificate().fingerprint256;
             let body = '';
@@ -379,45 +471,49 @@ describe('TLS via ACME DNS-01 (Pebble, real PowerDNS, real nginx)', function () 
       });
     }
 
-    it('the CLI issues the first certificate, then keeps it while it is fresh', async () => {
+    /** Set-up: the base server serves a pair the renewal CLI installed (`once --force`) from the 60-second Pebble. */
+    const firstInstalled = once(async (): Promise<void> => {
       const dir = path.join(work, 'short');
-      mkdirSync(dir);
+      mkdirSync(dir, { recursive: true });
       certPath = path.join(dir, 'fullchain.pem');
       keyPath = path.join(dir, 'privkey.pem');
       // Until the first certificate exists the base server needs some pair: the suite's mkcert one.
       writeFileSync(certPath, readFileSync(nginx.certFile));
       writeFileSync(keyPath, readFileSync(nginx.keyFile), { mode: 0o600 });
       writeSites({ cert: certPath, key: keyPath });
-      const reload = nginx.nginxOptions().reloadCommand ?? [];
-      assert.equal((await sh(reload[0], reload.slice(1))).code, 0);
+      await reloadServing(certPath);
       const t0 = Date.now();
-      let r = await runCli(['once', '--force']);
+      const r = await runCli(['once', '--force']);
       timings.cliFirstIssue = Date.now() - t0;
-      assert.equal(r.code, 0, r.out);
+      assert.equal(r.code, 0, `set-up: tls-renew once --force: ${r.out}`);
+    });
+
+    it('the CLI issues the first certificate, then keeps it while it is fresh', async () => {
+      await firstInstalled();
       const info = await readInstalled(certPath);
       assert.ok(info !== undefined && info !== 'unreadable');
       // Pebble: notAfter = notBefore + period - 1 s.
       const lifetime = (info.notAfter.getTime() - info.notBefore.getTime()) / 1000;
       assert.ok(lifetime >= 58 && lifetime <= 60, `Pebble issued a 60-second certificate (got ${lifetime} s)`);
-      assert.equal(await servedFingerprint({ host: '127.0.0.1', port: HTTPS_PORT, servername: domain }), info.fingerprint256);
-      r = await runCli(['once']);
+      assert.equal(await servedFingerprint({ host: '127.0.0.1', port: httpsPort, servername: domain }), info.fingerprint256);
+      let r = await runCli(['once']);
       assert.equal(r.code, 0, r.out);
       assert.match(r.out, /nothing to do/);
       r = await runCli(['check']);
       assert.equal(r.code, 0, r.out);
-      // As in the dev container, where nginx's workers (not only root) read the base key: the owner must survive renewal.
-      chownSync(keyPath, nobodyUid(), nobodyUid('-g'));
     });
 
     it('once due, the renewal replaces it and reloads nginx while a request is in flight; the request completes', async () => {
+      await firstInstalled();
+      // As in the dev container, where nginx's workers (not only root) read the base key: the owner must survive renewal.
+      chownSync(keyPath, nobodyUid(), nobodyUid('-g'));
       const before = await readInstalled(certPath);
       assert.ok(before !== undefined && before !== 'unreadable');
-      // Wait (real clock) until the 60-second certificate is due: < 45 s left.
-      while (renewalDue(before, [domain, `*.${domain}`], new Date(), policy) === undefined) await new Promise((r) => setTimeout(r, 250));
+      // The time that must pass is the policy's: a 60-second certificate is due once less than 45 s are left (real clock).
+      await waitFor('the 60-second certificate to be due for renewal (less than 45 s left)', 60_000, () => renewalDue(before, [domain, `*.${domain}`], new Date(), policy) !== undefined, 250);
 
       const inFlight = slowRequest();
-      const deadline = Date.now() + 5000;
-      while (held.length === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+      await waitFor('the upstream to hold the in-flight request', 5000, () => held.length > 0, 20);
       assert.equal(held.length, 1, 'the upstream holds the request');
 
       const t0 = Date.now();
@@ -433,7 +529,7 @@ describe('TLS via ACME DNS-01 (Pebble, real PowerDNS, real nginx)', function () 
       assert.equal(keyStat.uid, nobodyUid(), 'the new key keeps the old key\'s owner');
       assert.equal(keyStat.mode & 0o777, 0o600);
       // The CLI confirmed by handshake; check again from here: new connections get the new certificate.
-      assert.equal(await servedFingerprint({ host: '127.0.0.1', port: HTTPS_PORT, servername: domain }), after.fingerprint256);
+      assert.equal(await servedFingerprint({ host: '127.0.0.1', port: httpsPort, servername: domain }), after.fingerprint256);
       const v = await sClient(domain, shortPebble.rootFile);
       assert.ok(v.verified, v.output.slice(-1500));
 
@@ -447,6 +543,7 @@ describe('TLS via ACME DNS-01 (Pebble, real PowerDNS, real nginx)', function () 
     });
 
     it('a failing nginx -t keeps the previous pair installed', async () => {
+      await firstInstalled();
       const before = await readInstalled(certPath);
       assert.ok(before !== undefined && before !== 'unreadable');
       const acme = issuer(shortPebble, path.join(work, 'short-acme-state'));
@@ -465,7 +562,7 @@ describe('TLS via ACME DNS-01 (Pebble, real PowerDNS, real nginx)', function () 
       const still = await readInstalled(certPath);
       assert.ok(still !== undefined && still !== 'unreadable');
       assert.equal(still.fingerprint256, before.fingerprint256);
-      assert.equal(await servedFingerprint({ host: '127.0.0.1', port: HTTPS_PORT, servername: domain }), before.fingerprint256);
+      assert.equal(await servedFingerprint({ host: '127.0.0.1', port: httpsPort, servername: domain }), before.fingerprint256);
     });
   });
 });

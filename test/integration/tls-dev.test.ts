@@ -13,7 +13,7 @@
 import { strict as assert } from 'assert';
 import { execFile, execFileSync } from 'child_process';
 import { randomBytes } from 'crypto';
-import { existsSync, readFileSync, rmSync, statSync, writeFileSync } from 'fs';
+import { chmodSync, chownSync, existsSync, readFileSync, rmSync, statSync, writeFileSync } from 'fs';
 import * as path from 'path';
 import * as tls from 'tls';
 import { Pool } from 'pg';
@@ -22,15 +22,11 @@ import { DevCaIssuer } from '../../runtime/tls/dev-ca-issuer';
 import { decryptPrivateKey } from '../../runtime/tls/org-certificates';
 import type { CertificateIssuer, IssuedCertificate } from '../../runtime/tls/types';
 import { createZone, deleteZone, dropSchema, gatewayHost, randomOrg, startStandInGateways, suiteId, zoneRRsets } from '../helpers/fixtures';
+import { freePorts } from '../helpers/ports';
 import { TestServices, requireServices } from '../helpers/services';
+import { waitFor } from '../helpers/wait-for';
 import { Stage1Nginx, curlThroughStage1 } from '../helpers/stage1-nginx';
 import { testAllocatorOptions } from '../helpers/allocator-settings';
-
-const HTTPS_PORT = 57543;
-const STATUS_PORT = 57599;
-/** A second stage-1 nginx for the flat scheme (its base configuration differs). */
-const FLAT_HTTPS_PORT = 57544;
-const FLAT_STATUS_PORT = 57598;
 
 interface Served {
   serial: string;
@@ -104,14 +100,6 @@ class GatedIssuer implements CertificateIssuer {
   }
 }
 
-async function until(what: string, check: () => Promise<boolean>, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
-
 describe('per-organization certificates, dev CA (real PostgreSQL, PowerDNS, nginx)', function () {
   this.timeout(180_000);
   let s: TestServices;
@@ -129,9 +117,11 @@ describe('per-organization certificates, dev CA (real PostgreSQL, PowerDNS, ngin
     s = requireServices(this);
     domain = `tls-${suiteId()}.test`;
     await createZone(s, domain);
-    nginx = new Stage1Nginx(domain, HTTPS_PORT, STATUS_PORT);
+    const [httpsPort, statusPort, flatHttpsPort, flatStatusPort] = await freePorts(4);
+    nginx = new Stage1Nginx(domain, httpsPort, statusPort);
     nginx.start();
-    flatNginx = new Stage1Nginx(domain, FLAT_HTTPS_PORT, FLAT_STATUS_PORT);
+    // A second stage-1 nginx for the flat scheme (its base configuration differs).
+    flatNginx = new Stage1Nginx(domain, flatHttpsPort, flatStatusPort);
     flatNginx.start();
     standIn = await startStandInGateways();
     devCa = new DevCaIssuer({ caroot: path.dirname(nginx.caFile) });
@@ -180,6 +170,16 @@ describe('per-organization certificates, dev CA (real PostgreSQL, PowerDNS, ngin
 
   const certFile = (org: string): string => path.join(nginx.confDir, 'certs', `org-${org}.pem`);
 
+  /** With per-org certificates nginx loads the base pair in its workers (user nobody) per handshake: they must read the key. */
+  function workersReadBaseKey(): void {
+    const worker = uidOf('nobody');
+    chownSync(nginx.keyFile, worker.uid, worker.gid);
+  }
+
+  beforeEach(() => {
+    workersReadBaseKey();
+  });
+
   it('mints a leaf from the dev CA in milliseconds', async () => {
     const org = randomOrg();
     const names = naming.orgCertificateNames(org, domain);
@@ -203,11 +203,15 @@ describe('per-organization certificates, dev CA (real PostgreSQL, PowerDNS, ngin
   });
 
   it('refuses to serve per-org certificates while the workers cannot read the base key (nginx loads it per handshake)', async () => {
-    // mkcert writes the base key 0600 root; nginx's workers run as nobody.
-    const { allocator } = await freshPool(1, { certificates: devCertificates() });
-    await assert.rejects(allocator.allocate(randomOrg()), (e: unknown) => isAllocatorError(e, 'NGINX_FAILED') && /cannot read the base certificate/.test(e.message));
-    const worker = uidOf('nobody');
-    execFileSync('chown', [`${worker.uid}:${worker.gid}`, nginx.keyFile]);
+    // Set-up: the base key as mkcert writes it, 0600 root; nginx's workers run as nobody.
+    chownSync(nginx.keyFile, 0, 0);
+    chmodSync(nginx.keyFile, 0o600);
+    try {
+      const { allocator } = await freshPool(1, { certificates: devCertificates() });
+      await assert.rejects(allocator.allocate(randomOrg()), (e: unknown) => isAllocatorError(e, 'NGINX_FAILED') && /cannot read the base certificate/.test(e.message));
+    } finally {
+      workersReadBaseKey();
+    }
   });
 
   describe('nested naming with the dev CA', () => {
@@ -346,7 +350,7 @@ describe('per-organization certificates, dev CA (real PostgreSQL, PowerDNS, ngin
         }, 0);
       const handshake = (name: string): Promise<void> =>
         new Promise((resolve, reject) => {
-          const sock = tls.connect({ host: '127.0.0.1', port: HTTPS_PORT, servername: name, ca: readFileSync(nginx.caFile) }, () => {
+          const sock = tls.connect({ host: '127.0.0.1', port: nginx.httpsPort, servername: name, ca: readFileSync(nginx.caFile) }, () => {
             sock.end();
             resolve();
           });
@@ -377,11 +381,12 @@ describe('per-organization certificates, dev CA (real PostgreSQL, PowerDNS, ngin
       open.push(certs);
       assert.equal(certs.issuance, 'background');
       const { allocator } = await freshPool(2, { certificates: certs });
-      const reloadsBefore = allocator.metrics().nginxReloads;
       const org = randomOrg();
       const gw = await allocator.allocate(org);
       assert.equal(gw.certificate, 'pending');
-      await until('the order to start', async () => issuer.waiting === 1);
+      // Counted from here: the first allocation may have loaded the base configuration (if no earlier test did).
+      const reloadsBefore = allocator.metrics().nginxReloads;
+      await waitFor('the order to start', 10_000, async () => issuer.waiting === 1);
       const status = await certs.status(org);
       assert.equal(status.state, 'pending');
       assert.equal(status.issuing, true);
@@ -397,7 +402,7 @@ describe('per-organization certificates, dev CA (real PostgreSQL, PowerDNS, ngin
       assert.equal(issuer.calls, 1);
 
       issuer.open();
-      await until('the org certificate to be served', async () => (await served(nginx, `uc-abc.org-${org}.${domain}`)).authorized);
+      await waitFor('the org certificate to be served', 10_000, async () => (await served(nginx, `uc-abc.org-${org}.${domain}`)).authorized);
       assert.equal((await curlExit(nginx, `uc-abc.org-${org}.${domain}`)).code, 0);
       assert.equal((await allocator.getAllocation(org))?.certificate, 'ready');
       assert.equal(allocator.metrics().nginxReloads, reloadsBefore, 'no reload');
@@ -413,7 +418,7 @@ describe('per-organization certificates, dev CA (real PostgreSQL, PowerDNS, ngin
       issuer.failWith = Object.assign(new Error('urn:ietf:params:acme:error:rateLimited: too many certificates'), { retryAfter, kind: 'rateLimited' });
       const org = randomOrg();
       assert.equal((await allocator.allocate(org)).certificate, 'pending');
-      await until('the failure to be recorded', async () => (await certs.status(org)).failures === 1);
+      await waitFor('the failure to be recorded', 10_000, async () => (await certs.status(org)).failures === 1);
       const st = await certs.status(org);
       assert.equal(st.rateLimited, true);
       assert.equal(st.retryAfter?.getTime(), retryAfter.getTime(), 'the later of our back-off and the server\'s time wins');
@@ -434,11 +439,11 @@ describe('per-organization certificates, dev CA (real PostgreSQL, PowerDNS, ngin
       const { allocator } = await freshPool(2, { certificates: certs });
       const [a, b] = [randomOrg(), randomOrg()];
       await allocator.allocate(a);
-      await until('the first order', async () => issuer.waiting === 1);
+      await waitFor('the first order', 10_000, async () => issuer.waiting === 1);
       issuer.open();
       await certs.idle();
       await allocator.allocate(b);
-      await until('the budget refusal', async () => (await certs.status(b)).rateLimited);
+      await waitFor('the budget refusal', 10_000, async () => (await certs.status(b)).rateLimited);
       const st = await certs.status(b);
       assert.equal(st.state, 'pending');
       assert.match(st.lastError ?? '', /budget/);
