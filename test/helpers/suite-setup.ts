@@ -3,7 +3,7 @@
  * suites and checkouts running at once never share a zone, schema or pool),
  * their zone in the test PowerDNS and their own stage-1 nginx.
  */
-import { createZone, suiteId } from './fixtures';
+import { createZone, deleteZone, dropSchema, suiteId } from './fixtures';
 import { freePorts } from './ports';
 import type { TestServices } from './services';
 import { Stage1Nginx } from './stage1-nginx';
@@ -31,4 +31,11 @@ export async function zoneWithStage1(s: TestServices, domain: string, ports?: [n
   const nginx = new Stage1Nginx(domain, httpsPort, statusPort);
   nginx.start();
   return nginx;
+}
+
+/** The after-hook counterpart: drops the suite's zone and schemas (nothing when the services never came up). */
+export async function removeZoneAndSchemas(s: TestServices | undefined, domain: string, schemas: string | readonly string[]): Promise<void> {
+  if (!s) return;
+  await deleteZone(s, domain);
+  for (const schema of typeof schemas === 'string' ? [schemas] : schemas) await dropSchema(s.pgUrl, schema);
 }

@@ -5,12 +5,12 @@ import * as path from 'path';
 import { readFileSync } from 'fs';
 import { Pool } from 'pg';
 import { AllocatorError, DNS_TIMING, GatewayAllocator, GatewayAllocatorOptions, SimulatedCrash, isAllocatorError } from '../../runtime';
-import { deleteZone, dropSchema, gatewayHost, patchZone, randomOrg, startStandInGateways, suiteId, zoneRRsets } from '../helpers/fixtures';
+import { gatewayHost, patchZone, randomOrg, startStandInGateways, suiteId, zoneRRsets } from '../helpers/fixtures';
 import { TestServices, requireServices } from '../helpers/services';
 import { Stage1Nginx, curlThroughStage1, dig } from '../helpers/stage1-nginx';
 import { testAllocatorOptions } from '../helpers/allocator-settings';
 import { waitLeasesExpired } from '../helpers/pool-state';
-import { zoneWithStage1 } from '../helpers/suite-setup';
+import { zoneWithStage1, removeZoneAndSchemas } from '../helpers/suite-setup';
 
 describe('GatewayAllocator (real PostgreSQL, PowerDNS, nginx)', function () {
   this.timeout(180_000);
@@ -35,10 +35,7 @@ describe('GatewayAllocator (real PostgreSQL, PowerDNS, nginx)', function () {
     await Promise.allSettled(open.map((a) => a.close()));
     await standIn?.close();
     nginx?.destroy();
-    if (s) {
-      await deleteZone(s, domain);
-      for (const schema of schemas) await dropSchema(s.pgUrl, schema);
-    }
+    await removeZoneAndSchemas(s, domain, schemas);
     await pgAdmin?.end();
   });
 

@@ -7,11 +7,11 @@ import * as path from 'path';
 import axios from 'axios';
 import { naming } from '../../runtime';
 import { callApi, FakeGateway } from '../helpers/fake-gateway';
-import { deleteZone, dropSchema, randomOrg } from '../helpers/fixtures';
+import { randomOrg } from '../helpers/fixtures';
 import { ApiServerProcess, bundleRuntime, suiteRuntimeFiles, writeRuntimeFiles, type LogLine } from '../helpers/runtime-process';
 import { TestServices, requireServices } from '../helpers/services';
 import { Stage1Nginx, curlThroughStage1, dig } from '../helpers/stage1-nginx';
-import { suiteNames, zoneWithStage1 } from '../helpers/suite-setup';
+import { suiteNames, zoneWithStage1, removeZoneAndSchemas } from '../helpers/suite-setup';
 
 const HTTPS_PORT = 57643;
 const STATUS_PORT = 57699;
@@ -128,10 +128,7 @@ describe('built-in API server (bundled runtime/server/main.ts as a child process
     await Promise.allSettled(gateways.map((g) => g.close()));
     nginx?.destroy();
     if (tmp) rmSync(tmp, { recursive: true, force: true });
-    if (s) {
-      await deleteZone(s, domain);
-      await dropSchema(s.pgUrl, schema);
-    }
+    await removeZoneAndSchemas(s, domain, schema);
   });
 
   it('registers the inventory at start; a restart re-registers nothing; SIGTERM stops it cleanly', async () => {

@@ -6,11 +6,11 @@ import { Pool } from 'pg';
 import { GatewayAllocator, OrgDataStore, isAllocatorError } from '../../runtime';
 import { allocatorSettingsEnv, testAllocatorOptions } from '../helpers/allocator-settings';
 import { callApi, FakeGateway } from '../helpers/fake-gateway';
-import { deleteZone, dropSchema, randomOrg } from '../helpers/fixtures';
+import { randomOrg } from '../helpers/fixtures';
 import { freePorts } from '../helpers/ports';
 import { TestServices, requireServices } from '../helpers/services';
 import { Stage1Nginx, curlThroughStage1, dig } from '../helpers/stage1-nginx';
-import { suiteNames, zoneWithStage1 } from '../helpers/suite-setup';
+import { suiteNames, zoneWithStage1, removeZoneAndSchemas } from '../helpers/suite-setup';
 
 const MAX_SNAPSHOT = 64 * 1024;
 const ROOT = path.resolve(__dirname, '..', '..');
@@ -165,10 +165,7 @@ describe('Gateway API over HTTP (Express router, real PostgreSQL, PowerDNS, ngin
     await admin?.close();
     await adminPool?.end();
     nginx?.destroy();
-    if (s) {
-      await deleteZone(s, domain);
-      await dropSchema(s.pgUrl, schema);
-    }
+    await removeZoneAndSchemas(s, domain, schema);
   });
 
   it('registers gateways only with their own registration token', async () => {

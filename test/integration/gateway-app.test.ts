@@ -13,10 +13,10 @@ import { GatewayAllocator, OrgDataStore } from '../../runtime';
 import { allocatorSettingsEnv, testAllocatorOptions } from '../helpers/allocator-settings';
 import { encodeFrame, FrameDecoder, OPCODES } from '../../runtime/gateway-app/websocket';
 import { callApi } from '../helpers/fake-gateway';
-import { deleteZone, dropSchema, randomOrg } from '../helpers/fixtures';
+import { randomOrg } from '../helpers/fixtures';
 import { requireServices, TestServices } from '../helpers/services';
 import { curlThroughStage1, Stage1Nginx } from '../helpers/stage1-nginx';
-import { suiteNames, zoneWithStage1 } from '../helpers/suite-setup';
+import { suiteNames, zoneWithStage1, removeZoneAndSchemas } from '../helpers/suite-setup';
 
 const ROOT = path.resolve(__dirname, '..', '..');
 const IDLE_MS = 2000;
@@ -261,10 +261,7 @@ describe('gateway default app against the real API server (PostgreSQL, PowerDNS,
     await admin?.close();
     await adminPool?.end();
     nginx?.destroy();
-    if (s) {
-      await deleteZone(s, domain);
-      await dropSchema(s.pgUrl, schema);
-    }
+    await removeZoneAndSchemas(s, domain, schema);
     if (tmp) rmSync(tmp, { recursive: true, force: true });
   });
 

@@ -7,12 +7,12 @@ import { GatewayAllocator } from '../../runtime';
 import { testAllocatorOptions } from '../helpers/allocator-settings';
 import { TestBrowser, screenshot } from '../helpers/browser';
 import { DEV_PAGES_DIR, renderDevSites } from '../helpers/dev-sites';
-import { createZone, deleteZone, dropSchema, gatewayHost, randomOrg, startStandInGateways } from '../helpers/fixtures';
+import { createZone, gatewayHost, randomOrg, startStandInGateways } from '../helpers/fixtures';
 import { freePort } from '../helpers/free-port';
 import { TestServices, requireServices } from '../helpers/services';
 import { Stage1Nginx } from '../helpers/stage1-nginx';
 import { requireTool } from '../helpers/tools';
-import { suiteNames } from '../helpers/suite-setup';
+import { suiteNames, removeZoneAndSchemas } from '../helpers/suite-setup';
 
 interface Answer {
   status: number;
@@ -101,10 +101,7 @@ describe('stage-1 pages: a name with nothing behind it gets a page a person unde
     await allocator?.close();
     await standIn?.close();
     nginx?.destroy();
-    if (s) {
-      await deleteZone(s, domain);
-      await dropSchema(s.pgUrl, schema);
-    }
+    await removeZoneAndSchemas(s, domain, schema);
   });
 
   const cases = (): Array<{ what: string; host: () => string; status: number; html: RegExp; code: string }> => [
