@@ -10,14 +10,14 @@
  */
 import { ChildProcess, fork } from 'child_process';
 import { randomUUID } from 'crypto';
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'fs';
+import { mkdirSync, readdirSync, rmSync, writeFileSync } from 'fs';
 import * as path from 'path';
 import { performance } from 'perf_hooks';
 import axios from 'axios';
 import { Pool } from 'pg';
 import { buildClosure } from '../soak/build';
 import { deleteZone, dropSchema, gatewayHost, startStandInGateways } from '../test/helpers/fixtures';
-import type { TestServices } from '../test/helpers/services';
+import { readEnvFile, testServicesOf, type TestServices } from '../test/helpers/services-env';
 import { Stage1Nginx } from '../test/helpers/stage1-nginx';
 import { NaiveAllocator, NaiveRep } from './naive';
 import type { GatewaySpec } from '../runtime/inventory';
@@ -82,17 +82,7 @@ function log(msg: string): void {
 
 function readServices(): TestServices {
   const file = path.join(ROOT, '.test-services', 'env');
-  if (!existsSync(file)) throw new Error(`${file} missing: run \`bash scripts/test-services.sh up\` first (scripts/bench.sh does)`);
-  const env = Object.fromEntries(
-    readFileSync(file, 'utf8').split('\n').filter(Boolean).map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]),
-  );
-  return {
-    pgUrl: env.TEST_PG_URL,
-    pdnsApiUrl: env.TEST_PDNS_API_URL,
-    pdnsApiKey: env.TEST_PDNS_API_KEY,
-    pdnsDnsPort: Number(env.TEST_PDNS_DNS_PORT),
-    servicesScript: env.TEST_SERVICES_SCRIPT,
-  };
+  return testServicesOf(readEnvFile(file, `${file} missing: run \`bash scripts/test-services.sh up\` first (scripts/bench.sh does)`));
 }
 
 // ------------------------------------------------------------ PowerDNS

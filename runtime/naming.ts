@@ -30,9 +30,12 @@ const DNS_LABEL_RE = /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/;
 /**
  * Environment names end up in container names, volume names, DNS labels and
  * nginx file names, so they are restricted to a short DNS label that starts
- * with a letter.
+ * with a letter. Written in the syntax JavaScript and POSIX extended regular
+ * expressions share: the gateway image checks ENV_NAME with the same pattern
+ * (images/gateway/.../common.sh `valid_env_name`; a unit test keeps them equal).
  */
-const ENV_NAME_RE = /^[a-z](?:[a-z0-9-]{0,30}[a-z0-9])?$/;
+export const ENV_NAME_PATTERN = '^[a-z]([a-z0-9-]{0,30}[a-z0-9])?$';
+const ENV_NAME_RE = new RegExp(ENV_NAME_PATTERN);
 
 /** Canonical lowercase UUID (any version); the only accepted organization id form. */
 export const ORG_ID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;

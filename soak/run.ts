@@ -23,7 +23,7 @@ import { RETRYABLE_CODES } from '../runtime/errors';
 import { OrgDataStore } from '../runtime/org-data-store';
 import { renderRoute } from '../runtime/nginx-config';
 import { createZone, deleteZone, gatewayHost, patchZone, randomOrg, startStandInGateways } from '../test/helpers/fixtures';
-import type { TestServices } from '../test/helpers/services';
+import { readEnvFile, testServicesOf } from '../test/helpers/services-env';
 import { Stage1Nginx } from '../test/helpers/stage1-nginx';
 import { buildClosure } from './build';
 import { Checker, GatewayInfo, Violation } from './checker';
@@ -108,12 +108,7 @@ function readServicesEnv(): Record<string, string> {
     log('soak services not up yet: starting them (SERVICES_PROFILE=soak scripts/test-services.sh up)');
     execFileSync('bash', [SERVICES_SCRIPT, 'up'], { env: { ...process.env, SERVICES_PROFILE: 'soak' }, stdio: 'inherit' });
   }
-  const env = Object.fromEntries(
-    readFileSync(file, 'utf8')
-      .split('\n')
-      .filter(Boolean)
-      .map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]),
-  );
+  const env = readEnvFile(file);
   if (env.SERVICES_PROFILE !== 'soak') throw new Error(`${file} is not the soak profile's: refusing to restart shared services`);
   return env;
 }
@@ -182,13 +177,7 @@ async function main(): Promise<number> {
   const runs = readdirSync(path.join(STATE, 'runs')).sort();
   for (const old of runs.slice(0, Math.max(0, runs.length - 5))) rmSync(path.join(STATE, 'runs', old), { recursive: true, force: true });
   const env = readServicesEnv();
-  const services: TestServices = {
-    pgUrl: env.TEST_PG_URL,
-    pdnsApiUrl: env.TEST_PDNS_API_URL,
-    pdnsApiKey: env.TEST_PDNS_API_KEY,
-    pdnsDnsPort: Number(env.TEST_PDNS_DNS_PORT),
-    servicesScript: env.TEST_SERVICES_SCRIPT,
-  };
+  const services = testServicesOf(env);
   log(`mode ${opt.mode}: ${opt.ops} ops, ${opt.workers} workers x ${opt.lanes} lanes, pool ${opt.pool}, ${opt.orgs} organizations, ${opt.faultsPerKind} faults of each of ${FAULT_KINDS.length} kinds; seed ${opt.seed}; logs in ${path.relative(ROOT, runDir)}`);
 
   const workerJs = buildClosure(ROOT, 'soak/worker.ts', path.join(STATE, 'build'));

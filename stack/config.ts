@@ -7,19 +7,16 @@
  * first thing `index.ts` does, so invalid configuration stops the program
  * before any resource is declared. All problems are collected and reported at
  * once, each naming its key (`<project>:<key>`) and the fix.
+ *
+ * Shape: FIELDS is the table of keys (default as documented, how one value is
+ * parsed, the example its fixes suggest); CONFIG_KEYS is generated from it.
+ * What involves several keys (pool size against the port ranges, TLS mode
+ * against its settings, naming against the wildcard record…) is a named rule
+ * in RULES, run after every field was read.
  */
 import * as pulumi from '@pulumi/pulumi';
-import {
-  PORTS,
-  USER_CONTAINER_NAMINGS,
-  isUserContainerNaming,
-  type UserContainerNaming,
-  isDnsLabel,
-  isValidDomain,
-  isValidEnvName,
-  isValidIpv4,
-  portRange,
-} from '../runtime/naming';
+import { PORTS, USER_CONTAINER_NAMINGS, type UserContainerNaming, isValidDomain, isValidEnvName, isValidIpv4, portRange } from '../runtime/naming';
+import { parseGatewayHosts } from './config-gateway-hosts';
 
 /** The Pulumi project name (`name:` in Pulumi.yaml) and so the config namespace. */
 export const PROJECT = 'demiurge';
@@ -119,51 +116,7 @@ export interface StackConfig {
   gatewayPushIntervalSeconds: number;
 }
 
-/**
- * Every key the program reads, with its default as documented in the README
- * ("Configuration reference"); a test keeps the two in sync.
- */
-export const CONFIG_KEYS = {
-  envName: 'the stack name',
-  domain: '(required)',
-  publicIp: '(required)',
-  gatewayPoolSize: '3 (or the sum of gatewayHosts pool sizes)',
-  gatewayHttpPortBase: String(PORTS.defaultGatewayHttpBase),
-  gatewayVpnPortBase: String(PORTS.defaultGatewayVpnBase),
-  gatewayPortRangeSize: '100',
-  gatewayHosts: '(unset: every gateway on the main Docker host)',
-  stage1HttpPort: String(PORTS.stage1Http),
-  stage1HttpsPort: String(PORTS.stage1Https),
-  dnsPort: String(PORTS.dns),
-  dnsBindIp: '0.0.0.0',
-  dnsWildcard: 'false',
-  powerDnsApiHostPort: String(PORTS.powerDnsApi),
-  powerDnsAdminUrl: 'http://127.0.0.1:<powerDnsApiHostPort>',
-  tlsMode: 'none',
-  acmeEmail: '(required when tlsMode is letsencrypt)',
-  acmeDirectory: LETSENCRYPT_DIRECTORY,
-  tlsRenewBeforeDays: String(DEFAULT_TLS_RENEW_BEFORE_DAYS),
-  userContainerNaming: 'nested',
-  devImage: '(unset: build images/dev)',
-  powerDnsImage: '(unset: build images/powerdns)',
-  buildServerImage: '(unset: build images/build-server)',
-  gatewayImage: '(unset: build images/gateway)',
-  dockerHost: '(unset: DOCKER_HOST or the local socket)',
-  dockerSocketPath: '/var/run/docker.sock',
-  retainDataVolumes: 'true',
-  ganymede: 'embedded',
-  gatewayIdleTimeoutSeconds: String(DEFAULT_GATEWAY_IDLE_TIMEOUT_SECONDS),
-  gatewayPushIntervalSeconds: String(DEFAULT_GATEWAY_PUSH_INTERVAL_SECONDS),
-} as const;
-
-export type ConfigKey = keyof typeof CONFIG_KEYS;
-
-const IMAGE_CONFIG_KEYS: Readonly<Record<ImageKey, ConfigKey>> = {
-  dev: 'devImage',
-  pdns: 'powerDnsImage',
-  'build-server': 'buildServerImage',
-  gateway: 'gatewayImage',
-};
+export type ConfigKey = keyof FieldValues;
 
 export interface ConfigIssue {
   /** Bare key, e.g. `gatewayPoolSize`. */
@@ -203,7 +156,7 @@ const EMAIL_RE = /^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0
 /** docker reference: [registry[:port]/]repo[/repo...][:tag][@sha256:digest] */
 const IMAGE_REF_RE =
   /^(?:[a-zA-Z0-9](?:[a-zA-Z0-9.-]*[a-zA-Z0-9])?(?::[0-9]{1,5})?\/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:\/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?$/;
-const SSH_HOST_RE = /^ssh:\/\/(?:[A-Za-z0-9._-]+@)?([A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)(?::([0-9]{1,5}))?$/;
+const DOCKER_HOST_RE = /^(unix:\/\/\/\S+|tcp:\/\/\S+:[0-9]{1,5}|ssh:\/\/\S+)$/;
 /** `uc-<uuid>.org-<uuid>.` is 81 characters; a DNS name is at most 253. */
 const MAX_DOMAIN_LENGTH = 253 - 81;
 
@@ -251,178 +204,404 @@ function isHttpUrl(v: string): boolean {
   }
 }
 
-// ------------------------------------------------------------------ parse
+// ------------------------------------------------------------------ fields
 
-/**
- * Validates raw stack configuration (bare keys → string values, as `pulumi
- * config` stores them) and returns the typed config, or throws a
- * StackConfigError listing every problem.
- */
-export function parseStackConfig(raw: RawConfig, options: ParseOptions = {}): StackConfig {
-  const project = options.project ?? PROJECT;
-  const c = new Collector(project);
-  const get = (key: ConfigKey): string | undefined => {
-    const v = raw[key];
-    return v === undefined || v === '' ? undefined : v;
-  };
+/** The value of every key after reading it on its own (before the cross-field rules). */
+interface FieldValues {
+  envName: string;
+  domain: string;
+  publicIp: string;
+  /** undefined: unset (or invalid), the pool size then comes from gatewayHosts or defaults to 3. */
+  gatewayPoolSize: number | undefined;
+  gatewayHttpPortBase: number;
+  gatewayVpnPortBase: number;
+  gatewayPortRangeSize: number;
+  /** undefined: unset; [] when the JSON itself is unusable. */
+  gatewayHosts: GatewayHostConfig[] | undefined;
+  stage1HttpPort: number;
+  stage1HttpsPort: number;
+  dnsPort: number;
+  dnsBindIp: string;
+  dnsWildcard: boolean;
+  powerDnsApiHostPort: number;
+  powerDnsAdminUrl: string;
+  tlsMode: TlsMode;
+  acmeEmail: string;
+  acmeDirectory: string;
+  tlsRenewBeforeDays: number;
+  userContainerNaming: UserContainerNaming;
+  devImage: ImageSource;
+  powerDnsImage: ImageSource;
+  buildServerImage: ImageSource;
+  gatewayImage: ImageSource;
+  dockerHost: string | undefined;
+  dockerSocketPath: string;
+  retainDataVolumes: boolean;
+  ganymede: GanymedeMode;
+  gatewayIdleTimeoutSeconds: number;
+  gatewayPushIntervalSeconds: number;
+}
 
-  // Unknown keys in our namespace are almost always typos that would silently fall back to a default.
-  for (const key of Object.keys(raw)) {
-    if (!(key in CONFIG_KEYS)) {
-      c.add(
-        key,
-        'is not a configuration key of this program (a typo would silently fall back to a default).',
-        `pulumi config rm ${c.full(key)}; known keys: ${Object.keys(CONFIG_KEYS).join(', ')}.`,
-      );
-    }
-  }
+const INVALID = Symbol('invalid');
 
-  const int = (key: ConfigKey, dflt: number, min: number, max: number, example: number): number => {
-    const v = get(key);
-    if (v === undefined) return dflt;
+/** What a field's functions see while FIELDS is read in order. */
+interface FieldContext {
+  /** The fields listed above this one in FIELDS, already read (later ones are not set yet). */
+  readonly values: Readonly<FieldValues>;
+  readonly options: ParseOptions;
+  /** The raw value of any key ('' counts as unset). */
+  raw(key: ConfigKey): string | undefined;
+  full(key: ConfigKey): string;
+  /** Records a problem with the field being read; `fix` defaults to setting its example. */
+  fail(problem: string, fix?: string): typeof INVALID;
+  /** `pulumi config set <project>:<key> <value>`. */
+  setFix(key: ConfigKey, value: string): string;
+}
+
+type Dynamic<T> = T | ((ctx: FieldContext) => T);
+
+interface Field<T> {
+  /** The default as the README's configuration reference shows it (CONFIG_KEYS). */
+  doc: string;
+  /** Raw value parsed when the key is unset; undefined: the key stays unset. */
+  rawDefault?: Dynamic<string | undefined>;
+  /** When unset without a default: the problem, and the example of its fix if it differs. */
+  required?: { problem: Dynamic<string>; example?: string };
+  /** The value `pulumi config set` fixes suggest. */
+  example?: Dynamic<string>;
+  /** Reads one value; on a problem returns `ctx.fail(...)`. */
+  parse: (value: string, ctx: FieldContext) => T | typeof INVALID;
+  /** The value when unset without a default, or invalid (rules still run on it; an invalid config declares nothing). */
+  fallback: T;
+  /** The key is read only when this holds (e.g. ACME settings only with tlsMode letsencrypt). */
+  when?: (ctx: FieldContext) => boolean;
+}
+
+type FieldTable = { [K in ConfigKey]: Field<FieldValues[K]> };
+
+function resolve<T>(d: Dynamic<T>, ctx: FieldContext): T {
+  return typeof d === 'function' ? (d as (ctx: FieldContext) => T)(ctx) : d;
+}
+
+function wholeNumber(min: number, max: number): Field<number>['parse'] {
+  return (v, ctx) => {
     const n = parseWholeNumber(v);
-    if (n === undefined) {
-      c.add(key, describeNumberProblem(v), c.setFix(key, String(example)));
-      return dflt;
-    }
-    if (n < min || n > max) {
-      c.add(key, `must be between ${min} and ${max}, got ${n}.`, c.setFix(key, String(example)));
-      return dflt;
-    }
+    if (n === undefined) return ctx.fail(describeNumberProblem(v));
+    if (n < min || n > max) return ctx.fail(`must be between ${min} and ${max}, got ${n}.`);
     return n;
   };
-  const port = (key: ConfigKey, dflt: number): number => int(key, dflt, 1, 65535, dflt);
-  const bool = (key: ConfigKey, dflt: boolean): boolean => {
-    const v = get(key);
-    if (v === undefined) return dflt;
-    if (v === 'true') return true;
-    if (v === 'false') return false;
-    c.add(key, `must be true or false, got ${quote(v)}.`, c.setFix(key, String(dflt)));
-    return dflt;
+}
+
+/** A whole number with a default, suggested as the fix. */
+function intField(dflt: number, min: number, max: number): Field<number> {
+  return { doc: String(dflt), rawDefault: String(dflt), example: String(dflt), parse: wholeNumber(min, max), fallback: dflt };
+}
+
+function portField(dflt: number): Field<number> {
+  return intField(dflt, 1, 65535);
+}
+
+function boolField(dflt: Dynamic<string>, doc: string): Field<boolean> {
+  return {
+    doc,
+    rawDefault: dflt,
+    example: dflt,
+    parse: (v, ctx) => (v === 'true' ? true : v === 'false' ? false : ctx.fail(`must be true or false, got ${quote(v)}.`)),
+    fallback: false,
   };
+}
 
-  // ---- identity
-  const envRaw = get('envName') ?? options.defaultEnvName;
-  let envName = 'invalid-env';
-  if (envRaw === undefined) {
-    c.add('envName', 'is required.', c.setFix('envName', 'dev-001'));
-  } else if (!isValidEnvName(envRaw)) {
-    c.add(
-      'envName',
-      `must be a DNS label of at most 32 characters (lowercase letters, digits, inner hyphens, starting with a letter), got ${quote(envRaw)}.`,
-      c.setFix('envName', 'dev-001'),
-    );
-  } else {
-    envName = envRaw;
-  }
+function oneOfField<T extends string>(choices: readonly T[], dflt: T, example: string): Field<T> {
+  return {
+    doc: dflt,
+    rawDefault: dflt,
+    example,
+    parse: (v, ctx) => ((choices as readonly string[]).includes(v) ? (v as T) : ctx.fail(`must be one of ${choices.join(', ')}, got ${quote(v)}.`)),
+    fallback: dflt,
+  };
+}
 
-  const domainRaw = get('domain');
-  let domain = 'invalid.example';
-  if (domainRaw === undefined) {
-    c.add('domain', 'is required.', c.setFix('domain', 'demiurge.test'));
-  } else if (!isValidDomain(domainRaw)) {
-    c.add(
-      'domain',
-      `must be a lowercase DNS name of at least two labels without a trailing dot, got ${quote(domainRaw)}.`,
-      c.setFix('domain', 'demiurge.test'),
-    );
-  } else if (domainRaw.length > MAX_DOMAIN_LENGTH) {
-    c.add(
-      'domain',
-      `is ${domainRaw.length} characters; at most ${MAX_DOMAIN_LENGTH} leave room for uc-<uuid>.org-<uuid>.<domain>.`,
-      'choose a shorter domain.',
-    );
-  } else {
-    domain = domainRaw;
-  }
+function imageField(image: ImageKey): Field<ImageSource> {
+  const build: ImageSource = { kind: 'build', context: IMAGE_CONTEXTS[image] };
+  return {
+    doc: `(unset: build ${IMAGE_CONTEXTS[image]})`,
+    parse: (tag, ctx) =>
+      IMAGE_REF_RE.test(tag)
+        ? { kind: 'prebuilt', tag }
+        : ctx.fail(
+            `must be a Docker image reference such as registry.example.com/demiurge/${image}:1.2.3, got ${quote(tag)}.`,
+            `fix the tag, or pulumi config rm ${ctx.full(IMAGE_CONFIG_KEYS[image])} to build ${IMAGE_CONTEXTS[image]}.`,
+          ),
+    fallback: build,
+  };
+}
 
-  const ipRaw = get('publicIp');
-  let publicIp = '127.0.0.1';
-  if (ipRaw === undefined) {
-    c.add('publicIp', 'is required (the IPv4 address browsers reach the stage-1 nginx at).', c.setFix('publicIp', '127.0.0.1'));
-  } else if (!isValidIpv4(ipRaw) || ipRaw === '0.0.0.0' || ipRaw === '255.255.255.255') {
-    c.add('publicIp', `must be a unicast IPv4 address, got ${quote(ipRaw)}.`, c.setFix('publicIp', '127.0.0.1'));
-  } else {
-    publicIp = ipRaw;
-  }
+const IMAGE_CONFIG_KEYS = {
+  dev: 'devImage',
+  pdns: 'powerDnsImage',
+  'build-server': 'buildServerImage',
+  gateway: 'gatewayImage',
+} as const satisfies Readonly<Record<ImageKey, ConfigKey>>;
 
-  // ---- ports
-  const gatewayHttpPortBase = port('gatewayHttpPortBase', PORTS.defaultGatewayHttpBase);
-  const gatewayVpnPortBase = port('gatewayVpnPortBase', PORTS.defaultGatewayVpnBase);
-  const gatewayPortRangeSize = int('gatewayPortRangeSize', 100, 1, 65535, 100);
+const GATEWAY_HOSTS_EXAMPLE =
+  `'[{"name":"main","host":"main","poolSize":4},{"name":"gw-b","host":"ssh://deploy@203.0.113.12","poolSize":6}]'`;
+
+/**
+ * Every key the program reads, in the order they are read (a field may look
+ * at the ones above it) and documented.
+ */
+const FIELDS: FieldTable = {
+  envName: {
+    doc: 'the stack name',
+    rawDefault: (ctx) => ctx.options.defaultEnvName,
+    required: { problem: 'is required.' },
+    example: 'dev-001',
+    parse: (v, ctx) =>
+      isValidEnvName(v)
+        ? v
+        : ctx.fail(`must be a DNS label of at most 32 characters (lowercase letters, digits, inner hyphens, starting with a letter), got ${quote(v)}.`),
+    fallback: 'invalid-env',
+  },
+  domain: {
+    doc: '(required)',
+    required: { problem: 'is required.' },
+    example: 'demiurge.test',
+    parse: (v, ctx) => {
+      if (!isValidDomain(v)) return ctx.fail(`must be a lowercase DNS name of at least two labels without a trailing dot, got ${quote(v)}.`);
+      if (v.length > MAX_DOMAIN_LENGTH) {
+        return ctx.fail(`is ${v.length} characters; at most ${MAX_DOMAIN_LENGTH} leave room for uc-<uuid>.org-<uuid>.<domain>.`, 'choose a shorter domain.');
+      }
+      return v;
+    },
+    fallback: 'invalid.example',
+  },
+  publicIp: {
+    doc: '(required)',
+    required: { problem: 'is required (the IPv4 address browsers reach the stage-1 nginx at).' },
+    example: '127.0.0.1',
+    parse: (v, ctx) => (isValidIpv4(v) && v !== '0.0.0.0' && v !== '255.255.255.255' ? v : ctx.fail(`must be a unicast IPv4 address, got ${quote(v)}.`)),
+    fallback: '127.0.0.1',
+  },
+  gatewayPoolSize: {
+    doc: '3 (or the sum of gatewayHosts pool sizes)',
+    example: '3',
+    parse: (v, ctx) => {
+      const n = parseWholeNumber(v);
+      if (n === undefined) return ctx.fail(describeNumberProblem(v));
+      return n < 1 ? ctx.fail(`must be at least 1, got ${n}.`) : n;
+    },
+    fallback: undefined,
+  },
+  gatewayHttpPortBase: portField(PORTS.defaultGatewayHttpBase),
+  gatewayVpnPortBase: portField(PORTS.defaultGatewayVpnBase),
+  gatewayPortRangeSize: intField(100, 1, 65535),
+  gatewayHosts: {
+    doc: '(unset: every gateway on the main Docker host)',
+    parse: (v, ctx) => parseGatewayHosts(v, { add: (problem, fix) => ctx.fail(problem, fix), setFix: (value) => ctx.setFix('gatewayHosts', value) }),
+    example: GATEWAY_HOSTS_EXAMPLE,
+    fallback: undefined,
+  },
   // Host side only: inside the dev container nginx always listens on 80/443 (docs/CONTRACTS.md).
-  const stage1HttpPort = port('stage1HttpPort', PORTS.stage1Http);
-  const stage1HttpsPort = port('stage1HttpsPort', PORTS.stage1Https);
-  const dnsPort = port('dnsPort', PORTS.dns);
+  stage1HttpPort: portField(PORTS.stage1Http),
+  stage1HttpsPort: portField(PORTS.stage1Https),
+  dnsPort: portField(PORTS.dns),
+  dnsBindIp: {
+    doc: '0.0.0.0',
+    rawDefault: '0.0.0.0',
+    example: '127.0.0.1',
+    parse: (v, ctx) => (isValidIpv4(v) ? v : ctx.fail(`must be an IPv4 address of the host (or 0.0.0.0), got ${quote(v)}.`)),
+    fallback: '0.0.0.0',
+  },
+  // Flat names resolve through the *.<domain> record, so flat naming turns it on by default.
+  dnsWildcard: boolField((ctx) => String(ctx.raw('userContainerNaming') === 'flat'), 'false'),
   // 0 = do not publish the API on the Docker host (then powerDnsAdminUrl must say how to reach it).
-  const powerDnsApiHostPort = int('powerDnsApiHostPort', PORTS.powerDnsApi, 0, 65535, PORTS.powerDnsApi);
+  powerDnsApiHostPort: { ...intField(PORTS.powerDnsApi, 0, 65535) },
+  powerDnsAdminUrl: {
+    doc: 'http://127.0.0.1:<powerDnsApiHostPort>',
+    rawDefault: (ctx) => (ctx.values.powerDnsApiHostPort === 0 ? undefined : `http://127.0.0.1:${ctx.values.powerDnsApiHostPort}`),
+    required: {
+      problem: (ctx) => `is required when ${ctx.full('powerDnsApiHostPort')} is 0 (the API is not published, so say how this machine reaches it).`,
+      example: 'http://127.0.0.1:18081',
+    },
+    example: 'http://127.0.0.1:8081',
+    parse: (v, ctx) => (isHttpUrl(v) ? v.replace(/\/+$/, '') : ctx.fail(`must be an http(s) URL without credentials, got ${quote(v)}.`)),
+    fallback: '',
+  },
+  tlsMode: oneOfField(TLS_MODES, 'none', 'mkcert'),
+  acmeEmail: {
+    doc: '(required when tlsMode is letsencrypt)',
+    when: (ctx) => ctx.values.tlsMode === 'letsencrypt',
+    required: { problem: 'is required when tlsMode is letsencrypt (the ACME account e-mail).' },
+    example: (ctx) => `admin@${ctx.values.domain}`,
+    parse: (v, ctx) => (EMAIL_RE.test(v) ? v : ctx.fail(`must be an e-mail address, got ${quote(v)}.`)),
+    fallback: '',
+  },
+  acmeDirectory: {
+    doc: LETSENCRYPT_DIRECTORY,
+    when: (ctx) => ctx.values.tlsMode === 'letsencrypt',
+    rawDefault: LETSENCRYPT_DIRECTORY,
+    example: LETSENCRYPT_DIRECTORY,
+    parse: (v, ctx) => (isHttpUrl(v) && v.startsWith('https://') ? v : ctx.fail(`must be an https:// ACME directory URL, got ${quote(v)}.`)),
+    fallback: LETSENCRYPT_DIRECTORY,
+  },
+  // Let's Encrypt certificates live 90 days: renewing with 89 or more left would renew on every check.
+  // Not read next to an unknown tlsMode (that one problem is enough).
+  tlsRenewBeforeDays: {
+    ...intField(DEFAULT_TLS_RENEW_BEFORE_DAYS, 1, 60),
+    when: (ctx) => (TLS_MODES as readonly string[]).includes(ctx.raw('tlsMode') ?? 'none'),
+  },
+  userContainerNaming: oneOfField(USER_CONTAINER_NAMINGS, 'nested', 'nested'),
+  devImage: imageField('dev'),
+  powerDnsImage: imageField('pdns'),
+  buildServerImage: imageField('build-server'),
+  gatewayImage: imageField('gateway'),
+  dockerHost: {
+    doc: '(unset: DOCKER_HOST or the local socket)',
+    example: 'ssh://deploy@203.0.113.10',
+    parse: (v, ctx) => (DOCKER_HOST_RE.test(v) ? v : ctx.fail(`must be a Docker host URL (unix:///path, tcp://host:port or ssh://user@host), got ${quote(v)}.`)),
+    fallback: undefined,
+  },
+  dockerSocketPath: {
+    doc: '/var/run/docker.sock',
+    rawDefault: '/var/run/docker.sock',
+    example: '/var/run/docker.sock',
+    parse: (v, ctx) => (/^\/[^\s:]*$/.test(v) ? v : ctx.fail(`must be an absolute path on the Docker host, got ${quote(v)}.`)),
+    fallback: '/var/run/docker.sock',
+  },
+  retainDataVolumes: boolField('true', 'true'),
+  ganymede: oneOfField(GANYMEDE_MODES, 'embedded', 'embedded'),
+  gatewayIdleTimeoutSeconds: intField(DEFAULT_GATEWAY_IDLE_TIMEOUT_SECONDS, 1, 86400),
+  gatewayPushIntervalSeconds: intField(DEFAULT_GATEWAY_PUSH_INTERVAL_SECONDS, 1, 86400),
+};
 
-  const dnsBindIpRaw = get('dnsBindIp');
-  let dnsBindIp = '0.0.0.0';
-  if (dnsBindIpRaw !== undefined) {
-    if (isValidIpv4(dnsBindIpRaw)) dnsBindIp = dnsBindIpRaw;
-    else c.add('dnsBindIp', `must be an IPv4 address of the host (or 0.0.0.0), got ${quote(dnsBindIpRaw)}.`, c.setFix('dnsBindIp', '127.0.0.1'));
-  }
+/**
+ * Every key the program reads, with its default as documented in the README
+ * ("Configuration reference"); a test keeps the two in sync.
+ */
+export const CONFIG_KEYS: Readonly<Record<ConfigKey, string>> = Object.fromEntries(
+  Object.entries(FIELDS).map(([key, field]) => [key, field.doc]),
+) as Record<ConfigKey, string>;
 
-  // ---- gateway hosts and pool size
-  const poolRaw = get('gatewayPoolSize');
-  let poolSize: number | undefined;
-  if (poolRaw !== undefined) {
-    const n = parseWholeNumber(poolRaw);
-    if (n === undefined) c.add('gatewayPoolSize', describeNumberProblem(poolRaw), c.setFix('gatewayPoolSize', '3'));
-    else if (n < 1) c.add('gatewayPoolSize', `must be at least 1, got ${n}.`, c.setFix('gatewayPoolSize', '3'));
-    else poolSize = n;
+const KEYS = Object.keys(FIELDS) as ConfigKey[];
+
+/** Reads every field in table order; problems go to the collector. */
+function readFields(raw: RawConfig, options: ParseOptions, c: Collector): FieldValues {
+  const values = {} as Record<ConfigKey, unknown>;
+  for (const key of KEYS) {
+    const field = FIELDS[key] as Field<unknown>;
+    const ctx: FieldContext = {
+      values: values as unknown as FieldValues,
+      options,
+      raw: (k) => (raw[k] === '' ? undefined : raw[k]),
+      full: (k) => c.full(k),
+      setFix: (k, value) => c.setFix(k, value),
+      fail: (problem, fix) => {
+        c.add(key, problem, fix ?? c.setFix(key, resolve(field.example ?? '', ctx)));
+        return INVALID;
+      },
+    };
+    values[key] = readField(field, key, ctx, c);
   }
-  const hostsRaw = get('gatewayHosts');
-  let gatewayHosts: GatewayHostConfig[];
-  if (hostsRaw === undefined) {
-    const n = poolSize ?? (poolRaw === undefined ? 3 : 1);
-    gatewayHosts = [{ name: 'main', kind: 'main', poolSize: n, firstIndex: 0 }];
-  } else {
-    gatewayHosts = parseGatewayHosts(hostsRaw, c);
-    const sum = gatewayHosts.reduce((s, h) => s + h.poolSize, 0);
-    if (poolSize !== undefined && gatewayHosts.length > 0 && sum !== poolSize) {
-      c.add(
-        'gatewayPoolSize',
-        `is ${poolSize} but the poolSize values in ${c.full('gatewayHosts')} add up to ${sum}.`,
-        `make them agree: ${c.setFix('gatewayPoolSize', String(sum))} or change the per-host pool sizes.`,
-      );
+  return values as unknown as FieldValues;
+}
+
+function readField(field: Field<unknown>, key: ConfigKey, ctx: FieldContext, c: Collector): unknown {
+  if (field.when && !field.when(ctx)) return field.fallback;
+  const value = ctx.raw(key) ?? (field.rawDefault === undefined ? undefined : resolve(field.rawDefault, ctx));
+  if (value === undefined) {
+    if (field.required) {
+      const example = field.required.example ?? resolve(field.example ?? '', ctx);
+      c.add(key, resolve(field.required.problem, ctx), c.setFix(key, example));
     }
-    if (gatewayHosts.length === 0) gatewayHosts = [{ name: 'main', kind: 'main', poolSize: poolSize ?? 1, firstIndex: 0 }];
+    return field.fallback;
   }
-  const gatewayPoolSize = gatewayHosts.reduce((s, h) => s + h.poolSize, 0);
-  const highestIndex = Math.max(...gatewayHosts.map((h) => h.firstIndex + h.poolSize - 1));
+  const parsed = field.parse(value, ctx);
+  if (parsed !== INVALID) return parsed;
+  // An invalid value (reported) reads as the default, so the rules judge the rest as if it were unset.
+  const dflt = field.rawDefault === undefined ? undefined : resolve(field.rawDefault, ctx);
+  const again = dflt === undefined || dflt === value ? INVALID : field.parse(dflt, ctx);
+  return again === INVALID ? field.fallback : again;
+}
 
-  // ---- ranges
-  const httpRange = portRange(gatewayHttpPortBase, gatewayPortRangeSize);
-  const vpnRange = portRange(gatewayVpnPortBase, gatewayPortRangeSize);
-  if (httpRange[1] > 65535) {
-    c.add('gatewayHttpPortBase', `range ${fmtRange(httpRange)} (base + gatewayPortRangeSize) ends above 65535.`, 'lower the base or gatewayPortRangeSize.');
+// ------------------------------------------------------------------ rules
+
+/** The fields plus what the rules derive from several of them. */
+interface Derived {
+  raw: RawConfig;
+  v: FieldValues;
+  gatewayHosts: GatewayHostConfig[];
+  httpRange: [number, number];
+  vpnRange: [number, number];
+}
+
+type Rule = (d: Derived, c: Collector) => void;
+
+/** The gateway hosts: the configured list, or every gateway on the main host. */
+function gatewayHostsOf(raw: RawConfig, v: FieldValues): GatewayHostConfig[] {
+  if (v.gatewayHosts === undefined) {
+    // An invalid gatewayPoolSize (reported) still lets the rules run on one gateway.
+    const n = v.gatewayPoolSize ?? (raw.gatewayPoolSize === undefined || raw.gatewayPoolSize === '' ? 3 : 1);
+    return [{ name: 'main', kind: 'main', poolSize: n, firstIndex: 0 }];
   }
-  if (vpnRange[1] > 65535) {
-    c.add('gatewayVpnPortBase', `range ${fmtRange(vpnRange)} (base + gatewayPortRangeSize) ends above 65535.`, 'lower the base or gatewayPortRangeSize.');
+  if (v.gatewayHosts.length === 0) return [{ name: 'main', kind: 'main', poolSize: v.gatewayPoolSize ?? 1, firstIndex: 0 }];
+  return v.gatewayHosts;
+}
+
+function poolSizeOf(hosts: readonly GatewayHostConfig[]): number {
+  return hosts.reduce((s, h) => s + h.poolSize, 0);
+}
+
+/** gatewayPoolSize, when set next to gatewayHosts, must be their sum. */
+const poolSizeMatchesHosts: Rule = ({ v }, c) => {
+  if (v.gatewayHosts === undefined || v.gatewayHosts.length === 0 || v.gatewayPoolSize === undefined) return;
+  const sum = poolSizeOf(v.gatewayHosts);
+  if (sum === v.gatewayPoolSize) return;
+  c.add(
+    'gatewayPoolSize',
+    `is ${v.gatewayPoolSize} but the poolSize values in ${c.full('gatewayHosts')} add up to ${sum}.`,
+    `make them agree: ${c.setFix('gatewayPoolSize', String(sum))} or change the per-host pool sizes.`,
+  );
+};
+
+const portRangesEndBelow65536: Rule = ({ httpRange, vpnRange }, c) => {
+  for (const [key, range] of [
+    ['gatewayHttpPortBase', httpRange],
+    ['gatewayVpnPortBase', vpnRange],
+  ] as const) {
+    if (range[1] > 65535) c.add(key, `range ${fmtRange(range)} (base + gatewayPortRangeSize) ends above 65535.`, 'lower the base or gatewayPortRangeSize.');
   }
-  if (highestIndex + 1 > gatewayPortRangeSize) {
-    const key = hostsRaw !== undefined && poolSize === undefined ? 'gatewayHosts' : 'gatewayPoolSize';
-    c.add(
-      key,
-      `needs gateway indices 0-${highestIndex} but gatewayPortRangeSize reserves only ${gatewayPortRangeSize} ports per range ` +
-        `(HTTP ${fmtRange(httpRange)}, VPN ${fmtRange(vpnRange)}).`,
-      `lower the pool or raise the range: ${c.setFix('gatewayPortRangeSize', String(highestIndex + 1))} (keep ranges of stacks on one host disjoint).`,
-    );
-  }
-  if (rangesOverlap(httpRange, vpnRange)) {
-    c.add(
-      'gatewayVpnPortBase',
-      `VPN range ${fmtRange(vpnRange)} overlaps the HTTP range ${fmtRange(httpRange)} (${c.full('gatewayHttpPortBase')}).`,
-      c.setFix('gatewayVpnPortBase', String(PORTS.defaultGatewayVpnBase)),
-    );
-  }
+};
+
+/** Every gateway index needs a port in each range. */
+const poolFitsPortRange: Rule = ({ raw, v, gatewayHosts, httpRange, vpnRange }, c) => {
+  const highestIndex = Math.max(...gatewayHosts.map((h) => h.firstIndex + h.poolSize - 1));
+  if (highestIndex + 1 <= v.gatewayPortRangeSize) return;
+  const hostsSet = raw.gatewayHosts !== undefined && raw.gatewayHosts !== '';
+  const key = hostsSet && v.gatewayPoolSize === undefined ? 'gatewayHosts' : 'gatewayPoolSize';
+  c.add(
+    key,
+    `needs gateway indices 0-${highestIndex} but gatewayPortRangeSize reserves only ${v.gatewayPortRangeSize} ports per range ` +
+      `(HTTP ${fmtRange(httpRange)}, VPN ${fmtRange(vpnRange)}).`,
+    `lower the pool or raise the range: ${c.setFix('gatewayPortRangeSize', String(highestIndex + 1))} (keep ranges of stacks on one host disjoint).`,
+  );
+};
+
+const portRangesDisjoint: Rule = ({ httpRange, vpnRange }, c) => {
+  if (!rangesOverlap(httpRange, vpnRange)) return;
+  c.add(
+    'gatewayVpnPortBase',
+    `VPN range ${fmtRange(vpnRange)} overlaps the HTTP range ${fmtRange(httpRange)} (${c.full('gatewayHttpPortBase')}).`,
+    c.setFix('gatewayVpnPortBase', String(PORTS.defaultGatewayVpnBase)),
+  );
+};
+
+/** The gateway ranges must not contain the stage-1, DNS or PowerDNS API ports. */
+const portRangesAvoidFixedPorts: Rule = ({ v, httpRange, vpnRange }, c) => {
   const fixed: { port: number; what: string }[] = [
-    { port: stage1HttpPort, what: `stage-1 HTTP (${c.full('stage1HttpPort')})` },
-    { port: stage1HttpsPort, what: `stage-1 HTTPS (${c.full('stage1HttpsPort')})` },
-    { port: dnsPort, what: `DNS (${c.full('dnsPort')})` },
-    { port: powerDnsApiHostPort, what: `PowerDNS API (${c.full('powerDnsApiHostPort')})` },
+    { port: v.stage1HttpPort, what: `stage-1 HTTP (${c.full('stage1HttpPort')})` },
+    { port: v.stage1HttpsPort, what: `stage-1 HTTPS (${c.full('stage1HttpsPort')})` },
+    { port: v.dnsPort, what: `DNS (${c.full('dnsPort')})` },
+    { port: v.powerDnsApiHostPort, what: `PowerDNS API (${c.full('powerDnsApiHostPort')})` },
   ].filter((f) => f.port !== 0);
   for (const [key, range] of [
     ['gatewayHttpPortBase', httpRange],
@@ -434,265 +613,118 @@ export function parseStackConfig(raw: RawConfig, options: ParseOptions = {}): St
       }
     }
   }
-  if (stage1HttpPort === stage1HttpsPort) {
-    c.add('stage1HttpsPort', `must differ from ${c.full('stage1HttpPort')} (${stage1HttpPort}).`, c.setFix('stage1HttpsPort', String(PORTS.stage1Https)));
-  }
-  if (dnsPort === stage1HttpPort || dnsPort === stage1HttpsPort) {
-    c.add('dnsPort', `must not be ${dnsPort} (used by the stage-1 nginx).`, c.setFix('dnsPort', '53'));
-  }
-  if (powerDnsApiHostPort !== 0 && (powerDnsApiHostPort === stage1HttpPort || powerDnsApiHostPort === stage1HttpsPort || powerDnsApiHostPort === dnsPort)) {
-    c.add('powerDnsApiHostPort', `must not be ${powerDnsApiHostPort} (used by the stage-1 nginx or DNS).`, c.setFix('powerDnsApiHostPort', '8081'));
-  }
+};
 
-  const adminRaw = get('powerDnsAdminUrl');
-  let powerDnsAdminUrl = `http://127.0.0.1:${powerDnsApiHostPort}`;
-  if (adminRaw !== undefined) {
-    if (isHttpUrl(adminRaw)) powerDnsAdminUrl = adminRaw.replace(/\/+$/, '');
-    else c.add('powerDnsAdminUrl', `must be an http(s) URL without credentials, got ${quote(adminRaw)}.`, c.setFix('powerDnsAdminUrl', 'http://127.0.0.1:8081'));
-  } else if (powerDnsApiHostPort === 0) {
+/** Stage-1 HTTP, HTTPS, DNS and the PowerDNS API are published on distinct host ports. */
+const fixedPortsDistinct: Rule = ({ v }, c) => {
+  const { stage1HttpPort: http, stage1HttpsPort: https, dnsPort: dns, powerDnsApiHostPort: api } = v;
+  if (http === https) {
+    c.add('stage1HttpsPort', `must differ from ${c.full('stage1HttpPort')} (${http}).`, c.setFix('stage1HttpsPort', String(PORTS.stage1Https)));
+  }
+  if (dns === http || dns === https) {
+    c.add('dnsPort', `must not be ${dns} (used by the stage-1 nginx).`, c.setFix('dnsPort', '53'));
+  }
+  if (api !== 0 && (api === http || api === https || api === dns)) {
+    c.add('powerDnsApiHostPort', `must not be ${api} (used by the stage-1 nginx or DNS).`, c.setFix('powerDnsApiHostPort', '8081'));
+  }
+};
+
+/** uc-<id>--org-<uuid>.<domain> names resolve only through the *.<domain> record. */
+const flatNamingNeedsWildcard: Rule = ({ v }, c) => {
+  if (v.userContainerNaming !== 'flat' || v.dnsWildcard) return;
+  c.add(
+    'dnsWildcard',
+    `is false, but ${c.full('userContainerNaming')} is flat: uc-<id>--org-<uuid>.${v.domain} names resolve only through the *.${v.domain} record.`,
+    `pulumi config rm ${c.full('dnsWildcard')} (flat turns it on) or ${c.setFix('userContainerNaming', 'nested')}.`,
+  );
+};
+
+/**
+ * The rules between keys. Rules between a TLS mode and its settings are the
+ * `when`/`required` of the ACME fields; ganymede mode has no dependent key yet.
+ */
+const RULES: readonly Rule[] = [
+  poolSizeMatchesHosts,
+  portRangesEndBelow65536,
+  poolFitsPortRange,
+  portRangesDisjoint,
+  portRangesAvoidFixedPorts,
+  fixedPortsDistinct,
+  flatNamingNeedsWildcard,
+];
+
+function tlsConfigOf(v: FieldValues): TlsConfig {
+  if (v.tlsMode === 'mkcert') return { mode: 'mkcert', renewBeforeDays: v.tlsRenewBeforeDays };
+  if (v.tlsMode === 'letsencrypt') {
+    return { mode: 'letsencrypt', acmeEmail: v.acmeEmail, acmeDirectory: v.acmeDirectory, renewBeforeDays: v.tlsRenewBeforeDays };
+  }
+  return { mode: 'none' };
+}
+
+// ------------------------------------------------------------------ parse
+
+/** Keys in our namespace that the program does not know are almost always typos that would silently fall back to a default. */
+function reportUnknownKeys(raw: RawConfig, c: Collector): void {
+  for (const key of Object.keys(raw)) {
+    if (key in FIELDS) continue;
     c.add(
-      'powerDnsAdminUrl',
-      `is required when ${c.full('powerDnsApiHostPort')} is 0 (the API is not published, so say how this machine reaches it).`,
-      c.setFix('powerDnsAdminUrl', 'http://127.0.0.1:18081'),
+      key,
+      'is not a configuration key of this program (a typo would silently fall back to a default).',
+      `pulumi config rm ${c.full(key)}; known keys: ${KEYS.join(', ')}.`,
     );
   }
-  // ---- user-container names (flat names resolve through the *.<domain> record, so it defaults on)
-  const namingRaw = get('userContainerNaming') ?? 'nested';
-  let userContainerNaming: UserContainerNaming = 'nested';
-  if (!isUserContainerNaming(namingRaw)) {
-    c.add('userContainerNaming', `must be one of ${USER_CONTAINER_NAMINGS.join(', ')}, got ${quote(namingRaw)}.`, c.setFix('userContainerNaming', 'nested'));
-  } else {
-    userContainerNaming = namingRaw;
-  }
-  const dnsWildcard = bool('dnsWildcard', userContainerNaming === 'flat');
-  if (userContainerNaming === 'flat' && !dnsWildcard) {
-    c.add(
-      'dnsWildcard',
-      `is false, but ${c.full('userContainerNaming')} is flat: uc-<id>--org-<uuid>.${domain} names resolve only through the *.${domain} record.`,
-      `pulumi config rm ${c.full('dnsWildcard')} (flat turns it on) or ${c.setFix('userContainerNaming', 'nested')}.`,
-    );
-  }
+}
 
-  // ---- TLS
-  const modeRaw = get('tlsMode') ?? 'none';
-  let tls: TlsConfig = { mode: 'none' };
-  if (!(TLS_MODES as readonly string[]).includes(modeRaw)) {
-    c.add('tlsMode', `must be one of ${TLS_MODES.join(', ')}, got ${quote(modeRaw)}.`, c.setFix('tlsMode', 'mkcert'));
-  } else {
-    const mode = modeRaw as TlsMode;
-    // Let's Encrypt certificates live 90 days: renewing with 89 or more left would renew on every check.
-    const renewBeforeDays = int('tlsRenewBeforeDays', DEFAULT_TLS_RENEW_BEFORE_DAYS, 1, 60, DEFAULT_TLS_RENEW_BEFORE_DAYS);
-    if (mode === 'mkcert') {
-      tls = { mode, renewBeforeDays };
-    } else if (mode === 'letsencrypt') {
-      const email = get('acmeEmail');
-      if (email === undefined) {
-        c.add('acmeEmail', 'is required when tlsMode is letsencrypt (the ACME account e-mail).', c.setFix('acmeEmail', `admin@${domain}`));
-      } else if (!EMAIL_RE.test(email)) {
-        c.add('acmeEmail', `must be an e-mail address, got ${quote(email)}.`, c.setFix('acmeEmail', `admin@${domain}`));
-      }
-      const dir = get('acmeDirectory') ?? LETSENCRYPT_DIRECTORY;
-      if (!isHttpUrl(dir) || !dir.startsWith('https://')) {
-        c.add('acmeDirectory', `must be an https:// ACME directory URL, got ${quote(dir)}.`, c.setFix('acmeDirectory', LETSENCRYPT_DIRECTORY));
-      }
-      tls = { mode, acmeEmail: email ?? '', acmeDirectory: dir, renewBeforeDays };
-    }
-  }
-
-  // ---- images
-  const images = {} as Record<ImageKey, ImageSource>;
-  for (const key of IMAGE_KEYS) {
-    const cfgKey = IMAGE_CONFIG_KEYS[key];
-    const tag = get(cfgKey);
-    if (tag === undefined) {
-      images[key] = { kind: 'build', context: IMAGE_CONTEXTS[key] };
-    } else if (!IMAGE_REF_RE.test(tag)) {
-      c.add(cfgKey, `must be a Docker image reference such as registry.example.com/demiurge/${key}:1.2.3, got ${quote(tag)}.`, `fix the tag, or pulumi config rm ${c.full(cfgKey)} to build ${IMAGE_CONTEXTS[key]}.`);
-      images[key] = { kind: 'build', context: IMAGE_CONTEXTS[key] };
-    } else {
-      images[key] = { kind: 'prebuilt', tag };
-    }
-  }
-
-  // ---- Docker
-  const dockerHost = get('dockerHost');
-  if (dockerHost !== undefined && !/^(unix:\/\/\/\S+|tcp:\/\/\S+:[0-9]{1,5}|ssh:\/\/\S+)$/.test(dockerHost)) {
-    c.add('dockerHost', `must be a Docker host URL (unix:///path, tcp://host:port or ssh://user@host), got ${quote(dockerHost)}.`, c.setFix('dockerHost', 'ssh://deploy@203.0.113.10'));
-  }
-  const dockerSocketPath = get('dockerSocketPath') ?? '/var/run/docker.sock';
-  if (!/^\/[^\s:]*$/.test(dockerSocketPath)) {
-    c.add('dockerSocketPath', `must be an absolute path on the Docker host, got ${quote(dockerSocketPath)}.`, c.setFix('dockerSocketPath', '/var/run/docker.sock'));
-  }
-  const retainDataVolumes = bool('retainDataVolumes', true);
-
-  // ---- runtime in the environment
-  const ganymedeRaw = get('ganymede') ?? 'embedded';
-  let ganymede: GanymedeMode = 'embedded';
-  if (!(GANYMEDE_MODES as readonly string[]).includes(ganymedeRaw)) {
-    c.add('ganymede', `must be one of ${GANYMEDE_MODES.join(', ')}, got ${quote(ganymedeRaw)}.`, c.setFix('ganymede', 'embedded'));
-  } else {
-    ganymede = ganymedeRaw as GanymedeMode;
-  }
-  const gatewayIdleTimeoutSeconds = int('gatewayIdleTimeoutSeconds', DEFAULT_GATEWAY_IDLE_TIMEOUT_SECONDS, 1, 86400, DEFAULT_GATEWAY_IDLE_TIMEOUT_SECONDS);
-  const gatewayPushIntervalSeconds = int('gatewayPushIntervalSeconds', DEFAULT_GATEWAY_PUSH_INTERVAL_SECONDS, 1, 86400, DEFAULT_GATEWAY_PUSH_INTERVAL_SECONDS);
-
+/**
+ * Validates raw stack configuration (bare keys → string values, as `pulumi
+ * config` stores them) and returns the typed config, or throws a
+ * StackConfigError listing every problem.
+ */
+export function parseStackConfig(raw: RawConfig, options: ParseOptions = {}): StackConfig {
+  const project = options.project ?? PROJECT;
+  const c = new Collector(project);
+  reportUnknownKeys(raw, c);
+  const v = readFields(raw, options, c);
+  const gatewayHosts = gatewayHostsOf(raw, v);
+  const derived: Derived = {
+    raw,
+    v,
+    gatewayHosts,
+    httpRange: portRange(v.gatewayHttpPortBase, v.gatewayPortRangeSize),
+    vpnRange: portRange(v.gatewayVpnPortBase, v.gatewayPortRangeSize),
+  };
+  for (const rule of RULES) rule(derived, c);
   if (c.issues.length > 0) throw new StackConfigError(project, c.issues);
 
+  const images = {} as Record<ImageKey, ImageSource>;
+  for (const key of IMAGE_KEYS) images[key] = v[IMAGE_CONFIG_KEYS[key]];
   return {
     project,
-    envName,
-    domain,
-    publicIp,
-    gatewayPoolSize,
-    gatewayHttpPortBase,
-    gatewayVpnPortBase,
-    gatewayPortRangeSize,
+    envName: v.envName,
+    domain: v.domain,
+    publicIp: v.publicIp,
+    gatewayPoolSize: poolSizeOf(gatewayHosts),
+    gatewayHttpPortBase: v.gatewayHttpPortBase,
+    gatewayVpnPortBase: v.gatewayVpnPortBase,
+    gatewayPortRangeSize: v.gatewayPortRangeSize,
     gatewayHosts,
-    stage1HttpPort,
-    stage1HttpsPort,
-    dnsPort,
-    dnsBindIp,
-    dnsWildcard,
-    userContainerNaming,
-    powerDnsApiHostPort,
-    powerDnsAdminUrl,
-    tls,
+    stage1HttpPort: v.stage1HttpPort,
+    stage1HttpsPort: v.stage1HttpsPort,
+    dnsPort: v.dnsPort,
+    dnsBindIp: v.dnsBindIp,
+    dnsWildcard: v.dnsWildcard,
+    userContainerNaming: v.userContainerNaming,
+    powerDnsApiHostPort: v.powerDnsApiHostPort,
+    powerDnsAdminUrl: v.powerDnsAdminUrl,
+    tls: tlsConfigOf(v),
     images,
-    dockerHost,
-    dockerSocketPath,
-    retainDataVolumes,
-    ganymede,
-    gatewayIdleTimeoutSeconds,
-    gatewayPushIntervalSeconds,
+    dockerHost: v.dockerHost,
+    dockerSocketPath: v.dockerSocketPath,
+    retainDataVolumes: v.retainDataVolumes,
+    ganymede: v.ganymede,
+    gatewayIdleTimeoutSeconds: v.gatewayIdleTimeoutSeconds,
+    gatewayPushIntervalSeconds: v.gatewayPushIntervalSeconds,
   };
-}
-
-const HOST_ENTRY_KEYS = ['name', 'host', 'ip', 'poolSize', 'firstIndex'];
-
-function defaultHostName(host: string): string {
-  const label = host
-    .toLowerCase()
-    .replace(/[^a-z0-9]+/g, '-')
-    .replace(/^-+|-+$/g, '')
-    .slice(0, 60)
-    .replace(/-+$/g, '');
-  return label === '' ? 'host' : label;
-}
-
-/** Parses the JSON list of `{ name?, host, ip?, poolSize, firstIndex? }`. */
-function parseGatewayHosts(raw: string, c: Collector): GatewayHostConfig[] {
-  const key = 'gatewayHosts';
-  const example =
-    `'[{"name":"main","host":"main","poolSize":4},{"name":"gw-b","host":"ssh://deploy@203.0.113.12","poolSize":6}]'`;
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(raw);
-  } catch (err) {
-    c.add(key, `is not valid JSON (${(err as Error).message}).`, c.setFix(key, example));
-    return [];
-  }
-  if (!Array.isArray(parsed) || parsed.length === 0) {
-    c.add(key, 'must be a non-empty JSON array of {name?, host, ip?, poolSize, firstIndex?}.', c.setFix(key, example));
-    return [];
-  }
-  const hosts: GatewayHostConfig[] = [];
-  let next = 0;
-  parsed.forEach((entry: unknown, i: number) => {
-    const where = `[${i}]`;
-    if (typeof entry !== 'object' || entry === null || Array.isArray(entry)) {
-      c.add(key, `${where} must be an object.`, c.setFix(key, example));
-      return;
-    }
-    const e = entry as Record<string, unknown>;
-    for (const k of Object.keys(e)) {
-      if (!HOST_ENTRY_KEYS.includes(k)) {
-        c.add(key, `${where} has unknown field ${quote(k)} (allowed: ${HOST_ENTRY_KEYS.join(', ')}).`, 'remove the field.');
-      }
-    }
-    const host = e.host;
-    let kind: 'main' | 'ssh' = 'main';
-    let sshHostPart: string | undefined;
-    if (host === 'main') {
-      kind = 'main';
-    } else if (typeof host === 'string' && SSH_HOST_RE.test(host)) {
-      kind = 'ssh';
-      const m = SSH_HOST_RE.exec(host);
-      sshHostPart = m?.[1];
-      if (m?.[2] !== undefined && (Number(m[2]) < 1 || Number(m[2]) > 65535)) {
-        c.add(key, `${where}.host has an invalid SSH port in ${quote(host)}.`, 'use ssh://user@host[:port].');
-      }
-    } else {
-      c.add(key, `${where}.host must be "main" or an ssh:// Docker host URL, got ${JSON.stringify(host)}.`, 'use "main" or "ssh://user@203.0.113.12".');
-    }
-    const poolSize = e.poolSize;
-    if (typeof poolSize !== 'number' || !Number.isInteger(poolSize) || poolSize < 1) {
-      c.add(key, `${where}.poolSize must be a whole number of at least 1, got ${JSON.stringify(poolSize)}.`, 'set "poolSize" to the number of gateways on that host.');
-    }
-    let firstIndex = next;
-    if (e.firstIndex !== undefined) {
-      if (typeof e.firstIndex !== 'number' || !Number.isInteger(e.firstIndex) || e.firstIndex < 0) {
-        c.add(key, `${where}.firstIndex must be a whole number of at least 0, got ${JSON.stringify(e.firstIndex)}.`, 'remove it to continue after the previous host.');
-      } else {
-        firstIndex = e.firstIndex;
-      }
-    }
-    let ip: string | undefined;
-    if (e.ip !== undefined) {
-      if (kind === 'main') {
-        c.add(key, `${where}.ip is only for ssh:// hosts (gateways on the main host are reached by container name).`, 'remove "ip" from the main entry.');
-      } else if (!isValidIpv4(e.ip)) {
-        c.add(key, `${where}.ip must be an IPv4 address, got ${JSON.stringify(e.ip)}.`, 'set "ip" to the address the stage-1 nginx reaches that host at.');
-      } else {
-        ip = e.ip;
-      }
-    } else if (kind === 'ssh') {
-      if (sshHostPart !== undefined && isValidIpv4(sshHostPart)) {
-        ip = sshHostPart;
-      } else if (sshHostPart !== undefined) {
-        c.add(key, `${where}.ip is required because the SSH host ${quote(sshHostPart)} is not an IPv4 address.`, 'add "ip": "<address the stage-1 nginx reaches that host at>".');
-      }
-    }
-    let name: string;
-    if (e.name !== undefined) {
-      if (typeof e.name !== 'string' || !isDnsLabel(e.name)) {
-        c.add(key, `${where}.name must be a lowercase DNS label, got ${JSON.stringify(e.name)}.`, 'use e.g. "gw-b".');
-        name = `invalid-${i}`;
-      } else {
-        name = e.name;
-      }
-    } else {
-      name = kind === 'main' ? 'main' : defaultHostName(sshHostPart ?? `host-${i}`);
-    }
-    const size = typeof poolSize === 'number' && Number.isInteger(poolSize) && poolSize > 0 ? poolSize : 1;
-    hosts.push({ name, kind, dockerHost: kind === 'ssh' ? (host as string) : undefined, ip, poolSize: size, firstIndex });
-    next = firstIndex + size;
-  });
-  const seenNames = new Set<string>();
-  const seenHosts = new Set<string>();
-  for (const h of hosts) {
-    if (seenNames.has(h.name)) {
-      c.add(key, `host name ${quote(h.name)} appears twice.`, 'give every entry a distinct "name".');
-    }
-    seenNames.add(h.name);
-    const hk = h.dockerHost ?? 'main';
-    if (seenHosts.has(hk)) {
-      c.add(key, `host ${quote(hk)} appears twice.`, 'merge the entries and add their pool sizes.');
-    }
-    seenHosts.add(hk);
-  }
-  const sorted = [...hosts].sort((a, b) => a.firstIndex - b.firstIndex);
-  for (let i = 1; i < sorted.length; i++) {
-    const prev = sorted[i - 1];
-    const cur = sorted[i];
-    if (cur.firstIndex < prev.firstIndex + prev.poolSize) {
-      c.add(
-        key,
-        `gateway indices of ${quote(prev.name)} (${prev.firstIndex}-${prev.firstIndex + prev.poolSize - 1}) and ${quote(cur.name)} (from ${cur.firstIndex}) overlap.`,
-        'adjust "firstIndex" or "poolSize" so every gateway index belongs to one host.',
-      );
-    }
-  }
-  return hosts;
 }
 
 // ------------------------------------------------------------------ load

@@ -186,14 +186,14 @@ export class GatewayApi<User = unknown> {
   /** POST /start {organization_id}: allocate (idempotent), then hand the gateway its organization. */
   async start(req: ApiRequest): Promise<ApiResponse> {
     const body = bodyObject(req);
-    const orgId = orgField(body, true) as string;
-    const user = await this.opts.authenticateUser(req, { organizationId: orgId });
+    const organizationId = orgField(body, true) as string;
+    const user = await this.opts.authenticateUser(req, { organizationId });
     if (!user) throw new GatewayApiError('UNAUTHENTICATED', 'user authentication required');
-    if (this.opts.authorizeOrganization && !(await this.opts.authorizeOrganization(user, orgId))) {
-      throw new GatewayApiError('FORBIDDEN', `not allowed to start organization ${orgId}`);
+    if (this.opts.authorizeOrganization && !(await this.opts.authorizeOrganization(user, organizationId))) {
+      throw new GatewayApiError('FORBIDDEN', `not allowed to start organization ${organizationId}`);
     }
-    const allocation = await this.allocator.allocate(orgId);
-    const key: SessionKey = { gateway: allocation.name, allocationId: allocation.allocationId, organizationId: orgId };
+    const allocation = await this.allocator.allocate(organizationId);
+    const key: SessionKey = { gateway: allocation.name, allocationId: allocation.allocationId, organizationId };
     const session = await this.sessions.state(key);
     let status: 'ready' | 'starting';
     if (session?.loadedAt) {
@@ -210,7 +210,7 @@ export class GatewayApi<User = unknown> {
       status: 200,
       body: {
         success: true,
-        organization_id: orgId,
+        organization_id: organizationId,
         gateway_id: allocation.name,
         gateway_url: `https://${allocation.fqdn}`,
         fqdn: allocation.fqdn,
@@ -284,8 +284,8 @@ export class GatewayApi<User = unknown> {
     if (inspected.status === 'valid') {
       const holder = inspected.holder;
       if (gatewayId !== undefined && gatewayId !== holder.gateway) throw new GatewayApiError('FORBIDDEN', 'gateway_id does not match the token');
-      const orgId = orgField(body, false);
-      if (orgId !== undefined && orgId !== holder.organizationId) throw new GatewayApiError('FORBIDDEN', 'organization_id does not match the token');
+      const organizationId = orgField(body, false);
+      if (organizationId !== undefined && organizationId !== holder.organizationId) throw new GatewayApiError('FORBIDDEN', 'organization_id does not match the token');
       await this.sessions.markLoaded(holder);
       this.log({ event: 'gateway.loaded', env: this.allocator.envName, gateway: holder.gateway, organizationId: holder.organizationId });
       return { status: 200, body: { success: true, gateway_id: holder.gateway, organization_id: holder.organizationId, state: 'allocated', loaded: true } };
@@ -361,9 +361,9 @@ export class GatewayApi<User = unknown> {
 
   /** Body fields, when sent, must name the token's own organization and gateway. */
   private checkOwnership(body: Record<string, unknown>, holder: TokenHolder, orgRequired = false): void {
-    const orgId = orgField(body, orgRequired);
+    const organizationId = orgField(body, orgRequired);
     const gatewayId = gatewayField(body, false);
-    if (orgId !== undefined && orgId !== holder.organizationId) throw new GatewayApiError('FORBIDDEN', "this token's gateway does not hold that organization");
+    if (organizationId !== undefined && organizationId !== holder.organizationId) throw new GatewayApiError('FORBIDDEN', "this token's gateway does not hold that organization");
     if (gatewayId !== undefined && gatewayId !== holder.gateway) throw new GatewayApiError('FORBIDDEN', 'gateway_id does not match the token');
   }
 }

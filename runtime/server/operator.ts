@@ -64,10 +64,10 @@ export function createOperatorRouter(opts: OperatorRouterOptions): Router {
 
   router.get('/organizations/:id', (req, res) => {
     void (async () => {
-      const orgId = req.params.id;
-      assertOrganizationId(orgId);
-      const al = await allocator.getAllocation(orgId);
-      if (!al) throw new GatewayApiError('NOT_ALLOCATED', `organization ${orgId} holds no gateway`);
+      const organizationId = req.params.id;
+      assertOrganizationId(organizationId);
+      const al = await allocator.getAllocation(organizationId);
+      if (!al) throw new GatewayApiError('NOT_ALLOCATED', `organization ${organizationId} holds no gateway`);
       send(res, 200, { success: true, state: 'allocated', ...describeAllocation(al) });
     })().catch((err: unknown) => fail(res, err));
   });
@@ -75,20 +75,20 @@ export function createOperatorRouter(opts: OperatorRouterOptions): Router {
   // The user side's /gateway/start for one organization: allocate (idempotent), then hand the gateway its organization.
   router.post('/organizations/:id/start', (req, res) => {
     void (async () => {
-      const orgId = req.params.id;
-      assertOrganizationId(orgId);
-      const started = await api.handle('/start', { headers: req.headers, body: { organization_id: orgId } });
+      const organizationId = req.params.id;
+      assertOrganizationId(organizationId);
+      const started = await api.handle('/start', { headers: req.headers, body: { organization_id: organizationId } });
       if (!started.body.success) return send(res, started.status, started.body);
-      const al = await allocator.getAllocation(orgId);
+      const al = await allocator.getAllocation(organizationId);
       send(res, 200, { ...started.body, state: al ? 'allocated' : 'released', ...(al ? { wildcard_fqdn: al.wildcardFqdn, certificate: al.certificate } : {}) });
     })().catch((err: unknown) => fail(res, err));
   });
 
   router.post('/organizations/:id/stop', (req, res) => {
     void (async () => {
-      const orgId = req.params.id;
-      assertOrganizationId(orgId);
-      const r = await allocator.release(orgId);
+      const organizationId = req.params.id;
+      assertOrganizationId(organizationId);
+      const r = await allocator.release(organizationId);
       send(res, 200, { success: true, released: true, organization_id: r.organizationId, gateway_id: r.name, state: 'released' });
     })().catch((err: unknown) => fail(res, err));
   });

@@ -10,6 +10,28 @@ const ROOT = path.resolve(__dirname, '..', '..');
 /** Screenshots and other evidence of browser checks (gitignored). */
 export const ARTIFACTS_DIR = path.join(ROOT, '.test-artifacts');
 
+/** Headless Chromium without the background traffic (updates, sync) a test must not wait on. */
+export const HEADLESS_ARGS: readonly string[] = [
+  '--headless',
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+];
+
+/**
+ * Trusts a CA (PEM file) for TLS servers in `<home>/.pki/nssdb`, the NSS
+ * database Chromium on Linux reads (not the profile), with Debian's certutil
+ * (libnss3-tools): what a person who installed the dev CA has.
+ */
+export function trustCaInHome(home: string, caFile: string, nickname: string): void {
+  const dir = path.join(home, '.pki', 'nssdb');
+  mkdirSync(dir, { recursive: true });
+  execFileSync('certutil', ['-d', `sql:${dir}`, '-N', '--empty-password'], { stdio: 'pipe' });
+  execFileSync('certutil', ['-d', `sql:${dir}`, '-A', '-t', 'C,,', '-n', nickname, '-i', caFile], { stdio: 'pipe' });
+}
+
 export interface BrowserOptions {
   /**
    * Chromium `--host-resolver-rules`, e.g. `MAP * 127.0.0.1:57443` to send every
@@ -48,26 +70,14 @@ export class TestBrowser {
 
   static async launch(opts: BrowserOptions = {}): Promise<TestBrowser> {
     const profile = mkdtempSync(path.join(os.tmpdir(), 'demiurge-chromium-'));
-    const args = [
-      '--headless',
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-    ];
+    const args = [...HEADLESS_ARGS];
     if (opts.hostResolverRules) args.push(`--host-resolver-rules=${opts.hostResolverRules}`);
     if (opts.ignoreCertificateErrors) args.push('--ignore-certificate-errors');
     // A fresh profile per launch (playwright passes it as --user-data-dir), and a HOME of its own
     // so a trusted CA lands in this browser's NSS database only.
     const home = path.join(profile, 'home');
     mkdirSync(home);
-    if (opts.caFile) {
-      const nssdb = `sql:${path.join(home, '.pki', 'nssdb')}`;
-      mkdirSync(path.join(home, '.pki', 'nssdb'), { recursive: true });
-      execFileSync('certutil', ['-d', nssdb, '-N', '--empty-password'], { stdio: 'pipe' });
-      execFileSync('certutil', ['-d', nssdb, '-A', '-t', 'C,,', '-n', 'demiurge-test-ca', '-i', opts.caFile], { stdio: 'pipe' });
-    }
+    if (opts.caFile) trustCaInHome(home, opts.caFile, 'demiurge-test-ca');
     const context = await chromium.launchPersistentContext(path.join(profile, 'user-data'), {
       executablePath: CHROMIUM_PATH,
       env: { ...process.env, HOME: home },

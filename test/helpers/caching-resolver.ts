@@ -3,6 +3,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { freePort } from './free-port';
+import { stopChild } from './stop-child';
 
 export interface DnsAnswer {
   status: string;
@@ -106,12 +107,7 @@ remote-control:
   async stop(): Promise<void> {
     const child = this.child;
     this.child = undefined;
-    if (child && child.exitCode === null) {
-      await new Promise<void>((r) => {
-        child.once('exit', () => r());
-        child.kill('SIGTERM');
-      });
-    }
+    await stopChild(child);
     rmSync(this.dir, { recursive: true, force: true });
   }
 }

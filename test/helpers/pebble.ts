@@ -24,6 +24,7 @@ import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, 
 import * as https from 'https';
 import * as os from 'os';
 import * as path from 'path';
+import { stopChild } from './stop-child';
 
 export interface PebbleOptions {
   /** ACME directory port (https://127.0.0.1:<port>/dir). Default 61400. */
@@ -157,13 +158,7 @@ export class Pebble {
   }
 
   async stop(): Promise<void> {
-    const child = this.child;
-    if (!child || child.exitCode !== null) return;
-    await new Promise<void>((resolve) => {
-      child.once('exit', () => resolve());
-      child.kill('SIGTERM');
-      setTimeout(() => child.kill('SIGKILL'), 3000).unref();
-    });
+    await stopChild(this.child, 'SIGTERM', 3000);
   }
 
   async destroy(): Promise<void> {

@@ -5,6 +5,7 @@ import * as os from 'os';
 import * as path from 'path';
 import axios from 'axios';
 import { freePort } from './free-port';
+import { stopChild } from './stop-child';
 
 const ROOT = path.resolve(__dirname, '..', '..');
 const ENTRYPOINT = path.join(ROOT, 'images/powerdns/rootfs/usr/local/bin/pdns-entrypoint');
@@ -88,12 +89,7 @@ export class PowerDnsInstance {
   async stop(): Promise<void> {
     const child = this.child;
     this.child = undefined;
-    if (child && child.exitCode === null) {
-      await new Promise<void>((r) => {
-        child.once('exit', () => r());
-        child.kill('SIGTERM');
-      });
-    }
+    await stopChild(child);
     rmSync(this.dir, { recursive: true, force: true });
   }
 }

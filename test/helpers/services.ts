@@ -1,14 +1,8 @@
 import { execFileSync } from 'child_process';
-import { existsSync, readFileSync } from 'fs';
 import * as path from 'path';
+import { readEnvFile, testServicesOf, type TestServices } from './services-env';
 
-export interface TestServices {
-  pgUrl: string;
-  pdnsApiUrl: string;
-  pdnsApiKey: string;
-  pdnsDnsPort: number;
-  servicesScript: string;
-}
+export type { TestServices } from './services-env';
 
 const ROOT = path.resolve(__dirname, '..', '..');
 let cached: TestServices | undefined;
@@ -22,18 +16,7 @@ export function requireServices(ctx: Mocha.Context): TestServices {
   if (cached) return cached;
   try {
     execFileSync('bash', [path.join(ROOT, 'scripts/test-services.sh'), 'up'], { stdio: ['ignore', 'ignore', 'pipe'], timeout: 600_000 });
-    const envFile = path.join(ROOT, '.test-services/env');
-    if (!existsSync(envFile)) throw new Error(`${envFile} was not written`);
-    const env = Object.fromEntries(
-      readFileSync(envFile, 'utf8').split('\n').filter(Boolean).map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]),
-    );
-    cached = {
-      pgUrl: env.TEST_PG_URL,
-      pdnsApiUrl: env.TEST_PDNS_API_URL,
-      pdnsApiKey: env.TEST_PDNS_API_KEY,
-      pdnsDnsPort: Number(env.TEST_PDNS_DNS_PORT),
-      servicesScript: env.TEST_SERVICES_SCRIPT,
-    };
+    cached = testServicesOf(readEnvFile(path.join(ROOT, '.test-services/env')));
     return cached;
   } catch (err) {
     const reason = err instanceof Error ? `${err.message}\n${(err as { stderr?: Buffer }).stderr?.toString() ?? ''}` : String(err);

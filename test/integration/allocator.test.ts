@@ -6,12 +6,12 @@ import { readFileSync } from 'fs';
 import { Pool } from 'pg';
 import { AllocatorError, DNS_TIMING, GatewayAllocator, GatewayAllocatorOptions, isAllocatorError } from '../../runtime';
 import { SimulatedCrash, withFailpoints } from '../../runtime/testing';
-import { createZone, deleteZone, dropSchema, gatewayHost, patchZone, randomOrg, startStandInGateways, suiteId, zoneRRsets } from '../helpers/fixtures';
-import { freePorts } from '../helpers/ports';
+import { gatewayHost, patchZone, randomOrg, startStandInGateways, suiteId, zoneRRsets } from '../helpers/fixtures';
 import { TestServices, requireServices } from '../helpers/services';
 import { Stage1Nginx, curlThroughStage1, dig } from '../helpers/stage1-nginx';
 import { testAllocatorOptions } from '../helpers/allocator-settings';
 import { waitLeasesExpired } from '../helpers/pool-state';
+import { zoneWithStage1, removeZoneAndSchemas } from '../helpers/suite-setup';
 
 describe('GatewayAllocator (real PostgreSQL, PowerDNS, nginx)', function () {
   this.timeout(180_000);
@@ -27,10 +27,7 @@ describe('GatewayAllocator (real PostgreSQL, PowerDNS, nginx)', function () {
   before(async function () {
     s = requireServices(this);
     domain = `it-${suiteId()}.test`;
-    await createZone(s, domain);
-    const [httpsPort, statusPort] = await freePorts(2);
-    nginx = new Stage1Nginx(domain, httpsPort, statusPort);
-    nginx.start();
+    nginx = await zoneWithStage1(s, domain);
     standIn = await startStandInGateways();
     pgAdmin = new Pool({ connectionString: s.pgUrl, max: 2 });
   });
@@ -39,10 +36,7 @@ describe('GatewayAllocator (real PostgreSQL, PowerDNS, nginx)', function () {
     await Promise.allSettled(open.map((a) => a.close()));
     await standIn?.close();
     nginx?.destroy();
-    if (s) {
-      await deleteZone(s, domain);
-      for (const schema of schemas) await dropSchema(s.pgUrl, schema);
-    }
+    await removeZoneAndSchemas(s, domain, schemas);
     await pgAdmin?.end();
   });
 

@@ -7,10 +7,11 @@ import * as path from 'path';
 import axios from 'axios';
 import { naming } from '../../runtime';
 import { callApi, FakeGateway } from '../helpers/fake-gateway';
-import { createZone, deleteZone, dropSchema, randomOrg, suiteId } from '../helpers/fixtures';
+import { randomOrg } from '../helpers/fixtures';
 import { ApiServerProcess, bundleRuntime, suiteRuntimeFiles, writeRuntimeFiles, type LogLine } from '../helpers/runtime-process';
 import { TestServices, requireServices } from '../helpers/services';
 import { Stage1Nginx, curlThroughStage1, dig } from '../helpers/stage1-nginx';
+import { suiteNames, zoneWithStage1, removeZoneAndSchemas } from '../helpers/suite-setup';
 
 const HTTPS_PORT = 57643;
 const STATUS_PORT = 57699;
@@ -107,13 +108,8 @@ describe('built-in API server (bundled runtime/server/main.ts as a child process
 
   before(async function () {
     s = requireServices(this);
-    const id = suiteId();
-    domain = `srv-${id}.test`;
-    schema = `srv_${id}`;
-    env = `srv${id}`;
-    await createZone(s, domain);
-    nginx = new Stage1Nginx(domain, HTTPS_PORT, STATUS_PORT);
-    nginx.start();
+    ({ domain, schema, env } = suiteNames('srv'));
+    nginx = await zoneWithStage1(s, domain, [HTTPS_PORT, STATUS_PORT]);
     // Per-organization certificates are loaded by nginx's workers (user nobody) per handshake, so they must read the base key.
     execFileSync('chown', [`${execFileSync('id', ['-u', 'nobody']).toString().trim()}:${execFileSync('id', ['-g', 'nobody']).toString().trim()}`, nginx.keyFile]);
     for (let i = 0; i < 3; i += 1) {
@@ -132,10 +128,7 @@ describe('built-in API server (bundled runtime/server/main.ts as a child process
     await Promise.allSettled(gateways.map((g) => g.close()));
     nginx?.destroy();
     if (tmp) rmSync(tmp, { recursive: true, force: true });
-    if (s) {
-      await deleteZone(s, domain);
-      await dropSchema(s.pgUrl, schema);
-    }
+    await removeZoneAndSchemas(s, domain, schema);
   });
 
   it('registers the inventory at start; a restart re-registers nothing; SIGTERM stops it cleanly', async () => {

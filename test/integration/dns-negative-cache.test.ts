@@ -4,12 +4,13 @@ import { GatewayAllocator, DNS_TIMING } from '../../runtime';
 import { RECORDS_CREATE_SCRIPT, ZONE_CREATE_SCRIPT, ZONE_DELETE_SCRIPT, soaContent } from '../../components/powerdns';
 import { testAllocatorOptions } from '../helpers/allocator-settings';
 import { CachingResolver, DnsAnswer, digQuery } from '../helpers/caching-resolver';
-import { dropSchema, gatewayHost, randomOrg, startStandInGateways, suiteId } from '../helpers/fixtures';
+import { dropSchema, gatewayHost, randomOrg, startStandInGateways } from '../helpers/fixtures';
 import { freePort } from '../helpers/free-port';
 import { PowerDnsInstance, imageCacheSettings } from '../helpers/powerdns-instance';
 import { TestServices, requireServices } from '../helpers/services';
 import { Stage1Nginx } from '../helpers/stage1-nginx';
 import { requireTool } from '../helpers/tools';
+import { suiteNames } from '../helpers/suite-setup';
 
 /** The promise to clients (issue 17): a name's change is visible through a caching resolver within this. */
 const BOUND_MS = 5000;
@@ -43,10 +44,7 @@ describe('DNS through a caching resolver (unbound → PowerDNS with the stack se
     s = requireServices(this);
     const unbound = requireTool(this, 'unbound', 'the caching resolver of the DNS negative-caching suite');
     requireTool(this, 'dig', 'queries through the caching resolver');
-    const id = suiteId();
-    domain = `dnc-${id}.test`;
-    schema = `dnc_${id}`;
-    env = `dnc${id}`;
+    ({ domain, schema, env } = suiteNames('dnc'));
     pdns = new PowerDnsInstance(imageCacheSettings());
     await pdns.start();
     // What the stack's pdns-zone and pdns-records commands run (components/powerdns.ts).

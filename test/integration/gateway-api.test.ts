@@ -6,10 +6,11 @@ import { Pool } from 'pg';
 import { GatewayAllocator, OrgDataStore, isAllocatorError } from '../../runtime';
 import { allocatorSettingsEnv, testAllocatorOptions } from '../helpers/allocator-settings';
 import { callApi, FakeGateway } from '../helpers/fake-gateway';
-import { createZone, deleteZone, dropSchema, randomOrg, suiteId } from '../helpers/fixtures';
+import { randomOrg } from '../helpers/fixtures';
 import { freePorts } from '../helpers/ports';
 import { TestServices, requireServices } from '../helpers/services';
 import { Stage1Nginx, curlThroughStage1, dig } from '../helpers/stage1-nginx';
+import { suiteNames, zoneWithStage1, removeZoneAndSchemas } from '../helpers/suite-setup';
 
 const MAX_SNAPSHOT = 64 * 1024;
 const ROOT = path.resolve(__dirname, '..', '..');
@@ -127,16 +128,10 @@ describe('Gateway API over HTTP (Express router, real PostgreSQL, PowerDNS, ngin
 
   before(async function () {
     s = requireServices(this);
-    const id = suiteId();
-    domain = `api-${id}.test`;
-    schema = `api_${id}`;
-    env = `api${id}`;
-    await createZone(s, domain);
-    const [httpsPort, statusPort, port] = await freePorts(3);
-    apiPort = port;
+    ({ domain, schema, env } = suiteNames('api'));
+    nginx = await zoneWithStage1(s, domain);
+    [apiPort] = await freePorts(1);
     apiUrl = `http://127.0.0.1:${apiPort}`;
-    nginx = new Stage1Nginx(domain, httpsPort, statusPort);
-    nginx.start();
     admin = new GatewayAllocator(testAllocatorOptions(s, nginx, { env, domain, schema }));
     await admin.migrate();
     adminPool = new Pool({ connectionString: s.pgUrl, max: 2 });
@@ -170,10 +165,7 @@ describe('Gateway API over HTTP (Express router, real PostgreSQL, PowerDNS, ngin
     await admin?.close();
     await adminPool?.end();
     nginx?.destroy();
-    if (s) {
-      await deleteZone(s, domain);
-      await dropSchema(s.pgUrl, schema);
-    }
+    await removeZoneAndSchemas(s, domain, schema);
   });
 
   it('registers gateways only with their own registration token', async () => {

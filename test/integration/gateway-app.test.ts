@@ -13,9 +13,10 @@ import { GatewayAllocator, OrgDataStore } from '../../runtime';
 import { allocatorSettingsEnv, testAllocatorOptions } from '../helpers/allocator-settings';
 import { encodeFrame, FrameDecoder, OPCODES } from '../../runtime/gateway-app/websocket';
 import { callApi } from '../helpers/fake-gateway';
-import { createZone, deleteZone, dropSchema, randomOrg, suiteId } from '../helpers/fixtures';
+import { randomOrg } from '../helpers/fixtures';
 import { requireServices, TestServices } from '../helpers/services';
 import { curlThroughStage1, Stage1Nginx } from '../helpers/stage1-nginx';
+import { suiteNames, zoneWithStage1, removeZoneAndSchemas } from '../helpers/suite-setup';
 
 const ROOT = path.resolve(__dirname, '..', '..');
 const IDLE_MS = 2000;
@@ -210,18 +211,13 @@ describe('gateway default app against the real API server (PostgreSQL, PowerDNS,
 
   before(async function () {
     s = requireServices(this);
-    const id = suiteId();
-    domain = `gwapp-${id}.test`;
-    schema = `gwapp_${id}`;
-    env = `gwapp${id}`;
+    ({ domain, schema, env } = suiteNames('gwapp'));
     gatewayName = `gw-pool-${env}-0`;
     tmp = mkdtempSync(path.join(os.tmpdir(), 'gateway-app-it-'));
     bundle = path.join(tmp, 'app-gateway', 'main.js');
     await build({ entryPoints: [path.join(ROOT, 'runtime/gateway-app/main.ts')], bundle: true, platform: 'node', target: 'node20', outfile: bundle, logLevel: 'silent' });
     writeFileSync(path.join(tmp, 'BUILD_INFO.txt'), `build_id=${buildId}\nenv=${env}\n`);
-    await createZone(s, domain);
-    nginx = new Stage1Nginx(domain, await freePort(), await freePort());
-    nginx.start();
+    nginx = await zoneWithStage1(s, domain);
     admin = new GatewayAllocator(testAllocatorOptions(s, nginx, { env, domain, schema }));
     await admin.migrate();
     adminPool = new Pool({ connectionString: s.pgUrl, max: 2 });
@@ -265,10 +261,7 @@ describe('gateway default app against the real API server (PostgreSQL, PowerDNS,
     await admin?.close();
     await adminPool?.end();
     nginx?.destroy();
-    if (s) {
-      await deleteZone(s, domain);
-      await dropSchema(s.pgUrl, schema);
-    }
+    await removeZoneAndSchemas(s, domain, schema);
     if (tmp) rmSync(tmp, { recursive: true, force: true });
   });
 

@@ -6,12 +6,12 @@ import * as path from 'path';
 import { Pool } from 'pg';
 import { GatewayAllocator } from '../../runtime';
 import { allocatorSettingsEnv, testAllocatorOptions } from '../helpers/allocator-settings';
-import { createZone, deleteZone, dropSchema, gatewayHost, randomOrg, startStandInGateways, suiteId } from '../helpers/fixtures';
+import { deleteZone, dropSchema, gatewayHost, randomOrg, startStandInGateways, suiteId } from '../helpers/fixtures';
 import { waitSilent } from '../helpers/pool-state';
-import { freePorts } from '../helpers/ports';
 import { TestServices, requireServices } from '../helpers/services';
 import { Stage1Nginx, curlThroughStage1, dig } from '../helpers/stage1-nginx';
 import { suiteRuntimeFiles, writeRuntimeFiles } from '../helpers/runtime-process';
+import { zoneWithStage1 } from '../helpers/suite-setup';
 
 const ROOT = path.resolve(__dirname, '..', '..');
 const CLI = path.join(ROOT, 'runtime/cli/gateway-pool.ts');
@@ -98,10 +98,7 @@ describe('gateway-pool CLI end to end (real PostgreSQL, PowerDNS, nginx)', funct
   before(async function () {
     s = requireServices(this);
     domain = `cli-${suiteId()}.test`;
-    await createZone(s, domain);
-    const [httpsPort, statusPort] = await freePorts(2);
-    nginx = new Stage1Nginx(domain, httpsPort, statusPort);
-    nginx.start();
+    nginx = await zoneWithStage1(s, domain);
     standIn = await startStandInGateways();
     tmp = mkdtempSync(path.join(os.tmpdir(), 'demiurge-cli-'));
     pgAdmin = new Pool({ connectionString: s.pgUrl, max: 2 });

@@ -7,11 +7,12 @@ import { GatewayAllocator } from '../../runtime';
 import { testAllocatorOptions } from '../helpers/allocator-settings';
 import { TestBrowser, screenshot } from '../helpers/browser';
 import { DEV_PAGES_DIR, renderDevSites } from '../helpers/dev-sites';
-import { createZone, deleteZone, dropSchema, gatewayHost, randomOrg, startStandInGateways, suiteId } from '../helpers/fixtures';
+import { createZone, gatewayHost, randomOrg, startStandInGateways } from '../helpers/fixtures';
 import { freePort } from '../helpers/free-port';
 import { TestServices, requireServices } from '../helpers/services';
 import { Stage1Nginx } from '../helpers/stage1-nginx';
 import { requireTool } from '../helpers/tools';
+import { suiteNames, removeZoneAndSchemas } from '../helpers/suite-setup';
 
 interface Answer {
   status: number;
@@ -60,10 +61,7 @@ describe('stage-1 pages: a name with nothing behind it gets a page a person unde
 
   before(async function () {
     s = requireServices(this);
-    const id = suiteId();
-    domain = `pages-${id}.test`;
-    schema = `pages_${id}`;
-    env = `pages${id}`;
+    ({ domain, schema, env } = suiteNames('pages'));
     await createZone(s, domain);
     nginx = new Stage1Nginx(domain, await freePort(), await freePort());
     // The dev image's blocks, with no frontend build and an API server that is not running.
@@ -103,10 +101,7 @@ describe('stage-1 pages: a name with nothing behind it gets a page a person unde
     await allocator?.close();
     await standIn?.close();
     nginx?.destroy();
-    if (s) {
-      await deleteZone(s, domain);
-      await dropSchema(s.pgUrl, schema);
-    }
+    await removeZoneAndSchemas(s, domain, schema);
   });
 
   const cases = (): Array<{ what: string; host: () => string; status: number; html: RegExp; code: string }> => [

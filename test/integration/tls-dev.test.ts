@@ -21,12 +21,13 @@ import { GatewayAllocator, GatewayAllocatorOptions, OrgCertificates, isAllocator
 import { DevCaIssuer } from '../../runtime/tls/dev-ca-issuer';
 import { decryptPrivateKey } from '../../runtime/tls/org-certificates';
 import type { CertificateIssuer, IssuedCertificate } from '../../runtime/tls/types';
-import { createZone, deleteZone, dropSchema, gatewayHost, randomOrg, startStandInGateways, suiteId, zoneRRsets } from '../helpers/fixtures';
+import { createZone, gatewayHost, randomOrg, startStandInGateways, suiteId, zoneRRsets } from '../helpers/fixtures';
 import { freePorts } from '../helpers/ports';
 import { TestServices, requireServices } from '../helpers/services';
 import { waitFor } from '../helpers/wait-for';
 import { Stage1Nginx, curlThroughStage1 } from '../helpers/stage1-nginx';
 import { testAllocatorOptions } from '../helpers/allocator-settings';
+import { removeZoneAndSchemas } from '../helpers/suite-setup';
 
 interface Served {
   serial: string;
@@ -134,10 +135,7 @@ describe('per-organization certificates, dev CA (real PostgreSQL, PowerDNS, ngin
     await devCa?.close();
     nginx?.destroy();
     flatNginx?.destroy();
-    if (s) {
-      await deleteZone(s, domain);
-      for (const schema of schemas) await dropSchema(s.pgUrl, schema);
-    }
+    await removeZoneAndSchemas(s, domain, schemas);
     await pgAdmin?.end();
   });
 

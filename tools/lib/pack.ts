@@ -186,48 +186,50 @@ function stage(opts: PackOptions, appDir: string, buildId: string, bundle: strin
   return { dir, files, gitCommit };
 }
 
-async function writeTarball(stageDir: string, target: string): Promise<number> {
-  await tar.c({ gzip: true, cwd: stageDir, portable: true, file: target }, ['BUILD_INFO.txt', 'app-gateway', 'app']);
-  const fd = fs.openSync(target, 'r+');
+/** Flushes a written file to disk and makes it world-readable (the build server serves it as another user). */
+function fsyncAndPublish(file: string): void {
+  const fd = fs.openSync(file, 'r+');
   try {
     fs.fsyncSync(fd);
   } finally {
     fs.closeSync(fd);
   }
-  fs.chmodSync(target, 0o644);
+  fs.chmodSync(file, 0o644);
+}
+
+async function writeTarball(stageDir: string, target: string): Promise<number> {
+  await tar.c({ gzip: true, cwd: stageDir, portable: true, file: target }, ['BUILD_INFO.txt', 'app-gateway', 'app']);
+  fsyncAndPublish(target);
   return fs.statSync(target).size;
 }
 
-/** Writes into `dir` atomically: temp name (a dotfile the build server never serves) + rename. */
-async function writeAtomically(stageDir: string, dir: string, name: string): Promise<number> {
+/**
+ * Writes `dir/name` atomically: `write` fills a temp name (a dotfile the build
+ * server never serves), which is renamed over `name`; on failure it is removed.
+ */
+async function replaceAtomically<T>(dir: string, name: string, write: (tmp: string) => T | Promise<T>): Promise<T> {
   const tmp = path.join(dir, `.${name}.tmp-${process.pid}-${crypto.randomBytes(3).toString('hex')}`);
   try {
-    const bytes = await writeTarball(stageDir, tmp);
+    const result = await write(tmp);
     fs.renameSync(tmp, path.join(dir, name));
-    return bytes;
+    return result;
   } catch (err) {
     fs.rmSync(tmp, { force: true });
     throw err;
   }
 }
 
+/** Packs `stageDir` into `dir/name` atomically. */
+function writeAtomically(stageDir: string, dir: string, name: string): Promise<number> {
+  return replaceAtomically(dir, name, (tmp) => writeTarball(stageDir, tmp));
+}
+
 /** Copies an already written tarball into `dir` atomically (temp dotfile, fsync, rename). */
-function copyAtomically(tarball: string, dir: string, name: string): void {
-  const tmp = path.join(dir, `.${name}.tmp-${process.pid}-${crypto.randomBytes(3).toString('hex')}`);
-  try {
+function copyAtomically(tarball: string, dir: string, name: string): Promise<void> {
+  return replaceAtomically(dir, name, (tmp) => {
     fs.copyFileSync(tarball, tmp);
-    const fd = fs.openSync(tmp, 'r+');
-    try {
-      fs.fsyncSync(fd);
-    } finally {
-      fs.closeSync(fd);
-    }
-    fs.chmodSync(tmp, 0o644);
-    fs.renameSync(tmp, path.join(dir, name));
-  } catch (err) {
-    fs.rmSync(tmp, { force: true });
-    throw err;
-  }
+    fsyncAndPublish(tmp);
+  });
 }
 
 class HostWriteError extends Error {
@@ -298,7 +300,7 @@ async function writeToHost(h: PackHost, w: VolumeWrite): Promise<HostPackResult>
     let via: HostPackResult['via'];
     if (direct) {
       try {
-        copyAtomically(w.tarball, info.Mountpoint, w.name);
+        await copyAtomically(w.tarball, info.Mountpoint, w.name);
       } catch (err) {
         throw new HostWriteError('WRITE_FAILED', `writing ${info.Mountpoint}/${w.name}: ${(err as Error).message}`);
       }

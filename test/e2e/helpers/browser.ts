@@ -7,8 +7,8 @@
  */
 import { execFileSync } from 'child_process';
 import * as fs from 'fs';
-import * as path from 'path';
 import { chromium, type Browser } from 'playwright-core';
+import { HEADLESS_ARGS, trustCaInHome } from '../../helpers/browser';
 
 export const CHROMIUM = process.env.E2E_CHROMIUM ?? '/usr/bin/chromium';
 
@@ -39,29 +39,16 @@ function commandExists(cmd: string): boolean {
   }
 }
 
-/** An NSS database in `<home>/.pki/nssdb` trusting the CA for TLS servers: what chromium on Linux reads. */
-export function trustCa(homeDir: string, caFile: string): void {
-  const db = path.join(homeDir, '.pki', 'nssdb');
-  fs.mkdirSync(db, { recursive: true });
-  execFileSync('certutil', ['-d', `sql:${db}`, '-N', '--empty-password'], { stdio: 'pipe' });
-  execFileSync('certutil', ['-d', `sql:${db}`, '-A', '-t', 'C,,', '-n', 'demiurge-dev-ca', '-i', caFile], { stdio: 'pipe' });
-}
-
 export async function launchBrowser(t: BrowserTarget): Promise<Browser> {
   fs.mkdirSync(t.homeDir, { recursive: true });
-  if (t.caFile) trustCa(t.homeDir, t.caFile);
+  if (t.caFile) trustCaInHome(t.homeDir, t.caFile, 'demiurge-dev-ca');
   const to = `${t.httpsHost}:${t.httpsPort}`;
   return chromium.launch({
     executablePath: CHROMIUM,
     env: { ...process.env, HOME: t.homeDir },
     timeout: 60_000,
     args: [
-      '--headless',
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
+      ...HEADLESS_ARGS,
       // Every name of the environment goes to the published stage-1 port; nothing else resolves.
       `--host-resolver-rules=MAP *.${t.domain}:443 ${to}, MAP ${t.domain}:443 ${to}, EXCLUDE localhost`,
     ],

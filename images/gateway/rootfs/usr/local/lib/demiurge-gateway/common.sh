@@ -54,5 +54,6 @@ is_app_pid() {
   case "$cmd" in *"app-gateway/main.js"*|*"default-app/main.js"*) return 0 ;; *) return 1 ;; esac
 }
 
+# ENV_NAME_PATTERN of runtime/naming.ts (test/unit/gateway-image-naming.test.ts keeps them equal).
 valid_env_name() { [[ "$1" =~ ^[a-z]([a-z0-9-]{0,30}[a-z0-9])?$ ]]; }
 valid_port() { [[ "$1" =~ ^[1-9][0-9]{0,4}$ ]] && [ "$1" -le 65535 ]; }
