@@ -8,7 +8,8 @@ import type { GatewaySpec } from './inventory';
 import { migrate as runMigrations, MigrationResult, quoteSchema } from './migrate';
 import { DNS_TIMING, isUserContainerNaming, isValidDomain, isValidEnvName, isValidIpv4, orgFqdn, orgWildcardFqdn, type UserContainerNaming } from './naming';
 import { CertFileChange, NginxOptions, NginxRoutes, RouteChange } from './nginx-routes';
-import { GatewayRow, GatewayState, PoolStore, RegisterResult } from './pool-store';
+import { ALL_STATES, conditionsHolding, GatewayState, GatewayStates, TRANSIENT_STATES } from './gateway-states';
+import { GatewayRow, PoolReturn, PoolStore, RegisterResult } from './pool-store';
 import { PowerDnsClient, PowerDnsOptions } from './powerdns-client';
 import type { BackgroundResult, OrgCertificateProvider, OrgCertificateState } from './tls/org-certificates';
 import { assertGatewayName, assertOrganizationId, validateInventory } from './validation';
@@ -248,7 +249,7 @@ export class GatewayAllocator {
     this.waitTimeoutMs = opts.waitTimeoutMs ?? 20_000;
     this.log = opts.logger === null ? () => undefined : (opts.logger ?? defaultLogger);
     this.failpoints = opts.failpoints;
-    const guard: Guard = (query, orgs) => this.conditionsHolding(query, orgs);
+    const guard: Guard = (query, orgs) => conditionsHolding(this.table, query, orgs);
     this.dns = new DnsPublisher(new PowerDnsClient(opts.powerdns), this.pool, {
       envName: opts.envName,
       domain: opts.domain,
@@ -304,7 +305,7 @@ export class GatewayAllocator {
     const { changed, states } = await this.db(() => this.store.markReady(list), 'markReady failed');
     const unknown = list.filter((n) => !states.has(n));
     if (unknown.length > 0) throw new AllocatorError('UNKNOWN_GATEWAY', `unknown gateway(s): ${unknown.slice(0, 10).join(', ')}`, { unknown });
-    for (const name of changed) this.log({ event: 'gateway.ready', env: this.envName, gateway: name, from: 'registered', to: 'ready' });
+    for (const name of changed) this.log({ event: 'gateway.ready', env: this.envName, gateway: name, from: GatewayStates.registered, to: GatewayStates.ready });
     return Object.fromEntries(list.map((n) => [n, states.get(n) as GatewayState]));
   }
 
@@ -335,7 +336,7 @@ export class GatewayAllocator {
     for (;;) {
       const existing = await this.db(() => this.store.findByOrganization(orgId), 'pool lookup failed');
       if (existing) {
-        if (existing.state === 'allocated') return this.toAllocation(existing, null, false, await this.repairCertificate(existing));
+        if (existing.state === GatewayStates.allocated) return this.toAllocation(existing, null, false, await this.repairCertificate(existing));
         if (existing.leaseExpired) {
           await this.recover(existing, false);
           continue;
@@ -360,7 +361,7 @@ export class GatewayAllocator {
     const started = Date.now();
     const orgId = row.organizationId as string;
     const allocationId = row.allocationId as string;
-    this.log({ event: 'gateway.claimed', env: this.envName, gateway: row.name, organizationId: orgId, from: 'ready', to: 'allocating' });
+    this.log({ event: 'gateway.claimed', env: this.envName, gateway: row.name, organizationId: orgId, from: GatewayStates.ready, to: GatewayStates.allocating });
     await this.failpoint('allocate.afterClaim');
     const claim: ActionCondition = { kind: 'claim', allocationId };
     // The certificate (dev CA: minted in ≈11 ms; ACME: started in the background) goes in parallel with DNS and route.
@@ -391,7 +392,7 @@ export class GatewayAllocator {
       throw new AllocatorError('ALLOCATION_LOST', `allocation of ${row.name} to ${orgId} outlived its lease and was rolled back`, { organizationId: orgId });
     }
     const certificate = certResult.status === 'fulfilled' ? certResult.value : 'none';
-    this.log({ event: 'gateway.allocated', env: this.envName, gateway: row.name, organizationId: orgId, from: 'allocating', to: 'allocated', ms: Date.now() - started, certificate });
+    this.log({ event: 'gateway.allocated', env: this.envName, gateway: row.name, organizationId: orgId, from: GatewayStates.allocating, to: GatewayStates.allocated, ms: Date.now() - started, certificate });
     return this.toAllocation(row, token, true, certificate);
   }
 
@@ -406,7 +407,7 @@ export class GatewayAllocator {
         applied.cert ? this.routes.setCertificate({ orgId }) : Promise.resolve(),
       ]);
       await this.db(() => this.store.returnToPool(row.name, row.allocationId as string), 'rollback failed');
-      this.log({ event: 'gateway.rolled_back', env: this.envName, gateway: row.name, organizationId: orgId, from: 'allocating', to: 'ready', code: cause.code, message: cause.message });
+      this.log({ event: 'gateway.rolled_back', env: this.envName, gateway: row.name, organizationId: orgId, from: GatewayStates.allocating, to: GatewayStates.ready, code: cause.code, message: cause.message });
     } catch (undoErr) {
       await this.store.abandon(row.name, row.allocationId as string, `${cause.code}: ${cause.message}`).catch(() => undefined);
       this.log({ event: 'gateway.rollback_deferred', env: this.envName, gateway: row.name, organizationId: orgId, code: cause.code, message: `undo failed, reconcile() will finish: ${(undoErr as Error).message}` });
@@ -431,14 +432,14 @@ export class GatewayAllocator {
       if (conditional && options.allocationId !== undefined && row.allocationId !== options.allocationId) {
         throw new AllocatorError('NOT_ALLOCATED', `allocation ${options.allocationId} of organization ${organizationId} has ended`, { organizationId, conditionFailed: true });
       }
-      if (row.state === 'allocated') {
+      if (row.state === GatewayStates.allocated) {
         const cond = { allocationId: options.allocationId, silentForMs: options.silentForMs };
         const begun = await this.db(() => this.store.beginRelease(organizationId, this.leaseMs, cond), 'release failed');
         if (!begun) {
           if (conditional) throw new AllocatorError('NOT_ALLOCATED', `organization ${organizationId}: release condition no longer holds`, { organizationId, conditionFailed: true });
           continue;
         }
-        return this.completeRelease(begun, options.quarantine ? 'registered' : 'ready');
+        return this.completeRelease(begun, options.quarantine ? GatewayStates.registered : GatewayStates.ready);
       }
       if (row.leaseExpired) {
         await this.recover(row, false);
@@ -449,10 +450,10 @@ export class GatewayAllocator {
     }
   }
 
-  private async completeRelease(row: GatewayRow, to: 'ready' | 'registered'): Promise<{ name: string; organizationId: string }> {
+  private async completeRelease(row: GatewayRow, to: PoolReturn): Promise<{ name: string; organizationId: string }> {
     const started = Date.now();
     const orgId = row.organizationId as string;
-    this.log({ event: 'gateway.releasing', env: this.envName, gateway: row.name, organizationId: orgId, from: 'allocated', to: 'releasing' });
+    this.log({ event: 'gateway.releasing', env: this.envName, gateway: row.name, organizationId: orgId, from: GatewayStates.allocated, to: GatewayStates.releasing });
     await this.failpoint('release.afterBegin');
     try {
       await this.undoEffects(orgId);
@@ -464,7 +465,7 @@ export class GatewayAllocator {
     }
     await this.failpoint('release.afterEffects');
     await this.db(() => this.store.returnToPool(row.name, row.allocationId as string, to), 'release failed');
-    this.log({ event: 'gateway.released', env: this.envName, gateway: row.name, organizationId: orgId, from: 'releasing', to, ms: Date.now() - started });
+    this.log({ event: 'gateway.released', env: this.envName, gateway: row.name, organizationId: orgId, from: GatewayStates.releasing, to, ms: Date.now() - started });
     return { name: row.name, organizationId: orgId };
   }
 
@@ -518,7 +519,7 @@ export class GatewayAllocator {
       return false;
     }
     const found = await this.db(() => this.store.registrationHash(name), 'registration lookup failed');
-    if (!found?.hash || found.state === 'retired') return false;
+    if (!found?.hash || found.state === GatewayStates.retired) return false;
     return timingSafeEqual(found.hash, hashToken(token));
   }
 
@@ -584,7 +585,7 @@ export class GatewayAllocator {
     this.assertOpen();
     assertOrganizationId(organizationId);
     const row = await this.db(() => this.store.findByOrganization(organizationId), 'pool lookup failed');
-    return row && row.state === 'allocated' ? this.toAllocation(row, null, false, await this.certificateState(organizationId)) : undefined;
+    return row && row.state === GatewayStates.allocated ? this.toAllocation(row, null, false, await this.certificateState(organizationId)) : undefined;
   }
 
   // ------------------------------------------------------------ inspection
@@ -592,7 +593,7 @@ export class GatewayAllocator {
   async status(): Promise<PoolStatus> {
     this.assertOpen();
     const rows = await this.db(() => this.store.list(), 'status failed');
-    const byState: Record<GatewayState, number> = { registered: 0, ready: 0, allocating: 0, allocated: 0, releasing: 0, retired: 0 };
+    const byState = Object.fromEntries(ALL_STATES.map((st) => [st, 0])) as Record<GatewayState, number>;
     rows.forEach((r) => (byState[r.state] += 1));
     return { envName: this.envName, total: rows.length - byState.retired, byState, allocatedOrganizations: byState.allocated };
   }
@@ -640,7 +641,7 @@ export class GatewayAllocator {
     };
 
     for (const row of await this.db(() => this.store.list(), 'reconcile failed')) {
-      if (row.state !== 'allocating' && row.state !== 'releasing') continue;
+      if (!TRANSIENT_STATES.includes(row.state)) continue;
       if (!row.leaseExpired && !options.force) {
         report.inFlight.push(row.name);
         continue;
@@ -665,7 +666,7 @@ export class GatewayAllocator {
     const routeChanges: RouteChange[] = [];
     const routeContent = new Map(ownedRoutes.map((r) => [r.orgId, r.content]));
     for (const r of rows) {
-      if (r.state !== 'allocated') continue;
+      if (r.state !== GatewayStates.allocated) continue;
       const orgId = r.organizationId as string;
       const onlyIf: ActionCondition = { kind: 'allocated', allocationId: r.allocationId as string };
       if (!ownedDns.get(orgId)?.correct) {
@@ -736,7 +737,7 @@ export class GatewayAllocator {
     const certs = this.certs;
     if (certs) {
       await this.routes.checkBaseCertificateReadable();
-      const allocated = rows.filter((r) => r.state === 'allocated');
+      const allocated = rows.filter((r) => r.state === GatewayStates.allocated);
       const maintained = await certs.maintain(allocated.map((r) => r.organizationId as string));
       report.certificatesIssued.push(...maintained.issued);
       report.certificatesStarted.push(...maintained.started);
@@ -788,7 +789,7 @@ export class GatewayAllocator {
       throw typed;
     }
     await this.db(() => this.store.returnToPool(taken.name, taken.allocationId as string), 'recovery failed');
-    this.log({ event: 'gateway.recovered', env: this.envName, gateway: taken.name, organizationId: orgId, from: taken.state, to: 'ready' });
+    this.log({ event: 'gateway.recovered', env: this.envName, gateway: taken.name, organizationId: orgId, from: taken.state, to: GatewayStates.ready });
     return true;
   }
 
@@ -836,7 +837,7 @@ export class GatewayAllocator {
     const orgId = result.kind === 'issued' ? result.certificate.organizationId : result.organizationId;
     void (async () => {
       const row = await this.store.findByOrganization(orgId);
-      if (!row || row.state !== 'allocated') return;
+      if (!row || row.state !== GatewayStates.allocated) return;
       if (result.kind === 'issued') {
         await this.routes.setCertificate({ orgId, bundlePem: result.certificate.bundlePem, onlyIf: { kind: 'allocated', allocationId: row.allocationId as string } });
         this.log({ event: 'certificate.ready', env: this.envName, gateway: row.name, organizationId: orgId, serial: result.certificate.serial });
@@ -849,7 +850,7 @@ export class GatewayAllocator {
         if (this.closed) return;
         void this.store
           .findByOrganization(orgId)
-          .then((fresh) => (fresh?.state === 'allocated' ? this.repairCertificate(fresh) : undefined))
+          .then((fresh) => (fresh?.state === GatewayStates.allocated ? this.repairCertificate(fresh) : undefined))
           .catch(() => undefined);
       }, Math.min(delay, 2 ** 31 - 1));
       timer.unref();
@@ -862,26 +863,6 @@ export class GatewayAllocator {
     const results = await Promise.allSettled(ops);
     const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
     if (failed) throw failed.reason;
-  }
-
-  private async conditionsHolding(
-    query: (sql: string, params: unknown[]) => Promise<Array<Record<string, unknown>>>,
-    orgs: Array<{ orgId: string; onlyIf: ActionCondition }>,
-  ): Promise<Set<string>> {
-    const rows = await query(
-      `SELECT organization_id::text AS org, state, allocation_id::text AS allocation_id FROM ${this.table} WHERE organization_id = ANY($1::uuid[])`,
-      [orgs.map((o) => o.orgId)],
-    );
-    const byOrg = new Map(rows.map((r) => [String(r.org), r]));
-    const holds = new Set<string>();
-    for (const o of orgs) {
-      const r = byOrg.get(o.orgId);
-      const c = o.onlyIf;
-      const ok =
-        c.kind === 'orphan' ? !r : c.kind === 'allocated' ? r?.state === 'allocated' && r.allocation_id === c.allocationId : r?.state === 'allocating' && r.allocation_id === c.allocationId;
-      if (ok) holds.add(o.orgId);
-    }
-    return holds;
   }
 
   private ensureBaseConfig(): Promise<void> {

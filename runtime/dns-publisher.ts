@@ -1,6 +1,7 @@
 import type { Pool } from 'pg';
 import { Batcher } from './batcher';
 import { AllocatorError } from './errors';
+import type { ActionCondition } from './gateway-states';
 import { absolute, orgDnsNames, orgFqdn, orgWildcardFqdn, type UserContainerNaming } from './naming';
 import type { PowerDnsClient, RRsetChange } from './powerdns-client';
 import { inTransaction } from './pg-transaction';
@@ -26,12 +27,8 @@ export interface DnsPublisherOptions {
  */
 export type DnsAction = { orgId: string; present: boolean; onlyIf?: ActionCondition };
 
-/**
- * `orphan`: the organization holds no gateway. `allocated`: it holds one in state
- * allocated under this allocation id. `claim`: the allocation is still being made
- * (allocating) under this id, i.e. no one has taken it over from its owner.
- */
-export type ActionCondition = { kind: 'orphan' } | { kind: 'allocated'; allocationId: string } | { kind: 'claim'; allocationId: string };
+/** The fence of an action (defined with the state machine: runtime/gateway-states.ts). */
+export type { ActionCondition } from './gateway-states';
 
 /** Returns the subset of organization ids whose condition still holds, using the lock's own connection. */
 export type Guard = (query: (sql: string, params: unknown[]) => Promise<Array<Record<string, unknown>>>, orgs: Array<{ orgId: string; onlyIf: ActionCondition }>) => Promise<Set<string>>;
