@@ -2,15 +2,16 @@ import { timingSafeEqual } from 'crypto';
 import { Pool } from 'pg';
 import { allocatorOptionsFromConfig } from './config/allocator-options';
 import type { RuntimeConfig } from './config/types';
-import { ActionCondition, DnsAction, DnsPublisher, Guard } from './dns-publisher';
+import { ActionCondition, DnsPublisher, Guard } from './dns-publisher';
 import { AllocatorError, AllocatorErrorCode, asAllocatorError, definitelyNotApplied, isAllocatorError } from './errors';
 import type { GatewaySpec } from './inventory';
 import { migrate as runMigrations, MigrationResult, quoteSchema } from './migrate';
 import { DNS_TIMING, isUserContainerNaming, isValidDomain, isValidEnvName, isValidIpv4, orgFqdn, orgWildcardFqdn, type UserContainerNaming } from './naming';
-import { CertFileChange, NginxOptions, NginxRoutes, RouteChange } from './nginx-routes';
+import { NginxOptions, NginxRoutes } from './nginx-routes';
 import { ALL_STATES, conditionsHolding, GatewayState, GatewayStates, TRANSIENT_STATES } from './gateway-states';
 import { GatewayRow, PoolReturn, PoolStore, RegisterResult } from './pool-store';
 import { PowerDnsClient, PowerDnsOptions } from './powerdns-client';
+import { planReconcile, ReconcileChanges, ReconcileDesired, ReconcileObserved } from './reconcile-plan';
 import type { BackgroundResult, OrgCertificateProvider, OrgCertificateState } from './tls/org-certificates';
 import { assertGatewayName, assertOrganizationId, validateInventory } from './validation';
 import { hashToken, isPlausibleToken, newToken } from './tokens';
@@ -206,6 +207,8 @@ export class GatewayAllocator {
   private readonly certRetries = new Map<string, NodeJS.Timeout>();
   private baseConfig: Promise<void> | undefined;
   private closed = false;
+  /** What reconcile() wants the effects to be (reconcile-plan). */
+  private readonly desired: ReconcileDesired;
   /** Set by fromConfig: the certificate manager it created, closed with the allocator. */
   private ownedCertificates: { close(): Promise<void> } | undefined;
 
@@ -258,6 +261,7 @@ export class GatewayAllocator {
       naming,
     }, guard);
     this.naming = naming;
+    this.desired = { envName: opts.envName, domain: opts.domain, publicIp: opts.publicIp, ttl: opts.dnsTtl ?? DNS_TIMING.orgRecordTtlSeconds, naming };
     this.certs = opts.certificates;
     this.routes = new NginxRoutes(opts.nginx, this.pool, opts.envName, opts.domain, guard, { naming, orgCertificates: !!this.certs });
     if (this.certs) {
@@ -639,62 +643,13 @@ export class GatewayAllocator {
       inFlight: [],
       errors: [],
     };
-
-    for (const row of await this.db(() => this.store.list(), 'reconcile failed')) {
-      if (!TRANSIENT_STATES.includes(row.state)) continue;
-      if (!row.leaseExpired && !options.force) {
-        report.inFlight.push(row.name);
-        continue;
-      }
-      try {
-        if (await this.recover(row, options.force ?? false)) report.recovered.push({ gateway: row.name, organizationId: row.organizationId as string, was: row.state });
-      } catch (err) {
-        const e = asAllocatorError(err, 'DATABASE_FAILED', 'recovery failed');
-        report.errors.push({ gateway: row.name, organizationId: row.organizationId ?? undefined, code: e.code, message: e.message });
-      }
-    }
-
-    // Effects are listed BEFORE the rows: anything an allocation published after
-    // this point belongs to a row we will see, so it cannot be mistaken for an orphan.
-    const [ownedDns, ownedRoutes, ownedCerts] = await Promise.all([this.dns.listOwned(), this.routes.listOwned(), this.routes.listOwnedCertificates()]).catch((err: unknown) => {
-      throw asAllocatorError(err, 'DNS_FAILED', 'reconcile could not list owned records');
-    });
-    const rows = await this.db(() => this.store.list(), 'reconcile failed');
-    const held = new Map(rows.filter((r) => r.organizationId).map((r) => [r.organizationId as string, r]));
-
-    const dnsActions: DnsAction[] = [];
-    const routeChanges: RouteChange[] = [];
-    const routeContent = new Map(ownedRoutes.map((r) => [r.orgId, r.content]));
-    for (const r of rows) {
-      if (r.state !== GatewayStates.allocated) continue;
-      const orgId = r.organizationId as string;
-      const onlyIf: ActionCondition = { kind: 'allocated', allocationId: r.allocationId as string };
-      if (!ownedDns.get(orgId)?.correct) {
-        dnsActions.push({ orgId, present: true, onlyIf });
-        report.dnsRepaired.push(orgId);
-      }
-      const change: RouteChange = { orgId, onlyIf, target: { gatewayName: r.name, host: r.host, port: r.httpPort } };
-      if (routeContent.get(orgId) !== this.routes.renderFor(change)) {
-        routeChanges.push(change);
-        report.routesRepaired.push(orgId);
-      }
-    }
-    for (const orgId of ownedDns.keys()) {
-      if (!held.has(orgId)) {
-        dnsActions.push({ orgId, present: false, onlyIf: { kind: 'orphan' } });
-        report.dnsOrphansRemoved.push(orgId);
-      }
-    }
-    for (const r of ownedRoutes) {
-      if (!held.has(r.orgId)) {
-        routeChanges.push({ orgId: r.orgId, onlyIf: { kind: 'orphan' } });
-        report.routeOrphansRemoved.push(r.orgId);
-      }
-    }
+    await this.recoverInterrupted(options.force ?? false, report);
+    const plan = planReconcile(await this.observeEffects(report), this.desired);
+    for (const [key, orgs] of Object.entries(plan.report) as Array<[keyof ReconcileChanges['report'], string[]]>) report[key].push(...orgs);
     const results = await Promise.allSettled([
-      this.dns.apply(dnsActions),
-      routeChanges.length > 0 ? this.routes.applyNow(routeChanges) : Promise.resolve(),
-      this.reconcileCertificates(rows, held, ownedCerts, report),
+      this.dns.apply(plan.dns),
+      plan.routes.length > 0 ? this.routes.applyNow(plan.routes) : Promise.resolve(),
+      this.routes.applyCertificatesNow(plan.certificates),
     ]);
     results.forEach((res, i) => {
       if (res.status === 'rejected') {
@@ -719,42 +674,50 @@ export class GatewayAllocator {
     return report;
   }
 
-  /**
-   * Certificates of allocated organizations: issues/renews what is missing or
-   * due (background orders for ACME), writes bundles that are missing or
-   * differ from PostgreSQL (e.g. renewed by another process), removes bundles
-   * that are no longer valid, and bundles of organizations that hold no
-   * gateway. Every write/removal is re-checked under the nginx config lock.
-   */
-  private async reconcileCertificates(rows: GatewayRow[], held: Map<string, GatewayRow>, owned: Array<{ orgId: string; content: string }>, report: ReconcileReport): Promise<void> {
-    const changes: CertFileChange[] = [];
-    for (const f of owned) {
-      if (!held.has(f.orgId)) {
-        changes.push({ orgId: f.orgId, onlyIf: { kind: 'orphan' } });
-        report.certificateOrphansRemoved.push(f.orgId);
+  /** reconcile, step 1: transitional gateways whose owner is gone (lease expired, or all with `force`) are driven to ready. */
+  private async recoverInterrupted(force: boolean, report: ReconcileReport): Promise<void> {
+    for (const row of await this.db(() => this.store.list(), 'reconcile failed')) {
+      if (!TRANSIENT_STATES.includes(row.state)) continue;
+      if (!row.leaseExpired && !force) {
+        report.inFlight.push(row.name);
+        continue;
+      }
+      try {
+        if (await this.recover(row, force)) report.recovered.push({ gateway: row.name, organizationId: row.organizationId as string, was: row.state });
+      } catch (err) {
+        const e = asAllocatorError(err, 'DATABASE_FAILED', 'recovery failed');
+        report.errors.push({ gateway: row.name, organizationId: row.organizationId ?? undefined, code: e.code, message: e.message });
       }
     }
-    const certs = this.certs;
-    if (certs) {
+  }
+
+  /**
+   * reconcile, step 2: what the effects look like. Effects are listed BEFORE
+   * the rows: anything an allocation published after this point belongs to a
+   * row we will see, so it cannot be mistaken for an orphan. With
+   * per-organization certificates, the allocated organizations' certificates
+   * are first issued or renewed where missing or due (background orders for
+   * ACME), then read; if that fails, no bundle is touched this round.
+   */
+  private async observeEffects(report: ReconcileReport): Promise<ReconcileObserved> {
+    const [dns, routes, certFiles] = await Promise.all([this.dns.listOwned(), this.routes.listOwned(), this.routes.listOwnedCertificates()]).catch((err: unknown) => {
+      throw asAllocatorError(err, 'DNS_FAILED', 'reconcile could not list owned records');
+    });
+    const rows = await this.db(() => this.store.list(), 'reconcile failed');
+    if (!this.certs) return { rows, dns, routes, certFiles };
+    try {
       await this.routes.checkBaseCertificateReadable();
-      const allocated = rows.filter((r) => r.state === GatewayStates.allocated);
-      const maintained = await certs.maintain(allocated.map((r) => r.organizationId as string));
+      const allocated = rows.filter((r) => r.state === GatewayStates.allocated).map((r) => r.organizationId as string);
+      const maintained = await this.certs.maintain(allocated);
       report.certificatesIssued.push(...maintained.issued);
       report.certificatesStarted.push(...maintained.started);
       for (const f of maintained.failed) report.errors.push({ organizationId: f.organizationId, code: 'TLS_FAILED', message: f.message });
-      const current = await certs.current(allocated.map((r) => r.organizationId as string));
-      const content = new Map(owned.map((f) => [f.orgId, f.content]));
-      for (const r of allocated) {
-        const orgId = r.organizationId as string;
-        const onlyIf: ActionCondition = { kind: 'allocated', allocationId: r.allocationId as string };
-        const cert = current.get(orgId);
-        const want = cert ? this.routes.renderCertFile(orgId, cert.bundlePem) : undefined;
-        if (content.get(orgId) === want) continue;
-        changes.push({ orgId, onlyIf, bundlePem: cert?.bundlePem });
-        report.certificatesRepaired.push(orgId);
-      }
+      return { rows, dns, routes, certFiles, certificates: await this.certs.current(allocated) };
+    } catch (err) {
+      const e = asAllocatorError(err, 'TLS_FAILED', 'reconcile repair failed');
+      report.errors.push({ code: e.code, message: e.message });
+      return { rows, dns, routes, certFiles: [] };
     }
-    await this.routes.applyCertificatesNow(changes);
   }
 
   /** Waits for in-flight batches, then closes the pg pool if the allocator created it. */
