@@ -1,173 +1,37 @@
 import { timingSafeEqual } from 'crypto';
 import type { Pool } from 'pg';
+import { AllocationCertificates } from './allocation-certificates';
 import { allocatorOptionsFromConfig } from './config/allocator-options';
 import type { RuntimeConfig } from './config/types';
-import { ActionCondition, DnsAction, DnsPublisher, Guard } from './dns-publisher';
-import { AllocatorError, AllocatorErrorCode, asAllocatorError, definitelyNotApplied, isAllocatorError } from './errors';
+import { ActionCondition, DnsPublisher, Guard } from './dns-publisher';
+import { AllocatorError, asAllocatorError, definitelyNotApplied, isAllocatorError } from './errors';
 import type { GatewaySpec } from './inventory';
 import { migrate as runMigrations, MigrationResult, quoteSchema } from './migrate';
-import { DNS_TIMING, isUserContainerNaming, isValidDomain, isValidEnvName, isValidIpv4, orgFqdn, orgWildcardFqdn, type UserContainerNaming } from './naming';
-import { CertFileChange, NginxOptions, NginxRoutes, RouteChange } from './nginx-routes';
-import { GatewayRow, GatewayState, PoolStore, RegisterResult } from './pool-store';
-import { PowerDnsClient, PowerDnsOptions } from './powerdns-client';
-import type { BackgroundResult, OrgCertificateProvider, OrgCertificateState } from './tls/org-certificates';
+import { DNS_TIMING, orgFqdn, orgWildcardFqdn, type UserContainerNaming } from './naming';
+import { NginxRoutes } from './nginx-routes';
+import { validateAllocatorOptions } from './options-validation';
+import { ALL_STATES, conditionsHolding, GatewayState, GatewayStates } from './gateway-states';
+import { GatewayRow, PoolReturn, PoolStore, RegisterResult } from './pool-store';
+import { PowerDnsClient } from './powerdns-client';
+import { PoolReconciler } from './pool-reconciler';
+import type { ReconcileDesired } from './reconcile-plan';
+import type { OrgCertificateProvider, OrgCertificateState } from './tls/org-certificates';
 import { assertGatewayName, assertOrganizationId, validateInventory } from './validation';
 import { hashToken, isPlausibleToken, newToken } from './tokens';
-import { resolvePgPool, type PgConnectionOptions } from './pg-pool';
+import { resolvePgPool } from './pg-pool';
 import { failpointsOf, type Failpoint, type Failpoints } from './failpoints';
 
+export type { Failpoint, AllocatorLogEvent, AllocatorLogger, GatewayAllocatorOptions, Allocation, TokenHolder, TokenInspection, ReleaseOptions, ReapReport, PoolStatus, GatewayListing, ReconcileReport, AllocatorMetrics } from './allocator-types';
+import type { AllocatorLogEvent, AllocatorLogger, GatewayAllocatorOptions, Allocation, TokenHolder, TokenInspection, ReleaseOptions, ReapReport, PoolStatus, GatewayListing, ReconcileReport, AllocatorMetrics } from './allocator-types';
 
-export interface AllocatorLogEvent {
-  event: string;
-  env: string;
-  gateway?: string;
-  organizationId?: string;
-  from?: GatewayState;
-  to?: GatewayState;
-  ms?: number;
-  code?: AllocatorErrorCode;
-  message?: string;
-  [key: string]: unknown;
+/** Which effects an allocation may have applied (a rollback withdraws only those). */
+interface AppliedEffects {
+  dns: boolean;
+  route: boolean;
+  cert: boolean;
 }
 
-export type AllocatorLogger = (event: AllocatorLogEvent) => void;
-
-export interface GatewayAllocatorOptions {
-  envName: string;
-  domain: string;
-  /** Address every organization name resolves to: the stage-1 nginx host. */
-  publicIp: string;
-  /**
-   * A connection string (the allocator owns and closes the pool) or an existing pg.Pool from any pg 8.x
-   * (used as given, recognised by its query/connect/end functions; the caller owns and ends it).
-   */
-  pg: PgConnectionOptions | Pool;
-  powerdns: PowerDnsOptions;
-  nginx: NginxOptions;
-  /** PostgreSQL schema of the pool tables; default `gateway_pool`. */
-  schema?: string;
-  /** TTL of published A records; default DNS_TIMING.orgRecordTtlSeconds (3 s: a release disappears from caches that fast). */
-  dnsTtl?: number;
-  /** How long an allocate/release may hold a gateway in a transitional state before reconcile() may take over; default 30 s. */
-  leaseMs?: number;
-  /** How long allocate/release wait for another process's in-flight operation on the same organization; default 20 s. */
-  waitTimeoutMs?: number;
-  /** One structured event per state change; default: JSON lines on stderr. `null` silences. */
-  logger?: AllocatorLogger | null;
-  /**
-   * How user containers are named (naming.ts). `nested` (default):
-   * `uc-<id>.org-<uuid>.<domain>`, which only a per-organization certificate
-   * covers (`certificates`). `flat`: `uc-<id>--org-<org>.<domain>`, covered by
-   * the base `*.<domain>` certificate; DNS then relies on the environment's
-   * `*.<domain>` record (`demiurge:dnsWildcard true`) and no org wildcard is published.
-   */
-  userContainerNaming?: UserContainerNaming;
-  /**
-   * Per-organization certificates (nested naming only), e.g. an
-   * OrgCertificates with the dev CA (issued before allocate resolves) or ACME
-   * (issued in the background; the allocation reports `pending`). The
-   * allocator supplies its pool, schema, domain and logger to it.
-   */
-  certificates?: OrgCertificateProvider;
-}
-
-export interface Allocation {
-  name: string;
-  host: string;
-  httpPort: number;
-  vpnPort: number;
-  organizationId: string;
-  /** Fencing id of this allocation: every allocation of any gateway gets a new one. */
-  allocationId: string;
-  fqdn: string;
-  wildcardFqdn: string;
-  /** Allocation-scoped gateway token; only the call that created the allocation receives it (it is stored hashed). */
-  token: string | null;
-  /** True for the call that created the allocation, false when an existing one was returned. */
-  created: boolean;
-  /**
-   * The organization's own certificate: `ready` (served for org-<uuid> and
-   * *.org-<uuid>), `pending` (being issued; the base certificate is served,
-   * covering org-<uuid>.<domain> only), `none` (no per-org certificates: flat
-   * naming or no `certificates` option).
-   */
-  certificate: OrgCertificateState;
-}
-
-/** Who a valid gateway token belongs to. */
-export interface TokenHolder {
-  gateway: string;
-  organizationId: string;
-  allocationId: string;
-}
-
-export type TokenInspection =
-  | { status: 'valid'; holder: TokenHolder }
-  /** The token's allocation was released: the gateway's second stop is harmless, everything else is refused. */
-  | { status: 'retired'; gateway: string; organizationId: string }
-  | { status: 'unknown' };
-
-export interface ReleaseOptions {
-  /** Release only this allocation (a fence against releasing a newer allocation of the same organization). */
-  allocationId?: string;
-  /** Release only if the gateway has been silent (no heartbeat) for this long; checked atomically. */
-  silentForMs?: number;
-  /** Return the gateway as `registered` instead of `ready`: it is not handed out again until it calls /gateway/ready. */
-  quarantine?: boolean;
-}
-
-export interface ReapReport {
-  /** Silent gateways released, with the organization they held. */
-  released: Array<{ gateway: string; organizationId: string; silentSince: string }>;
-  /** Silent at first sight, but they spoke (or were released) before the release; left alone. */
-  revived: string[];
-  errors: Array<{ gateway: string; organizationId: string; code: AllocatorErrorCode; message: string }>;
-}
-
-export interface PoolStatus {
-  envName: string;
-  total: number;
-  byState: Record<GatewayState, number>;
-  allocatedOrganizations: number;
-}
-
-export interface GatewayListing extends GatewaySpec {
-  state: GatewayState;
-  organizationId: string | null;
-  since: string;
-  lastHeartbeatAt: string | null;
-  leaseExpired: boolean;
-  lastError: string | null;
-}
-
-export interface ReconcileReport {
-  /** Transitional gateways whose owner was gone: allocations rolled back / releases finished. */
-  recovered: Array<{ gateway: string; organizationId: string; was: GatewayState }>;
-  dnsRepaired: string[];
-  routesRepaired: string[];
-  dnsOrphansRemoved: string[];
-  routeOrphansRemoved: string[];
-  /** Certificate bundles (re)written or removed (expired, undecryptable) for allocated organizations. */
-  certificatesRepaired: string[];
-  certificateOrphansRemoved: string[];
-  /** Per-org certificates issued or renewed now (await mode) / orders started in the background. */
-  certificatesIssued: string[];
-  certificatesStarted: string[];
-  /** Transitional gateways left alone because their owner's lease is still running. */
-  inFlight: string[];
-  errors: Array<{ gateway?: string; organizationId?: string; code: AllocatorErrorCode; message: string }>;
-}
-
-export interface AllocatorMetrics {
-  sqlRoundTrips: number;
-  dnsPatches: number;
-  nginxTests: number;
-  nginxReloads: number;
-  /** ms spent writing routes and confirming nginx serves them. */
-  nginxRouteMs: number;
-}
-
-const DEFAULT_SCHEMA = 'gateway_pool';
+const ALL_EFFECTS: AppliedEffects = { dns: true, route: true, cert: true };
 
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
@@ -202,35 +66,16 @@ export class GatewayAllocator {
   /** User-container naming scheme; see GatewayAllocatorOptions.userContainerNaming. */
   readonly naming: UserContainerNaming;
   private readonly certs?: OrgCertificateProvider;
-  private unsubscribeCerts?: () => void;
-  /** Retries of failed background certificate orders, at their back-off time. */
-  private readonly certRetries = new Map<string, NodeJS.Timeout>();
+  private readonly certificates: AllocationCertificates;
   private baseConfig: Promise<void> | undefined;
   private closed = false;
+  /** What reconcile() wants the effects to be (reconcile-plan). */
+  private readonly desired: ReconcileDesired;
   /** Set by fromConfig: the certificate manager it created, closed with the allocator. */
   private ownedCertificates: { close(): Promise<void> } | undefined;
 
   constructor(opts: GatewayAllocatorOptions) {
-    const problems: string[] = [];
-    if (!isValidEnvName(opts.envName)) problems.push('envName must be a short lowercase DNS label');
-    if (!isValidDomain(opts.domain)) problems.push('domain must be a lowercase DNS name without trailing dot');
-    if (!isValidIpv4(opts.publicIp)) problems.push('publicIp must be an IPv4 address');
-    if (!opts.powerdns?.apiUrl || !opts.powerdns.apiKey || !opts.powerdns.zone) problems.push('powerdns needs apiUrl, apiKey and zone');
-    if (!opts.nginx?.confDir || !opts.nginx.tls?.certPath || !opts.nginx.tls.keyPath) problems.push('nginx needs confDir and tls.certPath/keyPath');
-    const schema = opts.schema ?? DEFAULT_SCHEMA;
-    try {
-      quoteSchema(schema);
-    } catch (err) {
-      problems.push((err as Error).message);
-    }
-    const naming = opts.userContainerNaming ?? 'nested';
-    if (!isUserContainerNaming(naming)) problems.push(`userContainerNaming must be 'nested' or 'flat'`);
-    if (naming === 'flat' && opts.certificates) problems.push('certificates are not used with flat naming (the base wildcard covers every name): remove one of the two');
-    if (opts.powerdns?.zone) {
-      const zone = opts.powerdns.zone.replace(/\.$/, '');
-      if (opts.domain !== zone && !opts.domain.endsWith(`.${zone}`)) problems.push(`domain ${opts.domain} is not inside zone ${zone}`);
-    }
-    if (problems.length > 0) throw new AllocatorError('INVALID_CONFIG', `invalid allocator options: ${problems.join('; ')}`, { problems });
+    const { schema, naming } = validateAllocatorOptions(opts);
 
     this.envName = opts.envName;
     this.domain = opts.domain;
@@ -246,7 +91,7 @@ export class GatewayAllocator {
     this.waitTimeoutMs = opts.waitTimeoutMs ?? 20_000;
     this.log = opts.logger === null ? () => undefined : (opts.logger ?? defaultLogger);
     this.failpoints = failpointsOf(opts);
-    const guard: Guard = (query, orgs) => this.conditionsHolding(query, orgs);
+    const guard: Guard = (query, orgs) => conditionsHolding(this.table, query, orgs);
     this.dns = new DnsPublisher(new PowerDnsClient(opts.powerdns), this.pool, {
       envName: opts.envName,
       domain: opts.domain,
@@ -255,12 +100,13 @@ export class GatewayAllocator {
       naming,
     }, guard);
     this.naming = naming;
+    this.desired = { envName: opts.envName, domain: opts.domain, publicIp: opts.publicIp, ttl: opts.dnsTtl ?? DNS_TIMING.orgRecordTtlSeconds, naming };
     this.certs = opts.certificates;
     this.routes = new NginxRoutes(opts.nginx, this.pool, opts.envName, opts.domain, guard, { naming, orgCertificates: !!this.certs });
     if (this.certs) {
       this.certs.attach({ pool: this.pool, schema, domain: opts.domain, logger: (e) => this.log({ env: this.envName, ...e }) });
-      this.unsubscribeCerts = this.certs.onBackgroundResult((r) => this.onCertificateResult(r));
     }
+    this.certificates = new AllocationCertificates(this.certs, this.routes, this.store, this.envName, this.log);
   }
 
   /** An allocator for the environment's runtime config file (runtime/config: loadRuntimeConfig); `overrides` win (e.g. a logger). */
@@ -302,7 +148,7 @@ export class GatewayAllocator {
     const { changed, states } = await this.db(() => this.store.markReady(list), 'markReady failed');
     const unknown = list.filter((n) => !states.has(n));
     if (unknown.length > 0) throw new AllocatorError('UNKNOWN_GATEWAY', `unknown gateway(s): ${unknown.slice(0, 10).join(', ')}`, { unknown });
-    for (const name of changed) this.log({ event: 'gateway.ready', env: this.envName, gateway: name, from: 'registered', to: 'ready' });
+    for (const name of changed) this.log({ event: 'gateway.ready', env: this.envName, gateway: name, from: GatewayStates.registered, to: GatewayStates.ready });
     return Object.fromEntries(list.map((n) => [n, states.get(n) as GatewayState]));
   }
 
@@ -333,7 +179,7 @@ export class GatewayAllocator {
     for (;;) {
       const existing = await this.db(() => this.store.findByOrganization(orgId), 'pool lookup failed');
       if (existing) {
-        if (existing.state === 'allocated') return this.toAllocation(existing, null, false, await this.repairCertificate(existing));
+        if (existing.state === GatewayStates.allocated) return this.toAllocation(existing, null, false, await this.certificates.repair(existing));
         if (existing.leaseExpired) {
           await this.recover(existing, false);
           continue;
@@ -358,7 +204,7 @@ export class GatewayAllocator {
     const started = Date.now();
     const orgId = row.organizationId as string;
     const allocationId = row.allocationId as string;
-    this.log({ event: 'gateway.claimed', env: this.envName, gateway: row.name, organizationId: orgId, from: 'ready', to: 'allocating' });
+    this.log({ event: 'gateway.claimed', env: this.envName, gateway: row.name, organizationId: orgId, from: GatewayStates.ready, to: GatewayStates.allocating });
     await this.failpoint('allocate.afterClaim');
     const claim: ActionCondition = { kind: 'claim', allocationId };
     // The certificate (dev CA: minted in ≈11 ms; ACME: started in the background) goes in parallel with DNS and route.
@@ -366,7 +212,7 @@ export class GatewayAllocator {
       // Fenced on the claim: if reconcile() took the gateway over meanwhile, these write nothing.
       this.dns.publish(orgId, claim),
       this.routes.set({ orgId, onlyIf: claim, target: { gatewayName: row.name, host: row.host, port: row.httpPort } }),
-      this.ensureCertificate(orgId),
+      this.certificates.ensure(orgId),
     ]);
     const applied = {
       dns: !(dnsResult.status === 'rejected' && definitelyNotApplied(dnsResult.reason)),
@@ -389,26 +235,17 @@ export class GatewayAllocator {
       throw new AllocatorError('ALLOCATION_LOST', `allocation of ${row.name} to ${orgId} outlived its lease and was rolled back`, { organizationId: orgId });
     }
     const certificate = certResult.status === 'fulfilled' ? certResult.value : 'none';
-    this.log({ event: 'gateway.allocated', env: this.envName, gateway: row.name, organizationId: orgId, from: 'allocating', to: 'allocated', ms: Date.now() - started, certificate });
+    this.log({ event: 'gateway.allocated', env: this.envName, gateway: row.name, organizationId: orgId, from: GatewayStates.allocating, to: GatewayStates.allocated, ms: Date.now() - started, certificate });
     return this.toAllocation(row, token, true, certificate);
   }
 
   /** Undoes a failed allocation's effects; the gateway returns to the pool, or stays for reconcile() if undo fails too. */
-  private async rollback(row: GatewayRow, cause: AllocatorError, applied: { dns: boolean; route: boolean; cert?: boolean }): Promise<void> {
-    const orgId = row.organizationId as string;
-    try {
-      await this.effects([
-        applied.dns ? this.dns.withdraw(orgId) : Promise.resolve(),
-        applied.route ? this.routes.set({ orgId }) : Promise.resolve(),
-        // Only the file: the certificate itself stays in PostgreSQL for the next allocation.
-        applied.cert ? this.routes.setCertificate({ orgId }) : Promise.resolve(),
-      ]);
-      await this.db(() => this.store.returnToPool(row.name, row.allocationId as string), 'rollback failed');
-      this.log({ event: 'gateway.rolled_back', env: this.envName, gateway: row.name, organizationId: orgId, from: 'allocating', to: 'ready', code: cause.code, message: cause.message });
-    } catch (undoErr) {
-      await this.store.abandon(row.name, row.allocationId as string, `${cause.code}: ${cause.message}`).catch(() => undefined);
-      this.log({ event: 'gateway.rollback_deferred', env: this.envName, gateway: row.name, organizationId: orgId, code: cause.code, message: `undo failed, reconcile() will finish: ${(undoErr as Error).message}` });
-    }
+  private async rollback(row: GatewayRow, cause: AllocatorError, applied: AppliedEffects): Promise<void> {
+    const done = await this.undo(row, { applied, to: GatewayStates.ready, what: 'rollback failed', cause, deferredEvent: 'gateway.rollback_deferred' }).then(
+      () => true,
+      () => false,
+    );
+    if (done) this.log({ event: 'gateway.rolled_back', env: this.envName, gateway: row.name, organizationId: row.organizationId as string, from: GatewayStates.allocating, to: GatewayStates.ready, code: cause.code, message: cause.message });
   }
 
   /**
@@ -429,14 +266,14 @@ export class GatewayAllocator {
       if (conditional && options.allocationId !== undefined && row.allocationId !== options.allocationId) {
         throw new AllocatorError('NOT_ALLOCATED', `allocation ${options.allocationId} of organization ${organizationId} has ended`, { organizationId, conditionFailed: true });
       }
-      if (row.state === 'allocated') {
+      if (row.state === GatewayStates.allocated) {
         const cond = { allocationId: options.allocationId, silentForMs: options.silentForMs };
         const begun = await this.db(() => this.store.beginRelease(organizationId, this.leaseMs, cond), 'release failed');
         if (!begun) {
           if (conditional) throw new AllocatorError('NOT_ALLOCATED', `organization ${organizationId}: release condition no longer holds`, { organizationId, conditionFailed: true });
           continue;
         }
-        return this.completeRelease(begun, options.quarantine ? 'registered' : 'ready');
+        return this.completeRelease(begun, options.quarantine ? GatewayStates.registered : GatewayStates.ready);
       }
       if (row.leaseExpired) {
         await this.recover(row, false);
@@ -447,22 +284,13 @@ export class GatewayAllocator {
     }
   }
 
-  private async completeRelease(row: GatewayRow, to: 'ready' | 'registered'): Promise<{ name: string; organizationId: string }> {
+  private async completeRelease(row: GatewayRow, to: PoolReturn): Promise<{ name: string; organizationId: string }> {
     const started = Date.now();
     const orgId = row.organizationId as string;
-    this.log({ event: 'gateway.releasing', env: this.envName, gateway: row.name, organizationId: orgId, from: 'allocated', to: 'releasing' });
+    this.log({ event: 'gateway.releasing', env: this.envName, gateway: row.name, organizationId: orgId, from: GatewayStates.allocated, to: GatewayStates.releasing });
     await this.failpoint('release.afterBegin');
-    try {
-      await this.undoEffects(orgId);
-    } catch (err) {
-      const typed = asAllocatorError(err, 'DATABASE_FAILED', 'release failed');
-      await this.store.abandon(row.name, row.allocationId as string, `${typed.code}: ${typed.message}`).catch(() => undefined);
-      this.log({ event: 'gateway.release_deferred', env: this.envName, gateway: row.name, organizationId: orgId, code: typed.code, message: typed.message });
-      throw typed;
-    }
-    await this.failpoint('release.afterEffects');
-    await this.db(() => this.store.returnToPool(row.name, row.allocationId as string, to), 'release failed');
-    this.log({ event: 'gateway.released', env: this.envName, gateway: row.name, organizationId: orgId, from: 'releasing', to, ms: Date.now() - started });
+    await this.undo(row, { applied: ALL_EFFECTS, to, what: 'release failed', deferredEvent: 'gateway.release_deferred', afterEffects: 'release.afterEffects' });
+    this.log({ event: 'gateway.released', env: this.envName, gateway: row.name, organizationId: orgId, from: GatewayStates.releasing, to, ms: Date.now() - started });
     return { name: row.name, organizationId: orgId };
   }
 
@@ -516,7 +344,7 @@ export class GatewayAllocator {
       return false;
     }
     const found = await this.db(() => this.store.registrationHash(name), 'registration lookup failed');
-    if (!found?.hash || found.state === 'retired') return false;
+    if (!found?.hash || found.state === GatewayStates.retired) return false;
     return timingSafeEqual(found.hash, hashToken(token));
   }
 
@@ -582,7 +410,7 @@ export class GatewayAllocator {
     this.assertOpen();
     assertOrganizationId(organizationId);
     const row = await this.db(() => this.store.findByOrganization(organizationId), 'pool lookup failed');
-    return row && row.state === 'allocated' ? this.toAllocation(row, null, false, await this.certificateState(organizationId)) : undefined;
+    return row && row.state === GatewayStates.allocated ? this.toAllocation(row, null, false, await this.certificates.state(organizationId)) : undefined;
   }
 
   // ------------------------------------------------------------ inspection
@@ -590,7 +418,7 @@ export class GatewayAllocator {
   async status(): Promise<PoolStatus> {
     this.assertOpen();
     const rows = await this.db(() => this.store.list(), 'status failed');
-    const byState: Record<GatewayState, number> = { registered: 0, ready: 0, allocating: 0, allocated: 0, releasing: 0, retired: 0 };
+    const byState = Object.fromEntries(ALL_STATES.map((st) => [st, 0])) as Record<GatewayState, number>;
     rows.forEach((r) => (byState[r.state] += 1));
     return { envName: this.envName, total: rows.length - byState.retired, byState, allocatedOrganizations: byState.allocated };
   }
@@ -623,145 +451,24 @@ export class GatewayAllocator {
   async reconcile(options: { force?: boolean } = {}): Promise<ReconcileReport> {
     this.assertOpen();
     await this.ensureBaseConfig();
-    const report: ReconcileReport = {
-      recovered: [],
-      dnsRepaired: [],
-      routesRepaired: [],
-      dnsOrphansRemoved: [],
-      routeOrphansRemoved: [],
-      certificatesRepaired: [],
-      certificateOrphansRemoved: [],
-      certificatesIssued: [],
-      certificatesStarted: [],
-      inFlight: [],
-      errors: [],
-    };
-
-    for (const row of await this.db(() => this.store.list(), 'reconcile failed')) {
-      if (row.state !== 'allocating' && row.state !== 'releasing') continue;
-      if (!row.leaseExpired && !options.force) {
-        report.inFlight.push(row.name);
-        continue;
-      }
-      try {
-        if (await this.recover(row, options.force ?? false)) report.recovered.push({ gateway: row.name, organizationId: row.organizationId as string, was: row.state });
-      } catch (err) {
-        const e = asAllocatorError(err, 'DATABASE_FAILED', 'recovery failed');
-        report.errors.push({ gateway: row.name, organizationId: row.organizationId ?? undefined, code: e.code, message: e.message });
-      }
-    }
-
-    // Effects are listed BEFORE the rows: anything an allocation published after
-    // this point belongs to a row we will see, so it cannot be mistaken for an orphan.
-    const [ownedDns, ownedRoutes, ownedCerts] = await Promise.all([this.dns.listOwned(), this.routes.listOwned(), this.routes.listOwnedCertificates()]).catch((err: unknown) => {
-      throw asAllocatorError(err, 'DNS_FAILED', 'reconcile could not list owned records');
-    });
-    const rows = await this.db(() => this.store.list(), 'reconcile failed');
-    const held = new Map(rows.filter((r) => r.organizationId).map((r) => [r.organizationId as string, r]));
-
-    const dnsActions: DnsAction[] = [];
-    const routeChanges: RouteChange[] = [];
-    const routeContent = new Map(ownedRoutes.map((r) => [r.orgId, r.content]));
-    for (const r of rows) {
-      if (r.state !== 'allocated') continue;
-      const orgId = r.organizationId as string;
-      const onlyIf: ActionCondition = { kind: 'allocated', allocationId: r.allocationId as string };
-      if (!ownedDns.get(orgId)?.correct) {
-        dnsActions.push({ orgId, present: true, onlyIf });
-        report.dnsRepaired.push(orgId);
-      }
-      const change: RouteChange = { orgId, onlyIf, target: { gatewayName: r.name, host: r.host, port: r.httpPort } };
-      if (routeContent.get(orgId) !== this.routes.renderFor(change)) {
-        routeChanges.push(change);
-        report.routesRepaired.push(orgId);
-      }
-    }
-    for (const orgId of ownedDns.keys()) {
-      if (!held.has(orgId)) {
-        dnsActions.push({ orgId, present: false, onlyIf: { kind: 'orphan' } });
-        report.dnsOrphansRemoved.push(orgId);
-      }
-    }
-    for (const r of ownedRoutes) {
-      if (!held.has(r.orgId)) {
-        routeChanges.push({ orgId: r.orgId, onlyIf: { kind: 'orphan' } });
-        report.routeOrphansRemoved.push(r.orgId);
-      }
-    }
-    const results = await Promise.allSettled([
-      this.dns.apply(dnsActions),
-      routeChanges.length > 0 ? this.routes.applyNow(routeChanges) : Promise.resolve(),
-      this.reconcileCertificates(rows, held, ownedCerts, report),
-    ]);
-    results.forEach((res, i) => {
-      if (res.status === 'rejected') {
-        const e = asAllocatorError(res.reason, i === 0 ? 'DNS_FAILED' : i === 1 ? 'NGINX_FAILED' : 'TLS_FAILED', 'reconcile repair failed');
-        report.errors.push({ code: e.code, message: e.message });
-      }
-    });
-    this.log({
-      event: 'pool.reconciled',
-      env: this.envName,
-      recovered: report.recovered.length,
-      dnsRepaired: report.dnsRepaired.length,
-      routesRepaired: report.routesRepaired.length,
-      dnsOrphansRemoved: report.dnsOrphansRemoved.length,
-      routeOrphansRemoved: report.routeOrphansRemoved.length,
-      certificatesRepaired: report.certificatesRepaired.length,
-      certificateOrphansRemoved: report.certificateOrphansRemoved.length,
-      certificatesIssued: report.certificatesIssued.length,
-      certificatesStarted: report.certificatesStarted.length,
-      errors: report.errors.length,
-    });
-    return report;
-  }
-
-  /**
-   * Certificates of allocated organizations: issues/renews what is missing or
-   * due (background orders for ACME), writes bundles that are missing or
-   * differ from PostgreSQL (e.g. renewed by another process), removes bundles
-   * that are no longer valid, and bundles of organizations that hold no
-   * gateway. Every write/removal is re-checked under the nginx config lock.
-   */
-  private async reconcileCertificates(rows: GatewayRow[], held: Map<string, GatewayRow>, owned: Array<{ orgId: string; content: string }>, report: ReconcileReport): Promise<void> {
-    const changes: CertFileChange[] = [];
-    for (const f of owned) {
-      if (!held.has(f.orgId)) {
-        changes.push({ orgId: f.orgId, onlyIf: { kind: 'orphan' } });
-        report.certificateOrphansRemoved.push(f.orgId);
-      }
-    }
-    const certs = this.certs;
-    if (certs) {
-      await this.routes.checkBaseCertificateReadable();
-      const allocated = rows.filter((r) => r.state === 'allocated');
-      const maintained = await certs.maintain(allocated.map((r) => r.organizationId as string));
-      report.certificatesIssued.push(...maintained.issued);
-      report.certificatesStarted.push(...maintained.started);
-      for (const f of maintained.failed) report.errors.push({ organizationId: f.organizationId, code: 'TLS_FAILED', message: f.message });
-      const current = await certs.current(allocated.map((r) => r.organizationId as string));
-      const content = new Map(owned.map((f) => [f.orgId, f.content]));
-      for (const r of allocated) {
-        const orgId = r.organizationId as string;
-        const onlyIf: ActionCondition = { kind: 'allocated', allocationId: r.allocationId as string };
-        const cert = current.get(orgId);
-        const want = cert ? this.routes.renderCertFile(orgId, cert.bundlePem) : undefined;
-        if (content.get(orgId) === want) continue;
-        changes.push({ orgId, onlyIf, bundlePem: cert?.bundlePem });
-        report.certificatesRepaired.push(orgId);
-      }
-    }
-    await this.routes.applyCertificatesNow(changes);
+    return new PoolReconciler({
+      store: this.store,
+      dns: this.dns,
+      routes: this.routes,
+      certs: this.certs,
+      desired: this.desired,
+      log: this.log,
+      recover: (row, force) => this.recover(row, force),
+    }).run(options.force ?? false);
   }
 
   /** Waits for in-flight batches, then closes the pg pool if the allocator created it. */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    // Background certificate results and retries are ignored from now on, as before any close.
+    this.certificates.close();
     await Promise.allSettled([...this.inflight.values()]);
-    this.unsubscribeCerts?.();
-    for (const t of this.certRetries.values()) clearTimeout(t);
-    this.certRetries.clear();
     await Promise.all([this.dns.idle(), this.routes.idle()]);
     await this.ownedCertificates?.close();
     if (this.ownsPool) await this.pool.end();
@@ -778,81 +485,38 @@ export class GatewayAllocator {
     const taken = await this.db(() => this.store.takeOver(row.name, row.allocationId as string, this.leaseMs, force), 'take-over failed');
     if (!taken) return false;
     const orgId = taken.organizationId as string;
-    try {
-      await this.undoEffects(orgId);
-    } catch (err) {
-      const typed = asAllocatorError(err, 'DATABASE_FAILED', 'recovery failed');
-      await this.store.abandon(taken.name, taken.allocationId as string, `${typed.code}: ${typed.message}`).catch(() => undefined);
-      throw typed;
-    }
-    await this.db(() => this.store.returnToPool(taken.name, taken.allocationId as string), 'recovery failed');
-    this.log({ event: 'gateway.recovered', env: this.envName, gateway: taken.name, organizationId: orgId, from: taken.state, to: 'ready' });
+    await this.undo(taken, { applied: ALL_EFFECTS, to: GatewayStates.ready, what: 'recovery failed' });
+    this.log({ event: 'gateway.recovered', env: this.envName, gateway: taken.name, organizationId: orgId, from: taken.state, to: GatewayStates.ready });
     return true;
   }
 
-  private async undoEffects(orgId: string): Promise<void> {
-    // The certificate stays in PostgreSQL for the organization's next allocation; its file (a private key) goes.
-    await this.effects([this.dns.withdraw(orgId), this.routes.set({ orgId }), this.routes.setCertificate({ orgId })]);
-  }
-
   /**
-   * During an allocation: the organization's certificate in place for nginx.
-   * await issuers (dev CA) issue first; background ones (ACME) return pending
-   * and write the file when the order completes (onCertificateResult).
+   * THE undo path, shared by a failed allocation (rollback), a release and a
+   * recovery: withdraws the effects that may have been applied, then returns
+   * the gateway to the pool (`to`). If either fails, the lease is ended with
+   * the reason (`cause`, else the failure) so reconcile() takes over at once,
+   * and the failure is thrown. A failpoint's throw (SimulatedCrash) skips it all, like a dead process.
    */
-  private async ensureCertificate(orgId: string): Promise<OrgCertificateState> {
-    if (!this.certs) return 'none';
-    const cert = await this.certs.obtain(orgId);
-    if (!cert) return 'pending';
-    await this.routes.setCertificate({ orgId, bundlePem: cert.bundlePem });
-    return 'ready';
-  }
-
-  /** A repeated allocate: reuse, or repair the file, of an existing allocation (fenced on it). */
-  private async repairCertificate(row: GatewayRow): Promise<OrgCertificateState> {
-    if (!this.certs) return 'none';
+  private async undo(row: GatewayRow, o: { applied: AppliedEffects; to: PoolReturn; what: string; cause?: AllocatorError; deferredEvent?: string; afterEffects?: Failpoint }): Promise<void> {
     const orgId = row.organizationId as string;
-    const cert = await this.certs.obtain(orgId).catch((err: unknown) => {
-      this.log({ event: 'certificate.failed', env: this.envName, organizationId: orgId, code: 'TLS_FAILED', message: (err as Error).message });
-      return undefined;
-    });
-    if (!cert) return (await this.certificateState(orgId)) === 'ready' ? 'ready' : 'pending';
-    if (!(await this.routes.certificateFileMatches(orgId, cert.bundlePem))) {
-      await this.routes.setCertificate({ orgId, bundlePem: cert.bundlePem, onlyIf: { kind: 'allocated', allocationId: row.allocationId as string } });
-    }
-    return 'ready';
-  }
-
-  private async certificateState(orgId: string): Promise<OrgCertificateState> {
-    if (!this.certs) return 'none';
-    return (await this.certs.current([orgId])).has(orgId) ? 'ready' : 'pending';
-  }
-
-  /** A background order finished: write the bundle if the organization is still allocated, or retry after its back-off. */
-  private onCertificateResult(result: BackgroundResult): void {
-    if (this.closed) return;
-    const orgId = result.kind === 'issued' ? result.certificate.organizationId : result.organizationId;
-    void (async () => {
-      const row = await this.store.findByOrganization(orgId);
-      if (!row || row.state !== 'allocated') return;
-      if (result.kind === 'issued') {
-        await this.routes.setCertificate({ orgId, bundlePem: result.certificate.bundlePem, onlyIf: { kind: 'allocated', allocationId: row.allocationId as string } });
-        this.log({ event: 'certificate.ready', env: this.envName, gateway: row.name, organizationId: orgId, serial: result.certificate.serial });
-        return;
+    const abandon = async (err: unknown): Promise<never> => {
+      const typed = asAllocatorError(err, 'DATABASE_FAILED', o.what);
+      const reason = o.cause ?? typed;
+      await this.store.abandon(row.name, row.allocationId as string, `${reason.code}: ${reason.message}`).catch(() => undefined);
+      if (o.deferredEvent) {
+        const message = o.cause ? `undo failed, reconcile() will finish: ${typed.message}` : typed.message;
+        this.log({ event: o.deferredEvent, env: this.envName, gateway: row.name, organizationId: orgId, code: reason.code, message });
       }
-      const delay = Math.max(1_000, (result.retryAfter?.getTime() ?? Date.now() + 60_000) - Date.now());
-      clearTimeout(this.certRetries.get(orgId));
-      const timer = setTimeout(() => {
-        this.certRetries.delete(orgId);
-        if (this.closed) return;
-        void this.store
-          .findByOrganization(orgId)
-          .then((fresh) => (fresh?.state === 'allocated' ? this.repairCertificate(fresh) : undefined))
-          .catch(() => undefined);
-      }, Math.min(delay, 2 ** 31 - 1));
-      timer.unref();
-      this.certRetries.set(orgId, timer);
-    })().catch((err: unknown) => this.log({ event: 'certificate.write_failed', env: this.envName, organizationId: orgId, code: 'NGINX_FAILED', message: (err as Error).message }));
+      throw typed;
+    };
+    await this.effects([
+      o.applied.dns ? this.dns.withdraw(orgId) : Promise.resolve(),
+      o.applied.route ? this.routes.set({ orgId }) : Promise.resolve(),
+      // Only the file (a private key): the certificate stays in PostgreSQL for the organization's next allocation.
+      o.applied.cert ? this.routes.setCertificate({ orgId }) : Promise.resolve(),
+    ]).catch(abandon);
+    if (o.afterEffects) await this.failpoint(o.afterEffects);
+    await this.store.returnToPool(row.name, row.allocationId as string, o.to).catch(abandon);
   }
 
   /** Waits for all effects; reports the first failure (DNS before nginx) once all have settled. */
@@ -860,26 +524,6 @@ export class GatewayAllocator {
     const results = await Promise.allSettled(ops);
     const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
     if (failed) throw failed.reason;
-  }
-
-  private async conditionsHolding(
-    query: (sql: string, params: unknown[]) => Promise<Array<Record<string, unknown>>>,
-    orgs: Array<{ orgId: string; onlyIf: ActionCondition }>,
-  ): Promise<Set<string>> {
-    const rows = await query(
-      `SELECT organization_id::text AS org, state, allocation_id::text AS allocation_id FROM ${this.table} WHERE organization_id = ANY($1::uuid[])`,
-      [orgs.map((o) => o.orgId)],
-    );
-    const byOrg = new Map(rows.map((r) => [String(r.org), r]));
-    const holds = new Set<string>();
-    for (const o of orgs) {
-      const r = byOrg.get(o.orgId);
-      const c = o.onlyIf;
-      const ok =
-        c.kind === 'orphan' ? !r : c.kind === 'allocated' ? r?.state === 'allocated' && r.allocation_id === c.allocationId : r?.state === 'allocating' && r.allocation_id === c.allocationId;
-      if (ok) holds.add(o.orgId);
-    }
-    return holds;
   }
 
   private ensureBaseConfig(): Promise<void> {

@@ -1,6 +1,8 @@
 import type { Pool } from 'pg';
 import { Batcher } from './batcher';
 import { AllocatorError } from './errors';
+import type { ActionCondition } from './gateway-states';
+import type { OwnedRRset } from './reconcile-plan';
 import { absolute, orgDnsNames, orgFqdn, orgWildcardFqdn, type UserContainerNaming } from './naming';
 import type { PowerDnsClient, RRsetChange } from './powerdns-client';
 import { inTransaction } from './pg-transaction';
@@ -26,12 +28,8 @@ export interface DnsPublisherOptions {
  */
 export type DnsAction = { orgId: string; present: boolean; onlyIf?: ActionCondition };
 
-/**
- * `orphan`: the organization holds no gateway. `allocated`: it holds one in state
- * allocated under this allocation id. `claim`: the allocation is still being made
- * (allocating) under this id, i.e. no one has taken it over from its owner.
- */
-export type ActionCondition = { kind: 'orphan' } | { kind: 'allocated'; allocationId: string } | { kind: 'claim'; allocationId: string };
+/** The fence of an action (defined with the state machine: runtime/gateway-states.ts). */
+export type { ActionCondition } from './gateway-states';
 
 /** Returns the subset of organization ids whose condition still holds, using the lock's own connection. */
 export type Guard = (query: (sql: string, params: unknown[]) => Promise<Array<Record<string, unknown>>>, orgs: Array<{ orgId: string; onlyIf: ActionCondition }>) => Promise<Set<string>>;
@@ -93,12 +91,9 @@ export class DnsPublisher {
     );
   }
 
-  /**
-   * Organizations that have records in the zone owned by this allocator and
-   * environment, with whether their content is exactly what we would publish.
-   */
-  async listOwned(): Promise<Map<string, { names: string[]; correct: boolean }>> {
-    const owned = new Map<string, { names: string[]; correct: boolean }>();
+  /** The A RRsets in the zone owned by this allocator and environment, per organization (reconcile-plan judges them). */
+  async listOwned(): Promise<Map<string, OwnedRRset[]>> {
+    const owned = new Map<string, OwnedRRset[]>();
     const domainSuffix = absolute(this.opts.domain);
     for (const rr of await this.client.listRRsets()) {
       if (rr.type !== 'A') continue;
@@ -107,18 +102,9 @@ export class DnsPublisher {
       const orgId = m[1];
       const ours = rr.comments.some((c) => c.account === DNS_OWNER_ACCOUNT && c.content === this.ownerComment(orgId));
       if (!ours) continue;
-      // A TTL other than ours (e.g. records published before the short TTLs) is wrong too:
-      // reconcile() re-publishes it, so a release disappears from caches as fast as promised.
-      const correct = rr.records.length === 1 && rr.records[0].content === this.opts.publicIp && !rr.records[0].disabled && rr.ttl === this.opts.ttl;
-      const entry = owned.get(orgId) ?? { names: [], correct: true };
-      entry.names.push(rr.name);
-      entry.correct = entry.correct && correct;
-      owned.set(orgId, entry);
-    }
-    const expected = this.opts.naming === 'flat' ? 1 : 2;
-    for (const [orgId, entry] of owned) {
-      const wanted = new Set(orgDnsNames(orgId, this.opts.domain, this.opts.naming).map(absolute));
-      entry.correct = entry.correct && entry.names.length === expected && entry.names.every((n) => wanted.has(n));
+      const list = owned.get(orgId) ?? [];
+      list.push({ name: rr.name, ttl: rr.ttl, records: rr.records.map((r) => ({ content: r.content, disabled: r.disabled })) });
+      owned.set(orgId, list);
     }
     return owned;
   }

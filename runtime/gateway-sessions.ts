@@ -1,5 +1,6 @@
 import type { Pool } from 'pg';
 import { asAllocatorError } from './errors';
+import { stillHoldsSql } from './gateway-states';
 import { quoteSchema } from './migrate';
 import { hashToken, isPlausibleToken, newToken } from './tokens';
 
@@ -70,7 +71,7 @@ export class GatewaySessions {
     if (!isPlausibleToken(token)) return { kind: 'invalid' };
     const rows = await this.q<Row>(
       `SELECT s.gateway, s.allocation_id::text AS allocation_id, s.organization_id,
-         EXISTS (SELECT 1 FROM ${this.gateways} g WHERE g.name = s.gateway AND g.allocation_id = s.allocation_id AND g.state = 'allocated') AS live
+         EXISTS (SELECT 1 FROM ${this.gateways} g WHERE g.name = s.gateway AND ${stillHoldsSql('g', 's.allocation_id')}) AS live
        FROM ${this.t} s WHERE s.handshake_hash = $1 AND s.consumed_at IS NULL AND s.handshake_expires > now()`,
       [hashToken(token)],
       'handshake lookup failed',
@@ -85,7 +86,7 @@ export class GatewaySessions {
       `UPDATE ${this.t} s SET consumed_at = now(), handshake_hash = NULL
        WHERE s.handshake_hash = $1 AND s.consumed_at IS NULL AND s.handshake_expires > now()
        RETURNING s.gateway, s.allocation_id::text AS allocation_id, s.organization_id,
-         EXISTS (SELECT 1 FROM ${this.gateways} g WHERE g.name = s.gateway AND g.allocation_id = s.allocation_id AND g.state = 'allocated') AS live`,
+         EXISTS (SELECT 1 FROM ${this.gateways} g WHERE g.name = s.gateway AND ${stillHoldsSql('g', 's.allocation_id')}) AS live`,
       [hashToken(token)],
       'handshake failed',
     );

@@ -73,6 +73,11 @@ export function certOwnerLine(envName: string, orgId: string): string {
   return `# owner=${ROUTE_OWNER} env=${envName} org=${orgId}`;
 }
 
+/** The text of an organization's bundle file as the allocator writes it: owner line, then key and chain. */
+export function renderCertFile(envName: string, orgId: string, bundlePem: string): string {
+  return `${certOwnerLine(envName, orgId)}\n${bundlePem}`;
+}
+
 /** A short fingerprint of the base configuration, served by the status server so a reload can be confirmed. */
 export function configVersion(text: string): string {
   let h = 2166136261;

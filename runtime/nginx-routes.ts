@@ -14,6 +14,7 @@ import {
   ROUTES_JS,
   ROUTES_SUBDIR,
   certOwnerLine,
+  renderCertFile,
   configVersion,
   orgCertFileName,
   orgIdOfCertFile,
@@ -230,7 +231,7 @@ export class NginxRoutes {
 
   /** What the allocator writes for a bundle (owner line first; PEM readers skip text before -----BEGIN). */
   renderCertFile(orgId: string, bundlePem: string): string {
-    return `${certOwnerLine(this.envName, orgId)}\n${bundlePem}`;
+    return renderCertFile(this.envName, orgId, bundlePem);
   }
 
   /** True when the organization's bundle file holds exactly this bundle (a repeated allocate need not rewrite it). */
@@ -340,7 +341,7 @@ export class NginxRoutes {
     return owned;
   }
 
-  renderFor(change: RouteChange): string | undefined {
+  private renderFor(change: RouteChange): string | undefined {
     const t = change.target;
     return t ? renderRoute(this.envName, change.orgId, t.gatewayName, t.host, t.port) : undefined;
   }

@@ -1,6 +1,7 @@
 import { createHash } from 'crypto';
 import type { Pool, PoolClient } from 'pg';
 import { AllocatorError, asAllocatorError } from './errors';
+import { stillHoldsSql } from './gateway-states';
 import { quoteSchema } from './migrate';
 import { inTransaction } from './pg-transaction';
 import { assertGatewayName, assertOrganizationId } from './validation';
@@ -123,8 +124,8 @@ export class OrgDataStore {
     return this.tx('push failed', async (c) => {
       // Row lock on the holder: conflicts with release's UPDATE, and serialises pushes of this organization.
       const holder = await c.query<{ allocation_id: string }>(
-        `SELECT allocation_id::text AS allocation_id FROM ${this.gateways}
-         WHERE name = $1 AND organization_id = $2 AND state = 'allocated' AND ($3::bigint IS NULL OR allocation_id = $3::bigint)
+        `SELECT g.allocation_id::text AS allocation_id FROM ${this.gateways} g
+         WHERE g.name = $1 AND g.organization_id = $2 AND ${stillHoldsSql('g', 'coalesce($3::bigint, g.allocation_id)')}
          FOR UPDATE`,
         [writer.gateway, organizationId, writer.allocationId ?? null],
       );

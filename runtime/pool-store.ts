@@ -3,9 +3,32 @@ import { Coalescer } from './batcher';
 import { AllocatorError } from './errors';
 import type { GatewaySpec } from './inventory';
 import { quoteSchema } from './migrate';
+import {
+  abandonSql,
+  beginReleaseSql,
+  claimSql,
+  FREE_STATES,
+  GatewayState,
+  GatewayStates,
+  markAllocatedSql,
+  markReadySql,
+  PoolTables,
+  REMOVABLE_STATES,
+  retireSql,
+  returnToPoolSql,
+  stateSql,
+  statesSql,
+  takeOverSql,
+  updateEndpointSql,
+} from './gateway-states';
 import { inTransaction } from './pg-transaction';
 
-export type GatewayState = 'registered' | 'ready' | 'allocating' | 'allocated' | 'releasing' | 'retired';
+export type { GatewayState } from './gateway-states';
+
+/** Where a gateway goes when its allocation ends: the pool, or quarantine until it calls /gateway/ready. */
+export type PoolReturn = typeof GatewayStates.ready | typeof GatewayStates.registered;
+
+const ALLOCATED = stateSql(GatewayStates.allocated);
 
 export interface GatewayRow extends GatewaySpec {
   state: GatewayState;
@@ -101,13 +124,13 @@ interface FencedRow {
  */
 export class PoolStore {
   private readonly t: string;
-  private readonly seq: string;
   private readonly retired: string;
+  private readonly tables: PoolTables;
   roundTrips = 0;
   private readonly finds = new Coalescer<string, GatewayRow | undefined>((orgs) => this.findMany(orgs));
   private readonly claims = new Coalescer<ClaimRequest, ClaimOutcome>((reqs) => this.claimMany(reqs));
   private readonly marks = new Coalescer<FencedRow, boolean>((items) => this.markAllocatedMany(items));
-  private readonly returns = new Coalescer<FencedRow & { to: 'ready' | 'registered' }, boolean>((items) => this.returnToPoolMany(items));
+  private readonly returns = new Coalescer<FencedRow & { to: PoolReturn }, boolean>((items) => this.returnToPoolMany(items));
   private readonly releases = new Coalescer<{ orgId: string; leaseMs: number }, GatewayRow | undefined>((items) => this.beginReleaseMany(items));
 
   constructor(
@@ -115,8 +138,8 @@ export class PoolStore {
     schema: string,
   ) {
     this.t = `${quoteSchema(schema)}.gateways`;
-    this.seq = `${quoteSchema(schema)}.allocation_seq`;
     this.retired = `${quoteSchema(schema)}.retired_tokens`;
+    this.tables = { gateways: this.t, allocationSeq: `${quoteSchema(schema)}.allocation_seq`, retiredTokens: this.retired };
   }
 
   private async query<R extends QueryResultRow>(sql: string, params: unknown[] = []): Promise<R[]> {
@@ -146,7 +169,7 @@ export class PoolStore {
    */
   async findByTokenHash(hash: Buffer): Promise<GatewayRow | undefined> {
     const rows = await this.query<DbRow>(
-      `UPDATE ${this.t} g SET last_heartbeat_at = now() WHERE g.token_hash = $1 AND g.state = 'allocated' RETURNING ${COLUMNS}`,
+      `UPDATE ${this.t} g SET last_heartbeat_at = now() WHERE g.token_hash = $1 AND g.state = ${ALLOCATED} RETURNING ${COLUMNS}`,
       [hash],
     );
     return rows[0] ? toRow(rows[0]) : undefined;
@@ -157,7 +180,7 @@ export class PoolStore {
   }
 
   async countReady(): Promise<number> {
-    const rows = await this.query<{ n: string }>(`SELECT count(*)::text AS n FROM ${this.t} WHERE state = 'ready'`);
+    const rows = await this.query<{ n: string }>(`SELECT count(*)::text AS n FROM ${this.t} WHERE state = ${stateSql(GatewayStates.ready)}`);
     return Number(rows[0].n);
   }
 
@@ -172,67 +195,30 @@ export class PoolStore {
   }
 
   /**
-   * Claims for a batch of organizations in one statement: the N longest-ready
-   * unlocked gateways, paired in order with the organizations in arrival order;
-   * organizations left without a gateway are 'exhausted', as a single claim
-   * finding no row would be.
+   * Claims for a batch of organizations in one statement (claimSql); organizations
+   * left without a gateway are 'exhausted', as a single claim finding no row would be.
    */
   private async claimMany(reqs: ClaimRequest[]): Promise<ClaimOutcome[]> {
-    if (reqs.length === 1) return [await this.claimOne(reqs[0])];
     return groupedBy(reqs, (r) => r.leaseMs, async (group, leaseMs) => {
       try {
-        const rows = await this.query<DbRow>(
-          `WITH req AS (
-             SELECT r.org, r.token_hash, r.ord FROM unnest($1::uuid[], $2::bytea[]) WITH ORDINALITY AS r(org, token_hash, ord)
-           ), candidate AS (
-             SELECT name, state_since FROM ${this.t} WHERE state = 'ready'
-             ORDER BY state_since, name FOR UPDATE SKIP LOCKED LIMIT $4
-           ), numbered AS (
-             SELECT name, row_number() OVER (ORDER BY state_since, name) AS ord FROM candidate
-           )
-           UPDATE ${this.t} g SET state = 'allocating', organization_id = req.org,
-             allocation_id = nextval('${this.seq}'),
-             token_hash = req.token_hash, state_since = now(), lease_expires_at = now() + make_interval(secs => $3::double precision / 1000),
-             last_error = NULL, last_heartbeat_at = NULL
-           FROM numbered JOIN req ON req.ord = numbered.ord
-           WHERE g.name = numbered.name
-           RETURNING ${COLUMNS}`,
-          [group.map((r) => r.orgId), group.map((r) => r.tokenHash), leaseMs, group.length],
-        );
+        const rows = await this.query<DbRow>(claimSql(this.tables, COLUMNS), [group.map((r) => r.orgId), group.map((r) => r.tokenHash), leaseMs, group.length]);
         const byOrg = new Map(rows.map((r) => [r.organization_id as string, r]));
         return group.map((r): ClaimOutcome => {
           const row = byOrg.get(r.orgId);
           return row ? { kind: 'claimed', row: toRow(row) } : { kind: 'exhausted' };
         });
       } catch (err) {
+        const taken = isUniqueViolation(err, 'gateways_organization_id_key');
+        if (group.length === 1) {
+          if (taken) return [{ kind: 'org-taken' }];
+          throw err;
+        }
         // One organization of the batch is held or being claimed elsewhere (or a deadlock was
         // broken): the statement changed nothing, so settle each claim on its own.
-        if (isUniqueViolation(err, 'gateways_organization_id_key') || isDeadlock(err)) return Promise.all(group.map((r) => this.claimOne(r)));
+        if (taken || isDeadlock(err)) return Promise.all(group.map(async (r) => (await this.claimMany([r]))[0]));
         throw err;
       }
     });
-  }
-
-  private async claimOne({ orgId, tokenHash, leaseMs }: ClaimRequest): Promise<ClaimOutcome> {
-    try {
-      const rows = await this.query<DbRow>(
-        `WITH candidate AS (
-           SELECT name FROM ${this.t} WHERE state = 'ready'
-           ORDER BY state_since, name FOR UPDATE SKIP LOCKED LIMIT 1
-         )
-         UPDATE ${this.t} g SET state = 'allocating', organization_id = $1,
-           allocation_id = nextval('${this.seq}'),
-           token_hash = $2, state_since = now(), lease_expires_at = now() + make_interval(secs => $3::double precision / 1000),
-           last_error = NULL, last_heartbeat_at = NULL
-         FROM candidate WHERE g.name = candidate.name
-         RETURNING ${COLUMNS}`,
-        [orgId, tokenHash, leaseMs],
-      );
-      return rows[0] ? { kind: 'claimed', row: toRow(rows[0]) } : { kind: 'exhausted' };
-    } catch (err) {
-      if (isUniqueViolation(err, 'gateways_organization_id_key')) return { kind: 'org-taken' };
-      throw err;
-    }
   }
 
   /** allocating → allocated, only if our claim still stands (fencing on allocation_id). */
@@ -240,85 +226,36 @@ export class PoolStore {
     return this.marks.submit({ name, allocationId });
   }
 
-  private async markAllocatedMany(items: FencedRow[]): Promise<boolean[]> {
-    if (items.length === 1) return [await this.markAllocatedOne(items[0].name, items[0].allocationId)];
-    try {
-      const rows = await this.query<{ name: string; allocation_id: string }>(
-        `WITH locked AS (
-           SELECT g.name FROM ${this.t} g
-           JOIN unnest($1::text[], $2::bigint[]) AS v(name, allocation_id) ON v.name = g.name AND v.allocation_id = g.allocation_id
-           WHERE g.state = 'allocating' ORDER BY g.name FOR UPDATE OF g
-         )
-         UPDATE ${this.t} g SET state = 'allocated', state_since = now(), lease_expires_at = NULL, last_heartbeat_at = now()
-         FROM locked WHERE g.name = locked.name AND g.state = 'allocating'
-         RETURNING g.name, g.allocation_id::text AS allocation_id`,
-        [items.map((i) => i.name), items.map((i) => i.allocationId)],
-      );
-      return matchFenced(items, rows);
-    } catch (err) {
-      if (isDeadlock(err)) return Promise.all(items.map((i) => this.markAllocatedOne(i.name, i.allocationId)));
-      throw err;
-    }
-  }
-
-  private async markAllocatedOne(name: string, allocationId: string): Promise<boolean> {
-    const rows = await this.query(
-      `UPDATE ${this.t} SET state = 'allocated', state_since = now(), lease_expires_at = NULL, last_heartbeat_at = now()
-       WHERE name = $1 AND allocation_id = $2 AND state = 'allocating' RETURNING name`,
-      [name, allocationId],
-    );
-    return rows.length === 1;
+  private markAllocatedMany(items: FencedRow[]): Promise<boolean[]> {
+    return this.fencedBatch(markAllocatedSql(this.tables), items, []);
   }
 
   /**
    * allocating|releasing → ready for a given claim: the gateway goes back to the pool.
    * `registered` instead quarantines it until it calls /gateway/ready again.
    */
-  returnToPool(name: string, allocationId: string, to: 'ready' | 'registered' = 'ready'): Promise<boolean> {
+  returnToPool(name: string, allocationId: string, to: PoolReturn = GatewayStates.ready): Promise<boolean> {
     return this.returns.submit({ name, allocationId, to });
   }
 
-  private async returnToPoolMany(items: Array<FencedRow & { to: 'ready' | 'registered' }>): Promise<boolean[]> {
-    if (items.length === 1) return [await this.returnToPoolOne(items[0].name, items[0].allocationId, items[0].to)];
-    return groupedBy(items, (i) => i.to, async (group, to) => {
-      try {
-        const rows = await this.query<{ name: string; allocation_id: string }>(
-          `WITH locked AS (
-             SELECT g.name FROM ${this.t} g
-             JOIN unnest($1::text[], $2::bigint[]) AS v(name, allocation_id) ON v.name = g.name AND v.allocation_id = g.allocation_id
-             WHERE g.state IN ('allocating', 'releasing') ORDER BY g.name FOR UPDATE OF g
-           )
-           UPDATE ${this.t} g SET state = $3, organization_id = NULL, token_hash = NULL, state_since = now(),
-             lease_expires_at = NULL, last_error = NULL
-           FROM locked WHERE g.name = locked.name AND g.state IN ('allocating', 'releasing')
-           RETURNING g.name, g.allocation_id::text AS allocation_id`,
-          [group.map((i) => i.name), group.map((i) => i.allocationId), to],
-        );
-        return matchFenced(group, rows);
-      } catch (err) {
-        if (isDeadlock(err)) return Promise.all(group.map((i) => this.returnToPoolOne(i.name, i.allocationId, i.to)));
-        throw err;
-      }
-    });
+  private returnToPoolMany(items: Array<FencedRow & { to: PoolReturn }>): Promise<boolean[]> {
+    return groupedBy(items, (i) => i.to, (group, to) => this.fencedBatch(returnToPoolSql(this.tables), group, [to]));
   }
 
-  private async returnToPoolOne(name: string, allocationId: string, to: 'ready' | 'registered'): Promise<boolean> {
-    const rows = await this.query(
-      `UPDATE ${this.t} SET state = $3, organization_id = NULL, token_hash = NULL, state_since = now(),
-         lease_expires_at = NULL, last_error = NULL
-       WHERE name = $1 AND allocation_id = $2 AND state IN ('allocating', 'releasing') RETURNING name`,
-      [name, allocationId, to],
-    );
-    return rows.length === 1;
+  /** Runs a fenced batch statement ($1 names, $2 allocation ids, then `extra`); on a deadlock, each item alone. */
+  private async fencedBatch(sql: string, items: FencedRow[], extra: unknown[]): Promise<boolean[]> {
+    try {
+      const rows = await this.query<{ name: string; allocation_id: string }>(sql, [items.map((i) => i.name), items.map((i) => i.allocationId), ...extra]);
+      return matchFenced(items, rows);
+    } catch (err) {
+      if (items.length > 1 && isDeadlock(err)) return Promise.all(items.map(async (i) => (await this.fencedBatch(sql, [i], extra))[0]));
+      throw err;
+    }
   }
 
   /** Records why effects failed and ends the lease so reconcile() may take over at once. */
   async abandon(name: string, allocationId: string, error: string): Promise<void> {
-    await this.query(
-      `UPDATE ${this.t} SET last_error = $3, lease_expires_at = now() - interval '1 millisecond'
-       WHERE name = $1 AND allocation_id = $2 AND state IN ('allocating', 'releasing')`,
-      [name, allocationId, error.slice(0, 500)],
-    );
+    await this.query(abandonSql(this.tables), [name, allocationId, error.slice(0, 500)]);
   }
 
   /**
@@ -327,100 +264,58 @@ export class PoolStore {
    * token is retired in the same statement so a late second stop is recognised.
    */
   beginRelease(orgId: string, leaseMs: number, onlyIf: ReleaseCondition = {}): Promise<GatewayRow | undefined> {
-    // Conditional releases (reapStale) are rare and keep their own statement.
-    if (onlyIf.allocationId !== undefined || onlyIf.silentForMs !== undefined) return this.beginReleaseOne(orgId, leaseMs, onlyIf);
+    // Conditional releases (reapStale) are rare and are not coalesced: the same statement with one element.
+    if (onlyIf.allocationId !== undefined || onlyIf.silentForMs !== undefined) return this.beginReleaseRows([{ orgId, ...onlyIf }], leaseMs).then((r) => r[0]);
     return this.releases.submit({ orgId, leaseMs });
   }
 
-  private async beginReleaseMany(items: Array<{ orgId: string; leaseMs: number }>): Promise<Array<GatewayRow | undefined>> {
-    if (items.length === 1) return [await this.beginReleaseOne(items[0].orgId, items[0].leaseMs, {})];
+  private beginReleaseMany(items: Array<{ orgId: string; leaseMs: number }>): Promise<Array<GatewayRow | undefined>> {
     return groupedBy(items, (i) => i.leaseMs, async (group, leaseMs) => {
-      try {
-        const rows = await this.query<DbRow>(
-          `WITH old AS (
-             SELECT g.name, g.token_hash, g.organization_id FROM ${this.t} g
-             WHERE g.organization_id = ANY($1::uuid[]) AND g.state = 'allocated'
-             ORDER BY g.name FOR UPDATE
-           ), upd AS (
-             UPDATE ${this.t} g SET state = 'releasing', token_hash = NULL, state_since = now(),
-               lease_expires_at = now() + make_interval(secs => $2::double precision / 1000)
-             FROM old WHERE g.name = old.name RETURNING ${COLUMNS}
-           ), retired AS (
-             INSERT INTO ${this.retired} (token_hash, gateway, organization_id)
-             SELECT old.token_hash, old.name, old.organization_id FROM old WHERE old.token_hash IS NOT NULL
-             ON CONFLICT (token_hash) DO NOTHING
-           )
-           SELECT * FROM upd`,
-          [[...new Set(group.map((i) => i.orgId))], leaseMs],
-        );
-        const byOrg = new Map(rows.map((r) => [r.organization_id as string, r]));
-        // Two calls for one organization in one batch: the first begins the release, the
-        // second finds it already releasing, exactly as two single statements would.
-        return group.map((i) => {
-          const r = byOrg.get(i.orgId);
-          byOrg.delete(i.orgId);
-          return r ? toRow(r) : undefined;
-        });
-      } catch (err) {
-        if (isDeadlock(err)) {
-          const out: Array<GatewayRow | undefined> = [];
-          for (const i of group) out.push(await this.beginReleaseOne(i.orgId, i.leaseMs, {}));
-          return out;
-        }
-        throw err;
-      }
+      const orgs = [...new Set(group.map((i) => i.orgId))];
+      const rows = await this.beginReleaseRows(orgs.map((orgId) => ({ orgId })), leaseMs);
+      const byOrg = new Map(orgs.map((o, i) => [o, rows[i]]));
+      // Two calls for one organization in one batch: the first begins the release, the
+      // second finds it already releasing, exactly as two single statements would.
+      return group.map((i) => {
+        const r = byOrg.get(i.orgId);
+        byOrg.delete(i.orgId);
+        return r;
+      });
     });
   }
 
-  private async beginReleaseOne(orgId: string, leaseMs: number, onlyIf: ReleaseCondition): Promise<GatewayRow | undefined> {
-    const rows = await this.query<DbRow>(
-      `WITH old AS (
-         SELECT g.name, g.token_hash FROM ${this.t} g
-         WHERE g.organization_id = $1 AND g.state = 'allocated'
-           AND ($3::bigint IS NULL OR g.allocation_id = $3::bigint)
-           AND ($4::double precision IS NULL
-                OR coalesce(g.last_heartbeat_at, g.state_since) < now() - make_interval(secs => $4::double precision / 1000))
-         FOR UPDATE
-       ), upd AS (
-         UPDATE ${this.t} g SET state = 'releasing', token_hash = NULL, state_since = now(),
-           lease_expires_at = now() + make_interval(secs => $2::double precision / 1000)
-         FROM old WHERE g.name = old.name RETURNING ${COLUMNS}
-       ), retired AS (
-         INSERT INTO ${this.retired} (token_hash, gateway, organization_id)
-         SELECT old.token_hash, old.name, $1::uuid FROM old WHERE old.token_hash IS NOT NULL
-         ON CONFLICT (token_hash) DO NOTHING
-       )
-       SELECT * FROM upd`,
-      [orgId, leaseMs, onlyIf.allocationId ?? null, onlyIf.silentForMs ?? null],
-    );
-    return rows[0] ? toRow(rows[0]) : undefined;
+  /** beginReleaseSql for distinct organizations; answers in item order. On a deadlock, each item alone, in order. */
+  private async beginReleaseRows(items: Array<{ orgId: string } & ReleaseCondition>, leaseMs: number): Promise<Array<GatewayRow | undefined>> {
+    try {
+      const rows = await this.query<DbRow>(beginReleaseSql(this.tables, COLUMNS), [
+        items.map((i) => i.orgId),
+        leaseMs,
+        items.map((i) => i.allocationId ?? null),
+        items.map((i) => i.silentForMs ?? null),
+      ]);
+      const byOrg = new Map(rows.map((r) => [r.organization_id as string, r]));
+      return items.map((i) => {
+        const r = byOrg.get(i.orgId);
+        return r ? toRow(r) : undefined;
+      });
+    } catch (err) {
+      if (items.length > 1 && isDeadlock(err)) {
+        const out: Array<GatewayRow | undefined> = [];
+        for (const i of items) out.push((await this.beginReleaseRows([i], leaseMs))[0]);
+        return out;
+      }
+      throw err;
+    }
   }
 
-  /** Takes over a transitional row whose owner's lease expired (or that we were told to force). */
+  /** Takes over a transitional row whose owner's lease expired (or that we were told to force); see takeOverSql. */
   async takeOver(name: string, allocationId: string, leaseMs: number, force: boolean): Promise<GatewayRow | undefined> {
-    // A new allocation_id voids the dead owner's fencing token: if it was only slow, its
-    // late effects (guarded by `claim`) and its markAllocated/returnToPool match nothing.
-    const rows = await this.query<DbRow>(
-      `UPDATE ${this.t} g SET lease_expires_at = now() + make_interval(secs => $3::double precision / 1000),
-         allocation_id = nextval('${this.seq}')
-       WHERE g.name = $1 AND g.allocation_id = $2 AND g.state IN ('allocating', 'releasing')
-         AND ($4 OR g.lease_expires_at < now())
-       RETURNING ${COLUMNS}`,
-      [name, allocationId, leaseMs, force],
-    );
+    const rows = await this.query<DbRow>(takeOverSql(this.tables, COLUMNS), [name, allocationId, leaseMs, force]);
     return rows[0] ? toRow(rows[0]) : undefined;
   }
 
   async markReady(names: string[]): Promise<{ changed: string[]; states: Map<string, GatewayState> }> {
-    const rows = await this.query<{ name: string; state: GatewayState; changed: boolean }>(
-      `WITH upd AS (
-         UPDATE ${this.t} SET state = 'ready', state_since = now()
-         WHERE name = ANY($1::text[]) AND state = 'registered' RETURNING name
-       )
-       SELECT g.name, CASE WHEN upd.name IS NULL THEN g.state ELSE 'ready' END AS state, upd.name IS NOT NULL AS changed
-       FROM ${this.t} g LEFT JOIN upd ON upd.name = g.name WHERE g.name = ANY($1::text[])`,
-      [names],
-    );
+    const rows = await this.query<{ name: string; state: GatewayState; changed: boolean }>(markReadySql(this.tables), [names]);
     return {
       changed: rows.filter((r) => r.changed).map((r) => r.name),
       states: new Map(rows.map((r) => [r.name, r.state])),
@@ -429,7 +324,7 @@ export class PoolStore {
 
   async heartbeat(name: string): Promise<boolean> {
     const rows = await this.query(
-      `UPDATE ${this.t} SET last_heartbeat_at = now() WHERE name = $1 AND state = 'allocated' RETURNING name`,
+      `UPDATE ${this.t} SET last_heartbeat_at = now() WHERE name = $1 AND state = ${ALLOCATED} RETURNING name`,
       [name],
     );
     return rows.length === 1;
@@ -438,7 +333,7 @@ export class PoolStore {
   /** Allocated gateways silent for longer than maxSilenceMs. */
   async findSilent(maxSilenceMs: number): Promise<GatewayRow[]> {
     const rows = await this.query<DbRow>(
-      `SELECT ${COLUMNS} FROM ${this.t} g WHERE g.state = 'allocated'
+      `SELECT ${COLUMNS} FROM ${this.t} g WHERE g.state = ${ALLOCATED}
          AND coalesce(g.last_heartbeat_at, g.state_since) < now() - make_interval(secs => $1::double precision / 1000)`,
       [maxSilenceMs],
     );
@@ -449,7 +344,7 @@ export class PoolStore {
   async rotateToken(orgId: string, tokenHash: Buffer, allocationId?: string): Promise<GatewayRow | undefined> {
     const rows = await this.query<DbRow>(
       // The handshake (/gateway/config) that rotates the token is the gateway's first sign of life.
-      `UPDATE ${this.t} g SET token_hash = $2, last_heartbeat_at = now() WHERE g.organization_id = $1 AND g.state = 'allocated'
+      `UPDATE ${this.t} g SET token_hash = $2, last_heartbeat_at = now() WHERE g.organization_id = $1 AND g.state = ${ALLOCATED}
          AND ($3::bigint IS NULL OR g.allocation_id = $3::bigint) RETURNING ${COLUMNS}`,
       [orgId, tokenHash, allocationId ?? null],
     );
@@ -508,7 +403,7 @@ export class PoolStore {
       const endpoint = `${s.host}:${s.httpPort}`;
       const holder = byEndpoint.get(endpoint);
       if (!holder) continue;
-      if (holder.state === 'retired' || (prune && (holder.state === 'ready' || holder.state === 'registered'))) removable.push(holder.name);
+      if (holder.state === GatewayStates.retired || (prune && FREE_STATES.includes(holder.state))) removable.push(holder.name);
       else conflicts.push({ declared: s.name, endpoint, holder });
     }
     if (conflicts.length > 0) throw inventoryConflict(conflicts, prune);
@@ -544,7 +439,7 @@ export class PoolStore {
       // "database failure", although it is a permanent conflict only the operator can settle.
       const removable = this.settleEndpointConflicts(specs, before, prune);
       for (const name of removable) {
-        await client.query(`DELETE FROM ${this.t} WHERE name = $1 AND state IN ('retired', 'ready', 'registered')`, [name]);
+        await client.query(`DELETE FROM ${this.t} WHERE name = $1 AND state IN ${statesSql(REMOVABLE_STATES)}`, [name]);
         result.removed.push(name);
       }
       for (const s of specs) {
@@ -555,13 +450,8 @@ export class PoolStore {
             [s.name, s.host, s.httpPort, s.vpnPort],
           );
           result.added.push(s.name);
-        } else if (old.host !== s.host || old.httpPort !== s.httpPort || old.vpnPort !== s.vpnPort || old.state === 'retired') {
-          await client.query(
-            `UPDATE ${this.t} SET host = $2, http_port = $3, vpn_port = $4,
-               state = CASE WHEN state = 'retired' THEN 'registered' ELSE state END
-             WHERE name = $1`,
-            [s.name, s.host, s.httpPort, s.vpnPort],
-          );
+        } else if (old.host !== s.host || old.httpPort !== s.httpPort || old.vpnPort !== s.vpnPort || old.state === GatewayStates.retired) {
+          await client.query(updateEndpointSql(this.tables), [s.name, s.host, s.httpPort, s.vpnPort]);
           result.updated.push(s.name);
         } else {
           result.unchanged.push(s.name);
@@ -570,9 +460,9 @@ export class PoolStore {
       if (prune) {
         const wanted = new Set(specs.map((s) => s.name));
         for (const old of before.values()) {
-          if (wanted.has(old.name) || old.state === 'retired' || removable.includes(old.name)) continue;
-          if (old.state === 'ready' || old.state === 'registered') {
-            await client.query(`UPDATE ${this.t} SET state = 'retired', state_since = now() WHERE name = $1`, [old.name]);
+          if (wanted.has(old.name) || old.state === GatewayStates.retired || removable.includes(old.name)) continue;
+          if (FREE_STATES.includes(old.state)) {
+            await client.query(retireSql(this.tables), [old.name]);
             result.retired.push(old.name);
           } else {
             result.retireDeferred.push(old.name);
@@ -586,7 +476,7 @@ export class PoolStore {
 
 /** The `INVENTORY_CONFLICT` answer, naming every conflict and the fix. */
 function inventoryConflict(conflicts: Array<{ declared: string; endpoint: string; holder: GatewayRow }>, prune: boolean): AllocatorError {
-  const held = conflicts.filter((c) => !['retired', 'ready', 'registered'].includes(c.holder.state));
+  const held = conflicts.filter((c) => !REMOVABLE_STATES.includes(c.holder.state));
   const list = conflicts
     .slice(0, 20)
     .map((c) => `${c.declared} declares ${c.endpoint}, registered to ${c.holder.name} (${c.holder.state}${c.holder.organizationId ? `, organization ${c.holder.organizationId}` : ''}), which this inventory does not list`)
