@@ -5,6 +5,7 @@
  * environment's naming and rendering), the changes to apply and the report of
  * what they repair. The allocator observes, calls planReconcile, applies.
  */
+import type { ReconcileReport } from './allocator-types';
 import type { DnsAction } from './dns-publisher';
 import { GatewayStates, type ActionCondition } from './gateway-states';
 import { absolute, orgDnsNames, type UserContainerNaming } from './naming';
@@ -55,14 +56,8 @@ export interface ReconcileChanges {
   dns: DnsAction[];
   routes: RouteChange[];
   certificates: CertFileChange[];
-  report: {
-    dnsRepaired: string[];
-    routesRepaired: string[];
-    dnsOrphansRemoved: string[];
-    routeOrphansRemoved: string[];
-    certificatesRepaired: string[];
-    certificateOrphansRemoved: string[];
-  };
+  /** The repair lists of ReconcileReport this plan fills in. */
+  report: Pick<ReconcileReport, 'dnsRepaired' | 'routesRepaired' | 'dnsOrphansRemoved' | 'routeOrphansRemoved' | 'certificatesRepaired' | 'certificateOrphansRemoved'>;
 }
 
 /** True when an organization's owned records are exactly what the allocator publishes (names of the scheme, address, TTL). */
