@@ -45,8 +45,8 @@ export class PoolReconciler {
     for (const [key, orgs] of Object.entries(plan.report) as Array<[keyof ReconcileChanges['report'], string[]]>) report[key].push(...orgs);
     const results = await Promise.allSettled([
       this.d.dns.apply(plan.dns),
-      plan.routes.length > 0 ? this.d.routes.applyNow(plan.routes) : Promise.resolve(),
-      this.d.routes.applyCertificatesNow(plan.certificates),
+      this.d.routes.apply(plan.routes),
+      this.d.routes.applyCertificates(plan.certificates),
     ]);
     results.forEach((res, i) => {
       if (res.status === 'rejected') {
