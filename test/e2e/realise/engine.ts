@@ -65,6 +65,7 @@ export interface ContainerCreateBody {
   HostConfig: {
     Binds?: string[];
     PortBindings?: Record<string, Array<{ HostIp: string; HostPort: string }>>;
+    ExtraHosts?: string[];
     RestartPolicy?: { Name: string; MaximumRetryCount?: number };
     CapAdd?: string[];
     CapDrop?: string[];

@@ -124,6 +124,7 @@ interface ContainerInputs {
   envs?: string[];
   ports?: Port[];
   networksAdvanced?: Array<{ name: string; aliases?: string[] }>;
+  hosts?: Array<{ host: string; ip: string }>;
   volumes?: Array<{ volumeName?: string; hostPath?: string; containerPath: string; readOnly?: boolean }>;
   capabilities?: { adds?: string[]; drops?: string[] };
   devices?: Array<{ hostPath: string; containerPath?: string; permissions?: string }>;
@@ -457,6 +458,7 @@ export class Realiser {
         // The provider passes both named volumes and host paths as binds.
         Binds: (c.volumes ?? []).map((v) => `${v.volumeName ?? v.hostPath}:${v.containerPath}${v.readOnly ? ':ro' : ''}`),
         PortBindings: bindings,
+        ExtraHosts: (c.hosts ?? []).map((h) => `${h.host}:${h.ip}`),
         RestartPolicy: { Name: c.restart ?? 'no' },
         CapAdd: c.capabilities?.adds,
         CapDrop: c.capabilities?.drops,
