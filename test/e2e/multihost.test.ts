@@ -25,7 +25,17 @@ import {
   networkName,
   volumeName,
 } from '../../runtime/naming';
+import { Pool } from 'pg';
+import { HostHealthMonitor } from '../../runtime/host-health';
+import { migrate } from '../../runtime/migrate';
 import { DockerApi } from '../../tools/lib/docker-api';
+import { readStackYaml } from '../../tools/lib/stack-yaml';
+import { dropSchema } from '../helpers/fixtures';
+import { requireServices } from '../helpers/services';
+import { mocks as deterministicMocks, providerUrn, runProgram, type CapturedResource } from '../unit/helpers/pulumi-mocks';
+import { Engine, type ContainerInspect } from './realise/engine';
+import { DOCKER_PROVIDER, isComponentType } from './realise/fields';
+import { Realiser } from './realise/realise';
 import type { PackResult } from '../../tools/lib/pack';
 import type { ReloadSummary } from '../../tools/lib/reload';
 import { checkoutId } from './helpers/checkout';
@@ -48,6 +58,8 @@ const IMAGES = {
   gateway: { tag: imageName(ENV, 'gateway'), context: 'images/gateway' },
   'build-server': { tag: imageName(ENV, 'build-server'), context: 'images/build-server' },
 };
+/** The second host as gatewayHosts names it (the program's provider `docker-host2`). */
+const HOST2 = 'host2';
 /** On the main engine: what after() removes (the second engine goes away whole). */
 const OWNED_MAIN = { containers: [...MAIN_GATEWAYS, BUILD_SERVER], networks: [NET], volumes: [VOL_BUILDS] };
 
@@ -65,6 +77,8 @@ describe('multi-host: pack and reload on two Docker hosts (unix://, tcp://, ssh:
   this.timeout(300_000);
 
   let host2: SecondHost | undefined;
+  /** The Docker resources of the program's graph realised on the second host. */
+  let host2Resources: CapturedResource[] = [];
   let tmp = '';
   let ws = '';
   let stackFile = '';
@@ -92,11 +106,71 @@ describe('multi-host: pack and reload on two Docker hosts (unix://, tcp://, ssh:
       IMAGES.gateway.tag]);
   }
 
+  /**
+   * The second host's part of the program's graph, realised on the second engine: the real index.ts
+   * runs under a prod-shaped config (letsencrypt, gatewayHosts naming the second host as
+   * `ssh://root@<addr>`), the realiser creates every Docker resource of the `docker-host2` provider
+   * (network, build mirror's volume and build server, gateways) with its real outputs, and
+   * everything else (the main host's resources, commands) gets deterministic mock outputs. Images
+   * are the ones loaded into the second host (it cannot build: no mirror there).
+   */
+  async function realiseHost2FromProgram(): Promise<CapturedResource[]> {
+    const h = host2 as SecondHost;
+    const config = { ...readStackYaml(path.join(REPO_ROOT, 'Pulumi.prod.yaml')).config };
+    Object.assign(config, {
+      'demiurge:envName': ENV,
+      'demiurge:domain': DOMAIN,
+      // The main host as the second one sees it: where remote gateways reach stage 1.
+      'demiurge:publicIp': h.hostAddr,
+      'demiurge:gatewayPoolSize': '3',
+      'demiurge:gatewayHosts': JSON.stringify([{ name: 'main', host: 'main', poolSize: 1 }, { name: HOST2, host: h.sshUrl, poolSize: 2 }]),
+    });
+    const engine = new Engine(undefined, { host: h.nsAddr, port: 2375 });
+    const realiser = new Realiser({
+      cwd: REPO_ROOT,
+      engine,
+      logDir: tmp,
+      log: note,
+      prebuiltImage: async (r) => {
+        const id = await engine.imageId(String(r.inputs.imageName));
+        if (id === undefined) throw new Error(`${r.urn}: ${String(r.inputs.imageName)} is not loaded on the second host`);
+        return id;
+      },
+    });
+    let host2Provider = '';
+    const realisedKeys = new Set<string>();
+    const mine: CapturedResource[] = [];
+    const onHost2 = (r: CapturedResource): boolean => {
+      if (r.type === DOCKER_PROVIDER && r.name === `docker-${HOST2}`) host2Provider = r.urn;
+      if (isComponentType(r.type) || r.type.startsWith('random:') || r.type.startsWith('pulumi:providers:')) return true;
+      return r.type.startsWith('docker:') && host2Provider !== '' && providerUrn(r.provider) === host2Provider;
+    };
+    await runProgram({
+      stack: 'prod',
+      config,
+      mocks: {
+        newResource: (args) => (realisedKeys.has(`${args.type}::${args.name}`) ? realiser.mocks.newResource(args) : deterministicMocks.newResource(args)),
+        call: (args) => deterministicMocks.call(args),
+      },
+      beforeRegister: async (r) => {
+        if (!onHost2(r)) {
+          realiser.markElsewhere(r);
+          return;
+        }
+        realisedKeys.add(`${r.type}::${r.name}`);
+        if (r.type.startsWith('docker:') && r.type !== DOCKER_PROVIDER) mine.push(r);
+        await realiser.beforeRegister(r);
+      },
+    });
+    assert.ok(host2Provider !== '', 'the program declares a docker-host2 provider');
+    return mine;
+  }
+
   /** Every gateway on both hosts runs `buildId` (the supervisor's record of the app that listens). */
-  async function waitForBuildEverywhere(buildId: string, timeoutMs: number): Promise<void> {
+  async function waitForBuildEverywhere(buildId: string, timeoutMs: number, only?: 'main'): Promise<void> {
     const engines: [string, DockerApi, string[]][] = [
       [MAIN_URL, new DockerApi(MAIN_URL), MAIN_GATEWAYS],
-      [host2!.unixUrl, new DockerApi(host2!.unixUrl), HOST2_GATEWAYS],
+      ...(only === 'main' ? [] : [[host2!.unixUrl, new DockerApi(host2!.unixUrl), HOST2_GATEWAYS] as [string, DockerApi, string[]]]),
     ];
     try {
       await Promise.all(engines.flatMap(([url, api, gws]) => gws.map((gw) =>
@@ -119,6 +193,11 @@ describe('multi-host: pack and reload on two Docker hosts (unix://, tcp://, ssh:
   async function ensureServing(): Promise<string> {
     if (serving) return serving;
     const packed = await step('pack a build into both hosts\' builds volumes', packEverywhere);
+    // The program's gateways (second host) started before any build existed, so they run the uploaded default
+    // app until a reload; the main host's hand-made gateway 0 (no default app) retries the fetch by itself.
+    await step(`gateway 0 (main host) fetches build ${packed.buildId} by itself`, () => waitForBuildEverywhere(packed.buildId, 60_000, 'main'));
+    const reloaded = await step('reload every host through the stack file', () => cli(['reload', '--env', ENV, '--stack', stackFile, '--json'], host2!.sshEnv));
+    assert.equal(reloaded.code, 0, `reload failed (${reloaded.code}): ${reloaded.stderr}${reloaded.stdout}`);
     await step(`all three gateways run build ${packed.buildId}`, () => waitForBuildEverywhere(packed.buildId, 60_000));
     serving = packed.buildId;
     return serving;
@@ -151,10 +230,12 @@ describe('multi-host: pack and reload on two Docker hosts (unix://, tcp://, ssh:
     const hosts = [{ name: 'main', host: 'main', poolSize: 1 }, { name: 'host2', host: host2.sshUrl, poolSize: 2 }];
     fs.writeFileSync(stackFile, `config:\n  demiurge:envName: ${ENV}\n  demiurge:dockerHost: ${MAIN_URL}\n  demiurge:gatewayHosts: '${JSON.stringify(hosts)}'\n`);
 
-    await step('per-host build mirror (network, builds volume, build server) and gateways on both hosts', async () => {
-      await Promise.all([mirror('main'), mirror('host2')]);
-      await Promise.all([startGateway('main', 0), startGateway('host2', 1), startGateway('host2', 2)]);
+    await step('main host: build mirror (network, builds volume, build server) and gateway 0', async () => {
+      await mirror('main');
+      await startGateway('main', 0);
     });
+    host2Resources = await step('second host: its part of the program\'s graph (prod-shaped, ssh://root@<addr>) realised there', realiseHost2FromProgram);
+    note(`  realised on the second host: ${host2Resources.map((r) => r.name).join(', ')}`);
   });
 
   after(async function () {
@@ -257,5 +338,77 @@ describe('multi-host: pack and reload on two Docker hosts (unix://, tcp://, ssh:
     assert.deepEqual(s.results.map((g) => [g.container, g.ok, g.buildId]), [
       [MAIN_GATEWAYS[0], true, build], [HOST2_GATEWAYS[0], true, build], [HOST2_GATEWAYS[1], true, build],
     ]);
+  });
+
+  it('the program\'s remote part: an unpublished build mirror its gateways fetch from, HTTP published on the host address, ganymede.<domain> pinned to stage 1', async () => {
+    const build = await ensureServing();
+    const h = host2 as SecondHost;
+    assert.deepEqual(host2Resources.map((r) => `${r.type.split('/').pop()}:${String(r.inputs.name ?? r.inputs.imageName)}`).sort(), [
+      `container:Container:${BUILD_SERVER}`,
+      `container:Container:${HOST2_GATEWAYS[0]}`,
+      `container:Container:${HOST2_GATEWAYS[1]}`,
+      `image:Image:${IMAGES['build-server'].tag}`,
+      `image:Image:${IMAGES.gateway.tag}`,
+      `network:Network:${NET}`,
+      `volume:Volume:${VOL_BUILDS}`,
+    ]);
+    const api = new DockerApi(h.unixUrl);
+    try {
+      const inspect = async (name: string): Promise<ContainerInspect> => JSON.parse((await dk('host2', ['inspect', name])).trim())[0] as ContainerInspect;
+      const bs = await inspect(BUILD_SERVER);
+      assert.deepEqual(bs.HostConfig.PortBindings ?? {}, {}, 'the build mirror publishes nothing');
+      for (const [i, gw] of HOST2_GATEWAYS.entries()) {
+        const c = await inspect(gw);
+        const env = new Map((c.Config.Env ?? []).map((e) => [e.slice(0, e.indexOf('=')), e.slice(e.indexOf('=') + 1)]));
+        assert.equal(env.get('BUILD_SERVER_URL'), buildServerUrl(ENV));
+        assert.equal(env.get('GANYMEDE_URL'), `https://${ganymedeFqdn(DOMAIN)}`);
+        assert.deepEqual((c.HostConfig as unknown as { ExtraHosts: string[] }).ExtraHosts, [`${ganymedeFqdn(DOMAIN)}:${h.hostAddr}`]);
+        assert.deepEqual(c.HostConfig.PortBindings?.[`${7101 + i}/tcp`], [{ HostIp: h.nsAddr, HostPort: String(7101 + i) }]);
+        // Fetched from the mirror on its own host (the only build server it can reach).
+        const r = await api.exec(gw, ['cat', '/run/gateway/app.build'], 5000);
+        assert.equal(r.stdout.trim(), build);
+      }
+    } finally {
+      api.close();
+    }
+    // Stage 1's route: the host address and published port answer from the main host; the mirror does not.
+    const stage2 = await run('curl', ['-sS', '-o', '/dev/null', '-w', '%{http_code}', '--max-time', '5', `http://${h.nsAddr}:7101/_gateway/nginx-health`]);
+    assert.equal(stage2.stdout.trim(), '200', stage2.stderr);
+    const mirrorFromMain = await run('curl', ['-sS', '-o', '/dev/null', '--max-time', '5', `http://${h.nsAddr}:8090/gateway-${ENV}.tar.gz`]);
+    assert.notEqual(mirrorFromMain.code, 0, 'the build mirror is unreachable from outside its host');
+  });
+
+  it('host quarantine against the real second host: cut off → its ready gateways unreachable, the main host\'s untouched; restored → ready', async function () {
+    await ensureServing();
+    const h = host2 as SecondHost;
+    const services = requireServices(this);
+    const schema = `mh_${ID}`.replace(/[^a-z0-9_]/g, '_');
+    await dropSchema(services.pgUrl, schema);
+    const pool = new Pool({ connectionString: services.pgUrl, max: 2 });
+    try {
+      await migrate(pool, schema);
+      // The pool as the API server would hold it: gateway 0 by container name (main host), 1 and 2 at the second host's address.
+      const rows = [[MAIN_GATEWAYS[0], MAIN_GATEWAYS[0], 7100], [HOST2_GATEWAYS[0], h.nsAddr, 7101], [HOST2_GATEWAYS[1], h.nsAddr, 7102]];
+      for (const [name, host, port] of rows) {
+        await pool.query(`INSERT INTO "${schema}".gateways (name, host, http_port, vpn_port, state) VALUES ($1, $2, $3, $4, 'ready')`, [name, host, port, Number(port) + 42000]);
+      }
+      const states = async (): Promise<string[]> => (await pool.query<{ name: string; state: string }>(`SELECT name, state FROM "${schema}".gateways ORDER BY name`)).rows.map((r) => `${r.name}:${r.state}`);
+      const monitor = new HostHealthMonitor({ pool, schema, envName: ENV, settings: { failuresBeforeUnreachable: 2, timeoutMs: 2000 }, logger: (e) => note(`  ${JSON.stringify(e)}`) });
+      assert.deepEqual((await monitor.runOnce()).failures, { [h.nsAddr]: 0 }, 'the host answers');
+      await step(`cut the second host off (${h.hostVeth} down)`, () => h.cutOff());
+      try {
+        assert.deepEqual((await monitor.runOnce()).markedUnreachable, []);
+        assert.deepEqual((await monitor.runOnce()).markedUnreachable, HOST2_GATEWAYS);
+        assert.deepEqual(await states(), [`${MAIN_GATEWAYS[0]}:ready`, `${HOST2_GATEWAYS[0]}:unreachable`, `${HOST2_GATEWAYS[1]}:unreachable`]);
+      } finally {
+        await step('restore the second host', () => h.restore());
+      }
+      const back = await step('a round once the host answers again', () => monitor.runOnce());
+      assert.deepEqual(back.markedReachable, HOST2_GATEWAYS);
+      assert.deepEqual(await states(), [`${MAIN_GATEWAYS[0]}:ready`, `${HOST2_GATEWAYS[0]}:ready`, `${HOST2_GATEWAYS[1]}:ready`]);
+    } finally {
+      await pool.end();
+      await dropSchema(services.pgUrl, schema);
+    }
   });
 });
