@@ -30,7 +30,15 @@ import { HostHealthMonitor } from '../../runtime/host-health';
 import { migrate } from '../../runtime/migrate';
 import { DockerApi } from '../../tools/lib/docker-api';
 import { readStackYaml } from '../../tools/lib/stack-yaml';
-import { dropSchema } from '../helpers/fixtures';
+import { execFile } from 'child_process';
+import { writeFileSync } from 'fs';
+import { GatewayAllocator } from '../../runtime';
+import { AcmeIssuer } from '../../runtime/tls/acme-issuer';
+import { testAllocatorOptions } from '../helpers/allocator-settings';
+import { dropSchema, randomOrg, suiteId } from '../helpers/fixtures';
+import { Pebble, ensureDebianPackage } from '../helpers/pebble';
+import { freePorts } from '../helpers/ports';
+import { removeZoneAndSchemas, zoneWithStage1 } from '../helpers/suite-setup';
 import { requireServices } from '../helpers/services';
 import { mocks as deterministicMocks, providerUrn, runProgram, type CapturedResource } from '../unit/helpers/pulumi-mocks';
 import { Engine, type ContainerInspect } from './realise/engine';
@@ -419,6 +427,66 @@ describe('multi-host: pack and reload on two Docker hosts (unix://, tcp://, ssh:
     } finally {
       await pool.end();
       await dropSchema(services.pgUrl, schema);
+    }
+  });
+
+  it('stage 1 serves an organization on a remote gateway with a certificate verifying against Pebble\'s root (DNS-01 through PowerDNS)', async function () {
+    const build = await ensureServing();
+    const h = host2 as SecondHost;
+    const services = requireServices(this);
+    const domain = `mhs-${suiteId()}.test`;
+    const schema = `mhs_${suiteId()}`;
+    const work = fs.mkdtempSync(path.join(os.tmpdir(), 'demiurge-e2e-mh-acme-'));
+    const [acmePort, managementPort] = await freePorts(2);
+    const pebble = new Pebble({ acmePort, managementPort, dnsServer: `127.0.0.1:${services.pdnsDnsPort}` });
+    const nginx = await zoneWithStage1(services, domain);
+    let allocator: GatewayAllocator | undefined;
+    try {
+      ensureDebianPackage('lego', 'lego');
+      await step('Pebble (ACME test server) validating DNS-01 against the test PowerDNS', () => pebble.start());
+      const acme = new AcmeIssuer({
+        directoryUrl: pebble.directoryUrl,
+        email: 'ops@example.com',
+        stateDir: path.join(work, 'acme-state'),
+        dns: { apiUrl: services.pdnsApiUrl, apiKey: services.pdnsApiKey, zone: domain },
+        resolvers: [`127.0.0.1:${services.pdnsDnsPort}`],
+        caCertificatesFile: pebble.listenerCaFile,
+      });
+      const base = await step(`stage-1 certificate for ${domain} + *.${domain} (DNS-01, Pebble)`, () => acme.issue([domain, `*.${domain}`]));
+      writeFileSync(nginx.certFile, base.certPem);
+      writeFileSync(nginx.keyFile, base.keyPem, { mode: 0o600 });
+      allocator = new GatewayAllocator(testAllocatorOptions(services, nginx, { env: ENV, domain, schema }));
+      await allocator.migrate();
+      // Only the second host's gateways, as the inventory names them: its address and published HTTP ports.
+      const inventory = HOST2_GATEWAYS.map((name, i) => ({ name, host: h.nsAddr, httpPort: 7101 + i, vpnPort: 49101 + i }));
+      await allocator.registerGateways(inventory);
+      await allocator.markReady(inventory.map((g) => g.name));
+      const org = randomOrg();
+      const a = await step('allocate an organization (route to a gateway on the second host)', () => (allocator as GatewayAllocator).allocate(org));
+      assert.equal(a.host, h.nsAddr);
+      const fqdn = `org-${org}.${domain}`;
+      const curl = (): Promise<{ code: number; body: string; err: string }> =>
+        new Promise((resolve) => {
+          execFile('curl', ['-sS', '--max-time', '5', '--cacert', pebble.rootFile, '--resolve', `${fqdn}:${nginx.httpsPort}:127.0.0.1`, `https://${fqdn}:${nginx.httpsPort}/healthz`], (err, stdout, stderr) =>
+            resolve({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, body: stdout, err: stderr }));
+        });
+      // The allocator reloaded nginx with the route; the new base pair is read by that reload.
+      let last = { code: -1, body: '', err: '' };
+      await waitFor(`https://${fqdn}/healthz through stage 1 to verify against Pebble's root and answer from the remote gateway`, 20_000, async () => {
+        last = await curl();
+        return last.code === 0 ? true : undefined;
+      }, 250).catch((err: Error) => {
+        throw new Error(`${err.message}: curl ${last.code} ${last.err}${last.body}`);
+      });
+      const health = JSON.parse(last.body) as { buildInfo?: { fields?: Record<string, string> } ; [k: string]: unknown };
+      assert.match(last.body, new RegExp(build), 'the remote gateway\'s app (the packed build) answered');
+      note(`  ${fqdn} → stage 1 (Pebble certificate) → ${a.host}:${a.httpPort} → build ${build}: ${JSON.stringify(health).slice(0, 120)}`);
+    } finally {
+      await allocator?.close();
+      nginx.destroy();
+      await pebble.destroy();
+      await removeZoneAndSchemas(services, domain, schema);
+      fs.rmSync(work, { recursive: true, force: true });
     }
   });
 });
