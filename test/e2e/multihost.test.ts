@@ -2,11 +2,15 @@
  * `demiurge-gateway pack` and `reload` on two Docker hosts: this machine's engine (unix://) and a
  * second engine the suite builds inside this machine (test/e2e/helpers/second-host.ts: a network
  * namespace with its own dockerd on unix:// + tcp:// and an sshd, reached as ssh://root@<addr>).
- * Each host carries the environment's per-host build mirror (network, builds volume, build
- * server): one gateway on the main host, two on the second. Checked: pack writes one build to the
- * builds volume of every host; reload reaches every gateway through unix://, tcp:// and ssh:// and
- * reports per host and gateway; a cut-off host is HOST_UNREACHABLE on its own while the main
- * host's gateway still reloads (exit 1); restored, everything reloads again.
+ The main host carries a hand-made build mirror (network, builds volume, build server) and gateway
+ * 0; the second host carries its part of the program's prod-shaped graph (network, build mirror,
+ * gateways 1 and 2), realised there from the real index.ts under mocks. Checked: pack writes one
+ * build to the builds volume of every host; reload reaches every gateway through unix://, tcp://
+ * and ssh:// and reports per host and gateway; a cut-off host is HOST_UNREACHABLE on its own while
+ * the main host's gateway still reloads (exit 1); restored, everything reloads again; the remote
+ * mirror is unpublished and its gateways publish HTTP on the host address only; the host
+ * quarantine marks the cut-off host's gateways unreachable and back ready; an organization on a
+ * remote gateway is served through a stage-1 nginx with a Pebble (DNS-01) certificate.
  *
  * Run: npx mocha --config .mocharc.e2e.json test/e2e/multihost.test.ts --grep 'multi-host'
  * Needs root (network namespace, second dockerd, sshd: openssh-server, see scripts/docker-setup.sh).
