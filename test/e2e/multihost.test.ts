@@ -434,7 +434,7 @@ describe('multi-host: pack and reload on two Docker hosts (unix://, tcp://, ssh:
     }
   });
 
-  it('stage 1 serves an organization on a remote gateway with a certificate verifying against Pebble\'s root (DNS-01 through PowerDNS)', async function () {
+  it('stage 1 serves an organization on a remote gateway with a certificate verifying against Pebble\'s root (DNS-01 through PowerDNS); its host cut off and restored', async function () {
     const build = await ensureServing();
     const h = host2 as SecondHost;
     const services = requireServices(this);
@@ -471,7 +471,7 @@ describe('multi-host: pack and reload on two Docker hosts (unix://, tcp://, ssh:
       const fqdn = `org-${org}.${domain}`;
       const curl = (): Promise<{ code: number; body: string; err: string }> =>
         new Promise((resolve) => {
-          execFile('curl', ['-sS', '--max-time', '5', '--cacert', pebble.rootFile, '--resolve', `${fqdn}:${nginx.httpsPort}:127.0.0.1`, `https://${fqdn}:${nginx.httpsPort}/healthz`], (err, stdout, stderr) =>
+          execFile('curl', ['-fsS', '--max-time', '5', '--cacert', pebble.rootFile, '--resolve', `${fqdn}:${nginx.httpsPort}:127.0.0.1`, `https://${fqdn}:${nginx.httpsPort}/healthz`], (err, stdout, stderr) =>
             resolve({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, body: stdout, err: stderr }));
         });
       // The allocator reloaded nginx with the route; the new base pair is read by that reload.
@@ -485,6 +485,22 @@ describe('multi-host: pack and reload on two Docker hosts (unix://, tcp://, ssh:
       const health = JSON.parse(last.body) as { buildInfo?: { fields?: Record<string, string> } ; [k: string]: unknown };
       assert.match(last.body, new RegExp(build), 'the remote gateway\'s app (the packed build) answered');
       note(`  ${fqdn} → stage 1 (Pebble certificate) → ${a.host}:${a.httpPort} → build ${build}: ${JSON.stringify(health).slice(0, 120)}`);
+
+      // The host goes away: its free gateway leaves the pool, the organization it holds stays (the reaper's call).
+      const monitor = new HostHealthMonitor({ pool: allocator.pgPool, schema, envName: ENV, settings: { failuresBeforeUnreachable: 2, timeoutMs: 2000 }, logger: (e) => note(`  ${JSON.stringify(e)}`) });
+      const free = HOST2_GATEWAYS.find((n) => n !== a.name) as string;
+      await step(`cut the second host off (${h.hostVeth} down)`, () => h.cutOff());
+      try {
+        await monitor.runOnce();
+        assert.deepEqual((await monitor.runOnce()).markedUnreachable, [free]);
+        await assert.rejects((allocator as GatewayAllocator).allocate(randomOrg()), /POOL_EXHAUSTED|no ready gateway/);
+        assert.equal((await allocator.getAllocation(org))?.name, a.name, 'the held organization is left to the reaper');
+        assert.notEqual((await curl()).code, 0, 'the organization is not served while its host is away');
+      } finally {
+        await step('restore the second host', () => h.restore());
+      }
+      assert.deepEqual((await monitor.runOnce()).markedReachable, [free]);
+      await waitFor(`https://${fqdn}/healthz to answer again once the host is back`, 20_000, async () => ((await curl()).code === 0 ? true : undefined), 250);
     } finally {
       await allocator?.close();
       nginx.destroy();
