@@ -18,7 +18,7 @@ export interface ConcurrencyFigures {
   concurrency: number;
   allocate: OpFigures;
   release: OpFigures;
-  /** Median throughput / naive median throughput; naive median latency / median p50. */
+  /** Median throughput / the seed baseline's median throughput; its median latency / median p50. */
   vsBaseline: { allocateThroughput: number; releaseThroughput: number; allocateP50Speedup: number };
 }
 
@@ -29,8 +29,12 @@ export interface ScaleFigures {
   burstAllocate: OpFigures;
   burstRelease: OpFigures;
   reload: { commandMs: Spread; untilNewServesMs: Spread; untilOldGoneMs: Spread };
-  /** One PowerDNS PATCH publishing one organization at this zone size, with the zone's API rectify off (as the bench runs) and on (PowerDNS's default). */
-  dnsPatchMs: { rectifyOff: Spread; rectifyOn: Spread };
+  /**
+   * One PowerDNS PATCH publishing one organization at this zone size: with the zone as the
+   * environment creates it (rectify off, no SOA edit), with SOA-EDIT-API `DEFAULT` switched back
+   * on, and with PowerDNS's defaults (rectify on too).
+   */
+  dnsPatchMs: { zoneSettings: Spread; soaEdit: Spread; pdnsDefaults: Spread };
   nginxRssMiB: number;
   routeFiles: number;
   vsBaseline: { allocateP50Speedup: number };
@@ -38,10 +42,22 @@ export interface ScaleFigures {
 
 export interface TargetResult {
   id: string;
+  /** The row of issue #16 the target belongs to (1-6). */
+  row: number;
   description: string;
   target: string;
   measured: string;
-  pass: boolean;
+  /** null: reported only (no target). */
+  pass: boolean | null;
+}
+
+/** Row 5: wrk through stage 1 vs the same nginx proxying to a static upstream. */
+export interface RoutingFigures {
+  method: string;
+  seconds: number;
+  connections: number;
+  stage1: { requestsPerS: Spread; p50Ms: Spread; p99Ms: Spread; errors: number };
+  staticProxy: { requestsPerS: Spread; p50Ms: Spread; p99Ms: Spread; errors: number };
 }
 
 export interface StageRow {
@@ -71,7 +87,7 @@ export interface BenchResults {
     scaleSequentialOps: number;
     scaleBurstOps: number;
     scaleBurstConcurrency: number;
-    naiveOpsPerRep: number;
+    seedOpsPerRep: number;
     pgPoolMax: number;
     nginxWorkers: number;
   };
@@ -86,6 +102,7 @@ export interface BenchResults {
   };
   concurrency: ConcurrencyFigures[];
   scale: ScaleFigures[];
+  routing: RoutingFigures;
   cost: {
     phase: string;
     allocations: number;
