@@ -63,15 +63,18 @@ async function main(): Promise<void> {
   log(`${QUICK ? 'QUICK smoke run' : 'full run'} ${runId}: schema ${schema}, zone ${domain}, nginx 127.0.0.1:${HTTPS_PORT} (status :${STATUS_PORT}, static proxy :${STATIC_PROXY_PORT}), stand-in gateways :${STAND_IN_PORT}`);
 
   const cleanups: Cleanups = [];
-  const cleanup = async (): Promise<void> => {
-    for (const c of cleanups.splice(0).reverse()) {
-      try {
-        await c();
-      } catch (err) {
-        log(`clean-up step failed: ${(err as Error).message}`);
+  // One clean-up, however many callers (a signal and main's own finally): each waits for it to end.
+  let cleaning: Promise<void> | undefined;
+  const cleanup = (): Promise<void> =>
+    (cleaning ??= (async () => {
+      for (const c of cleanups.splice(0).reverse()) {
+        try {
+          await c();
+        } catch (err) {
+          log(`clean-up step failed: ${(err as Error).message}`);
+        }
       }
-    }
-  };
+    })());
   let interrupted = false;
   const onSignal = (sig: NodeJS.Signals): void => {
     if (interrupted) process.exit(130);
