@@ -20,6 +20,8 @@ export interface RunFigures {
   dnsWrites: BenchResults['profile']['dnsWrites'];
   everyBurst: BurstResult[];
   rssByPhase: Record<string, number>;
+  /** Rows measured elsewhere (rows 1-2, bench/realised/): their targets join the table, their sections the report. */
+  extra?: { targets: TargetResult[]; sections: Array<{ title: string; markdown: string }> };
 }
 
 export function dnsWriteFigures(runs: DnsWriteCost[][]): BenchResults['profile']['dnsWrites'] {
@@ -173,5 +175,5 @@ export function assembleResults(f: RunFigures): BenchResults {
       dnsWrites: f.dnsWrites,
     },
   };
-  return { ...partial, targets: targetsOf(partial, reloads64, allocs64, allAllocs) };
+  return { ...partial, targets: [...(f.extra?.targets ?? []), ...targetsOf(partial, reloads64, allocs64, allAllocs)], ...(f.extra ? { sections: f.extra.sections } : {}) };
 }

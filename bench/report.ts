@@ -55,6 +55,12 @@ export function renderMarkdown(r: BenchResults, h = '###'): string {
   L.push('');
   L.push(targetsTable(r));
   L.push('');
+  for (const x of r.sections ?? []) {
+    L.push(`${h}# ${x.title}`);
+    L.push('');
+    L.push(x.markdown.trimEnd());
+    L.push('');
+  }
 
   L.push(`${h}# 1. Allocate and release vs concurrency (pool of ${c.poolSize.toLocaleString('en-US')} gateways)`);
   L.push('');

@@ -137,4 +137,6 @@ export interface BenchResults {
     dnsWrites: Array<{ variant: string; rrsetsPerOrg: number; publishMs: Spread; withdrawMs: Spread; postgresCpuMsPerOrg: Spread; powerdnsCpuMsPerOrg: Spread }>;
   };
   targets: TargetResult[];
+  /** Sections other phases add (rows 1-2, the realised environment: bench/realised/), rendered after the targets. */
+  sections?: Array<{ title: string; markdown: string }>;
 }

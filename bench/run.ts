@@ -180,6 +180,7 @@ async function main(): Promise<void> {
     const dnsWrites = dnsWriteFigures(dnsRuns);
     for (const d of dnsWrites) log(`DNS write cost, 64 organizations: publish ${d.publishMs.median.toFixed(0)} ms, withdraw ${d.withdrawMs.median.toFixed(0)} ms — ${d.variant}`);
 
+    // Rows 1-2 (the realised environment, bench/realised/) join through `extra: { targets, sections }`.
     const results = assembleResults({ runId, durationS: elapsedS(), machine, seed, conc, routing, scale, dnsWrites, everyBurst, rssByPhase: ctx.rssByPhase });
 
     // ---------------------------------------------------------- output
