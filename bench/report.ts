@@ -96,10 +96,10 @@ export function renderMarkdown(r: BenchResults, h = '###'): string {
   const rt = r.routing;
   L.push(`${h}# Stage-1 routing overhead (row 5)`);
   L.push('');
-  L.push('| | requests/s | p50 (ms) | p99 (ms) | errors |');
-  L.push('| --- | --- | --- | --- | --- |');
-  L.push(`| stage 1 (TLS, regex server_name, njs route lookup per request) | ${sp(rt.stage1.requestsPerS, 0)} | ${sp(rt.stage1.p50Ms, 2)} | ${sp(rt.stage1.p99Ms, 2)} | ${rt.stage1.errors} |`);
-  L.push(`| same nginx, static upstream (same TLS and proxy directives) | ${sp(rt.staticProxy.requestsPerS, 0)} | ${sp(rt.staticProxy.p50Ms, 2)} | ${sp(rt.staticProxy.p99Ms, 2)} | ${rt.staticProxy.errors} |`);
+  L.push(`| | requests/s (c=${rt.connections}) | p99 at c=${rt.connections} (ms, queueing included) | p50, one connection (ms) | p99, one connection (ms) | errors |`);
+  L.push('| --- | --- | --- | --- | --- | --- |');
+  L.push(`| stage 1 (TLS, regex server_name, njs route lookup per request) | ${sp(rt.stage1.requestsPerS, 0)} | ${sp(rt.stage1.saturatedP99Ms, 2)} | ${sp(rt.stage1.p50Ms, 3)} | ${sp(rt.stage1.p99Ms, 3)} | ${rt.stage1.errors} |`);
+  L.push(`| same nginx, static upstream (same TLS and proxy directives) | ${sp(rt.staticProxy.requestsPerS, 0)} | ${sp(rt.staticProxy.saturatedP99Ms, 2)} | ${sp(rt.staticProxy.p50Ms, 3)} | ${sp(rt.staticProxy.p99Ms, 3)} | ${rt.staticProxy.errors} |`);
   L.push('');
   L.push(`Method: ${rt.method}.`);
   L.push('');

@@ -56,8 +56,9 @@ export interface RoutingFigures {
   method: string;
   seconds: number;
   connections: number;
-  stage1: { requestsPerS: Spread; p50Ms: Spread; p99Ms: Spread; errors: number };
-  staticProxy: { requestsPerS: Spread; p50Ms: Spread; p99Ms: Spread; errors: number };
+  /** requestsPerS and saturatedP99Ms from the saturating runs; p50Ms and p99Ms from the one-connection runs. */
+  stage1: { requestsPerS: Spread; p50Ms: Spread; p99Ms: Spread; saturatedP99Ms: Spread; errors: number };
+  staticProxy: { requestsPerS: Spread; p50Ms: Spread; p99Ms: Spread; saturatedP99Ms: Spread; errors: number };
 }
 
 export interface StageRow {
