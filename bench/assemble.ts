@@ -61,10 +61,11 @@ function targetsOf(r: Omit<BenchResults, 'targets'>, reloads64: number, allocs64
     t.push({ id: 'vs-seed', row: 4, description: "allocate throughput at concurrency 64 vs the seed's algorithm (sequential) in the same run", target: '>= 300x', measured: `${round(ratio, 0)}x (${round(c64.allocate.throughput.median, 0)}/s vs ${round(r.baseline.allocate.throughput.median, 2)}/s)`, pass: ratio >= 300 });
   }
   const rt = r.routing;
-  const rpsRatio = rt.stage1.requestsPerS.median / rt.staticProxy.requestsPerS.median;
-  const addedP99 = rt.stage1.p99Ms.median - rt.staticProxy.p99Ms.median;
-  t.push({ id: 'routing-rps', row: 5, description: 'stage-1 requests/s (TLS, njs route lookup per request) vs the same nginx proxying to a static upstream (wrk, loopback)', target: '>= 95%', measured: `${round(rpsRatio * 100, 1)}% (${round(rt.stage1.requestsPerS.median, 0)}/s vs ${round(rt.staticProxy.requestsPerS.median, 0)}/s)`, pass: rpsRatio >= 0.95 && rt.stage1.errors === 0 });
-  t.push({ id: 'routing-p99', row: 5, description: 'stage-1 p99 added to the static proxy p99 (one connection: no queueing)', target: '<= 0.2 ms', measured: `${addedP99 >= 0 ? '+' : ''}${round(addedP99, 3)} ms (${round(rt.stage1.p99Ms.median, 3)} ms vs ${round(rt.staticProxy.p99Ms.median, 3)} ms)`, pass: addedP99 <= 0.2 });
+  // Medians of the back-to-back pairs (see RoutingFigures.pairs).
+  const rpsRatio = rt.pairs.requestsPerSRatio.median;
+  const addedP99 = rt.pairs.addedP99Ms.median;
+  t.push({ id: 'routing-rps', row: 5, description: 'stage-1 requests/s (TLS, njs route lookup per request) vs the same nginx proxying to a static upstream (wrk, loopback)', target: '>= 95%', measured: `${round(rpsRatio * 100, 1)}% (median of ${rt.pairs.requestsPerSRatio.min === rt.pairs.requestsPerSRatio.max ? 'one pair' : `back-to-back pairs, ${round(rt.pairs.requestsPerSRatio.min * 100, 0)}–${round(rt.pairs.requestsPerSRatio.max * 100, 0)}%`}; medians ${round(rt.stage1.requestsPerS.median, 0)}/s vs ${round(rt.staticProxy.requestsPerS.median, 0)}/s)`, pass: rpsRatio >= 0.95 && rt.stage1.errors === 0 });
+  t.push({ id: 'routing-p99', row: 5, description: 'stage-1 p99 added to the static proxy p99 (one connection: no queueing)', target: '<= 0.2 ms', measured: `${addedP99 >= 0 ? '+' : ''}${round(addedP99, 3)} ms (median of back-to-back pairs; medians ${round(rt.stage1.p99Ms.median, 3)} ms vs ${round(rt.staticProxy.p99Ms.median, 3)} ms)`, pass: addedP99 <= 0.2 });
   const small = r.scale[0];
   const big = r.scale[r.scale.length - 1];
   const scaleRatio = big.sequentialAllocate.p50.median / small.sequentialAllocate.p50.median;

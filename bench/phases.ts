@@ -151,6 +151,10 @@ export async function routingPhase(ctx: PhaseContext): Promise<RoutingFigures> {
     connections: CONFIG.wrkConnections,
     stage1: fig(runs.stage1),
     staticProxy: fig(runs.staticProxy),
+    pairs: {
+      requestsPerSRatio: spread(runs.stage1.thr.map((x, i) => x.requestsPerS / runs.staticProxy.thr[i].requestsPerS)),
+      addedP99Ms: spread(runs.stage1.lat.map((x, i) => x.p99Ms - runs.staticProxy.lat[i].p99Ms)),
+    },
   };
 }
 

@@ -59,6 +59,12 @@ export interface RoutingFigures {
   /** requestsPerS and saturatedP99Ms from the saturating runs; p50Ms and p99Ms from the one-connection runs. */
   stage1: { requestsPerS: Spread; p50Ms: Spread; p99Ms: Spread; saturatedP99Ms: Spread; errors: number };
   staticProxy: { requestsPerS: Spread; p50Ms: Spread; p99Ms: Spread; saturatedP99Ms: Spread; errors: number };
+  /**
+   * Per repetition, the two servers measured back to back: stage 1's requests/s over the static proxy's, and
+   * its one-connection p99 minus the static proxy's. The targets use the medians of these pairs, so a change
+   * of the machine's load between repetitions does not count as routing cost.
+   */
+  pairs: { requestsPerSRatio: Spread; addedP99Ms: Spread };
 }
 
 export interface StageRow {
