@@ -3,8 +3,10 @@ import { readFileSync, writeFileSync } from 'fs';
 import type { BenchResults, OpFigures, StageRow } from './results-types';
 import type { Spread } from './stats';
 
-const README_BEGIN = '<!-- BEGIN bench-results -->';
-const README_END = '<!-- END bench-results -->';
+const MARKERS = {
+  full: ['<!-- BEGIN bench-results -->', '<!-- END bench-results -->'],
+  headline: ['<!-- BEGIN bench-headline -->', '<!-- END bench-headline -->'],
+} as const;
 
 function num(x: number, digits = 1): string {
   if (!Number.isFinite(x)) return '—';
@@ -30,6 +32,16 @@ function opRow(label: string, o: OpFigures, extra: string[]): string {
   return `| ${label} | ${o.opsPerRep} | ${sp(o.throughput, 0)} | ${sp(o.p50)} | ${sp(o.p95)} | ${sp(o.p99)} | ${sp(o.max)} | ${extra.join(' | ')} |`;
 }
 
+function verdict(pass: boolean | null): string {
+  return pass === null ? '—' : pass ? 'PASS' : '**FAIL**';
+}
+
+/** Every target of issue #16, by row: target, measured, PASS/FAIL ("—": reported only). */
+export function targetsTable(r: BenchResults): string {
+  const rows = [...r.targets].sort((a, b) => a.row - b.row);
+  return ['| row | | target | measured | |', '| --- | --- | --- | --- | --- |', ...rows.map((t) => `| ${t.row} | ${t.description} | ${t.target} | ${t.measured} | ${verdict(t.pass)} |`)].join('\n');
+}
+
 /** The report; `h` is the heading level of its sections (the README nests it one level deeper). */
 export function renderMarkdown(r: BenchResults, h = '###'): string {
   const L: string[] = [];
@@ -41,22 +53,26 @@ export function renderMarkdown(r: BenchResults, h = '###'): string {
   L.push('');
   L.push(`${h}# Targets`);
   L.push('');
-  L.push('| | target | measured | |');
-  L.push('| --- | --- | --- | --- |');
-  for (const t of r.targets) L.push(`| ${t.description} | ${t.target} | ${t.measured} | ${t.pass ? 'PASS' : '**FAIL**'} |`);
+  L.push(targetsTable(r));
   L.push('');
+  for (const x of r.sections ?? []) {
+    L.push(`${h}# ${x.title}`);
+    L.push('');
+    L.push(x.markdown.trimEnd());
+    L.push('');
+  }
 
   L.push(`${h}# 1. Allocate and release vs concurrency (pool of ${c.poolSize.toLocaleString('en-US')} gateways)`);
   L.push('');
-  L.push('| concurrency | ops/rep | ops/s | p50 | p95 | p99 | max | vs naive (ops/s) |');
+  L.push("| concurrency | ops/rep | ops/s | p50 | p95 | p99 | max | vs the seed's algorithm (ops/s) |");
   L.push('| --- | --- | --- | --- | --- | --- | --- | --- |');
-  L.push(opRow('naive, allocate (sequential)', r.baseline.allocate, ['1x']));
+  L.push(opRow("seed's algorithm, allocate (sequential)", r.baseline.allocate, ['1x']));
   for (const x of r.concurrency) L.push(opRow(`**${x.concurrency}**, allocate`, x.allocate, [ratio(x.vsBaseline.allocateThroughput)]));
-  L.push(opRow('naive, release (sequential)', r.baseline.release, ['1x']));
+  L.push(opRow("seed's algorithm, release (sequential)", r.baseline.release, ['1x']));
   for (const x of r.concurrency) L.push(opRow(`**${x.concurrency}**, release`, x.release, [ratio(x.vsBaseline.releaseThroughput)]));
   L.push('');
   L.push(
-    `The naive sequence answered ${r.baseline.notLiveAtAnswer} of its ${r.baseline.allocations} allocations before nginx served the route (\`nginx -s reload\` returns before the new workers run); its routes went live a median ${num(r.baseline.untilLiveMs.median)} ms after the answer. ` +
+    `Seed's algorithm: ${r.baseline.description}. It answered ${r.baseline.notLiveAtAnswer} of its ${r.baseline.allocations} allocations before nginx served the route (\`nginx -s reload\` returns before the new workers run); its routes went live a median ${num(r.baseline.untilLiveMs.median)} ms after the answer. ` +
       `The allocator: **${r.liveness.notLive} of ${r.liveness.checked}** allocations answered before their route was live (every allocation checked, see below).`,
   );
   L.push('');
@@ -64,23 +80,34 @@ export function renderMarkdown(r: BenchResults, h = '###'): string {
   L.push(`${h}# 2. Scale: organizations already allocated (pool of ${c.scalePoolSize.toLocaleString('en-US')})`);
   L.push('');
   L.push(
-    `| orgs allocated | allocate p50, sequential | allocate p95, sequential | release p50, sequential | allocate p99 at c=${c.scaleBurstConcurrency} (${c.scaleBurstOps}/rep) | vs naive (p50) | \`nginx -s reload\` until new workers serve | until old workers gone | nginx RSS (MiB) | one-org PowerDNS PATCH, zone rectify off (bench) | same, rectify on (PowerDNS default) |`,
+    `| orgs allocated | allocate p50, sequential | allocate p95, sequential | release p50, sequential | allocate p99 at c=${c.scaleBurstConcurrency} (${c.scaleBurstOps}/rep) | vs the seed (p50) | \`nginx -s reload\` until new workers serve | until old workers gone | nginx RSS (MiB) | one-org PowerDNS PATCH, zone as created | same, SOA-EDIT-API on | same, PowerDNS defaults (+ rectify) |`,
   );
-  L.push('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |');
+  L.push('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |');
   for (const x of r.scale) {
     L.push(
-      `| **${x.orgs.toLocaleString('en-US')}** | ${sp(x.sequentialAllocate.p50)} | ${sp(x.sequentialAllocate.p95)} | ${sp(x.sequentialRelease.p50)} | ${sp(x.burstAllocate.p99)} | ${ratio(x.vsBaseline.allocateP50Speedup)} faster | ${sp(x.reload.untilNewServesMs, 0)} | ${sp(x.reload.untilOldGoneMs, 0)} | ${num(x.nginxRssMiB, 0)} | ${sp(x.dnsPatchMs.rectifyOff)} | ${sp(x.dnsPatchMs.rectifyOn)} |`,
+      `| **${x.orgs.toLocaleString('en-US')}** | ${sp(x.sequentialAllocate.p50)} | ${sp(x.sequentialAllocate.p95)} | ${sp(x.sequentialRelease.p50)} | ${sp(x.burstAllocate.p99)} | ${ratio(x.vsBaseline.allocateP50Speedup)} faster | ${sp(x.reload.untilNewServesMs, 0)} | ${sp(x.reload.untilOldGoneMs, 0)} | ${num(x.nginxRssMiB, 0)} | ${sp(x.dnsPatchMs.zoneSettings)} | ${sp(x.dnsPatchMs.soaEdit)} | ${sp(x.dnsPatchMs.pdnsDefaults)} |`,
     );
   }
   L.push('');
   L.push(`Sequential: ${c.scaleSequentialOps} allocations then their releases per repetition. Routes are files read per request by njs, so a reload's cost does not depend on the number of organizations, and allocations never need one.`);
-  L.push(`PowerDNS zone: ${c.zone}. The last two columns are a one-organization PATCH measured at that zone size with the zone's rectify off and switched on.`);
+  L.push(`PowerDNS zone: ${c.zone}. The last three columns are a one-organization PATCH measured at that zone size as the zone is created, with SOA-EDIT-API switched back to \`DEFAULT\`, and with PowerDNS's defaults (SOA edit and API rectify on).`);
+  L.push('');
+
+  const rt = r.routing;
+  L.push(`${h}# Stage-1 routing overhead (row 5)`);
+  L.push('');
+  L.push(`| | requests/s (c=${rt.connections}) | p99 at c=${rt.connections} (ms, queueing included) | p50, one connection (ms) | p99, one connection (ms) | errors |`);
+  L.push('| --- | --- | --- | --- | --- | --- |');
+  L.push(`| stage 1 (TLS, regex server_name, njs route lookup per request) | ${sp(rt.stage1.requestsPerS, 0)} | ${sp(rt.stage1.saturatedP99Ms, 2)} | ${sp(rt.stage1.p50Ms, 3)} | ${sp(rt.stage1.p99Ms, 3)} | ${rt.stage1.errors} |`);
+  L.push(`| same nginx, static upstream (same TLS and proxy directives) | ${sp(rt.staticProxy.requestsPerS, 0)} | ${sp(rt.staticProxy.saturatedP99Ms, 2)} | ${sp(rt.staticProxy.p50Ms, 3)} | ${sp(rt.staticProxy.p99Ms, 3)} | ${rt.staticProxy.errors} |`);
+  L.push('');
+  L.push(`Method: ${rt.method}.`);
   L.push('');
 
   const k = r.cost.per1000;
   L.push(`${h}# 3. Cost per 1,000 allocations (and their 1,000 releases), concurrency 64`);
   L.push('');
-  L.push('| | allocator | naive | ');
+  L.push("| | allocator | seed's algorithm |");
   L.push('| --- | --- | --- |');
   L.push(`| PowerDNS PATCH calls | ${sp(k.dnsPatches)} | ${num(r.baseline.per1000.dnsPatches * 2, 0)} |`);
   L.push(`| nginx reloads | ${sp(k.nginxReloads)} | ${num(r.baseline.per1000.nginxReloads * 2, 0)} |`);
@@ -268,7 +295,7 @@ export function renderSvg(r: BenchResults): string {
   const finite = all.filter((v) => Number.isFinite(v) && v > 0);
   const yRange: [number, number] = [10 ** Math.floor(Math.log10(Math.min(...finite))), 10 ** Math.ceil(Math.log10(Math.max(...finite)))];
   const refs = [
-    { y: r.baseline.allocate.p50.median, label: `naive allocate p50 ${num(r.baseline.allocate.p50.median)} ms`, color: '#d62728' },
+    { y: r.baseline.allocate.p50.median, label: `seed's algorithm, allocate p50 ${num(r.baseline.allocate.p50.median)} ms`, color: '#d62728' },
     { y: 100, label: 'target: p99 ≤ 100 ms at c=64', color: '#ff7f0e' },
   ];
   return `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="Helvetica, Arial, sans-serif">
@@ -281,20 +308,33 @@ ${legend(W / 2 + 52, H - 62, scale)}
 </svg>`;
 }
 
-/** Replaces the results block of docs/bench.md (between the bench-results markers). Returns false if the markers are missing. */
-export function updateReadme(file: string, r: BenchResults): boolean {
-  const text = readFileSync(file, 'utf8');
-  const a = text.indexOf(README_BEGIN);
-  const b = text.indexOf(README_END);
-  if (a < 0 || b < a) return false;
-  const block = [
-    README_BEGIN,
-    '<!-- written by `npm run bench` (full run); do not edit by hand -->',
-    '![latency vs concurrency and vs organizations allocated](../bench/results/latest.svg)',
+/** The README's few lines: date, machine, the targets, the chart; the rest is docs/bench.md. */
+export function renderHeadline(r: BenchResults): string {
+  const judged = r.targets.filter((t) => t.pass !== null);
+  return [
+    `Latest full run, ${r.date.slice(0, 16).replace('T', ' ')} UTC on ${machineLine(r)}: **${judged.filter((t) => t.pass).length} of ${judged.length} targets met** ([full report](docs/bench.md), [bench/results/latest.md](bench/results/latest.md)).`,
     '',
-    renderMarkdown(r, '###'),
+    targetsTable(r),
     '',
+    '![latency vs concurrency and vs organizations allocated](bench/results/latest.svg)',
   ].join('\n');
+}
+
+/**
+ * Replaces a generated block between its markers: `full` is docs/bench.md's
+ * results, `headline` the README's. Returns false if the markers are missing.
+ */
+export function updateReadme(file: string, r: BenchResults, kind: keyof typeof MARKERS = 'full'): boolean {
+  const [begin, end] = MARKERS[kind];
+  const text = readFileSync(file, 'utf8');
+  const a = text.indexOf(begin);
+  const b = text.indexOf(end);
+  if (a < 0 || b < a) return false;
+  const body =
+    kind === 'full'
+      ? ['![latency vs concurrency and vs organizations allocated](../bench/results/latest.svg)', '', renderMarkdown(r, '###')]
+      : [renderHeadline(r)];
+  const block = [begin, '<!-- written by `npm run bench` (full run); do not edit by hand -->', ...body, ''].join('\n');
   writeFileSync(file, text.slice(0, a) + block + text.slice(b));
   return true;
 }

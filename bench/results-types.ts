@@ -18,7 +18,7 @@ export interface ConcurrencyFigures {
   concurrency: number;
   allocate: OpFigures;
   release: OpFigures;
-  /** Median throughput / naive median throughput; naive median latency / median p50. */
+  /** Median throughput / the seed baseline's median throughput; its median latency / median p50. */
   vsBaseline: { allocateThroughput: number; releaseThroughput: number; allocateP50Speedup: number };
 }
 
@@ -29,8 +29,12 @@ export interface ScaleFigures {
   burstAllocate: OpFigures;
   burstRelease: OpFigures;
   reload: { commandMs: Spread; untilNewServesMs: Spread; untilOldGoneMs: Spread };
-  /** One PowerDNS PATCH publishing one organization at this zone size, with the zone's API rectify off (as the bench runs) and on (PowerDNS's default). */
-  dnsPatchMs: { rectifyOff: Spread; rectifyOn: Spread };
+  /**
+   * One PowerDNS PATCH publishing one organization at this zone size: with the zone as the
+   * environment creates it (rectify off, no SOA edit), with SOA-EDIT-API `DEFAULT` switched back
+   * on, and with PowerDNS's defaults (rectify on too).
+   */
+  dnsPatchMs: { zoneSettings: Spread; soaEdit: Spread; pdnsDefaults: Spread };
   nginxRssMiB: number;
   routeFiles: number;
   vsBaseline: { allocateP50Speedup: number };
@@ -38,10 +42,29 @@ export interface ScaleFigures {
 
 export interface TargetResult {
   id: string;
+  /** The row of issue #16 the target belongs to (1-6). */
+  row: number;
   description: string;
   target: string;
   measured: string;
-  pass: boolean;
+  /** null: reported only (no target). */
+  pass: boolean | null;
+}
+
+/** Row 5: wrk through stage 1 vs the same nginx proxying to a static upstream. */
+export interface RoutingFigures {
+  method: string;
+  seconds: number;
+  connections: number;
+  /** requestsPerS and saturatedP99Ms from the saturating runs; p50Ms and p99Ms from the one-connection runs. */
+  stage1: { requestsPerS: Spread; p50Ms: Spread; p99Ms: Spread; saturatedP99Ms: Spread; errors: number };
+  staticProxy: { requestsPerS: Spread; p50Ms: Spread; p99Ms: Spread; saturatedP99Ms: Spread; errors: number };
+  /**
+   * Per repetition, the two servers measured back to back: stage 1's requests/s over the static proxy's, and
+   * its one-connection p99 minus the static proxy's. The targets use the medians of these pairs, so a change
+   * of the machine's load between repetitions does not count as routing cost.
+   */
+  pairs: { requestsPerSRatio: Spread; addedP99Ms: Spread };
 }
 
 export interface StageRow {
@@ -71,7 +94,7 @@ export interface BenchResults {
     scaleSequentialOps: number;
     scaleBurstOps: number;
     scaleBurstConcurrency: number;
-    naiveOpsPerRep: number;
+    seedOpsPerRep: number;
     pgPoolMax: number;
     nginxWorkers: number;
   };
@@ -86,6 +109,7 @@ export interface BenchResults {
   };
   concurrency: ConcurrencyFigures[];
   scale: ScaleFigures[];
+  routing: RoutingFigures;
   cost: {
     phase: string;
     allocations: number;
@@ -120,4 +144,6 @@ export interface BenchResults {
     dnsWrites: Array<{ variant: string; rrsetsPerOrg: number; publishMs: Spread; withdrawMs: Spread; postgresCpuMsPerOrg: Spread; powerdnsCpuMsPerOrg: Spread }>;
   };
   targets: TargetResult[];
+  /** Sections other phases add (rows 1-2, the realised environment: bench/realised/), rendered after the targets. */
+  sections?: Array<{ title: string; markdown: string }>;
 }

@@ -12,6 +12,7 @@ import {
   powerDnsContainerName,
   zoneSoaContent,
 } from '../runtime/naming';
+import { ZONE_WRITE_SETTINGS } from '../runtime/powerdns-client';
 import { RESTART_POLICY, STOP_GRACE_SECONDS, TYPE_PREFIX, envNetworkAttachment, envVar, roleLabels, secretEnvVar, tcpHealthcheck } from './common';
 import { DATABASES } from './dev-container';
 
@@ -62,12 +63,17 @@ wait_api() {
 export const ZONE_CREATE_SCRIPT = `${API_PRELUDE}
 code=$(wait_api "\${PDNS_WAIT_SECONDS:-180}") || fail "at $PDNS_API_URL (unreachable)" "$code"
 case "$code" in 401|403) fail "GET /zones/$ZONE (check the API key)" "$code";; esac
+# ZONE_SETTINGS (a JSON object, runtime/powerdns-client.ts ZONE_WRITE_SETTINGS): set at creation and
+# again on an existing zone, so a zone created before them gets them too (idempotent).
+: "\${ZONE_SETTINGS:?}"
 if [ "$code" = 404 ]; then
-  code=$(pdns POST /zones "$(printf '{"name":"%s","kind":"Native","nameservers":["%s"]}' "$ZONE" "$NAMESERVER")")
+  code=$(pdns POST /zones "$(printf '{"name":"%s","kind":"Native","nameservers":["%s"],%s' "$ZONE" "$NAMESERVER" "\${ZONE_SETTINGS#\\{}")")
   case "$code" in 201|409) ;; *) fail "POST /zones" "$code";; esac
   echo "created zone $ZONE"
 else
-  echo "zone $ZONE exists"
+  code=$(pdns PUT "/zones/$ZONE" "$ZONE_SETTINGS")
+  [ "$code" = 204 ] || fail "PUT /zones/$ZONE" "$code"
+  echo "zone $ZONE exists (settings $ZONE_SETTINGS)"
 fi
 `;
 
@@ -208,6 +214,7 @@ export class PowerDns extends pulumi.ComponentResource {
       WILDCARD: String(args.wildcard),
       SOA_CONTENT: soaContent(args.domain),
       SOA_TTL: String(DNS_TIMING.soaTtlSeconds),
+      ZONE_SETTINGS: JSON.stringify(ZONE_WRITE_SETTINGS),
     };
 
     // A new zone name replaces (create the new, delete the old); other changes re-run create.

@@ -4,6 +4,23 @@ import { AllocatorError } from './errors';
 import { HttpRequestError, requestJson } from './json-http';
 import { absolute } from './naming';
 
+/**
+ * How every environment zone is configured for the allocator's PATCHes (the program's
+ * zone command, the test and bench zones): the PowerDNS defaults make every PATCH do
+ * work this zone does not need.
+ * - `api_rectify: false`: a rectify rewrites ordername/auth of every record of the zone
+ *   after each PATCH, O(zone size); the zone is not DNSSEC-signed and holds no
+ *   delegations or empty non-terminals, and API-written records already carry auth=1.
+ *   Turn it back on before the zone is ever signed.
+ * - `soa_edit_api: ''`: with the default `DEFAULT`, every PATCH also reads, bumps and
+ *   rewrites the SOA (its serial) in the same transaction. Serials only matter to
+ *   secondaries fed by AXFR/NOTIFY; the zone is `Native` (no secondaries: replication,
+ *   if any, is the database's) and resolvers never look at the serial. Set it back to
+ *   `DEFAULT` if a secondary is ever added.
+ * docs/bench.md ("What PowerDNS spends per PATCH") has the measurements.
+ */
+export const ZONE_WRITE_SETTINGS: { readonly api_rectify: false; readonly soa_edit_api: '' } = { api_rectify: false, soa_edit_api: '' };
+
 export interface PowerDnsOptions {
   /** e.g. http://127.0.0.1:8081 (no /api/v1 suffix). */
   apiUrl: string;

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# `npm run bench [-- --quick] [-- --no-readme]` (issue #8): starts or reuses the
+# `npm run bench [-- --quick] [-- --no-readme]` (issues #8, #16): starts or reuses the
 # real PostgreSQL and PowerDNS of the test set-up (scripts/test-services.sh,
 # idempotent; installs what is missing as root on Debian 12), then runs the
-# benchmark, which starts its own nginx instances (ports 59443/59099 and unix
-# sockets), its own PostgreSQL schema and PowerDNS zone, and drops them at the end.
+# benchmark, which starts its own nginx instances (stage 1 on 59443/59099, its
+# static-proxy comparison on 59444, the stand-in gateways on 59180, the seed
+# baseline on a unix socket; wrk for row 5), its own PostgreSQL schema and
+# PowerDNS zone, and drops them at the end.
 # Results: bench/results/<date>.{json,md,svg} and latest.*; --quick writes to
 # bench/results/quick/ (git-ignored) and never touches docs/bench.md.
 set -euo pipefail

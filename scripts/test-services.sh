@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs (if missing) and starts the real services the integration tests,
 # the benchmark and the soak run against: PostgreSQL 15, PowerDNS 4.7 (gpgsql
-# backend, HTTP API) and the tools they use (nginx, mkcert, dig, curl, unbound, chromium).
+# backend, HTTP API) and the tools they use (nginx, mkcert, dig, curl, unbound, chromium, wrk).
 #
 # Idempotent, root on Debian 12, no systemd. Everything runs on non-default
 # ports so it never collides with services a user already runs:
@@ -78,6 +78,8 @@ install_packages() {
   command -v chromium >/dev/null || missing+=(chromium)
   # certutil: a browser profile that trusts a suite's CA (an NSS database), instead of ignoring certificate errors.
   command -v certutil >/dev/null || missing+=(libnss3-tools)
+  # The bench's HTTP load generator (stage-1 routing overhead, docs/bench.md).
+  command -v wrk >/dev/null || missing+=(wrk)
   if [ ${#missing[@]} -eq 0 ]; then return; fi
   log "installing: ${missing[*]}"
   # Without a policy-rc.d, Debian would start its own pdns on :53 and nginx on :80.

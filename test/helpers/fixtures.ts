@@ -4,6 +4,7 @@ import type { AddressInfo } from 'net';
 import axios from 'axios';
 import { Pool } from 'pg';
 import type { TestServices } from './services';
+import { ZONE_WRITE_SETTINGS } from '../../runtime/powerdns-client';
 
 /**
  * One HTTP server standing in for every test gateway: gateways are registered
@@ -38,7 +39,8 @@ export function suiteId(): string {
 export async function createZone(s: TestServices, domain: string): Promise<void> {
   const res = await axios.post(
     `${s.pdnsApiUrl}/api/v1/servers/localhost/zones`,
-    { name: `${domain}.`, kind: 'Native', nameservers: [] },
+    // As the program's zone command creates it (runtime/powerdns-client.ts ZONE_WRITE_SETTINGS).
+    { name: `${domain}.`, kind: 'Native', nameservers: [], ...ZONE_WRITE_SETTINGS },
     { headers: { 'X-API-Key': s.pdnsApiKey }, validateStatus: () => true },
   );
   if (res.status !== 201 && res.status !== 409) throw new Error(`zone create ${domain}: ${res.status} ${JSON.stringify(res.data)}`);

@@ -1,6 +1,7 @@
 import { strict as assert } from 'assert';
 import { execFile } from 'child_process';
 import { GatewayAllocator, DNS_TIMING } from '../../runtime';
+import { ZONE_WRITE_SETTINGS } from '../../runtime/powerdns-client';
 import { RECORDS_CREATE_SCRIPT, ZONE_CREATE_SCRIPT, ZONE_DELETE_SCRIPT, soaContent } from '../../components/powerdns';
 import { testAllocatorOptions } from '../helpers/allocator-settings';
 import { CachingResolver, DnsAnswer, digQuery } from '../helpers/caching-resolver';
@@ -59,6 +60,7 @@ describe('DNS through a caching resolver (unbound → PowerDNS with the stack se
       WILDCARD: 'false',
       SOA_CONTENT: soaContent(domain),
       SOA_TTL: String(DNS_TIMING.soaTtlSeconds),
+      ZONE_SETTINGS: JSON.stringify(ZONE_WRITE_SETTINGS),
       PDNS_WAIT_SECONDS: '10',
     };
     await runScript(ZONE_CREATE_SCRIPT, scriptEnv);

@@ -39,6 +39,7 @@ import {
 import { CA_EXPORT_SCRIPT, RENEW_CLI, RENEWER_CODE_DIR } from '../../components/tls';
 import { RUNTIME_CONFIG_SCRIPT } from '../../components/runtime-config';
 import { parseRuntimeConfig } from '../../runtime/config';
+import { ZONE_WRITE_SETTINGS } from '../../runtime/powerdns-client';
 import { bundleRuntimeEntry } from '../../components/runtime-bundle';
 import { DEV_RUNTIME_DIR, RUNTIME_CONFIG_PATH } from '../../components/dev-container';
 import { GATEWAY_DEFAULT_APP } from '../../components/gateway-pool';
@@ -944,6 +945,8 @@ interface RRset {
 class FakePowerDns {
   readonly key = 'fake-api-key-0123456789';
   readonly zones = new Map<string, Map<string, RRset>>();
+  /** Zone settings (api_rectify, soa_edit_api, ...) as last POSTed or PUT. */
+  readonly settings = new Map<string, Record<string, unknown>>();
   readonly requests: string[] = [];
   private server = http.createServer((req, res) => this.handle(req, res));
   url = '';
@@ -977,7 +980,7 @@ class FakePowerDns {
       const m = /^\/api\/v1\/servers\/localhost\/zones(?:\/([^?]+))?(?:\?.*)?$/.exec(req.url ?? '');
       if (!m) return send(404, { error: 'Not Found' });
       const zone = m[1] === undefined ? undefined : decodeURIComponent(m[1]);
-      let data: { name?: string; rrsets?: (RRset & { changetype: string })[] } = {};
+      let data: { name?: string; rrsets?: (RRset & { changetype: string })[]; [setting: string]: unknown } = {};
       if (body !== '') {
         try {
           data = JSON.parse(body) as typeof data;
@@ -989,6 +992,8 @@ class FakePowerDns {
         const name = String(data.name);
         if (this.zones.has(name)) return send(409, { error: 'Conflict' });
         this.zones.set(name, new Map([[`${name}/NS`, { name, type: 'NS', records: [{ content: `ns1.${name}` }] }]]));
+        const { name: _n, rrsets: _r, ...settings } = data;
+        this.settings.set(name, settings);
         return send(201, { name });
       }
       const rrsets = zone === undefined ? undefined : this.zones.get(zone);
@@ -996,6 +1001,10 @@ class FakePowerDns {
       if (req.method === 'GET') return send(200, { name: zone, rrsets: [...rrsets.values()] });
       if (req.method === 'DELETE') {
         this.zones.delete(zone);
+        return send(204);
+      }
+      if (req.method === 'PUT') {
+        this.settings.set(zone, { ...this.settings.get(zone), ...data });
         return send(204);
       }
       if (req.method === 'PATCH') {
@@ -1047,6 +1056,7 @@ describe('command scripts (bash, against fakes)', function () {
         WILDCARD: 'false',
         SOA_CONTENT: 'ns1.demiurge.test. hostmaster.demiurge.test. 0 10800 3600 604800 2',
         SOA_TTL: '2',
+        ZONE_SETTINGS: JSON.stringify(ZONE_WRITE_SETTINGS),
         PDNS_WAIT_SECONDS: '3',
       };
     });
@@ -1060,6 +1070,21 @@ describe('command scripts (bash, against fakes)', function () {
       assert.equal(second.code, 0, second.stderr);
       assert.match(second.stdout, /exists/);
       assert.equal(api.requests.filter((r) => r.startsWith('POST')).length, 1);
+    });
+
+    it('creates the zone without per-PATCH rectify and SOA edit, and sets them on a zone that exists', async () => {
+      const zone = 'settings.demiurge.test.';
+      const e = { ...env, ZONE: zone, NAMESERVER: `ns1.${zone}` };
+      const first = await runScript(ZONE_CREATE_SCRIPT, e);
+      assert.equal(first.code, 0, first.stderr);
+      assert.deepEqual(api.settings.get(zone), { kind: 'Native', nameservers: [`ns1.${zone}`], api_rectify: false, soa_edit_api: '' });
+      api.settings.set(zone, { api_rectify: true, soa_edit_api: 'DEFAULT' }); // a zone made before the settings
+      const second = await runScript(ZONE_CREATE_SCRIPT, e);
+      assert.equal(second.code, 0, second.stderr);
+      assert.deepEqual(api.settings.get(zone), { api_rectify: false, soa_edit_api: '' });
+      const missing = await runScript(ZONE_CREATE_SCRIPT, { ...e, ZONE_SETTINGS: '' });
+      assert.notEqual(missing.code, 0);
+      assert.match(missing.stderr, /ZONE_SETTINGS/);
     });
 
     it('REPLACEs the core records (idempotent), follows publicIp and the wildcard switch', async () => {

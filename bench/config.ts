@@ -1,0 +1,95 @@
+/** The bench's options, sizes and fixed ports, read once from the command line. */
+import * as path from 'path';
+import { performance } from 'perf_hooks';
+import { readEnvFile, testServicesOf, type TestServices } from '../test/helpers/services-env';
+
+export const ROOT = path.resolve(__dirname, '..');
+export const RESULTS_DIR = path.join(ROOT, 'bench', 'results');
+// Ports of this suite only (other suites use 58xxx, 57xxx, 60xxx-62xxx).
+export const HTTPS_PORT = 59443;
+export const STATUS_PORT = 59099;
+/** Row 5: the same stage-1 nginx proxying to one static upstream (no njs, no map). */
+export const STATIC_PROXY_PORT = 59444;
+/** The stand-in gateways (one nginx on every 127.0.x.y). */
+export const STAND_IN_PORT = 59180;
+export const SCALE_BURST_CONCURRENCY = 64;
+/** Every Nth allocation is also looked up in PowerDNS (UDP) the moment it resolves. */
+export const DNS_SAMPLE_EVERY = 8;
+export const PG_POOL_MAX = 20; // the allocator's default
+
+const USAGE = 'usage: npm run bench [-- --quick] [-- --no-readme] [-- --profile]';
+const args = new Set(process.argv.slice(2));
+for (const a of args) {
+  if (!['--quick', '--no-readme', '--profile'].includes(a)) {
+    console.error(`unknown option ${a}; ${USAGE}`);
+    process.exit(2);
+  }
+}
+export const QUICK = args.has('--quick');
+export const WRITE_README = !QUICK && !args.has('--no-readme');
+
+export interface BenchConfig {
+  poolSize: number;
+  reps: number;
+  concurrency: number[];
+  opsPerRep: Record<number, number>;
+  scaleOrgs: number[];
+  scaleSequentialOps: number;
+  scaleBurstOps: number;
+  /**
+   * Sequential allocations (then their releases) per repetition of the seed's algorithm: as many as the
+   * allocator's concurrency-1 rows, the conditions of issue #16's own measurement of it (2.9/s). Its
+   * first-ready walk reads every allocated state file first, so each allocation costs more than the one
+   * before: the figure depends on how many are outstanding, and this is the same count as ours.
+   */
+  seedOpsPerRep: number;
+  patchProbes: number;
+  profile: boolean;
+  /** Row 5: seconds of each wrk run, and its connections. */
+  wrkSeconds: number;
+  wrkConnections: number;
+}
+
+export const CONFIG: BenchConfig = QUICK
+  ? {
+      poolSize: 200,
+      reps: 3,
+      concurrency: [1, 16, 64],
+      opsPerRep: { 1: 15, 16: 48, 64: 128 },
+      scaleOrgs: [10, 300],
+      scaleSequentialOps: 8,
+      scaleBurstOps: 64,
+      seedOpsPerRep: 15,
+      patchProbes: 1,
+      profile: args.has('--profile'),
+      wrkSeconds: 1,
+      wrkConnections: 16,
+    }
+  : {
+      poolSize: 1000,
+      reps: 3,
+      concurrency: [1, 16, 64, 256],
+      opsPerRep: { 1: 100, 16: 400, 64: 960, 256: 960 },
+      scaleOrgs: [10, 1000, 5000],
+      scaleSequentialOps: 25,
+      scaleBurstOps: 128,
+      seedOpsPerRep: 100,
+      patchProbes: 2,
+      profile: true,
+      wrkSeconds: 5,
+      wrkConnections: 32,
+    };
+export const scalePoolSize = Math.max(CONFIG.poolSize, Math.max(...CONFIG.scaleOrgs) + CONFIG.scaleBurstOps + 72);
+
+const t0 = performance.now();
+export function elapsedS(): number {
+  return (performance.now() - t0) / 1000;
+}
+export function log(msg: string): void {
+  process.stdout.write(`[bench ${elapsedS().toFixed(1).padStart(6)}s] ${msg}\n`);
+}
+
+export function readServices(): TestServices {
+  const file = path.join(ROOT, '.test-services', 'env');
+  return testServicesOf(readEnvFile(file, `${file} missing: run \`bash scripts/test-services.sh up\` first (scripts/bench.sh does)`));
+}

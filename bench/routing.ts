@@ -1,0 +1,91 @@
+/**
+ * Row 5, stage-1 routing overhead: wrk (Debian's) on loopback against stage 1
+ * (TLS, regex server_name, njs route lookup per request) for one allocated
+ * organization, and against the same nginx proxying to a static upstream (same
+ * TLS certificate and proxy directives, no njs, no map), alternating, each run
+ * for the same time with the same connections. Both reach the same stand-in
+ * gateway nginx.
+ */
+import { execFile } from 'child_process';
+import { writeFileSync } from 'fs';
+import * as path from 'path';
+import type { Stage1Nginx } from '../test/helpers/stage1-nginx';
+import { extraConfDir } from './system';
+
+export interface WrkRun {
+  requestsPerS: number;
+  p50Ms: number;
+  p99Ms: number;
+  requests: number;
+  /** Non-2xx answers plus socket errors. */
+  errors: number;
+}
+
+/** The comparison server; call before nginx starts (or reload after). */
+export function writeStaticProxy(nginx: Stage1Nginx, port: number, upstream: string): void {
+  writeFileSync(
+    path.join(extraConfDir(nginx), 'zz-bench-static-proxy.conf'),
+    `# bench only (row 5): the stage-1 proxy directives to one static upstream, no njs
+# (its own copy of stage 1's Connection map: this file is loaded before the allocator writes its base config)
+map $http_upgrade $bench_static_connection_upgrade {
+    default upgrade;
+    "" close;
+}
+
+server {
+    listen 127.0.0.1:${port} ssl;
+    ssl_certificate ${nginx.certFile};
+    ssl_certificate_key ${nginx.keyFile};
+    location / {
+        proxy_pass http://${upstream};
+        proxy_http_version 1.1;
+        proxy_set_header Upgrade $http_upgrade;
+        proxy_set_header Connection $bench_static_connection_upgrade;
+        proxy_set_header Host $host;
+        proxy_set_header X-Real-IP $remote_addr;
+        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        proxy_set_header X-Forwarded-Proto $scheme;
+        proxy_set_header X-Forwarded-Host $host;
+        proxy_read_timeout 1h;
+        proxy_send_timeout 1h;
+        proxy_buffering off;
+    }
+}
+`,
+  );
+}
+
+function ms(v: string, unit: string): number {
+  const x = Number(v);
+  return unit === 'us' ? x / 1000 : unit === 's' ? x * 1000 : unit === 'm' ? x * 60_000 : x;
+}
+
+/** Parses `wrk --latency` output. */
+export function parseWrk(out: string): WrkRun {
+  const pct = (p: string): number => {
+    const m = new RegExp(`^\\s*${p}%\\s+([\\d.]+)(us|ms|s|m)\\s*$`, 'm').exec(out);
+    if (!m) throw new Error(`wrk output has no ${p}% line:\n${out}`);
+    return ms(m[1], m[2]);
+  };
+  const rps = /^Requests\/sec:\s+([\d.]+)/m.exec(out);
+  const total = /^\s*(\d+) requests in/m.exec(out);
+  if (!rps || !total) throw new Error(`wrk output not understood:\n${out}`);
+  const non2xx = Number(/Non-2xx or 3xx responses:\s+(\d+)/.exec(out)?.[1] ?? 0);
+  const sock = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(out);
+  const sockErrors = sock ? sock.slice(1).reduce((n, x) => n + Number(x), 0) : 0;
+  return { requestsPerS: Number(rps[1]), p50Ms: pct('50'), p99Ms: pct('99'), requests: Number(total[1]), errors: non2xx + sockErrors };
+}
+
+export function runWrk(url: string, host: string, seconds: number, connections: number): Promise<WrkRun> {
+  const args = ['-t1', `-c${connections}`, `-d${seconds}s`, '--latency', '-H', `Host: ${host}`, url];
+  return new Promise((resolve, reject) =>
+    execFile('wrk', args, { timeout: (seconds + 30) * 1000 }, (err, out, stderr) => {
+      if (err) return reject(new Error(`wrk ${args.join(' ')}: ${stderr || err.message}`));
+      try {
+        resolve(parseWrk(out));
+      } catch (e) {
+        reject(e);
+      }
+    }),
+  );
+}
