@@ -255,7 +255,7 @@ export class GatewayAgent {
    * Hot reload, old process: stops every timer and the registration, refuses
    * new hand-overs (BUSY) and returns the session for the successor; the
    * organization stays allocated (nothing is pushed or released here: the
-   * successor pushes what is dirty). Only from `ready` or `serving` with
+   * successor pushes what is dirty). Only from `registering`, `ready` or `serving` with
    * nothing queued, else BUSY (retryable). A later shutdown does nothing
    * more; `adopt` of the same hand-off takes it back (a failed reload).
    */
@@ -264,7 +264,7 @@ export class GatewayAgent {
       throw new GatewayClientError('BUSY', msg, { status: 503, retryable: true });
     };
     if (this.closing) busy('the gateway is shutting down or already handed off');
-    if (this.queued > 0 || (this.current !== 'ready' && this.current !== 'serving')) busy(`the gateway is ${this.current}${this.queued > 0 ? ' with a hand-over pending' : ''}`);
+    if (this.queued > 0 || (this.current !== 'registering' && this.current !== 'ready' && this.current !== 'serving')) busy(`the gateway is ${this.current}${this.queued > 0 ? ' with a hand-over pending' : ''}`);
     this.closing = Promise.resolve();
     this.registration?.abort();
     this.registration = undefined;
