@@ -57,6 +57,15 @@ render_upstream() {
   printf '# written by gateway-entrypoint / gateway-reload; do not edit\nupstream gateway_app { server 127.0.0.1:%s; }\nmap $host $gateway_app_generation { default "%s %s"; }\n' "$1" "$1" "$2"
 }
 
+# True if $1 is a live (non-zombie) process. For pids the supervisor started: right after the fork
+# the child is still bash (not yet node), so is_app_pid would call a starting app dead.
+alive_pid() {
+  local state
+  [ -n "$1" ] && [ -r "/proc/$1/stat" ] || return 1
+  state=$(sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1)
+  [ -n "$state" ] && [ "$state" != Z ]
+}
+
 # True if $1 is the pid of a live (non-zombie) gateway app process.
 is_app_pid() {
   local pid=$1 state cmd
