@@ -23,6 +23,7 @@ import { NaiveAllocator, NaiveRep } from './naive';
 import type { GatewaySpec } from '../runtime/inventory';
 import type { BurstResult, ProfileSummary, Request, Response, WorkerInit } from './protocol';
 import { ReloadProbe, ReloadTiming } from './reload-probe';
+import { measureRealised, realisedTargets } from './realised';
 import { renderMarkdown, renderSvg, updateReadme } from './report';
 import type { BenchResults, ConcurrencyFigures, OpFigures, ScaleFigures, StageRow, TargetResult } from './results-types';
 import { latencySummary, round, spread, Spread } from './stats';
@@ -626,6 +627,8 @@ async function main(): Promise<void> {
       measured: `${notLive.length} of ${checked} (DNS: ${dnsMissing.length} of ${dnsChecked} not yet answered by PowerDNS)`,
       pass: notLive.length === 0 && checked === allAllocs && dnsMissing.length === 0,
     });
+    // Cold start and hot reload in the realised dev environment (bench/realised; quick mode: "full mode only").
+    targets.push(...realisedTargets(await measureRealised({ quick: QUICK, log })));
 
     const cpuMsPer1000 = [
       { process: 'allocator (Node.js)', ms: round((cpu64.allocator / Math.max(1, allocs64)) * 1000, 0) },
