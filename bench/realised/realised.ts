@@ -85,7 +85,7 @@ const COLD_START_BOUND_MS = 30_000;
 /** Ports of the bench environment: 63000-63999, 100 per slot (pool ≤ 20), apart from the e2e suites' 62xxx. */
 function benchPorts(slot: number): E2ePorts {
   const base = 63000 + 100 * slot;
-  return { stage1Http: base + 80, stage1Https: base + 43, dns: base + 53, powerDnsApi: base + 81, gatewayHttpBase: base + 10, gatewayVpnBase: base + 40, rangeSize: 20 };
+  return { stage1Http: base + 80, stage1Https: base + 43, dns: base + 53, powerDnsApi: base + 81, gatewayHttpBase: base, gatewayVpnBase: base + 20, rangeSize: 20 };
 }
 
 async function freePorts(poolSize: number): Promise<E2ePorts> {
