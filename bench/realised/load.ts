@@ -34,6 +34,8 @@ export interface LoadOptions {
   /** Reuse connections (default false: a new connection per request, as stage 1 reaches stage 2). */
   keepAlive?: boolean;
   timeoutMs?: number;
+  /** Pause of each loop between two requests (pacing; default 0: back to back). */
+  pauseMs?: number;
   /** Called with every 200 answer (e.g. to see which build served it). */
   onResponse?: (target: LoadTarget, body: string, atMs: number) => void;
 }
@@ -126,6 +128,7 @@ export function startLoad(opts: LoadOptions): LoadRun {
         rec.failed += 1;
         if (rec.failures.length < 5) rec.failures.push(`${Date.now() - t0} ms: ${err instanceof Error ? err.message : String(err)}`);
       }
+      if (opts.pauseMs) await new Promise((r) => setTimeout(r, opts.pauseMs));
     }
   };
 

@@ -195,6 +195,8 @@ async function reloads(d: Deployment, token: string, tmp: string, notes: string[
       targets: orgs.map((o) => ({ name: o, url: `https://${d.httpsHost}:${d.httpsPort}/_app/status`, host: orgFqdn(o, d.outputs.domain), webSocketPath: '/ws' })),
       concurrency: 1,
       keepAlive: true,
+      // RELOAD_LOAD_PAUSE_MS paces each loop (default 0: back to back, the machine's whole capacity).
+      pauseMs: Number(process.env.RELOAD_LOAD_PAUSE_MS ?? 0),
       ...(ca ? { ca } : {}),
       onResponse: (t, body) => {
         if (!firstNew.has(t.name) && (JSON.parse(body) as AppStatus).build === buildId) firstNew.set(t.name, Date.now() - reloadStart);
@@ -220,7 +222,7 @@ async function reloads(d: Deployment, token: string, tmp: string, notes: string[
     }
   }
   for (const org of orgs) await stopOrg(d, token, org);
-  notes.push(`reload: ${orgs.length} organizations allocated and loaded (one request loop and one WebSocket each, through stage 1, CA-verified TLS, kept-alive connections); the first ${RELOAD_SIZES.join('/')} of their gateways reloaded`);
+  notes.push(`reload: ${orgs.length} organizations allocated and loaded (one request loop${process.env.RELOAD_LOAD_PAUSE_MS ? ` pausing ${process.env.RELOAD_LOAD_PAUSE_MS} ms between requests` : ', back to back'}, and one WebSocket each, through stage 1, CA-verified TLS, kept-alive connections); the first ${RELOAD_SIZES.join('/')} of their gateways reloaded`);
   return rows;
 }
 
