@@ -160,13 +160,21 @@ async function pack(envName: string, workspace: string, buildsVolume: string): P
   return (JSON.parse(line) as { buildId: string }).buildId;
 }
 
+/** The step lines of the last slowest gateway-reload (its own log with times): where a reload's time goes. */
+let slowestReloadLog: string[] = [];
+
 /** gateway-reload in each container at once (what `demiurge-gateway reload` runs); the slowest wall time. */
 async function reloadGateways(containers: string[]): Promise<number> {
   const t0 = Date.now();
-  const results = await Promise.all(containers.map((c) => run('docker', ['exec', c, '/usr/local/bin/gateway-reload'], { timeoutMs: 120_000 })));
+  const results = await Promise.all(containers.map(async (c) => {
+    const r = await run('docker', ['exec', c, '/usr/local/bin/gateway-reload'], { timeoutMs: 120_000 });
+    return { ...r, ms: Date.now() - t0 };
+  }));
   results.forEach((r, i) => {
     if (r.code !== 0) throw new Error(`${containers[i]}: gateway-reload exit ${r.code}: ${r.stdout.trim().split('\n').pop()}`);
   });
+  const slowest = results.reduce((a, b) => (b.ms > a.ms ? b : a));
+  slowestReloadLog = slowest.stdout.trim().split('\n').filter((l) => !l.startsWith('RELOAD_RESULT')).map((l) => l.replace(/^\d{4}-\d\d-\d\dT/, ''));
   return Date.now() - t0;
 }
 
@@ -215,6 +223,7 @@ async function reloads(d: Deployment, token: string, tmp: string, notes: string[
       const res = await load.stop();
       const failures = Object.entries(res.byTarget).flatMap(([k, v]) => [...v.failures, ...(v.webSocket?.failures ?? [])].map((f) => `${k.slice(0, 8)}: ${f}`)).slice(0, 5);
       rows.push({ gateways: n, toNewBuildMs, reloadMs, requests: res.requests, failed: res.failed, webSockets: orgs.length, webSocketCleanCloses: res.webSocketCleanCloses, webSocketFailures: res.webSocketFailures, failures });
+      notes.push(`reload of ${n}, slowest gateway's steps: ${slowestReloadLog.join(' | ')}`);
       log(`reload of ${n}: every gateway on ${buildId} after ${toNewBuildMs.toFixed(0)} ms (gateway-reload ${reloadMs} ms); ${res.requests} requests, ${res.failed} failed; WebSockets ${res.webSocketCleanCloses} closed with 1012, ${res.webSocketFailures} failures`);
     } catch (err) {
       await load.stop();
