@@ -24,6 +24,7 @@ import { createBenchZone, measureDnsWrites, type DnsWriteCost } from './pdns-pro
 import { concurrencyPhase, routingPhase, scalePhase, type PhaseContext } from './phases';
 import type { BurstResult, WorkerInit } from './protocol';
 import { ReloadProbe } from './reload-probe';
+import { measureRealised, realisedTargets } from './realised';
 import { renderMarkdown, renderSvg, updateReadme } from './report';
 import { writeStaticProxy } from './routing';
 import { SeedBaseline, type SeedRep } from './seed-baseline';
@@ -180,8 +181,10 @@ async function main(): Promise<void> {
     const dnsWrites = dnsWriteFigures(dnsRuns);
     for (const d of dnsWrites) log(`DNS write cost, 64 organizations: publish ${d.publishMs.median.toFixed(0)} ms, withdraw ${d.withdrawMs.median.toFixed(0)} ms — ${d.variant}`);
 
-    // Rows 1-2 (the realised environment, bench/realised/) join through `extra: { targets, sections }`.
-    const results = assembleResults({ runId, durationS: elapsedS(), machine, seed, conc, routing, scale, dnsWrites, everyBurst, rssByPhase: ctx.rssByPhase });
+    // Rows 1-2: cold start and hot reload in the realised dev environment (bench/realised/; quick mode: "full mode only").
+    const realised = await measureRealised({ quick: QUICK, log });
+    const extra = { targets: realisedTargets(realised), sections: [{ title: 'Rows 1-2: how cold start and hot reload were measured (realised dev environment)', markdown: (realised.skipped ? [realised.skipped] : [`Environment realised in ${(realised.realiseMs / 1000).toFixed(0)} s, pool of ${realised.poolSize} gateways.`, ...realised.notes]).map((n) => `- ${n}`).join('\n') }] };
+    const results = assembleResults({ runId, durationS: elapsedS(), machine, seed, conc, routing, scale, dnsWrites, everyBurst, rssByPhase: ctx.rssByPhase, extra });
 
     // ---------------------------------------------------------- output
     // A smoke run (CI) writes next to the real results, in a directory git ignores (bench/.gitignore).

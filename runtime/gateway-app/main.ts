@@ -5,12 +5,14 @@
  * Bundled with esbuild into one file with no imports but Node's built-ins.
  * Environment: GANYMEDE_URL (or GANYMEDE_FQDN), GATEWAY_ID, GATEWAY_TOKEN,
  * GATEWAY_IDLE_TIMEOUT_MS, GATEWAY_PUSH_INTERVAL_MS,
- * GATEWAY_HEARTBEAT_INTERVAL_MS, APP_LISTEN (default 127.0.0.1:8888), BUILD_INFO_FILE.
+ * GATEWAY_HEARTBEAT_INTERVAL_MS, APP_LISTEN (default 127.0.0.1:8888), BUILD_INFO_FILE,
+ * APP_CONTROL_SOCKET and GATEWAY_APP_STANDBY (hot reload: control.ts).
  */
 import * as http from 'http';
 import type { AddressInfo } from 'net';
 import { GatewayAgent, GatewayClient } from '../gateway-client';
 import { readBuildInfo } from './build-info';
+import { createControlServer, listenControl } from './control';
 import { DefaultApp } from './server';
 import { loadSettings, SettingsError } from './settings';
 
@@ -56,10 +58,20 @@ function main(): void {
     log({ event: 'app.listen_failed', message: err.message });
     process.exit(1);
   });
-  server.listen(settings.listenPort, settings.listenHost, () => {
-    const addr = server.address() as AddressInfo;
-    log({ event: 'app.listening', host: addr.address, port: addr.port, gateway_id: settings.gatewayId, build: buildInfo.buildId, api: settings.ganymedeUrl });
-    void agent.start();
+  const listen = (): void => {
+    server.listen(settings.listenPort, settings.listenHost, () => {
+      const addr = server.address() as AddressInfo;
+      log({ event: 'app.listening', host: addr.address, port: addr.port, gateway_id: settings.gatewayId, build: buildInfo.buildId, api: settings.ganymedeUrl, standby: settings.standby });
+      // A reload's new app registers only when the old one hands over (POST /adopt on the control socket).
+      if (!settings.standby) void agent.start();
+    });
+  };
+  // The control socket listens first: an app that answers HTTP can always be handed over.
+  if (!settings.controlSocket) return listen();
+  const socketPath = settings.controlSocket;
+  listenControl(createControlServer(app, agent, (f) => log({ ...f, gateway_id: settings.gatewayId })), socketPath).then(listen, (err: unknown) => {
+    log({ event: 'app.listen_failed', socket: socketPath, message: err instanceof Error ? err.message : String(err) });
+    process.exit(1);
   });
 }
 

@@ -4,7 +4,7 @@ import { GatewayAgent, GatewayClientError, LoadedOrganization, OrganizationHooks
 import type { BuildInfo } from './build-info';
 import { applyChange, emptyDocument, fromSnapshot, OrgDocument, parseChange, toSnapshot } from './org-document';
 import { renderPage } from './page';
-import { acceptEcho } from './websocket';
+import { acceptEcho, encodeFrame, OPCODES } from './websocket';
 
 const MAX_BODY = 64 * 1024;
 
@@ -14,6 +14,8 @@ export class DefaultApp {
   orgConfig: Readonly<Record<string, unknown>> = {};
   agent: GatewayAgent | undefined;
   readonly startedAt = new Date().toISOString();
+  /** Open WebSockets (closed with 1012 when a hot reload drains this process). */
+  readonly webSockets = new Set<Duplex>();
 
   constructor(
     readonly buildInfo: BuildInfo,
@@ -97,8 +99,22 @@ export class DefaultApp {
       return;
     }
     this.a.activity();
-    acceptEcho(req, socket, head, () => this.a.activity());
+    if (!acceptEcho(req, socket, head, () => this.a.activity())) return;
+    this.webSockets.add(socket);
+    socket.once('close', () => this.webSockets.delete(socket));
   };
+
+  /**
+   * Closes every WebSocket cleanly with `code` (1012 Service Restart: the new
+   * build serves the reconnect); returns how many were open.
+   */
+  closeWebSockets(code = 1012): number {
+    const n = this.webSockets.size;
+    const body = Buffer.alloc(2);
+    body.writeUInt16BE(code, 0);
+    for (const s of this.webSockets) s.end(encodeFrame(OPCODES.close, body));
+    return n;
+  }
 
   private collabStart(res: http.ServerResponse, body: unknown): void {
     try {

@@ -15,6 +15,10 @@ export interface AppSettings {
   listenPort: number;
   /** BUILD_INFO.txt to read the build id from. */
   buildInfoFile: string | undefined;
+  /** APP_CONTROL_SOCKET: unix socket for the image's gateway-reload (hand-off, adopt, drain); none if unset. */
+  controlSocket: string | undefined;
+  /** GATEWAY_APP_STANDBY=1: a reload's new app; it waits for a hand-off (`adopt`) instead of registering. */
+  standby: boolean;
 }
 
 export class SettingsError extends Error {
@@ -66,5 +70,7 @@ export function loadSettings(env: NodeJS.ProcessEnv): AppSettings {
     listenHost: listen.host,
     listenPort: listen.port,
     buildInfoFile: env.BUILD_INFO_FILE || undefined,
+    controlSocket: env.APP_CONTROL_SOCKET || undefined,
+    standby: env.GATEWAY_APP_STANDBY === '1',
   };
 }

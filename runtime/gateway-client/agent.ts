@@ -78,6 +78,29 @@ export interface GatewayAgentOptions {
   logger?: AgentLogger | null;
 }
 
+/**
+ * What an agent hands to its successor process in a hot reload (the image's
+ * gateway-reload starts the new build beside the old one): the session's
+ * allocation token, the organization's data as served now and the timers'
+ * progress. Holds a secret: never logged, passed only over the gateway's
+ * local control socket.
+ */
+export interface AgentHandOff {
+  version: 1;
+  /** null: the agent held no organization (ready in the pool). */
+  organizationId: string | null;
+  gatewayToken: string | null;
+  config: Record<string, unknown>;
+  data: OrgSnapshot | null;
+  /** Changed since the last push (the successor pushes it). */
+  dirty: boolean;
+  /** Epoch ms of the last change (the push's timestamp). */
+  lastChange: number;
+  /** Milliseconds since the organization's last activity (the idle timer goes on from there). */
+  quietMs: number;
+  lastPush: { version: number; at: string } | null;
+}
+
 export interface AgentStatus {
   state: AgentState;
   gatewayId: string;
@@ -121,6 +144,8 @@ export class GatewayAgent {
   private queued = 0;
   private pushing: Promise<unknown> | undefined;
   private closing: Promise<void> | undefined;
+  /** handOff() gave the session to a successor: nothing more is sent with it. */
+  private handedOff = false;
   private timers: { idle?: TimerHandle; heartbeat?: TimerHandle; push?: TimerHandle } = {};
 
   constructor(opts: GatewayAgentOptions) {
@@ -224,6 +249,85 @@ export class GatewayAgent {
       });
     });
     return this.closing;
+  }
+
+  /**
+   * Hot reload, old process: stops every timer and the registration, refuses
+   * new hand-overs (BUSY) and returns the session for the successor; the
+   * organization stays allocated (nothing is pushed or released here: the
+   * successor pushes what is dirty). Only from `registering`, `ready` or `serving` with
+   * nothing queued, else BUSY (retryable). A later shutdown does nothing
+   * more; `adopt` of the same hand-off takes it back (a failed reload).
+   */
+  async handOff(): Promise<AgentHandOff> {
+    const busy = (msg: string): never => {
+      throw new GatewayClientError('BUSY', msg, { status: 503, retryable: true });
+    };
+    if (this.closing) busy('the gateway is shutting down or already handed off');
+    if (this.queued > 0 || (this.current !== 'registering' && this.current !== 'ready' && this.current !== 'serving')) busy(`the gateway is ${this.current}${this.queued > 0 ? ' with a hand-over pending' : ''}`);
+    this.closing = Promise.resolve();
+    this.registration?.abort();
+    this.registration = undefined;
+    this.clearTimers();
+    while (this.pushing) await this.pushing.catch(() => undefined);
+    const session = this.session;
+    const data = session ? await this.hooks.snapshot() : null;
+    const h: AgentHandOff = {
+      version: 1,
+      organizationId: session?.organizationId ?? null,
+      gatewayToken: session ? session.handOffToken() : null,
+      config: session ? { ...session.config } : {},
+      data,
+      dirty: this.dirty,
+      lastChange: this.lastChange,
+      quietMs: Math.max(0, this.client.scheduler.now() - this.lastActivity),
+      lastPush: this.lastPush,
+    };
+    // Until it exits this process still answers requests (read-only: `stopping` refuses changes),
+    // so the session stays for what it shows; nothing more is sent with it.
+    this.handedOff = true;
+    this.dirty = false;
+    this.transition('stopping', { reason: 'handed_off' });
+    return h;
+  }
+
+  /**
+   * Hot reload, new process: takes the organization over from `handOff` (no
+   * API call: the allocation and its token are unchanged) and serves it, with
+   * the heartbeat, push and idle timers going on; a hand-off without an
+   * organization registers as `start()` does. Only before `start()` (or on the
+   * agent that handed it off), else BUSY.
+   */
+  async adopt(h: AgentHandOff): Promise<void> {
+    if (typeof h !== 'object' || h === null || h.version !== 1) throw new GatewayClientError('INVALID_ARGUMENT', 'not a version-1 hand-off');
+    const fresh = !this.session && this.queued === 0 && !this.registration && this.current === 'registering';
+    if (!(fresh || this.handedOff) || this.life.signal.aborted) {
+      throw new GatewayClientError('BUSY', `the gateway is ${this.current}: it can adopt only before it starts`, { status: 409 });
+    }
+    this.session = undefined;
+    this.handedOff = false;
+    this.closing = undefined;
+    if (h.organizationId === null) {
+      void this.register();
+      return;
+    }
+    if (!isBearerToken(h.gatewayToken)) throw new GatewayClientError('INVALID_ARGUMENT', 'the hand-off has an organization but no gateway token');
+    const session = this.client.resume(h.organizationId, h.gatewayToken, h.config ?? {});
+    await this.hooks.load({ organizationId: h.organizationId, config: session.config, data: h.data, timestamp: null, version: h.lastPush?.version ?? null });
+    this.session = session;
+    this.lastPush = h.lastPush;
+    this.dirty = false;
+    if (h.dirty) {
+      this.markDirty();
+      this.lastChange = h.lastChange;
+    }
+    const now = this.client.scheduler.now();
+    const quiet = Math.min(Math.max(0, h.quietMs), this.idleTimeoutMs);
+    this.lastActivity = now - quiet;
+    this.transition('serving', { reason: 'adopted', organization_id: h.organizationId });
+    this.scheduleHeartbeat(session);
+    this.schedulePush(session);
+    this.scheduleIdle(session, this.idleTimeoutMs - quiet);
   }
 
   /** Removes the signal handlers (tests, hosts that own their signals). */
@@ -376,6 +480,7 @@ export class GatewayAgent {
   }
 
   private async finalStop(reason: string, release: boolean): Promise<void> {
+    if (this.handedOff) this.session = undefined;
     const session = this.session;
     this.clearTimers();
     this.transition('stopping', { reason });

@@ -236,6 +236,14 @@ export class GatewaySession {
     return { released: b.released === true, ...(version !== null ? { version } : {}) };
   }
 
+  /**
+   * The allocation token, for GatewayAgent.handOff only (a hot reload hands the
+   * session to the new process over the gateway's local control socket).
+   */
+  handOffToken(): string {
+    return this.#token;
+  }
+
   toJSON(): Record<string, unknown> {
     return { gatewayId: this.gatewayId, organizationId: this.organizationId, ended: this.#ended };
   }

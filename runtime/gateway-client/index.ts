@@ -6,7 +6,7 @@
 export { GatewayClient, GatewaySession, isBearerToken } from './client';
 export type { CallSignal, GatewayClientOptions, OrgSnapshot, PulledSnapshot, PushReceipt, ReadyResult, StopResult } from './client';
 export { GatewayAgent } from './agent';
-export type { AgentEvent, AgentLogger, AgentSignal, AgentState, AgentStatus, GatewayAgentOptions, LoadedOrganization, OrganizationHooks, SignalSource, UnloadReason } from './agent';
+export type { AgentEvent, AgentHandOff, AgentLogger, AgentSignal, AgentState, AgentStatus, GatewayAgentOptions, LoadedOrganization, OrganizationHooks, SignalSource, UnloadReason } from './agent';
 export { GatewayClientError, isApiErrorCode, isGatewayClientError, SESSION_ENDED_CODES } from './errors';
 export type { ClientOnlyCode, GatewayClientErrorCode, GatewayClientErrorDetails } from './errors';
 export { DEFAULT_RETRY, backoffDelay } from './backoff';

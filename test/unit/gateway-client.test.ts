@@ -460,6 +460,99 @@ describe('gateway agent: life cycle', () => {
   });
 });
 
+describe('gateway agent: hot reload hand-off', () => {
+  /** A second agent (the reload's new process) against the same API and clock, not started. */
+  function successor(h: Harness): { agent: GatewayAgent; loads: LoadedOrganization[]; log: AgentEvent[] } {
+    const loads: LoadedOrganization[] = [];
+    const log: AgentEvent[] = [];
+    const client = new GatewayClient({ baseUrl: 'http://api.test:6000/', gatewayId: h.api.gatewayId, registrationToken: REG, fetch: h.api.fetch, scheduler: h.sched, random: () => 0, timeoutMs: 1000 });
+    const agent = new GatewayAgent({
+      client,
+      hooks: { load: (o) => void loads.push(o), snapshot: () => loads[loads.length - 1]?.data ?? { yjs_state: {}, gateway_state: {} }, unload: () => undefined },
+      idleTimeoutMs: IDLE,
+      pushIntervalMs: 3000,
+      heartbeatIntervalMs: 2000,
+      logger: (e) => log.push(e),
+    });
+    return { agent, loads, log };
+  }
+
+  it('moves the session, the unpushed data and the idle clock to the new process without an API call; the old one sends nothing more', async () => {
+    const h = agentSetup();
+    await serving(h);
+    change(h, 7);
+    await h.sched.advance(4000);
+    h.api.calls.length = 0;
+    change(h, 8);
+    const handOff = await h.agent.handOff();
+    assert.equal(h.agent.state, 'stopping');
+    assert.equal(handOff.organizationId, h.api.organizationId);
+    assert.equal(handOff.gatewayToken, ALLOC);
+    assert.equal(handOff.dirty, true);
+    assert.deepEqual(handOff.data, { yjs_state: {}, gateway_state: { n: 8 } });
+    assert.ok(handOff.quietMs >= 0 && handOff.quietMs <= IDLE);
+    assert.throws(() => h.agent.acceptHandshake({ handshake_token: h.api.handshake, organization_id: h.api.organizationId }), /shutting down/);
+
+    const next = successor(h);
+    await next.agent.adopt(JSON.parse(JSON.stringify(handOff)));
+    assert.equal(next.agent.state, 'serving');
+    assert.equal(next.agent.organizationId, h.api.organizationId);
+    assert.deepEqual(next.loads.map((l) => l.data), [{ yjs_state: {}, gateway_state: { n: 8 } }]);
+    assert.deepEqual(h.api.paths(), [], 'adopting calls no API');
+
+    // The old process: SIGTERM pushes nothing and releases nothing.
+    h.signals.emit('SIGTERM');
+    await h.sched.settle();
+    assert.deepEqual(h.exited, ['SIGTERM']);
+    // The new one: heartbeats and pushes the change it took over, with the allocation token.
+    await h.sched.advance(3000);
+    assert.ok(h.api.paths().includes('/heartbeat'), h.api.paths().join(','));
+    assert.ok(h.api.paths().includes('/data/push'), h.api.paths().join(','));
+    assert.ok(!h.api.paths().includes('/stop'));
+    assert.deepEqual(h.api.stored?.data, { yjs_state: {}, gateway_state: { n: 8 } });
+    h.agent.dispose();
+    next.agent.dispose();
+  });
+
+  it('refuses a hand-off while a hand-over is pending (BUSY, ask again), and takes a hand-off back after a failed reload', async () => {
+    const h = agentSetup();
+    await drive(h.sched, h.agent.start());
+    h.agent.acceptHandshake({ handshake_token: h.api.handshake, organization_id: h.api.organizationId, gateway_id: h.api.gatewayId });
+    const busy = await rejects(h.agent.handOff());
+    assert.equal(busy.code, 'BUSY');
+    assert.equal(busy.retryable, true);
+    await h.sched.settle();
+    assert.equal(h.agent.state, 'serving');
+    const handOff = await h.agent.handOff();
+    await rejects(h.agent.handOff());
+    // The new process failed: the old one takes its organization back and serves on.
+    await h.agent.adopt(handOff);
+    assert.equal(h.agent.state, 'serving');
+    h.api.calls.length = 0;
+    await h.sched.advance(2000);
+    assert.deepEqual(h.api.paths(), ['/heartbeat']);
+    // A started agent cannot adopt.
+    const started = successor(h);
+    await drive(h.sched, started.agent.start());
+    assert.equal((await rejects(started.agent.adopt(handOff))).code, 'BUSY');
+    h.agent.dispose();
+  });
+
+  it('a hand-off without an organization makes the new process register', async () => {
+    const h = agentSetup();
+    await drive(h.sched, h.agent.start());
+    const handOff = await h.agent.handOff();
+    assert.equal(handOff.organizationId, null);
+    assert.equal(handOff.gatewayToken, null);
+    const next = successor(h);
+    h.api.calls.length = 0;
+    await next.agent.adopt(handOff);
+    await h.sched.settle();
+    assert.equal(next.agent.state, 'ready');
+    assert.deepEqual(h.api.paths(), ['/ready']);
+  });
+});
+
 // ---------------------------------------------------------------- default app pieces
 
 describe('gateway app: WebSocket codec and echo', () => {

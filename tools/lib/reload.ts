@@ -12,7 +12,7 @@ import { ContainerSummary, DockerApi, DockerApiError, DockerErrorCode, container
 export const RELOAD_COMMAND = ['/usr/local/bin/gateway-reload'];
 
 /** Failure codes gateway-reload reports on its RELOAD_RESULT line (exit 1). */
-export const SCRIPT_FAILURE_CODES = ['RELOAD_BUSY', 'FETCH_FAILED', 'APP_NOT_STARTED', 'APP_NOT_LISTENING', 'APP_CRASHED_DURING_RELOAD'] as const;
+export const SCRIPT_FAILURE_CODES = ['RELOAD_BUSY', 'FETCH_FAILED', 'APP_NOT_STARTED', 'APP_NOT_LISTENING', 'APP_CRASHED_DURING_RELOAD', 'HANDOFF_FAILED', 'SWITCH_FAILED'] as const;
 /**
  * Per-gateway failure code: one of the script's, or
  *   EXEC_FAILED  the Docker exec itself failed or timed out (the script's outcome is unknown)

@@ -8,9 +8,14 @@ APP_MAIN="${GATEWAY_ROOT}/app-gateway/main.js"
 DEFAULT_APP_MAIN="${DEFAULT_APP_MAIN:-/usr/local/share/demiurge-gateway/default-app/main.js}"
 UC_CONF_DIR="${UC_CONF_DIR:-/etc/nginx/gateway.d}"
 
-APP_PIDFILE="$RUN_DIR/app.pid"          # pid of the running app (absent while it is down)
-APP_BUILDFILE="$RUN_DIR/app.build"      # build id the running app was started from
-RELOAD_MARKER="$RUN_DIR/reload-requested"
+# The app runs in two slots on two loopback ports (gateway-supervise): the current app, which stage-2
+# nginx routes to, and during a reload the candidate beside it; a reload switches nginx between them.
+APP_PORTS="${APP_PORTS:-8888 8889}"
+APP_PIDFILE="$RUN_DIR/app.pid"          # pid of the current app (absent while it is down)
+APP_BUILDFILE="$RUN_DIR/app.build"      # build id the current app was started from
+APP_PORTFILE="$RUN_DIR/app.port"        # port of the current app = the port stage-2 nginx routes to
+CANDIDATE_REQUEST="$RUN_DIR/candidate.request"  # "<port> <release>": gateway-reload asks for a candidate
+UPSTREAM_CONF="${UPSTREAM_CONF:-/etc/nginx/gateway-app-upstream.conf}"  # stage-2 nginx: upstream gateway_app
 SUPERVISOR_PIDFILE="$RUN_DIR/supervisor.pid"
 APP_LOCK="$RUN_DIR/app.lock"            # serializes "start app" (supervisor) and "signal app" (reload)
 BUILD_LOCK="$RUN_DIR/build.lock"        # serializes fetch + swap
@@ -42,6 +47,23 @@ read_build_id() {
   local id
   id=$(sed -n 's/^build_id=//p' "$1/BUILD_INFO.txt" 2>/dev/null | head -n1)
   printf '%s' "${id:-unknown}"
+}
+
+# The app's control socket for a port (the default app's hand-off, adopt and drain; see gateway-reload).
+control_socket() { printf '%s/app-%s.sock' "$RUN_DIR" "$1"; }
+
+# render_upstream <port> <generation>: the content of UPSTREAM_CONF.
+render_upstream() {
+  printf '# written by gateway-entrypoint / gateway-reload; do not edit\nupstream gateway_app { server 127.0.0.1:%s; }\nmap $host $gateway_app_generation { default "%s %s"; }\n' "$1" "$1" "$2"
+}
+
+# True if $1 is a live (non-zombie) process. For pids the supervisor started: right after the fork
+# the child is still bash (not yet node), so is_app_pid would call a starting app dead.
+alive_pid() {
+  local state
+  [ -n "$1" ] && [ -r "/proc/$1/stat" ] || return 1
+  state=$(sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1)
+  [ -n "$state" ] && [ "$state" != Z ]
 }
 
 # True if $1 is the pid of a live (non-zombie) gateway app process.
