@@ -131,14 +131,7 @@ export class DevContainer extends pulumi.ComponentResource {
           { internal: PORTS.stage1Https, external: args.httpsPort, protocol: 'tcp' },
         ],
         networksAdvanced: envNetworkAttachment(args.networkName, containerName),
-        volumes: [
-          { volumeName: args.volumes.workspace, containerPath: DEV_MOUNTS.workspace },
-          { volumeName: args.volumes.pgdata, containerPath: DEV_MOUNTS.pgdata },
-          { volumeName: args.volumes.certs, containerPath: DEV_MOUNTS.certs },
-          { volumeName: args.volumes.tls, containerPath: DEV_MOUNTS.tlsState },
-          { volumeName: args.volumes.builds, containerPath: DEV_MOUNTS.builds },
-          { hostPath: args.dockerSocketPath, containerPath: DEV_MOUNTS.dockerSocket },
-        ],
+        volumes: devMounts(args),
         capabilities: NET_ADMIN,
         devices: [TUN_DEVICE],
         healthcheck: tcpHealthcheck([PORTS.stage1Https, PORTS.postgres], { startPeriod: '120s' }),
@@ -156,4 +149,16 @@ export class DevContainer extends pulumi.ComponentResource {
     );
     this.registerOutputs({ containerName: this.containerName, databaseUrl: this.databaseUrl });
   }
+}
+
+/** The dev container's volumes and the Docker socket, at the paths its image expects. */
+function devMounts(args: DevContainerArgs): docker.types.input.ContainerVolume[] {
+  return [
+    { volumeName: args.volumes.workspace, containerPath: DEV_MOUNTS.workspace },
+    { volumeName: args.volumes.pgdata, containerPath: DEV_MOUNTS.pgdata },
+    { volumeName: args.volumes.certs, containerPath: DEV_MOUNTS.certs },
+    { volumeName: args.volumes.tls, containerPath: DEV_MOUNTS.tlsState },
+    { volumeName: args.volumes.builds, containerPath: DEV_MOUNTS.builds },
+    { hostPath: args.dockerSocketPath, containerPath: DEV_MOUNTS.dockerSocket },
+  ];
 }

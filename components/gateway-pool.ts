@@ -83,20 +83,7 @@ export class GatewayPool extends pulumi.ComponentResource {
             hostname: gw.name,
             restart: RESTART_POLICY,
             labels: roleLabels(args.envName, 'gateway'),
-            envs: [
-              envVar('ENV_NAME', args.envName),
-              envVar('GATEWAY_HTTP_PORT', gw.httpPort),
-              envVar('GATEWAY_VPN_PORT', gw.vpnPort),
-              envVar('GATEWAY_ID', gw.name),
-              secretEnvVar('GATEWAY_TOKEN', token),
-              envVar('GANYMEDE_FQDN', ganymedeFqdn(args.domain)),
-              envVar('DOMAIN', args.domain),
-              envVar('BUILD_SERVER_URL', buildServerUrl(args.envName)),
-              // The API server in the dev container, on the environment network (gateway protocol).
-              envVar('GANYMEDE_URL', ganymedeInternalUrl(args.envName)),
-              envVar('GATEWAY_IDLE_TIMEOUT_MS', args.idleTimeoutSeconds * 1000),
-              envVar('GATEWAY_PUSH_INTERVAL_MS', args.pushIntervalSeconds * 1000),
-            ],
+            envs: gatewayEnv(args, gw, token),
             uploads: [{ file: GATEWAY_DEFAULT_APP, content: args.defaultApp.content }],
             // The gateway listens on its published ports inside the container too, so the
             // stage-1 nginx reaches it at <container name>:httpPort on the environment
@@ -127,4 +114,22 @@ export class GatewayPool extends pulumi.ComponentResource {
     this.registrationTokens = pulumi.secret(pulumi.all(tokens));
     this.registerOutputs({ containerNames: this.containerNames });
   }
+}
+
+/** One gateway's environment (its token as a secret). */
+function gatewayEnv(args: GatewayPoolArgs, gw: GatewayPoolArgs['members'][number], token: pulumi.Output<string>): pulumi.Output<string>[] {
+  return [
+    envVar('ENV_NAME', args.envName),
+    envVar('GATEWAY_HTTP_PORT', gw.httpPort),
+    envVar('GATEWAY_VPN_PORT', gw.vpnPort),
+    envVar('GATEWAY_ID', gw.name),
+    secretEnvVar('GATEWAY_TOKEN', token),
+    envVar('GANYMEDE_FQDN', ganymedeFqdn(args.domain)),
+    envVar('DOMAIN', args.domain),
+    envVar('BUILD_SERVER_URL', buildServerUrl(args.envName)),
+    // The API server in the dev container, on the environment network (gateway protocol).
+    envVar('GANYMEDE_URL', ganymedeInternalUrl(args.envName)),
+    envVar('GATEWAY_IDLE_TIMEOUT_MS', args.idleTimeoutSeconds * 1000),
+    envVar('GATEWAY_PUSH_INTERVAL_MS', args.pushIntervalSeconds * 1000),
+  ];
 }
