@@ -110,29 +110,7 @@ export async function startApiServer(cfg: RuntimeConfig, options: ApiServerOptio
     await allocator.setRegistrationTokens(cfg.secrets.gatewayRegistrationTokens);
     await runReconcile(allocator, log, env);
 
-    const isOperator = operatorTokenMatcher(cfg.secrets.operatorToken);
-    const gatewayRouter = createGatewayRouter<unknown>({
-      allocator,
-      authenticateUser: (req) => (isOperator(req.headers) ? { operator: true } : null),
-      publicUrl: cfg.api.gatewayUrl,
-      logger: log,
-    });
-    const app = express();
-    app.disable('x-powered-by');
-    app.set('trust proxy', 'loopback');
-    app.get('/healthz', (_req: Request, res: Response) => {
-      allocator.pgPool.query('SELECT 1').then(
-        () => res.status(200).set('cache-control', 'no-store').json({ success: true, env, database: 'ok' }),
-        () => res.status(503).set('cache-control', 'no-store').json({ success: false, code: 'DATABASE_FAILED', message: 'database unreachable', retryable: true }),
-      );
-    });
-    app.use('/gateway', gatewayRouter);
-    app.use('/operator', createOperatorRouter({ allocator, api: gatewayRouter.api, isOperator }));
-    app.use((req: Request, res: Response) => {
-      const { status, body } = toErrorResponse(new GatewayApiError('NOT_FOUND', `no endpoint ${req.method} ${req.path}`));
-      res.status(status).json(body);
-    });
-
+    const app = apiApp(cfg, allocator, log);
     const s = http.createServer(app);
     server = s;
     await new Promise<void>((resolve, reject) => {
@@ -144,18 +122,7 @@ export async function startApiServer(cfg: RuntimeConfig, options: ApiServerOptio
     });
     const address = s.address() as AddressInfo;
 
-    const reconcile = new Periodic('reconcile', cfg.api.reconcileIntervalSeconds * 1000, () => runReconcile(allocator, log, env), (err) => log({ event: 'server.reconcile_failed', env, ...errorFields(err) } as AllocatorLogEvent));
-    const silenceMs = cfg.api.reaper.silenceSeconds * 1000;
-    const reaper = new Periodic(
-      'reaper',
-      cfg.api.reaper.intervalSeconds * 1000,
-      async () => {
-        const rep = await allocator.reapStale(silenceMs);
-        if (rep.released.length > 0 || rep.errors.length > 0) log({ event: 'pool.reaped', env, released: rep.released, errors: rep.errors.length });
-        for (const e of rep.errors) log({ event: 'pool.reap_failed', env, gateway: e.gateway, organizationId: e.organizationId, code: e.code, message: e.message });
-      },
-      (err) => log({ event: 'server.reaper_failed', env, ...errorFields(err) } as AllocatorLogEvent),
-    );
+    const { reconcile, reaper } = periodicTasks(cfg, allocator, log);
     timers.push(reconcile, reaper);
     reconcile.start();
     reaper.start();
@@ -165,6 +132,52 @@ export async function startApiServer(cfg: RuntimeConfig, options: ApiServerOptio
     await close().catch(() => undefined);
     throw err;
   }
+}
+
+/** The server's routes: /healthz, the gateway protocol (/gateway), the operator's (/operator), JSON 404 for the rest. */
+function apiApp(cfg: RuntimeConfig, allocator: GatewayAllocator, log: AllocatorLogger): express.Express {
+  const env = cfg.envName;
+  const isOperator = operatorTokenMatcher(cfg.secrets.operatorToken);
+  const gatewayRouter = createGatewayRouter<unknown>({
+    allocator,
+    authenticateUser: (req) => (isOperator(req.headers) ? { operator: true } : null),
+    publicUrl: cfg.api.gatewayUrl,
+    logger: log,
+  });
+  const app = express();
+  app.disable('x-powered-by');
+  app.set('trust proxy', 'loopback');
+  app.get('/healthz', (_req: Request, res: Response) => {
+    allocator.pgPool.query('SELECT 1').then(
+      () => res.status(200).set('cache-control', 'no-store').json({ success: true, env, database: 'ok' }),
+      () => res.status(503).set('cache-control', 'no-store').json({ success: false, code: 'DATABASE_FAILED', message: 'database unreachable', retryable: true }),
+    );
+  });
+  app.use('/gateway', gatewayRouter);
+  app.use('/operator', createOperatorRouter({ allocator, api: gatewayRouter.api, isOperator }));
+  app.use((req: Request, res: Response) => {
+    const { status, body } = toErrorResponse(new GatewayApiError('NOT_FOUND', `no endpoint ${req.method} ${req.path}`));
+    res.status(status).json(body);
+  });
+  return app;
+}
+
+/** The periodic reconcile and reaper (not started); a failed run is logged and the next one still comes. */
+function periodicTasks(cfg: RuntimeConfig, allocator: GatewayAllocator, log: AllocatorLogger): { reconcile: Periodic; reaper: Periodic } {
+  const env = cfg.envName;
+  const reconcile = new Periodic('reconcile', cfg.api.reconcileIntervalSeconds * 1000, () => runReconcile(allocator, log, env), (err) => log({ event: 'server.reconcile_failed', env, ...errorFields(err) } as AllocatorLogEvent));
+  const silenceMs = cfg.api.reaper.silenceSeconds * 1000;
+  const reaper = new Periodic(
+    'reaper',
+    cfg.api.reaper.intervalSeconds * 1000,
+    async () => {
+      const rep = await allocator.reapStale(silenceMs);
+      if (rep.released.length > 0 || rep.errors.length > 0) log({ event: 'pool.reaped', env, released: rep.released, errors: rep.errors.length });
+      for (const e of rep.errors) log({ event: 'pool.reap_failed', env, gateway: e.gateway, organizationId: e.organizationId, code: e.code, message: e.message });
+    },
+    (err) => log({ event: 'server.reaper_failed', env, ...errorFields(err) } as AllocatorLogEvent),
+  );
+  return { reconcile, reaper };
 }
 
 /** One reconcile pass; its problems are logged one per line (a failed pass is retried on the next tick). */
