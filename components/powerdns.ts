@@ -196,44 +196,34 @@ export class PowerDns extends pulumi.ComponentResource {
       { parent: this, provider: args.provider, deleteBeforeReplace: true, dependsOn: [args.database] },
     );
 
-    // Only PDNS_API_KEY is secret (a secret Output): the rest stays readable in diffs.
-    const environment: Record<string, pulumi.Input<string>> = {
-      PDNS_API_URL: args.adminUrl,
-      PDNS_API_KEY: this.apiKey,
-      ZONE: this.zone,
-      NAMESERVER: absolute(nameServerFqdn(args.domain)),
-      PUBLIC_IP: args.publicIp,
-      A_RECORDS: [this.zone, absolute(ganymedeFqdn(args.domain)), absolute(nameServerFqdn(args.domain))].join(' '),
-      WILDCARD_NAME: absolute(`*.${args.domain}`),
-      WILDCARD: String(args.wildcard),
-      SOA_CONTENT: soaContent(args.domain),
-      SOA_TTL: String(DNS_TIMING.soaTtlSeconds),
-    };
+    const environment = zoneScriptEnvironment(args, this.zone, this.apiKey);
 
     // A new zone name replaces (create the new, delete the old); other changes re-run create.
-    this.zoneCommand = new command.local.Command(
-      `${name}-zone`,
-      {
-        create: ZONE_CREATE_SCRIPT,
-        delete: ZONE_DELETE_SCRIPT,
-        interpreter: ['/bin/bash', '-c'],
-        environment,
-        triggers: [this.zone],
-      },
-      { parent: this, dependsOn: [this.container] },
-    );
-    this.recordsCommand = new command.local.Command(
-      `${name}-records`,
-      {
-        create: RECORDS_CREATE_SCRIPT,
-        delete: RECORDS_DELETE_SCRIPT,
-        interpreter: ['/bin/bash', '-c'],
-        environment,
-        triggers: [this.zone],
-      },
-      { parent: this, dependsOn: [this.zoneCommand] },
-    );
+    const script = (suffix: string, create: string, del: string, after: pulumi.Resource): command.local.Command =>
+      new command.local.Command(
+        `${name}-${suffix}`,
+        { create, delete: del, interpreter: ['/bin/bash', '-c'], environment, triggers: [this.zone] },
+        { parent: this, dependsOn: [after] },
+      );
+    this.zoneCommand = script('zone', ZONE_CREATE_SCRIPT, ZONE_DELETE_SCRIPT, this.container);
+    this.recordsCommand = script('records', RECORDS_CREATE_SCRIPT, RECORDS_DELETE_SCRIPT, this.zoneCommand);
 
     this.registerOutputs({ apiUrl: this.apiUrl, apiKey: this.apiKey, zone: this.zone });
   }
+}
+
+/** What the zone and record scripts read; only PDNS_API_KEY is secret (a secret Output), the rest stays readable in diffs. */
+function zoneScriptEnvironment(args: PowerDnsArgs, zone: string, apiKey: pulumi.Output<string>): Record<string, pulumi.Input<string>> {
+  return {
+    PDNS_API_URL: args.adminUrl,
+    PDNS_API_KEY: apiKey,
+    ZONE: zone,
+    NAMESERVER: absolute(nameServerFqdn(args.domain)),
+    PUBLIC_IP: args.publicIp,
+    A_RECORDS: [zone, absolute(ganymedeFqdn(args.domain)), absolute(nameServerFqdn(args.domain))].join(' '),
+    WILDCARD_NAME: absolute(`*.${args.domain}`),
+    WILDCARD: String(args.wildcard),
+    SOA_CONTENT: soaContent(args.domain),
+    SOA_TTL: String(DNS_TIMING.soaTtlSeconds),
+  };
 }
