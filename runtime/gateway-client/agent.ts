@@ -3,7 +3,8 @@ import { busy, intervalsOf, onSignals, parseHandshake } from './agent-inputs';
 import { GatewayClient, GatewaySession, PushReceipt } from './client';
 import { GatewayClientError } from './errors';
 import { PendingChanges } from './pending-changes';
-import { sleep, TimerHandle } from './scheduler';
+import { sleep } from './scheduler';
+import { ServingTimers } from './serving-timers';
 
 export type { AgentEvent, AgentLogger, AgentSignal, AgentState, AgentStatus, GatewayAgentOptions, LoadedOrganization, OrganizationHooks, SignalSource, UnloadReason } from './agent-types';
 
@@ -37,7 +38,7 @@ export class GatewayAgent {
   private queue: Promise<void> = Promise.resolve();
   private queued = 0;
   private closing: Promise<void> | undefined;
-  private timers: { idle?: TimerHandle; heartbeat?: TimerHandle; push?: TimerHandle } = {};
+  private timers: ServingTimers | undefined;
 
   constructor(opts: GatewayAgentOptions) {
     this.client = opts.client;
@@ -225,9 +226,8 @@ export class GatewayAgent {
   private serve(session: GatewaySession): void {
     this.lastActivity = this.client.scheduler.now();
     this.transition('serving');
-    this.scheduleHeartbeat(session);
-    this.schedulePush(session);
-    this.scheduleIdle(session, this.ms.idleTimeoutMs);
+    this.timers = this.servingTimers(session);
+    this.timers.start();
   }
 
   private async idleStop(session: GatewaySession): Promise<void> {
@@ -244,7 +244,7 @@ export class GatewayAgent {
         this.event('gateway.stop_deferred', errorFields(err));
         this.lastActivity = this.client.scheduler.now();
         this.transition('serving');
-        this.scheduleIdle(session, this.ms.idleTimeoutMs);
+        this.timers?.idleAgain();
         return;
       }
       this.event('gateway.session_ended', { reason: 'revoked', ...errorFields(err) });
@@ -310,48 +310,21 @@ export class GatewayAgent {
   }
 
   private clearTimers(): void {
-    for (const h of Object.values(this.timers)) if (h) this.client.scheduler.clearTimeout(h);
-    this.timers = {};
+    this.timers?.clear();
+    this.timers = undefined;
   }
 
-  private live(session: GatewaySession): boolean {
-    return this.session === session && (this.current === 'serving' || this.current === 'stopping') && !this.closing;
-  }
-
-  private scheduleHeartbeat(session: GatewaySession): void {
-    this.repeat('heartbeat', session, this.ms.heartbeatIntervalMs, () => session.heartbeat({ retry: false, signal: this.life.signal }), (err) =>
-      this.event('gateway.heartbeat_failed', errorFields(err)),
-    );
-  }
-
-  private schedulePush(session: GatewaySession): void {
-    // Pushes only while serving; while stopping, the stop's own push runs.
-    this.repeat('push', session, this.ms.pushIntervalMs, () => (this.current === 'serving' ? this.push('periodic') : Promise.resolve(undefined)), (err) =>
-      this.event('gateway.push_failed', { reason: 'periodic', ...errorFields(err) }),
-    );
-  }
-
-  /** Every `interval` while the session is live: `step`; a revoked session ends it, another failure is logged and the next step still comes. */
-  private repeat(timer: 'heartbeat' | 'push', session: GatewaySession, interval: number, step: () => Promise<unknown>, failed: (err: unknown) => void): void {
-    this.timers[timer] = this.client.scheduler.setTimeout(() => {
-      if (!this.live(session)) return;
-      void step()
-        .catch((err: unknown) => {
-          if (err instanceof GatewayClientError && err.sessionEnded) this.enqueue(() => this.revoked(session, err));
-          else failed(err);
-        })
-        .finally(() => {
-          if (this.live(session)) this.repeat(timer, session, interval, step, failed);
-        });
-    }, interval);
-  }
-
-  private scheduleIdle(session: GatewaySession, delay: number): void {
-    this.timers.idle = this.client.scheduler.setTimeout(() => {
-      if (this.session !== session || this.current !== 'serving') return;
-      const quiet = this.client.scheduler.now() - this.lastActivity;
-      if (quiet >= this.ms.idleTimeoutMs) this.enqueue(() => this.idleStop(session));
-      else this.scheduleIdle(session, this.ms.idleTimeoutMs - quiet);
-    }, delay);
+  private servingTimers(session: GatewaySession): ServingTimers {
+    return new ServingTimers(this.client.scheduler, this.ms, {
+      live: () => this.session === session && (this.current === 'serving' || this.current === 'stopping') && !this.closing,
+      serving: () => this.session === session && this.current === 'serving',
+      heartbeat: () => session.heartbeat({ retry: false, signal: this.life.signal }),
+      push: () => this.push('periodic'),
+      quietMs: () => this.client.scheduler.now() - this.lastActivity,
+      idle: () => this.enqueue(() => this.idleStop(session)),
+      revoked: (err) => this.enqueue(() => this.revoked(session, err)),
+      failed: (what, err) =>
+        what === 'heartbeat' ? this.event('gateway.heartbeat_failed', errorFields(err)) : this.event('gateway.push_failed', { reason: 'periodic', ...errorFields(err) }),
+    });
   }
 }
