@@ -9,6 +9,14 @@ import { containerLabels, type ContainerRole } from '../runtime/naming';
 export const RESTART_POLICY = 'unless-stopped';
 
 /**
+ * The arguments every container of an environment shares: its name is also
+ * its host name, and Docker restarts it unless it was stopped.
+ */
+export function envContainerArgs(containerName: pulumi.Input<string>, image: pulumi.Input<string>, rest: Omit<docker.ContainerArgs, 'name' | 'image' | 'hostname' | 'restart'>): docker.ContainerArgs {
+  return { name: containerName, image, hostname: containerName, restart: RESTART_POLICY, ...rest };
+}
+
+/**
  * `destroyGraceSeconds` of every container. Without it the Docker provider
  * deletes a container (on `pulumi destroy` and on every replacement) with a
  * forced remove, i.e. SIGKILL: PostgreSQL in the dev container stops without a

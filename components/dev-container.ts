@@ -6,7 +6,7 @@ import type { GanymedeMode } from '../stack/config';
 import type { BundledFile } from './runtime-bundle';
 import {
   NET_ADMIN,
-  RESTART_POLICY,
+  envContainerArgs,
   STOP_GRACE_SECONDS,
   TUN_DEVICE,
   TYPE_PREFIX,
@@ -106,11 +106,7 @@ export class DevContainer extends pulumi.ComponentResource {
 
     this.container = new docker.Container(
       name,
-      {
-        name: containerName,
-        image: args.image,
-        hostname: containerName,
-        restart: RESTART_POLICY,
+      envContainerArgs(containerName, args.image, {
         labels: roleLabels(args.envName, 'dev'),
         envs: [
           envVar('ENV_NAME', args.envName),
@@ -138,7 +134,7 @@ export class DevContainer extends pulumi.ComponentResource {
         wait: true,
         waitTimeout: 300,
         destroyGraceSeconds: STOP_GRACE_SECONDS,
-      },
+      }),
       // Fixed name and ports: the old container must go before its replacement starts.
       { parent: this, provider: args.provider, deleteBeforeReplace: true },
     );

@@ -5,7 +5,7 @@ import { buildServerUrl, ganymedeFqdn, ganymedeInternalUrl } from '../runtime/na
 import type { BundledFile } from './runtime-bundle';
 import {
   NET_ADMIN,
-  RESTART_POLICY,
+  envContainerArgs,
   STOP_GRACE_SECONDS,
   TUN_DEVICE,
   TYPE_PREFIX,
@@ -77,11 +77,7 @@ export class GatewayPool extends pulumi.ComponentResource {
       containers.push(
         new docker.Container(
           gw.name,
-          {
-            name: gw.name,
-            image: host.image,
-            hostname: gw.name,
-            restart: RESTART_POLICY,
+          envContainerArgs(gw.name, host.image, {
             labels: roleLabels(args.envName, 'gateway'),
             envs: gatewayEnv(args, gw, token),
             uploads: [{ file: GATEWAY_DEFAULT_APP, content: args.defaultApp.content }],
@@ -99,7 +95,7 @@ export class GatewayPool extends pulumi.ComponentResource {
             // no published build yet, and gateways announce readiness via /gateway/ready.
             healthcheck: tcpHealthcheck([gw.httpPort], { startPeriod: '60s' }),
             destroyGraceSeconds: STOP_GRACE_SECONDS,
-          },
+          }),
           {
             parent: this,
             provider: host.provider,

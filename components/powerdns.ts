@@ -12,7 +12,7 @@ import {
   powerDnsContainerName,
   zoneSoaContent,
 } from '../runtime/naming';
-import { RESTART_POLICY, STOP_GRACE_SECONDS, TYPE_PREFIX, envNetworkAttachment, envVar, roleLabels, secretEnvVar, tcpHealthcheck } from './common';
+import { STOP_GRACE_SECONDS, TYPE_PREFIX, envContainerArgs, envNetworkAttachment, envVar, roleLabels, secretEnvVar, tcpHealthcheck } from './common';
 import { DATABASES } from './dev-container';
 
 /** The zone's name server (NS and SOA MNAME), `ns1.<domain>`. */
@@ -165,11 +165,7 @@ export class PowerDns extends pulumi.ComponentResource {
 
     this.container = new docker.Container(
       name,
-      {
-        name: containerName,
-        image: args.image,
-        hostname: containerName,
-        restart: RESTART_POLICY,
+      envContainerArgs(containerName, args.image, {
         labels: roleLabels(args.envName, 'pdns'),
         envs: [
           secretEnvVar('PDNS_API_KEY', this.apiKey),
@@ -192,7 +188,7 @@ export class PowerDns extends pulumi.ComponentResource {
         wait: true,
         waitTimeout: 180,
         destroyGraceSeconds: STOP_GRACE_SECONDS,
-      },
+      }),
       { parent: this, provider: args.provider, deleteBeforeReplace: true, dependsOn: [args.database] },
     );
 

@@ -4,7 +4,7 @@ import * as random from '@pulumi/random';
 import * as command from '@pulumi/command';
 import type { TlsConfig } from '../stack/config';
 import { PORTS, powerDnsContainerName, tlsRenewerContainerName } from '../runtime/naming';
-import { RESTART_POLICY, STOP_GRACE_SECONDS, TYPE_PREFIX, envNetworkAttachment, envVar, roleLabels, secretEnvVar } from './common';
+import { STOP_GRACE_SECONDS, TYPE_PREFIX, envContainerArgs, envNetworkAttachment, envVar, roleLabels, secretEnvVar } from './common';
 import type { BundledFile } from './runtime-bundle';
 
 /** Where the renewal CLI (one esbuild bundle) is uploaded in the renewer container. */
@@ -131,11 +131,7 @@ export class Tls extends pulumi.ComponentResource {
     this.renewerCode.push(args.renewCli);
     this.renewer = new docker.Container(
       `${name}-renewer`,
-      {
-        name: containerName,
-        image: args.image,
-        hostname: containerName,
-        restart: RESTART_POLICY,
+      envContainerArgs(containerName, args.image, {
         labels: roleLabels(args.envName, 'tls-renewer'),
         // The dev image's own entrypoint starts PostgreSQL and nginx: not here.
         entrypoints: ['/usr/bin/tini', '--'],
@@ -160,7 +156,7 @@ export class Tls extends pulumi.ComponentResource {
         wait: true,
         waitTimeout: 900,
         destroyGraceSeconds: STOP_GRACE_SECONDS,
-      },
+      }),
       { parent: this, provider: args.provider, deleteBeforeReplace: true, dependsOn },
     );
 

@@ -38,30 +38,12 @@ import { DEFAULT_BACKOFF, type BackoffPolicy } from './backoff';
 import { BackgroundOrders } from './background-orders';
 import { parseEncryptionKey } from './key-encryption';
 import { OrgCertificateStore, assertOrgId, errorMessage, statusOf, type Lease, type OrgCertificateRow } from './org-certificate-store';
-import type {
-  BackgroundResult,
-  IssuanceMode,
-  MaintainReport,
-  OrgCertificate,
-  OrgCertificateEvent,
-  OrgCertificateProvider,
-  OrgCertificateStatus,
-  OrgCertificatesOptions,
-} from './org-certificate-types';
+import type { BackgroundResult, IssuanceMode, MaintainReport, OrgCertificate, OrgCertificateEvent, OrgCertificateProvider, OrgCertificateStatus, OrgCertificatesOptions } from './org-certificate-types';
 import { certificateInfo, keyMatchesCertificate } from './pem';
 import type { CertificateIssuer, IssuedCertificate } from './types';
 
-export type {
-  BackgroundResult,
-  IssuanceMode,
-  MaintainReport,
-  OrgCertificate,
-  OrgCertificateEvent,
-  OrgCertificateProvider,
-  OrgCertificateState,
-  OrgCertificateStatus,
-  OrgCertificatesOptions,
-} from './org-certificate-types';
+// Every public type of the manager, where index.ts and the allocator import them from.
+export type * from './org-certificate-types';
 export { decryptPrivateKey, encryptPrivateKey, parseEncryptionKey } from './key-encryption';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
