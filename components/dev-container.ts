@@ -5,11 +5,12 @@ import { PORTS, devContainerName } from '../runtime/naming';
 import type { GanymedeMode } from '../stack/config';
 import type { BundledFile } from './runtime-bundle';
 import {
+  type EnvContainerBaseArgs,
   NET_ADMIN,
-  envContainerArgs,
   STOP_GRACE_SECONDS,
   TUN_DEVICE,
   TYPE_PREFIX,
+  envContainerArgs,
   envNetworkAttachment,
   envVar,
   roleLabels,
@@ -46,14 +47,7 @@ export const DATABASES = {
   ganymede: { name: 'ganymede', user: 'ganymede' },
 } as const;
 
-export interface DevContainerArgs {
-  envName: string;
-  domain: string;
-  publicIp: string;
-  provider: docker.Provider;
-  /** Image id/digest (ContainerImage.ref). */
-  image: pulumi.Input<string>;
-  networkName: pulumi.Input<string>;
+export interface DevContainerArgs extends EnvContainerBaseArgs {
   volumes: {
     workspace: pulumi.Input<string>;
     pgdata: pulumi.Input<string>;

@@ -5,10 +5,10 @@ import { buildServerUrl, ganymedeFqdn, ganymedeInternalUrl } from '../runtime/na
 import type { BundledFile } from './runtime-bundle';
 import {
   NET_ADMIN,
-  envContainerArgs,
   STOP_GRACE_SECONDS,
   TUN_DEVICE,
   TYPE_PREFIX,
+  envContainerArgs,
   envNetworkAttachment,
   envVar,
   roleLabels,

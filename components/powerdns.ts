@@ -12,7 +12,17 @@ import {
   powerDnsContainerName,
   zoneSoaContent,
 } from '../runtime/naming';
-import { STOP_GRACE_SECONDS, TYPE_PREFIX, envContainerArgs, envNetworkAttachment, envVar, roleLabels, secretEnvVar, tcpHealthcheck } from './common';
+import {
+  type EnvContainerBaseArgs,
+  STOP_GRACE_SECONDS,
+  TYPE_PREFIX,
+  envContainerArgs,
+  envNetworkAttachment,
+  envVar,
+  roleLabels,
+  secretEnvVar,
+  tcpHealthcheck,
+} from './common';
 import { DATABASES } from './dev-container';
 
 /** The zone's name server (NS and SOA MNAME), `ns1.<domain>`. */
@@ -112,13 +122,7 @@ code=$(pdns PATCH "/zones/$ZONE" "{\\"rrsets\\":[$rrsets]}")
 case "$code" in 204|404) echo "removed records of $ZONE";; *) fail "PATCH /zones/$ZONE" "$code";; esac
 `;
 
-export interface PowerDnsArgs {
-  envName: string;
-  domain: string;
-  publicIp: string;
-  provider: docker.Provider;
-  image: pulumi.Input<string>;
-  networkName: pulumi.Input<string>;
+export interface PowerDnsArgs extends EnvContainerBaseArgs {
   /** The dev container, whose PostgreSQL (database `pdns`) is the gpgsql backend. */
   database: pulumi.Resource;
   /** Secret password of role `pdns`. */

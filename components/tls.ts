@@ -4,7 +4,7 @@ import * as random from '@pulumi/random';
 import * as command from '@pulumi/command';
 import type { TlsConfig } from '../stack/config';
 import { PORTS, powerDnsContainerName, tlsRenewerContainerName } from '../runtime/naming';
-import { STOP_GRACE_SECONDS, TYPE_PREFIX, envContainerArgs, envNetworkAttachment, envVar, roleLabels, secretEnvVar } from './common';
+import { STOP_GRACE_SECONDS, TYPE_PREFIX, type EnvContainerBaseArgs, envContainerArgs, envNetworkAttachment, envVar, roleLabels, secretEnvVar } from './common';
 import type { BundledFile } from './runtime-bundle';
 
 /** Where the renewal CLI (one esbuild bundle) is uploaded in the renewer container. */
@@ -45,14 +45,10 @@ export type TlsRuntimeSettings =
   /** `new AcmeIssuer({ directoryUrl, email, stateDir, resolvers, dns: { apiUrl: powerDnsApiUrl, apiKey: powerDnsApiKey, zone: domain } })` */
   | { issuer: 'acme'; directoryUrl: string; email: string; stateDir: string; resolvers: string[] };
 
-export interface TlsArgs {
-  envName: string;
-  domain: string;
+export interface TlsArgs extends Omit<EnvContainerBaseArgs, 'publicIp'> {
   tls: TlsConfig;
-  provider: docker.Provider;
   /** The dev image (Node.js 20, mkcert, lego, docker CLI): the renewer runs from it. */
   image: pulumi.Input<string>;
-  networkName: pulumi.Input<string>;
   volumes: { certs: pulumi.Input<string>; tls: pulumi.Input<string> };
   /** The dev container, whose nginx serves the certificate (and is reloaded through the Docker socket). */
   devContainer: { name: pulumi.Input<string>; resource: pulumi.Resource };
