@@ -29,6 +29,15 @@ const ALLOWED: Allowed[] = [
   { kind: 'class', file: 'runtime/pool-store.ts', name: 'PoolStore', reason: BEING_SPLIT },
   { kind: 'function', file: 'runtime/nginx-config.ts', name: 'renderRoutesJs', reason: `${BEING_SPLIT} (nginx rendering goes with NginxRoutes)` },
   { kind: 'function', file: 'runtime/nginx-config.ts', name: 'renderOrgsConf', reason: `${BEING_SPLIT} (nginx rendering goes with NginxRoutes)` },
+  // Exceptions that stay, with why.
+  {
+    kind: 'class',
+    file: 'runtime/gateway-client/agent.ts',
+    name: 'GatewayAgent',
+    reason:
+      'one state machine: every life-cycle step (register, hand-over, load, idle stop, revoke, shutdown) runs on one queue over the same state; ' +
+      'what stands alone is split out (agent-types, agent-inputs, pending-changes, serving-timers) and what is left is ~300 lines of steps that read and write that state',
+  },
 ];
 
 describe('code shape (issue #19: files ≤ 400, classes ≤ 250, functions ≤ 60 lines)', () => {
