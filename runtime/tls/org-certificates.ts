@@ -42,8 +42,8 @@ import type { BackgroundResult, IssuanceMode, MaintainReport, OrgCertificate, Or
 import { certificateInfo, keyMatchesCertificate } from './pem';
 import type { CertificateIssuer, IssuedCertificate } from './types';
 
-// Every public type of the manager, where index.ts and the allocator import them from.
-export type * from './org-certificate-types';
+// Every public type of the manager, where index.ts and the allocator import them from (a list, not `export type *`: TypeScript < 5 consumers read this .d.ts).
+export type { BackgroundResult, IssuanceMode, MaintainReport, OrgCertificate, OrgCertificateEvent, OrgCertificateProvider, OrgCertificateState, OrgCertificateStatus, OrgCertificatesOptions } from './org-certificate-types';
 export { decryptPrivateKey, encryptPrivateKey, parseEncryptionKey } from './key-encryption';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
