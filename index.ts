@@ -10,6 +10,7 @@ import * as docker from '@pulumi/docker';
 import { loadStackConfig, type ImageKey } from './stack/config';
 import { gatewayInventory as toInventory, planGateways } from './stack/gateways';
 import {
+  BuildMirror,
   BuildServer,
   ContainerImage,
   DEV_MOUNTS,
@@ -27,7 +28,15 @@ import {
 } from './components';
 import { bundleRuntimeEntry, runtimeMigrations } from './components/runtime-bundle';
 import type { GatewaySpec } from './runtime/inventory';
-import { ganymedePublicUrl, imageName, networkName as envNetworkName } from './runtime/naming';
+import {
+  buildServerUrl,
+  ganymedeFqdn,
+  ganymedeInternalUrl,
+  ganymedePublicUrl,
+  ganymedeStage1Url,
+  imageName,
+  networkName as envNetworkName,
+} from './runtime/naming';
 
 /** Directory of the stage-1 nginx the allocator owns (docs/CONTRACTS.md). */
 const NGINX_CONF_DIR = '/etc/nginx/demiurge';
@@ -100,20 +109,39 @@ const buildServer = new BuildServer('build-server', {
   buildsVolume: volumes.names.builds,
 });
 
-// 6. Gateway pool, possibly spread over several Docker hosts.
+// 6. Gateway pool, possibly spread over several Docker hosts. A remote host gets its own network,
+//    images and build mirror (builds volume + build server, unpublished: `pack --stack` fills every
+//    host's volume); its gateways call the API server back through stage 1 at publicIp, and publish
+//    their HTTP port on the host address stage 1 reaches them at.
 const poolHosts: Record<string, GatewayPoolHost> = {};
 let mainGatewayImage: ContainerImage | undefined;
 for (const host of cfg.gatewayHosts) {
   if (host.kind === 'main') {
     mainGatewayImage = mainGatewayImage ?? image('gateway', mainProvider);
-    poolHosts[host.name] = { provider: mainProvider, image: mainGatewayImage.ref, networkName: network.name };
+    poolHosts[host.name] = {
+      provider: mainProvider,
+      image: mainGatewayImage.ref,
+      networkName: network.name,
+      buildServer: { resource: buildServer.container, url: buildServerUrl(env) },
+      ganymedeUrl: ganymedeInternalUrl(env),
+    };
   } else {
     const provider = new docker.Provider(`docker-${host.name}`, { host: host.dockerHost });
     const hostNetwork = new EnvironmentNetwork(`network-${host.name}`, { envName: env, provider });
+    const mirror = new BuildMirror(`build-mirror-${host.name}`, {
+      envName: env,
+      provider,
+      image: image('build-server', provider, `image-build-server-${host.name}`).ref,
+      networkName: hostNetwork.name,
+    });
     poolHosts[host.name] = {
       provider,
       image: image('gateway', provider, `image-gateway-${host.name}`).ref,
       networkName: hostNetwork.name,
+      buildServer: { resource: mirror.server.container, url: mirror.url },
+      ganymedeUrl: ganymedeStage1Url(cfg.domain, cfg.stage1HttpsPort),
+      extraHosts: [{ host: ganymedeFqdn(cfg.domain), ip: cfg.publicIp }],
+      httpBindIp: host.ip,
     };
   }
 }
@@ -122,7 +150,6 @@ const pool = new GatewayPool('gateway-pool', {
   domain: cfg.domain,
   members: plan,
   hosts: poolHosts,
-  buildServer: buildServer.container,
   defaultApp: gatewayDefaultApp,
   idleTimeoutSeconds: cfg.gatewayIdleTimeoutSeconds,
   pushIntervalSeconds: cfg.gatewayPushIntervalSeconds,

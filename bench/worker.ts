@@ -18,9 +18,11 @@ import { performance } from 'perf_hooks';
 import { Pool, PoolClient } from 'pg';
 import { GatewayAllocator } from '../runtime/allocator';
 import { DnsPublisher } from '../runtime/dns-publisher';
+import { RouteFiles } from '../runtime/nginx-route-files';
 import { NginxRoutes } from '../runtime/nginx-routes';
 import { PoolStore } from '../runtime/pool-store';
 import { PowerDnsClient } from '../runtime/powerdns-client';
+import { Stage1Status } from '../runtime/stage1-status';
 import type { BurstResult, ProfileSummary, Request, Response, StageTotals, WorkerInit } from './protocol';
 
 const stages = new Map<string, StageTotals>();
@@ -58,8 +60,8 @@ instrument(NginxRoutes.prototype, 'set', 'path: route write/remove (queue + batc
 // Batches and what they are made of.
 instrument(PowerDnsClient.prototype, 'patch', 'dns: PowerDNS PATCH');
 instrument(DnsPublisher.prototype, 'apply', 'dns: batch (lock + PATCH + commit)');
-instrument(NginxRoutes.prototype, 'apply', 'nginx: batch (lock + route files + live check)');
-instrument(NginxRoutes.prototype, 'lookup', 'nginx: status-server live check');
+instrument(RouteFiles.prototype, 'apply', 'nginx: batch (lock + route files + live check)');
+instrument(Stage1Status.prototype, 'lookup', 'nginx: status-server live check');
 instrument(fsp, 'writeFile', 'fs: writeFile');
 instrument(fsp, 'rename', 'fs: rename');
 instrument(fsp, 'rm', 'fs: rm');

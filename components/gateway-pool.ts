@@ -1,7 +1,7 @@
 import * as pulumi from '@pulumi/pulumi';
 import * as docker from '@pulumi/docker';
 import * as random from '@pulumi/random';
-import { buildServerUrl, ganymedeFqdn, ganymedeInternalUrl } from '../runtime/naming';
+import { ganymedeFqdn } from '../runtime/naming';
 import type { BundledFile } from './runtime-bundle';
 import {
   NET_ADMIN,
@@ -27,6 +27,14 @@ export interface GatewayPoolMember {
   hostName: string;
 }
 
+/** The build server the gateways of one host fetch their build from. */
+export interface GatewayPoolBuildServer {
+  /** Its container: the gateways of the host are created after it. */
+  resource: pulumi.Resource;
+  /** BUILD_SERVER_URL: its name on the host's environment network (never a published port). */
+  url: string;
+}
+
 /** A Docker host carrying part of the pool. */
 export interface GatewayPoolHost {
   provider: docker.Provider;
@@ -34,6 +42,29 @@ export interface GatewayPoolHost {
   image: pulumi.Input<string>;
   /** Network the gateways join on that host (`demiurge-<env>`). */
   networkName: pulumi.Input<string>;
+  /**
+   * The build server on that host: the main host's for the main host, the host's own build
+   * mirror (components/build-mirror.ts) for a remote host.
+   */
+  buildServer: GatewayPoolBuildServer;
+  /**
+   * GANYMEDE_URL of the gateways on that host: the API server by container name on the main
+   * host's environment network, or through stage 1 (`https://ganymede.<domain>[:port]`) from a
+   * remote host.
+   */
+  ganymedeUrl: string;
+  /**
+   * `/etc/hosts` entries of the gateways on that host, e.g. `ganymede.<domain>` → the main
+   * host's public IP, so a remote gateway reaches stage 1 without depending on the host's
+   * resolver (empty on the main host).
+   */
+  extraHosts?: readonly { host: string; ip: string }[];
+  /**
+   * Address the gateways' HTTP port is published on (the host's address stage 1 reaches it
+   * at); undefined: every address of the host (the main host, where stage 1 uses the
+   * environment network anyway). Stage 2 is plain HTTP: only stage 1 should reach it.
+   */
+  httpBindIp?: string;
 }
 
 export interface GatewayPoolArgs {
@@ -41,8 +72,6 @@ export interface GatewayPoolArgs {
   domain: string;
   members: readonly GatewayPoolMember[];
   hosts: Readonly<Record<string, GatewayPoolHost>>;
-  /** The build server container: gateways fetch their build from it on start. */
-  buildServer: pulumi.Resource;
   /** The default app (runtime/gateway-app, bundled), run when no build is packed. */
   defaultApp: BundledFile;
   idleTimeoutSeconds: number;
@@ -79,16 +108,17 @@ export class GatewayPool extends pulumi.ComponentResource {
           gw.name,
           envContainerArgs(gw.name, host.image, {
             labels: roleLabels(args.envName, 'gateway'),
-            envs: gatewayEnv(args, gw, token),
+            envs: gatewayEnv(args, gw, host, token),
             uploads: [{ file: GATEWAY_DEFAULT_APP, content: args.defaultApp.content }],
             // The gateway listens on its published ports inside the container too, so the
             // stage-1 nginx reaches it at <container name>:httpPort on the environment
             // network and at <host IP>:httpPort from another host. One entry per port.
             ports: [
-              { internal: gw.httpPort, external: gw.httpPort, protocol: 'tcp' },
+              { internal: gw.httpPort, external: gw.httpPort, ...(host.httpBindIp === undefined ? {} : { ip: host.httpBindIp }), protocol: 'tcp' },
               { internal: gw.vpnPort, external: gw.vpnPort, protocol: 'udp' },
             ],
             networksAdvanced: envNetworkAttachment(host.networkName, gw.name),
+            ...(host.extraHosts === undefined || host.extraHosts.length === 0 ? {} : { hosts: host.extraHosts.map((h) => ({ host: h.host, ip: h.ip })) }),
             capabilities: NET_ADMIN,
             devices: [TUN_DEVICE],
             // Declared for `docker ps`/the allocator; no `wait`: a fresh environment has
@@ -100,7 +130,7 @@ export class GatewayPool extends pulumi.ComponentResource {
             parent: this,
             provider: host.provider,
             deleteBeforeReplace: true,
-            dependsOn: [args.buildServer],
+            dependsOn: [host.buildServer.resource],
           },
         ),
       );
@@ -113,7 +143,7 @@ export class GatewayPool extends pulumi.ComponentResource {
 }
 
 /** One gateway's environment (its token as a secret). */
-function gatewayEnv(args: GatewayPoolArgs, gw: GatewayPoolArgs['members'][number], token: pulumi.Output<string>): pulumi.Output<string>[] {
+function gatewayEnv(args: GatewayPoolArgs, gw: GatewayPoolArgs['members'][number], host: GatewayPoolArgs['hosts'][string], token: pulumi.Output<string>): pulumi.Output<string>[] {
   return [
     envVar('ENV_NAME', args.envName),
     envVar('GATEWAY_HTTP_PORT', gw.httpPort),
@@ -122,9 +152,10 @@ function gatewayEnv(args: GatewayPoolArgs, gw: GatewayPoolArgs['members'][number
     secretEnvVar('GATEWAY_TOKEN', token),
     envVar('GANYMEDE_FQDN', ganymedeFqdn(args.domain)),
     envVar('DOMAIN', args.domain),
-    envVar('BUILD_SERVER_URL', buildServerUrl(args.envName)),
-    // The API server in the dev container, on the environment network (gateway protocol).
-    envVar('GANYMEDE_URL', ganymedeInternalUrl(args.envName)),
+    // The build server on the gateway's own host (the main one or the host's build mirror).
+    envVar('BUILD_SERVER_URL', host.buildServer.url),
+    // The API server (gateway protocol): on the environment network, or through stage 1.
+    envVar('GANYMEDE_URL', host.ganymedeUrl),
     envVar('GATEWAY_IDLE_TIMEOUT_MS', args.idleTimeoutSeconds * 1000),
     envVar('GATEWAY_PUSH_INTERVAL_MS', args.pushIntervalSeconds * 1000),
   ];

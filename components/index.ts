@@ -5,6 +5,7 @@ export * from './image';
 export * from './dev-container';
 export * from './powerdns';
 export * from './build-server';
+export * from './build-mirror';
 export * from './gateway-pool';
 export * from './tls';
 export * from './runtime-config';

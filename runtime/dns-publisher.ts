@@ -1,11 +1,9 @@
 import type { Pool } from 'pg';
-import { Batcher } from './batcher';
 import { AllocatorError } from './errors';
-import type { ActionCondition } from './gateway-states';
+import { FencedBatchWriter, type ActionCondition, type FencedChange, type Guard, type OwnedEntry } from './fenced-batch-writer';
 import type { OwnedRRset } from './reconcile-plan';
 import { absolute, orgDnsNames, orgFqdn, orgWildcardFqdn, type UserContainerNaming } from './naming';
 import type { PowerDnsClient, RRsetChange } from './powerdns-client';
-import { inTransaction } from './pg-transaction';
 
 /** The PowerDNS comment account that marks records as written by this allocator. */
 export const DNS_OWNER_ACCOUNT = 'demiurge-allocator';
@@ -26,30 +24,33 @@ export interface DnsPublisherOptions {
  * zone lock (see `Guard`): reconcile() uses it so it never withdraws records of
  * an allocation that started after it looked, nor re-publishes a released one.
  */
-export type DnsAction = { orgId: string; present: boolean; onlyIf?: ActionCondition };
+export interface DnsAction extends FencedChange {
+  present: boolean;
+}
 
-/** The fence of an action (defined with the state machine: runtime/gateway-states.ts). */
-export type { ActionCondition } from './gateway-states';
+/** The fence of an action and the guard that checks it (runtime/fenced-batch-writer.ts). */
+export type { ActionCondition, Guard } from './fenced-batch-writer';
 
-/** Returns the subset of organization ids whose condition still holds, using the lock's own connection. */
-export type Guard = (query: (sql: string, params: unknown[]) => Promise<Array<Record<string, unknown>>>, orgs: Array<{ orgId: string; onlyIf: ActionCondition }>) => Promise<Set<string>>;
+/** An organization's owned A RRsets, as listOwned reports them. */
+export type OwnedRecords = OwnedEntry<OwnedRRset[]>;
 
 /**
  * Publishes and withdraws organization records. All writes to a zone are
  * serialized across processes by a PostgreSQL advisory lock (PowerDNS has no
  * conflict detection; concurrent PATCHes can duplicate records on gpgsql), and
- * coalesced within a process so a burst is one PATCH.
+ * coalesced within a process so a burst is one PATCH (FencedBatchWriter).
  */
-export class DnsPublisher {
-  private readonly batcher: Batcher<DnsAction>;
+export class DnsPublisher extends FencedBatchWriter<DnsAction, OwnedRRset[]> {
+  protected readonly lockKey: string;
 
   constructor(
     private readonly client: PowerDnsClient,
-    private readonly pool: Pool,
+    pool: Pool,
     private readonly opts: DnsPublisherOptions,
-    private readonly guard: Guard,
+    guard: Guard,
   ) {
-    this.batcher = new Batcher((actions) => this.apply(actions));
+    super(pool, guard);
+    this.lockKey = `demiurge-dns-zone:${client.zone}`;
   }
 
   get patches(): number {
@@ -57,15 +58,11 @@ export class DnsPublisher {
   }
 
   publish(orgId: string, onlyIf?: ActionCondition): Promise<void> {
-    return this.batcher.submit(onlyIf ? { orgId, present: true, onlyIf } : { orgId, present: true });
+    return this.submit(onlyIf ? { orgId, present: true, onlyIf } : { orgId, present: true });
   }
 
   withdraw(orgId: string): Promise<void> {
-    return this.batcher.submit({ orgId, present: false });
-  }
-
-  idle(): Promise<void> {
-    return this.batcher.idle();
+    return this.submit({ orgId, present: false });
   }
 
   ownerComment(orgId: string): string {
@@ -92,7 +89,7 @@ export class DnsPublisher {
   }
 
   /** The A RRsets in the zone owned by this allocator and environment, per organization (reconcile-plan judges them). */
-  async listOwned(): Promise<Map<string, OwnedRRset[]>> {
+  async listOwned(): Promise<OwnedRecords[]> {
     const owned = new Map<string, OwnedRRset[]>();
     const domainSuffix = absolute(this.opts.domain);
     for (const rr of await this.client.listRRsets()) {
@@ -106,32 +103,16 @@ export class DnsPublisher {
       list.push({ name: rr.name, ttl: rr.ttl, records: rr.records.map((r) => ({ content: r.content, disabled: r.disabled })) });
       owned.set(orgId, list);
     }
-    return owned;
+    return [...owned].map(([orgId, content]) => ({ orgId, content }));
   }
 
-  /** One PATCH for many actions, under the zone's cross-process lock. */
-  async apply(actions: DnsAction[]): Promise<void> {
-    if (actions.length === 0) return;
-    // Last action per organization wins: actions for one org are issued in order by its single owner.
-    const latest = new Map<string, DnsAction>();
-    for (const a of actions) latest.set(a.orgId, a);
-    let patchSent = false;
-    try {
-      await inTransaction(
-        this.pool,
-        async (client) => {
-          const conditional = [...latest.values()].flatMap((a) => (a.onlyIf ? [{ orgId: a.orgId, onlyIf: a.onlyIf }] : []));
-          const holds = conditional.length > 0 ? await this.guard(async (sql, params) => (await client.query(sql, params)).rows, conditional) : new Set<string>();
-          const rrsets = [...latest.values()].filter((a) => !a.onlyIf || holds.has(a.orgId)).flatMap((a) => this.changesFor(a));
-          patchSent = true;
-          await this.client.patch(rrsets);
-        },
-        { lockKey: `demiurge-dns-zone:${this.client.zone}` },
-      );
-    } catch (err) {
-      if (err instanceof AllocatorError) throw err;
-      // Before the PATCH only the lock failed and nothing changed; after it (COMMIT lost) the records were written.
-      throw new AllocatorError('DATABASE_FAILED', `DNS zone lock failed: ${(err as Error).message}`, patchSent ? {} : { notApplied: true }, err);
-    }
+  /** One PATCH for the whole batch, under the zone's lock. */
+  protected async write(actions: DnsAction[]): Promise<void> {
+    await this.client.patch(actions.flatMap((a) => this.changesFor(a)));
+  }
+
+  protected failure(err: unknown, patchSent: boolean): AllocatorError {
+    // Before the PATCH only the lock failed and nothing changed; after it (COMMIT lost) the records were written.
+    return new AllocatorError('DATABASE_FAILED', `DNS zone lock failed: ${(err as Error).message}`, patchSent ? {} : { notApplied: true }, err);
   }
 }

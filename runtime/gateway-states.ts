@@ -6,7 +6,8 @@
  *
  *   registered → ready → allocating → allocated → releasing → ready
  *                         allocating → ready (rollback)       releasing → registered (quarantine)
- *   ready|registered → retired (pruned) → registered (listed again)
+ *   ready|registered|unreachable → retired (pruned) → registered (listed again)
+ *   ready ⇄ unreachable (host quarantine: its Docker host stopped answering; runtime/host-health.ts)
  *
  * Every batched statement takes arrays; the single-item path runs the same
  * statement with one element, so each transition is written once.
@@ -19,6 +20,8 @@ export const GatewayStates = {
   allocated: 'allocated',
   releasing: 'releasing',
   retired: 'retired',
+  /** Free, but its Docker host stopped answering (runtime/host-health.ts): never claimed until the host is back. */
+  unreachable: 'unreachable',
 } as const;
 
 export type GatewayState = (typeof GatewayStates)[keyof typeof GatewayStates];
@@ -30,11 +33,20 @@ const S = GatewayStates;
 /** States an allocate/release holds under a lease; reconcile() takes them over when the lease runs out. */
 export const TRANSIENT_STATES: readonly GatewayState[] = [S.allocating, S.releasing];
 /** States of a gateway that holds no organization and may be retired or removed from the inventory. */
-export const FREE_STATES: readonly GatewayState[] = [S.ready, S.registered];
+export const FREE_STATES: readonly GatewayState[] = [S.ready, S.registered, S.unreachable];
 /** States whose row an inventory change may delete (an endpoint taken by a declared gateway). */
-export const REMOVABLE_STATES: readonly GatewayState[] = [S.retired, S.ready, S.registered];
+export const REMOVABLE_STATES: readonly GatewayState[] = [S.retired, S.ready, S.registered, S.unreachable];
 
-export type TransitionName = 'markReady' | 'claim' | 'markAllocated' | 'beginRelease' | 'returnToPool' | 'retire' | 'reregister';
+export type TransitionName =
+  | 'markReady'
+  | 'claim'
+  | 'markAllocated'
+  | 'beginRelease'
+  | 'returnToPool'
+  | 'retire'
+  | 'reregister'
+  | 'markUnreachable'
+  | 'markReachable';
 
 /** Every state change the pool makes: from which states, to which. */
 export const TRANSITIONS: Readonly<Record<TransitionName, { readonly from: readonly GatewayState[]; readonly to: readonly GatewayState[] }>> = {
@@ -52,6 +64,13 @@ export const TRANSITIONS: Readonly<Record<TransitionName, { readonly from: reado
   retire: { from: FREE_STATES, to: [S.retired] },
   /** Listed in the inventory again. */
   reregister: { from: [S.retired], to: [S.registered] },
+  /**
+   * Host quarantine: its Docker host stopped answering, so a free gateway there is taken out of
+   * allocation. Only `ready` ones: a gateway holding an organization is left to the reaper.
+   */
+  markUnreachable: { from: [S.ready], to: [S.unreachable] },
+  /** The host answers again and so does the gateway: back to the pool. */
+  markReachable: { from: [S.unreachable], to: [S.ready] },
 };
 
 /** True when some transition of the table moves a gateway from `from` to `to`. */
@@ -246,4 +265,15 @@ export function updateEndpointSql(t: PoolTables): string {
   return `UPDATE ${t.gateways} SET host = $2, http_port = $3, vpn_port = $4,
       state = CASE WHEN state IN ${statesSql(tr.from)} THEN ${stateSql(tr.to[0])} ELSE state END
     WHERE name = $1`;
+}
+
+/**
+ * Host quarantine in both directions for a batch ($1 names): `markUnreachable` (ready →
+ * unreachable) or `markReachable` (unreachable → ready). The `from` state is re-checked in the
+ * statement, so a gateway claimed (or retired) meanwhile is left alone; returns the names moved.
+ */
+export function hostQuarantineSql(t: PoolTables, transition: 'markUnreachable' | 'markReachable'): string {
+  const tr = TRANSITIONS[transition];
+  return `UPDATE ${t.gateways} SET state = ${stateSql(tr.to[0])}, state_since = now()
+    WHERE name = ANY($1::text[]) AND state IN ${statesSql(tr.from)} RETURNING name`;
 }

@@ -368,3 +368,12 @@ export function ganymedeInternalUrl(env: string): string {
 export function ganymedePublicUrl(domain: string): string {
   return `https://${ganymedeFqdn(domain)}`;
 }
+
+/**
+ * The API server through stage 1 on the port the main host publishes it at: what
+ * gateways on another Docker host call back (they are not on the main host's
+ * environment network). 443 gives the public URL itself.
+ */
+export function ganymedeStage1Url(domain: string, stage1HttpsPort: number): string {
+  return stage1HttpsPort === PORTS.stage1Https ? ganymedePublicUrl(domain) : `${ganymedePublicUrl(domain)}:${stage1HttpsPort}`;
+}

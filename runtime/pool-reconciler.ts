@@ -1,3 +1,4 @@
+import { db } from './allocator-context';
 import type { AllocatorLogger, ReconcileReport } from './allocator-types';
 import type { DnsPublisher } from './dns-publisher';
 import { asAllocatorError } from './errors';
@@ -16,14 +17,6 @@ export interface ReconcilerDeps {
   log: AllocatorLogger;
   /** The allocator's one recovery path (take over, undo, return to the pool); false when another process took the row first. */
   recover(row: GatewayRow, force: boolean): Promise<boolean>;
-}
-
-async function db<T>(fn: () => Promise<T>, what: string): Promise<T> {
-  try {
-    return await fn();
-  } catch (err) {
-    throw asAllocatorError(err, 'DATABASE_FAILED', what);
-  }
 }
 
 /**
@@ -52,8 +45,8 @@ export class PoolReconciler {
     for (const [key, orgs] of Object.entries(plan.report) as Array<[keyof ReconcileChanges['report'], string[]]>) report[key].push(...orgs);
     const results = await Promise.allSettled([
       this.d.dns.apply(plan.dns),
-      plan.routes.length > 0 ? this.d.routes.applyNow(plan.routes) : Promise.resolve(),
-      this.d.routes.applyCertificatesNow(plan.certificates),
+      this.d.routes.apply(plan.routes),
+      this.d.routes.applyCertificates(plan.certificates),
     ]);
     results.forEach((res, i) => {
       if (res.status === 'rejected') {

@@ -1,82 +1,32 @@
 import type { Pool, QueryResultRow } from 'pg';
 import { Coalescer } from './batcher';
-import { AllocatorError } from './errors';
 import type { GatewaySpec } from './inventory';
-import { quoteSchema } from './migrate';
 import {
   abandonSql,
   beginReleaseSql,
   claimSql,
-  FREE_STATES,
   GatewayState,
   GatewayStates,
   markAllocatedSql,
   markReadySql,
   PoolTables,
-  REMOVABLE_STATES,
-  retireSql,
   returnToPoolSql,
   stateSql,
-  statesSql,
   takeOverSql,
-  updateEndpointSql,
 } from './gateway-states';
-import { inTransaction } from './pg-transaction';
+import { InventoryStore, type RegisterResult } from './inventory-store';
+import { type FencedRow, groupedBy, isDeadlock, isUniqueViolation, matchFenced } from './pool-batching';
+import { COLUMNS, type DbRow, type GatewayRow, PoolSql, toRow } from './pool-sql';
+import { TokenStore } from './token-store';
 
 export type { GatewayState } from './gateway-states';
+export type { RegisterResult } from './inventory-store';
+export type { GatewayRow } from './pool-sql';
 
 /** Where a gateway goes when its allocation ends: the pool, or quarantine until it calls /gateway/ready. */
 export type PoolReturn = typeof GatewayStates.ready | typeof GatewayStates.registered;
 
 const ALLOCATED = stateSql(GatewayStates.allocated);
-
-export interface GatewayRow extends GatewaySpec {
-  state: GatewayState;
-  organizationId: string | null;
-  allocationId: string | null;
-  stateSince: Date;
-  leaseExpiresAt: Date | null;
-  lastHeartbeatAt: Date | null;
-  lastError: string | null;
-  /** True when the row is transitional and its owner's lease has run out (the owner is presumed dead). */
-  leaseExpired: boolean;
-}
-
-interface DbRow extends QueryResultRow {
-  name: string;
-  host: string;
-  http_port: number;
-  vpn_port: number;
-  state: GatewayState;
-  organization_id: string | null;
-  allocation_id: string | null;
-  state_since: Date;
-  lease_expires_at: Date | null;
-  last_heartbeat_at: Date | null;
-  last_error: string | null;
-  lease_expired: boolean;
-}
-
-const COLUMNS = `g.name, g.host, g.http_port, g.vpn_port, g.state, g.organization_id, g.allocation_id::text AS allocation_id,
-  g.state_since, g.lease_expires_at, g.last_heartbeat_at, g.last_error,
-  (g.lease_expires_at IS NOT NULL AND g.lease_expires_at < now()) AS lease_expired`;
-
-function toRow(r: DbRow): GatewayRow {
-  return {
-    name: r.name,
-    host: r.host,
-    httpPort: r.http_port,
-    vpnPort: r.vpn_port,
-    state: r.state,
-    organizationId: r.organization_id,
-    allocationId: r.allocation_id,
-    stateSince: r.state_since,
-    leaseExpiresAt: r.lease_expires_at,
-    lastHeartbeatAt: r.last_heartbeat_at,
-    lastError: r.last_error,
-    leaseExpired: r.lease_expired,
-  };
-}
 
 /** Extra conditions of a release, checked in the same statement (reapStale's fence against a gateway that came back). */
 export interface ReleaseCondition {
@@ -86,31 +36,17 @@ export interface ReleaseCondition {
 
 export type ClaimOutcome = { kind: 'claimed'; row: GatewayRow } | { kind: 'exhausted' } | { kind: 'org-taken' };
 
-export interface RegisterResult {
-  added: string[];
-  updated: string[];
-  unchanged: string[];
-  retired: string[];
-  /** Gateways absent from the inventory that could not be retired yet because they are held. */
-  retireDeferred: string[];
-  /** Gateways absent from the inventory whose endpoint a listed one took: retired ones, and free ones with prune (rows deleted). */
-  removed: string[];
-}
-
 interface ClaimRequest {
   orgId: string;
   tokenHash: Buffer;
   leaseMs: number;
 }
 
-interface FencedRow {
-  name: string;
-  allocationId: string;
-}
-
 /**
- * Every SQL statement of the pool. Each statement is one round trip, counted in
- * `roundTrips` (the bench reports it).
+ * The pool's store: the gateway rows and their state transitions here (the
+ * statements are runtime/gateway-states.ts's), the inventory
+ * (inventory-store.ts) and the tokens (token-store.ts) behind it. Each
+ * statement is one round trip, counted in `roundTrips` (the bench reports it).
  *
  * The statements on the allocate/release path (find, claim, mark allocated,
  * begin release, return to pool) are coalesced: concurrent calls of one kind
@@ -123,29 +59,66 @@ interface FencedRow {
  * reported by PostgreSQL, the batch's items are retried one statement each.
  */
 export class PoolStore {
+  private readonly sql: PoolSql;
   private readonly t: string;
-  private readonly retired: string;
   private readonly tables: PoolTables;
-  roundTrips = 0;
+  /** Registration of the inventory (register). */
+  private readonly inventory: InventoryStore;
+  /** Allocation and registration tokens, retired tokens. */
+  private readonly tokens: TokenStore;
   private readonly finds = new Coalescer<string, GatewayRow | undefined>((orgs) => this.findMany(orgs));
   private readonly claims = new Coalescer<ClaimRequest, ClaimOutcome>((reqs) => this.claimMany(reqs));
   private readonly marks = new Coalescer<FencedRow, boolean>((items) => this.markAllocatedMany(items));
   private readonly returns = new Coalescer<FencedRow & { to: PoolReturn }, boolean>((items) => this.returnToPoolMany(items));
   private readonly releases = new Coalescer<{ orgId: string; leaseMs: number }, GatewayRow | undefined>((items) => this.beginReleaseMany(items));
 
-  constructor(
-    private readonly pool: Pool,
-    schema: string,
-  ) {
-    this.t = `${quoteSchema(schema)}.gateways`;
-    this.retired = `${quoteSchema(schema)}.retired_tokens`;
-    this.tables = { gateways: this.t, allocationSeq: `${quoteSchema(schema)}.allocation_seq`, retiredTokens: this.retired };
+  constructor(pool: Pool, schema: string) {
+    this.sql = new PoolSql(pool, schema);
+    this.tables = this.sql.tables;
+    this.t = this.tables.gateways;
+    this.inventory = new InventoryStore(this.sql);
+    this.tokens = new TokenStore(this.sql);
   }
 
-  private async query<R extends QueryResultRow>(sql: string, params: unknown[] = []): Promise<R[]> {
-    this.roundTrips += 1;
-    return (await this.pool.query<R>(sql, params)).rows;
+  /** SQL round trips of every pool statement so far (the bench reports it). */
+  get roundTrips(): number {
+    return this.sql.roundTrips;
   }
+
+  private query<R extends QueryResultRow>(sql: string, params: unknown[] = []): Promise<R[]> {
+    return this.sql.query<R>(sql, params);
+  }
+
+  // The inventory and the tokens have their own stores; PoolStore stays the one entry the allocator uses.
+  register(specs: GatewaySpec[], prune: boolean): Promise<RegisterResult> {
+    return this.inventory.register(specs, prune);
+  }
+
+  findByTokenHash(hash: Buffer): Promise<GatewayRow | undefined> {
+    return this.tokens.findByTokenHash(hash);
+  }
+
+  rotateToken(orgId: string, tokenHash: Buffer, allocationId?: string): Promise<GatewayRow | undefined> {
+    return this.tokens.rotateToken(orgId, tokenHash, allocationId);
+  }
+
+  setRegistrationHashes(hashes: Array<{ name: string; hash: Buffer }>): Promise<string[]> {
+    return this.tokens.setRegistrationHashes(hashes);
+  }
+
+  registrationHash(name: string): Promise<{ state: GatewayState; hash: Buffer | null } | undefined> {
+    return this.tokens.registrationHash(name);
+  }
+
+  findRetiredToken(hash: Buffer): Promise<{ gateway: string; organizationId: string; retiredAt: Date } | undefined> {
+    return this.tokens.findRetiredToken(hash);
+  }
+
+  forgetRetiredTokens(olderThanMs: number): Promise<number> {
+    return this.tokens.forgetRetiredTokens(olderThanMs);
+  }
+
+  // ------------------------------------------------------------ rows and state transitions
 
   findByOrganization(orgId: string): Promise<GatewayRow | undefined> {
     return this.finds.submit(orgId);
@@ -158,21 +131,6 @@ export class PoolStore {
       const r = byOrg.get(o);
       return r ? toRow(r) : undefined;
     });
-  }
-
-  /**
-   * The allocated gateway holding this token. Presenting the token is the
-   * gateway's sign of life (push, pull, config, heartbeat, stop all
-   * authenticate here), so the lookup refreshes `last_heartbeat_at` in the same
-   * statement: no extra round trip per call, and the reaper's silence re-check
-   * (in the release statement) sees it.
-   */
-  async findByTokenHash(hash: Buffer): Promise<GatewayRow | undefined> {
-    const rows = await this.query<DbRow>(
-      `UPDATE ${this.t} g SET last_heartbeat_at = now() WHERE g.token_hash = $1 AND g.state = ${ALLOCATED} RETURNING ${COLUMNS}`,
-      [hash],
-    );
-    return rows[0] ? toRow(rows[0]) : undefined;
   }
 
   async list(): Promise<GatewayRow[]> {
@@ -340,186 +298,4 @@ export class PoolStore {
     return rows.map(toRow);
   }
 
-  /** Rotates the allocation token of an allocated gateway (the old one stops working at once). */
-  async rotateToken(orgId: string, tokenHash: Buffer, allocationId?: string): Promise<GatewayRow | undefined> {
-    const rows = await this.query<DbRow>(
-      // The handshake (/gateway/config) that rotates the token is the gateway's first sign of life.
-      `UPDATE ${this.t} g SET token_hash = $2, last_heartbeat_at = now() WHERE g.organization_id = $1 AND g.state = ${ALLOCATED}
-         AND ($3::bigint IS NULL OR g.allocation_id = $3::bigint) RETURNING ${COLUMNS}`,
-      [orgId, tokenHash, allocationId ?? null],
-    );
-    return rows[0] ? toRow(rows[0]) : undefined;
-  }
-
-  /** Stores each gateway's registration token hash; returns the names that are unknown. */
-  async setRegistrationHashes(hashes: Array<{ name: string; hash: Buffer }>): Promise<string[]> {
-    const rows = await this.query<{ name: string }>(
-      `UPDATE ${this.t} g SET registration_token_hash = v.hash
-       FROM unnest($1::text[], $2::bytea[]) AS v(name, hash) WHERE g.name = v.name RETURNING g.name`,
-      [hashes.map((h) => h.name), hashes.map((h) => h.hash)],
-    );
-    const known = new Set(rows.map((r) => r.name));
-    return hashes.map((h) => h.name).filter((n) => !known.has(n));
-  }
-
-  async registrationHash(name: string): Promise<{ state: GatewayState; hash: Buffer | null } | undefined> {
-    const rows = await this.query<{ state: GatewayState; registration_token_hash: Buffer | null }>(
-      `SELECT state, registration_token_hash FROM ${this.t} WHERE name = $1`,
-      [name],
-    );
-    return rows[0] ? { state: rows[0].state, hash: rows[0].registration_token_hash } : undefined;
-  }
-
-  async findRetiredToken(hash: Buffer): Promise<{ gateway: string; organizationId: string; retiredAt: Date } | undefined> {
-    const rows = await this.query<{ gateway: string; organization_id: string; retired_at: Date }>(
-      `SELECT gateway, organization_id, retired_at FROM ${this.retired} WHERE token_hash = $1`,
-      [hash],
-    );
-    return rows[0] ? { gateway: rows[0].gateway, organizationId: rows[0].organization_id, retiredAt: rows[0].retired_at } : undefined;
-  }
-
-  async forgetRetiredTokens(olderThanMs: number): Promise<number> {
-    const rows = await this.query(
-      `DELETE FROM ${this.retired} WHERE retired_at < now() - make_interval(secs => $1::double precision / 1000) RETURNING 1`,
-      [olderThanMs],
-    );
-    return rows.length;
-  }
-
-  /**
-   * Gateways not in the inventory whose endpoint (host:httpPort) a declared one
-   * takes. A retired one declares and holds nothing: it is removed. A free one
-   * is removed too when pruning (the stack no longer declares it). Anything else
-   * (held, or free without prune) is an `INVENTORY_CONFLICT`, thrown before
-   * anything is written.
-   */
-  private settleEndpointConflicts(specs: GatewaySpec[], before: Map<string, GatewayRow>, prune: boolean): string[] {
-    const declared = new Set(specs.map((s) => s.name));
-    const byEndpoint = new Map<string, GatewayRow>();
-    for (const row of before.values()) if (!declared.has(row.name)) byEndpoint.set(`${row.host}:${row.httpPort}`, row);
-    const removable: string[] = [];
-    const conflicts: Array<{ declared: string; endpoint: string; holder: GatewayRow }> = [];
-    for (const s of specs) {
-      const endpoint = `${s.host}:${s.httpPort}`;
-      const holder = byEndpoint.get(endpoint);
-      if (!holder) continue;
-      if (holder.state === GatewayStates.retired || (prune && FREE_STATES.includes(holder.state))) removable.push(holder.name);
-      else conflicts.push({ declared: s.name, endpoint, holder });
-    }
-    if (conflicts.length > 0) throw inventoryConflict(conflicts, prune);
-    return removable;
-  }
-
-  /**
-   * Upserts the inventory in one transaction. Host/port changes apply to held
-   * gateways too (reconcile() rewrites their routes). With `prune`, gateways
-   * missing from the inventory are retired when free; held ones are reported.
-   */
-  async register(specs: GatewaySpec[], prune: boolean): Promise<RegisterResult> {
-    this.roundTrips += 1;
-    try {
-      return await this.registerOnce(specs, prune);
-    } catch (err) {
-      // A concurrent registration can still win the race for an endpoint between our check and COMMIT.
-      const pgErr = err as { code?: string; constraint?: string };
-      if (pgErr.code === '23505' && pgErr.constraint === 'endpoint_unique') {
-        throw new AllocatorError('INVENTORY_CONFLICT', `gateway inventory conflicts with gateways registered concurrently (${(err as Error).message}); nothing was changed: list the pool (gateway-pool list) and register again`, {}, err);
-      }
-      throw err;
-    }
-  }
-
-  private async registerOnce(specs: GatewaySpec[], prune: boolean): Promise<RegisterResult> {
-    return inTransaction(this.pool, async (client) => {
-      const before = new Map(
-        (await client.query<DbRow>(`SELECT ${COLUMNS} FROM ${this.t} g FOR UPDATE`)).rows.map((r) => [r.name, toRow(r)]),
-      );
-      const result: RegisterResult = { added: [], updated: [], unchanged: [], retired: [], retireDeferred: [], removed: [] };
-      // Checked before any write: endpoint_unique would otherwise fail the COMMIT (deferred) as a
-      // "database failure", although it is a permanent conflict only the operator can settle.
-      const removable = this.settleEndpointConflicts(specs, before, prune);
-      for (const name of removable) {
-        await client.query(`DELETE FROM ${this.t} WHERE name = $1 AND state IN ${statesSql(REMOVABLE_STATES)}`, [name]);
-        result.removed.push(name);
-      }
-      for (const s of specs) {
-        const old = before.get(s.name);
-        if (!old) {
-          await client.query(
-            `INSERT INTO ${this.t} (name, host, http_port, vpn_port) VALUES ($1, $2, $3, $4)`,
-            [s.name, s.host, s.httpPort, s.vpnPort],
-          );
-          result.added.push(s.name);
-        } else if (old.host !== s.host || old.httpPort !== s.httpPort || old.vpnPort !== s.vpnPort || old.state === GatewayStates.retired) {
-          await client.query(updateEndpointSql(this.tables), [s.name, s.host, s.httpPort, s.vpnPort]);
-          result.updated.push(s.name);
-        } else {
-          result.unchanged.push(s.name);
-        }
-      }
-      if (prune) {
-        const wanted = new Set(specs.map((s) => s.name));
-        for (const old of before.values()) {
-          if (wanted.has(old.name) || old.state === GatewayStates.retired || removable.includes(old.name)) continue;
-          if (FREE_STATES.includes(old.state)) {
-            await client.query(retireSql(this.tables), [old.name]);
-            result.retired.push(old.name);
-          } else {
-            result.retireDeferred.push(old.name);
-          }
-        }
-      }
-      return result;
-    });
-  }
 }
-
-/** The `INVENTORY_CONFLICT` answer, naming every conflict and the fix. */
-function inventoryConflict(conflicts: Array<{ declared: string; endpoint: string; holder: GatewayRow }>, prune: boolean): AllocatorError {
-  const held = conflicts.filter((c) => !REMOVABLE_STATES.includes(c.holder.state));
-  const list = conflicts
-    .slice(0, 20)
-    .map((c) => `${c.declared} declares ${c.endpoint}, registered to ${c.holder.name} (${c.holder.state}${c.holder.organizationId ? `, organization ${c.holder.organizationId}` : ''}), which this inventory does not list`)
-    .join('; ');
-  const fix = prune
-    ? `release the organization(s) of ${held.map((c) => c.holder.name).join(', ')} (or wait for their gateways to stop), then register again with prune`
-    : 'if this stack replaced those gateways (renamed environment or pool), register with prune (`gateway-pool sync --prune`): free gateways it no longer declares are removed, held ones must be released first; ' +
-      'if another environment uses the same database schema, give each environment its own schema (`schema` option / ALLOCATOR_SCHEMA)';
-  return new AllocatorError('INVENTORY_CONFLICT', `gateway inventory conflicts with registered gateways: ${list}. Nothing was changed. Fix: ${fix}`, {
-    conflicts: conflicts.map((c) => ({ declared: c.declared, endpoint: c.endpoint, registeredTo: c.holder.name, state: c.holder.state, organizationId: c.holder.organizationId })),
-  });
-}
-
-/** Items answered by a batched fenced UPDATE: true for those whose (name, allocation_id) it changed. */
-function matchFenced(items: FencedRow[], rows: Array<{ name: string; allocation_id: string }>): boolean[] {
-  const done = new Set(rows.map((r) => `${r.name}\u0000${r.allocation_id}`));
-  return items.map((i) => done.has(`${i.name}\u0000${i.allocationId}`));
-}
-
-/** Runs `fn` once per distinct key (a batch rarely mixes keys) and puts the answers back in item order. */
-async function groupedBy<I, K, O>(items: I[], key: (i: I) => K, fn: (group: I[], k: K) => Promise<O[]>): Promise<O[]> {
-  const groups = new Map<K, number[]>();
-  items.forEach((item, idx) => {
-    const k = key(item);
-    const g = groups.get(k);
-    if (g) g.push(idx);
-    else groups.set(k, [idx]);
-  });
-  const out = new Array<O>(items.length);
-  for (const [k, idxs] of groups) {
-    const answers = await fn(idxs.map((i) => items[i]), k);
-    idxs.forEach((i, j) => (out[i] = answers[j]));
-  }
-  return out;
-}
-
-/** PostgreSQL broke a deadlock by failing this statement (it changed nothing). */
-export function isDeadlock(err: unknown): boolean {
-  return (err as { code?: string } | null)?.code === '40P01';
-}
-
-export function isUniqueViolation(err: unknown, constraint?: string): boolean {
-  const e = err as { code?: string; constraint?: string } | null;
-  return !!e && e.code === '23505' && (constraint === undefined || e.constraint === constraint);
-}
-

@@ -6,7 +6,7 @@
  * what they repair. The allocator observes, calls planReconcile, applies.
  */
 import type { ReconcileReport } from './allocator-types';
-import type { DnsAction } from './dns-publisher';
+import type { DnsAction, OwnedRecords } from './dns-publisher';
 import { GatewayStates, type ActionCondition } from './gateway-states';
 import { absolute, orgDnsNames, type UserContainerNaming } from './naming';
 import { renderCertFile, renderRoute } from './nginx-config';
@@ -33,7 +33,7 @@ export interface ReconcileObserved {
   /** Listed AFTER the effects: anything published after the effects were listed belongs to a row seen here. */
   rows: PlannedRow[];
   /** Owned A RRsets per organization. */
-  dns: Map<string, OwnedRRset[]>;
+  dns: OwnedRecords[];
   routes: OwnedRoute[];
   certFiles: OwnedRoute[];
   /**
@@ -86,11 +86,12 @@ export function planReconcile(observed: ReconcileObserved, desired: ReconcileDes
   };
   const held = new Set(observed.rows.filter((r) => r.organizationId).map((r) => r.organizationId as string));
   const routeText = new Map(observed.routes.map((r) => [r.orgId, r.content]));
+  const records = new Map(observed.dns.map((d) => [d.orgId, d.content]));
   for (const r of observed.rows) {
     if (r.state !== GatewayStates.allocated) continue;
     const orgId = r.organizationId as string;
     const onlyIf: ActionCondition = { kind: 'allocated', allocationId: r.allocationId as string };
-    const rrsets = observed.dns.get(orgId);
+    const rrsets = records.get(orgId);
     if (!rrsets || !dnsRecordsCorrect(orgId, rrsets, desired)) {
       plan.dns.push({ orgId, present: true, onlyIf });
       plan.report.dnsRepaired.push(orgId);
@@ -100,7 +101,7 @@ export function planReconcile(observed: ReconcileObserved, desired: ReconcileDes
       plan.report.routesRepaired.push(orgId);
     }
   }
-  for (const orgId of observed.dns.keys()) {
+  for (const { orgId } of observed.dns) {
     if (held.has(orgId)) continue;
     plan.dns.push({ orgId, present: false, onlyIf: { kind: 'orphan' } });
     plan.report.dnsOrphansRemoved.push(orgId);

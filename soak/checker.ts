@@ -13,7 +13,7 @@
  * only after its effects are withdrawn, which needs the lock we hold. So any
  * disagreement seen under the lock is a real violation, not a race of the
  * checker. (The lock keys mirror runtime/dns-publisher.ts and
- * runtime/nginx-routes.ts; if they changed, samples would show false
+ * runtime/nginx-lock.ts; if they changed, samples would show false
  * violations, never hide real ones.)
  */
 import { promises as fs } from 'fs';

@@ -68,7 +68,18 @@ export interface RuntimeApiConfig {
     /** A gateway silent (no heartbeat) this long loses its organization; default 600. */
     silenceSeconds: number;
   };
+  /** Host quarantine of remote gateway hosts (runtime/host-health.ts). */
+  hostHealth: {
+    /** Seconds between two probe rounds (after one ends); default 15. */
+    intervalSeconds: number;
+    /** Consecutive rounds in which no gateway of a host answered before its ready gateways become unreachable; default 3. */
+    failuresBeforeUnreachable: number;
+    /** Timeout of one probe; default 3000. */
+    timeoutMs: number;
+  };
 }
+
+export const DEFAULT_HOST_HEALTH: RuntimeApiConfig['hostHealth'] = { intervalSeconds: 15, failuresBeforeUnreachable: 3, timeoutMs: 3000 };
 
 /** A validated config.json plus its secrets. `secrets` is not enumerable: JSON.stringify and util.inspect never show it. */
 export interface RuntimeConfig {

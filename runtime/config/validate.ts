@@ -7,7 +7,7 @@ import * as path from 'path';
 import type { GatewaySpec } from '../inventory';
 import { isUserContainerNaming, isValidDomain, isValidEnvName, isValidIpv4, isValidPort, type UserContainerNaming } from '../naming';
 import { validateInventory } from '../validation';
-import { RUNTIME_CONFIG_VERSION, type RuntimeApiConfig, type RuntimeConfig, type RuntimeSecrets, type RuntimeTlsConfig } from './types';
+import { DEFAULT_HOST_HEALTH, RUNTIME_CONFIG_VERSION, type RuntimeApiConfig, type RuntimeConfig, type RuntimeSecrets, type RuntimeTlsConfig } from './types';
 
 type Json = Record<string, unknown>;
 
@@ -160,9 +160,21 @@ function apiConfig(s: Section): RuntimeApiConfig | undefined {
     };
     reaperSection.noOthers();
   }
+  const healthSection = s.section('hostHealth', 'an object { intervalSeconds, failuresBeforeUnreachable, timeoutMs }, or leave it out for 15 / 3 / 3000', true);
+  let hostHealth = { ...DEFAULT_HOST_HEALTH };
+  if (healthSection) {
+    hostHealth = {
+      intervalSeconds: healthSection.number('intervalSeconds', `a number of seconds > 0 (default ${DEFAULT_HOST_HEALTH.intervalSeconds})`, { optional: true, check: positive }) ?? DEFAULT_HOST_HEALTH.intervalSeconds,
+      failuresBeforeUnreachable:
+        healthSection.number('failuresBeforeUnreachable', `a whole number ≥ 1 (default ${DEFAULT_HOST_HEALTH.failuresBeforeUnreachable})`, { optional: true, check: (n) => Number.isInteger(n) && n >= 1 }) ??
+        DEFAULT_HOST_HEALTH.failuresBeforeUnreachable,
+      timeoutMs: healthSection.number('timeoutMs', `a number of milliseconds > 0 (default ${DEFAULT_HOST_HEALTH.timeoutMs})`, { optional: true, check: positive }) ?? DEFAULT_HOST_HEALTH.timeoutMs,
+    };
+    healthSection.noOthers();
+  }
   s.noOthers();
   if (!listenText || !publicUrl || !gatewayUrl) return undefined;
-  return { listen: parseListen(listenText) as { host: string; port: number }, publicUrl: publicUrl.replace(/\/+$/, ''), gatewayUrl: gatewayUrl.replace(/\/+$/, ''), reconcileIntervalSeconds: reconcile, reaper };
+  return { listen: parseListen(listenText) as { host: string; port: number }, publicUrl: publicUrl.replace(/\/+$/, ''), gatewayUrl: gatewayUrl.replace(/\/+$/, ''), reconcileIntervalSeconds: reconcile, reaper, hostHealth };
 }
 
 type ConfigWithoutSecrets = Omit<RuntimeConfig, 'secrets'>;

@@ -3,7 +3,8 @@
  * gateway protocol (`/gateway/*`, runtime/http), operator endpoints
  * (`/operator/*`, bearer = the stack's operator token) and `/healthz`, and
  * keeps the pool in shape: registers the stack's inventory at start, runs
- * reconcile() at start and periodically, and the reaper periodically.
+ * reconcile() at start and periodically, and the reaper periodically; with
+ * gateways on remote Docker hosts, the host quarantine too (runtime/host-health.ts).
  *
  * All state is in PostgreSQL, so a restart (of this process or of the whole
  * dev container, whose nginx route files are not on a volume) loses nothing:
@@ -18,6 +19,7 @@ import { GatewayAllocator, type AllocatorLogEvent, type AllocatorLogger } from '
 import type { RuntimeConfig } from '../config/types';
 import { GatewayApiError, toErrorResponse } from '../http/api-errors';
 import { createGatewayRouter } from '../http/express';
+import { HostHealthMonitor, isRemoteGatewayHost, type GatewayProbe } from '../host-health';
 import { createOperatorRouter, operatorTokenMatcher } from './operator';
 import { Periodic } from './periodic';
 
@@ -28,6 +30,8 @@ export interface ApiServerOptions {
   databaseWaitMs?: number;
   /** Grace for open connections on close(); default 10 s. */
   closeGraceMs?: number;
+  /** Probe of the host quarantine (tests); default: HTTP GET of the gateway's stage-2 health path. */
+  hostProbe?: GatewayProbe;
 }
 
 export interface ApiServerHandle {
@@ -37,6 +41,8 @@ export interface ApiServerHandle {
   reconcileNow(): Promise<void>;
   /** Runs a reaper pass now. */
   reapNow(): Promise<void>;
+  /** Runs a host-quarantine round now (no-op when every gateway is on the main host). */
+  hostHealthNow(): Promise<void>;
   /** Stops the timers, the HTTP server and the allocator (idempotent). */
   close(): Promise<void>;
 }
@@ -124,10 +130,37 @@ export async function startApiServer(cfg: RuntimeConfig, options: ApiServerOptio
 
     const { reconcile, reaper } = periodicTasks(cfg, allocator, log);
     timers.push(reconcile, reaper);
+    // Remote gateway hosts only (inventory host = an IPv4 address): the main host's gateways are never probed.
+    const remote = cfg.inventory.some((g) => isRemoteGatewayHost(g.host));
+    const monitor = new HostHealthMonitor({
+      pool: allocator.pgPool,
+      schema: allocator.schema,
+      envName: env,
+      settings: cfg.api.hostHealth,
+      logger: log,
+      probe: options.hostProbe,
+    });
+    const hostHealth = new Periodic(
+      'host-health',
+      cfg.api.hostHealth.intervalSeconds * 1000,
+      async () => {
+        await monitor.runOnce();
+      },
+      (err) => log({ event: 'server.host_health_failed', env, ...errorFields(err) } as AllocatorLogEvent),
+    );
+    if (remote) timers.push(hostHealth);
     reconcile.start();
     reaper.start();
+    if (remote) hostHealth.start();
     log({ event: 'server.listening', env, host: address.address, port: address.port, publicUrl: cfg.api.publicUrl, gateways: cfg.inventory.length });
-    return { allocator, address, reconcileNow: () => reconcile.runNow(), reapNow: () => reaper.runNow(), close };
+    return {
+      allocator,
+      address,
+      reconcileNow: () => reconcile.runNow(),
+      reapNow: () => reaper.runNow(),
+      hostHealthNow: () => (remote ? hostHealth.runNow() : Promise.resolve()),
+      close,
+    };
   } catch (err) {
     await close().catch(() => undefined);
     throw err;

@@ -14,8 +14,8 @@ import {
 } from '../../runtime/gateway-states';
 
 describe('gateway state machine (runtime/gateway-states.ts)', () => {
-  it('names six states, each once', () => {
-    assert.deepEqual([...ALL_STATES].sort(), ['allocated', 'allocating', 'ready', 'registered', 'releasing', 'retired']);
+  it('names seven states, each once', () => {
+    assert.deepEqual([...ALL_STATES].sort(), ['allocated', 'allocating', 'ready', 'registered', 'releasing', 'retired', 'unreachable']);
   });
 
   it('allows exactly the life-cycle edges and nothing else', () => {
@@ -31,6 +31,9 @@ describe('gateway state machine (runtime/gateway-states.ts)', () => {
       'ready>retired',
       'registered>retired',
       'retired>registered',
+      'ready>unreachable', // host quarantine (runtime/host-health.ts)
+      'unreachable>ready',
+      'unreachable>retired',
     ]);
     for (const from of ALL_STATES) {
       for (const to of ALL_STATES) {

@@ -623,9 +623,85 @@ describe('program (index.ts under mocks)', function () {
         assert.deepEqual(ports(gw).map((p) => p.external), [7100 + n, 49100 + n]);
       }
       assert.equal(c.get('gw-pool-prod-10'), undefined);
-      for (const name of ['demiurge-prod-dev', 'demiurge-prod-pdns', 'demiurge-prod-build-server']) {
+      for (const name of ['demiurge-prod-dev', 'demiurge-prod-pdns']) {
         assert.equal(providerUrn((c.get(name) as CapturedResource).provider), main.urn);
       }
+      assert.equal(providerUrn(byName(run, CONTAINER, 'build-server').provider), main.urn);
+    });
+
+    it('the remote host gets its own build mirror: builds volume + build server on its provider and network, unpublished', () => {
+      const gwB = byName(run, PROVIDER, 'docker-gw-b');
+      const main = byName(run, PROVIDER, 'docker-main');
+      const builds = byType(run, VOLUME).filter((v) => v.inputs.name === 'demiurge-prod-builds');
+      assert.deepEqual(builds.map((v) => [v.name, providerUrn(v.provider)]).sort(), [
+        ['build-mirror-gw-b-builds', gwB.urn],
+        ['volumes-builds', main.urn],
+      ]);
+      const mirrorVolume = byName(run, VOLUME, 'build-mirror-gw-b-builds');
+      assert.deepEqual(labels(mirrorVolume), { environment: 'prod', 'demiurge.volume': 'builds' });
+      assert.equal(mirrorVolume.protect, false, 'the builds volume is rebuilt by pack');
+      const bs = byName(run, CONTAINER, 'build-mirror-gw-b-server');
+      assert.equal(providerUrn(bs.provider), gwB.urn);
+      assert.equal(bs.inputs.name, 'demiurge-prod-build-server');
+      assert.equal(bs.inputs.image, mockImageId(IMAGE, 'image-build-server-gw-b'));
+      assert.equal(providerUrn(byName(run, IMAGE, 'image-build-server-gw-b').provider), gwB.urn);
+      assert.deepEqual(ports(bs), [], 'never published');
+      assert.deepEqual(bs.inputs.networksAdvanced, [{ name: 'demiurge-prod', aliases: ['demiurge-prod-build-server'] }]);
+      assert.ok(bs.propertyDependencies.networksAdvanced?.includes(urnOf(run, NETWORK, 'network-gw-b')), 'on the remote host\'s network');
+      assert.deepEqual(bs.inputs.volumes, [{ volumeName: 'demiurge-prod-builds', containerPath: '/srv/builds', readOnly: true }]);
+      assert.ok(bs.propertyDependencies.volumes?.includes(mirrorVolume.urn), 'mounts the mirror\'s own volume');
+      assert.deepEqual([...envMap(bs)], [['BUILD_DIR', '/srv/builds'], ['PORT', '8090']]);
+    });
+
+    it('remote gateways: BUILD_SERVER_URL names the host\'s mirror, GANYMEDE_URL goes through stage 1, HTTP published on the host address', () => {
+      const mirrorUrn = urnOf(run, CONTAINER, 'build-mirror-gw-b-server');
+      const mainUrn = urnOf(run, CONTAINER, 'build-server');
+      for (let n = 0; n < 10; n++) {
+        const gw = containers(run).get(`gw-pool-prod-${n}`) as CapturedResource;
+        const e = envMap(gw);
+        assert.equal(e.get('BUILD_SERVER_URL'), 'http://demiurge-prod-build-server:8090');
+        if (n < 4) {
+          assert.ok(gw.explicitDependencies.includes(mainUrn) && !gw.explicitDependencies.includes(mirrorUrn), `gateway ${n}: main build server`);
+          assert.equal(e.get('GANYMEDE_URL'), 'http://demiurge-prod-dev:6000');
+          assert.equal(gw.inputs.hosts, undefined);
+          assert.equal(ports(gw)[0].ip, undefined);
+        } else {
+          assert.ok(gw.explicitDependencies.includes(mirrorUrn) && !gw.explicitDependencies.includes(mainUrn), `gateway ${n}: the mirror`);
+          assert.equal(e.get('GANYMEDE_URL'), 'https://ganymede.demiurge.example.com');
+          assert.deepEqual(gw.inputs.hosts, [{ host: 'ganymede.demiurge.example.com', ip: '203.0.113.10' }]);
+          assert.deepEqual(ports(gw), [
+            { internal: 7100 + n, external: 7100 + n, ip: '203.0.113.12', protocol: 'tcp' },
+            { internal: 49100 + n, external: 49100 + n, protocol: 'udp' },
+          ]);
+        }
+      }
+    });
+
+    it('two remote hosts: each gets its own mirror, and its gateways use it; a moved stage-1 port reaches GANYMEDE_URL', async () => {
+      const hosts = JSON.stringify([
+        { name: 'main', host: 'main', poolSize: 1 },
+        { name: 'gw-b', host: 'ssh://deploy@203.0.113.12', poolSize: 2 },
+        { name: 'gw-c', host: 'ssh://deploy@gw-c.example.net', ip: '198.51.100.7', poolSize: 1 },
+      ]);
+      const r = await runProgram({ stack: 'prod', config: stackConfig('prod', { gatewayHosts: hosts, gatewayPoolSize: '4', stage1HttpsPort: '8443' }) });
+      assertInvariants(r, 'prod');
+      const expected: Record<string, [string, string]> = { 1: ['gw-b', '203.0.113.12'], 2: ['gw-b', '203.0.113.12'], 3: ['gw-c', '198.51.100.7'] };
+      for (const hostName of ['gw-b', 'gw-c']) {
+        const provider = byName(r, PROVIDER, `docker-${hostName}`).urn;
+        assert.equal(providerUrn(byName(r, VOLUME, `build-mirror-${hostName}-builds`).provider), provider);
+        assert.equal(providerUrn(byName(r, CONTAINER, `build-mirror-${hostName}-server`).provider), provider);
+      }
+      for (const [n, [hostName, ip]] of Object.entries(expected)) {
+        const gw = containers(r).get(`gw-pool-prod-${n}`) as CapturedResource;
+        assert.equal(providerUrn(gw.provider), byName(r, PROVIDER, `docker-${hostName}`).urn);
+        assert.ok(gw.explicitDependencies.includes(urnOf(r, CONTAINER, `build-mirror-${hostName}-server`)), `gateway ${n} on ${hostName}'s mirror`);
+        for (const other of ['gw-b', 'gw-c'].filter((h) => h !== hostName)) {
+          assert.ok(!gw.explicitDependencies.includes(urnOf(r, CONTAINER, `build-mirror-${other}-server`)), `gateway ${n} not on ${other}'s mirror`);
+        }
+        assert.equal(envMap(gw).get('GANYMEDE_URL'), 'https://ganymede.demiurge.example.com:8443');
+        assert.equal(ports(gw)[0].ip, ip);
+      }
+      assert.equal(byType(r, VOLUME).filter((v) => v.inputs.name === 'demiurge-prod-builds').length, 3);
     });
 
     it('the remote host gets its own environment network and gateway image', () => {

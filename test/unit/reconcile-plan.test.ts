@@ -12,10 +12,11 @@ describe('reconcile plan (runtime/reconcile-plan.ts: observed + desired → chan
   const rowA: PlannedRow = { name: 'gw-0', host: '10.1.0.1', httpPort: 7100, state: 'allocated', organizationId: orgA, allocationId: '41' };
   const rr = (name: string, over: Partial<OwnedRRset> = {}): OwnedRRset => ({ name: `${name}.`, ttl: 3, records: [{ content: '10.0.0.5', disabled: false }], ...over });
   const nestedRecords = (org: string): OwnedRRset[] => [rr(`org-${org}.${domain}`), rr(`*.org-${org}.${domain}`)];
+  const owned = (orgId: string, content: OwnedRRset[]) => ({ orgId, content });
   const routeOf = (r: PlannedRow) => ({ orgId: r.organizationId as string, content: renderRoute('dev', r.organizationId as string, r.name, r.host, r.httpPort) });
   const inAgreement = (over: Partial<ReconcileObserved> = {}): ReconcileObserved => ({
     rows: [rowA],
-    dns: new Map([[orgA, nestedRecords(orgA)]]),
+    dns: [owned(orgA, nestedRecords(orgA))],
     routes: [routeOf(rowA)],
     certFiles: [],
     ...over,
@@ -31,7 +32,7 @@ describe('reconcile plan (runtime/reconcile-plan.ts: observed + desired → chan
   it('removes the records, route and bundle of organizations that hold no gateway, fenced on still holding none', () => {
     const plan = planReconcile(
       inAgreement({
-        dns: new Map([[orgA, nestedRecords(orgA)], [orgB, nestedRecords(orgB)]]),
+        dns: [owned(orgA, nestedRecords(orgA)), owned(orgB, nestedRecords(orgB))],
         routes: [routeOf(rowA), { orgId: orgC, content: 'x' }],
         certFiles: [{ orgId: orgB, content: 'y' }],
       }),
@@ -47,7 +48,7 @@ describe('reconcile plan (runtime/reconcile-plan.ts: observed + desired → chan
 
   it('an organization held by a transitional gateway is not an orphan, and its effects are left to its owner', () => {
     const allocating: PlannedRow = { ...rowA, name: 'gw-1', state: 'allocating', organizationId: orgB, allocationId: '42' };
-    const plan = planReconcile(inAgreement({ rows: [rowA, allocating], dns: new Map([[orgA, nestedRecords(orgA)], [orgB, []]]) }), nested);
+    const plan = planReconcile(inAgreement({ rows: [rowA, allocating], dns: [owned(orgA, nestedRecords(orgA)), owned(orgB, [])] }), nested);
     assert.deepEqual([plan.dns, plan.routes], [[], []]);
   });
 
@@ -61,7 +62,7 @@ describe('reconcile plan (runtime/reconcile-plan.ts: observed + desired → chan
       ['wildcard missing', [rr(`org-${orgA}.${domain}`)]],
     ];
     for (const [why, records] of wrong) {
-      const dns = new Map(records ? [[orgA, records]] : []);
+      const dns = records ? [owned(orgA, records)] : [];
       const plan = planReconcile(inAgreement({ dns }), nested);
       assert.deepEqual(plan.dns, [{ orgId: orgA, present: true, onlyIf: allocatedA }], why);
       assert.deepEqual(plan.report.dnsRepaired, [orgA], why);
@@ -69,9 +70,9 @@ describe('reconcile plan (runtime/reconcile-plan.ts: observed + desired → chan
   });
 
   it('flat naming wants the org name only: a wildcard left from nested naming is repaired, one name is correct', () => {
-    assert.deepEqual(planReconcile(inAgreement({ dns: new Map([[orgA, [rr(`org-${orgA}.${domain}`)]]]) }), flat).dns, []);
+    assert.deepEqual(planReconcile(inAgreement({ dns: [owned(orgA, [rr(`org-${orgA}.${domain}`)])] }), flat).dns, []);
     assert.deepEqual(planReconcile(inAgreement(), flat).report.dnsRepaired, [orgA], 'nested records under flat naming');
-    assert.deepEqual(planReconcile(inAgreement({ dns: new Map([[orgA, [rr(`org-${orgA}.${domain}`)]]]) }), nested).report.dnsRepaired, [orgA], 'flat records under nested naming');
+    assert.deepEqual(planReconcile(inAgreement({ dns: [owned(orgA, [rr(`org-${orgA}.${domain}`)])] }), nested).report.dnsRepaired, [orgA], 'flat records under nested naming');
   });
 
   it('rewrites a missing route or one with other content (the gateway moved), fenced on the allocation', () => {

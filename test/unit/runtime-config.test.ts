@@ -92,6 +92,22 @@ describe('runtime config file (runtime/config)', () => {
     assert.equal(c.secrets.gatewayRegistrationTokens['gw-pool-dev-001-0'], 'registration-token-0123456789');
   });
 
+  it('api.hostHealth: defaults 15 s / 3 rounds / 3000 ms when left out; each field checked', async () => {
+    write(sampleConfig());
+    assert.deepEqual((await loadRuntimeConfig(configFile)).api.hostHealth, { intervalSeconds: 15, failuresBeforeUnreachable: 3, timeoutMs: 3000 });
+    const set = sampleConfig();
+    (set.api as Record<string, unknown>).hostHealth = { intervalSeconds: 2, failuresBeforeUnreachable: 5 };
+    write(set);
+    assert.deepEqual((await loadRuntimeConfig(configFile)).api.hostHealth, { intervalSeconds: 2, failuresBeforeUnreachable: 5, timeoutMs: 3000 });
+    const bad = sampleConfig();
+    (bad.api as Record<string, unknown>).hostHealth = { intervalSeconds: 0, failuresBeforeUnreachable: 1.5, timeoutMs: -1, probe: 'x' };
+    write(bad);
+    const problems = ((await invalidConfig(() => loadRuntimeConfig(configFile))).details as { problems: string[] }).problems;
+    for (const field of ['intervalSeconds', 'failuresBeforeUnreachable', 'timeoutMs', 'probe']) {
+      assert.ok(problems.some((p) => p.startsWith(`api.hostHealth.${field}:`)), `no problem for api.hostHealth.${field}: ${problems.join(' | ')}`);
+    }
+  });
+
   it('never shows the secrets: JSON.stringify and util.inspect hide them', async () => {
     write(sampleConfig());
     const c = await loadRuntimeConfig(configFile);

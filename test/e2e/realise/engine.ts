@@ -65,6 +65,7 @@ export interface ContainerCreateBody {
   HostConfig: {
     Binds?: string[];
     PortBindings?: Record<string, Array<{ HostIp: string; HostPort: string }>>;
+    ExtraHosts?: string[];
     RestartPolicy?: { Name: string; MaximumRetryCount?: number };
     CapAdd?: string[];
     CapDrop?: string[];
@@ -75,14 +76,22 @@ export interface ContainerCreateBody {
 }
 
 export class Engine {
-  constructor(readonly socketPath = '/var/run/docker.sock') {}
+  /** `tcp`: an engine listening on plain TCP instead of the socket (the multi-host suite's second host). */
+  constructor(
+    readonly socketPath = '/var/run/docker.sock',
+    readonly tcp?: { host: string; port: number },
+  ) {}
+
+  private get target(): { socketPath: string } | { host: string; port: number } {
+    return this.tcp ?? { socketPath: this.socketPath };
+  }
 
   request<T>(method: string, path: string, body?: unknown, timeoutMs = 120_000): Promise<EngineResponse<T>> {
     return new Promise((resolve, reject) => {
       const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
       const req = http.request(
         {
-          socketPath: this.socketPath,
+          ...this.target,
           path,
           method,
           headers: payload ? { 'Content-Type': 'application/json', 'Content-Length': payload.length } : {},
@@ -127,7 +136,7 @@ export class Engine {
     return new Promise((resolve, reject) => {
       const req = http.request(
         {
-          socketPath: this.socketPath,
+          ...this.target,
           path: `/containers/${encodeURIComponent(id)}/archive?path=${encodeURIComponent(dir)}`,
           method: 'PUT',
           headers: { 'Content-Type': 'application/x-tar', 'Content-Length': tar.length },

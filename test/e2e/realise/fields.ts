@@ -56,6 +56,8 @@ export const FIELDS: Readonly<Record<string, Readonly<Record<string, Shape>>>> =
     envs: arr(str),
     ports: arr(obj({ internal: num, external: num, ip: str, protocol: { kind: 'oneOf', values: ['tcp', 'udp'], why: 'port protocols' } })),
     networksAdvanced: arr(obj({ name: str, aliases: arr(str) })),
+    // /etc/hosts entries (remote gateways: ganymede.<domain> → the main host's public IP).
+    hosts: arr(obj({ host: str, ip: str })),
     volumes: arr(obj({ volumeName: str, hostPath: str, containerPath: str, readOnly: bool })),
     capabilities: obj({ adds: arr(str), drops: arr(str) }),
     devices: arr(obj({ hostPath: str, containerPath: str, permissions: str })),

@@ -91,6 +91,12 @@ export interface RealiserOptions {
   /** Where `docker build` output goes (one file per image). */
   logDir: string;
   log?: (line: string) => void;
+  /**
+   * The id of an image already on `engine` for this Image resource (the multi-host suite loads
+   * images into its second host, which cannot build: no registry, no Debian mirror there);
+   * undefined: build it as the provider would.
+   */
+  prebuiltImage?: (r: CapturedResource) => Promise<string | undefined>;
 }
 
 interface Port {
@@ -124,6 +130,7 @@ interface ContainerInputs {
   envs?: string[];
   ports?: Port[];
   networksAdvanced?: Array<{ name: string; aliases?: string[] }>;
+  hosts?: Array<{ host: string; ip: string }>;
   volumes?: Array<{ volumeName?: string; hostPath?: string; containerPath: string; readOnly?: boolean }>;
   capabilities?: { adds?: string[]; drops?: string[] };
   devices?: Array<{ hostPath: string; containerPath?: string; permissions?: string }>;
@@ -282,6 +289,14 @@ export class Realiser {
     return d;
   }
 
+  /**
+   * Partial realisation (the multi-host suite realises one host's part of the graph): `r` is
+   * taken as existing without being created here, so what waits for it goes on.
+   */
+  markElsewhere(r: CapturedResource): void {
+    this.deferred(r.urn).resolve();
+  }
+
   /** runProgram's hook: realise one resource once all it depends on exists. */
   readonly beforeRegister = async (r: CapturedResource): Promise<void> => {
     const mine = this.deferred(r.urn);
@@ -325,8 +340,11 @@ export class Realiser {
         return this.createVolume(r);
       case NETWORK:
         return this.createNetwork(r);
-      case IMAGE:
+      case IMAGE: {
+        const id = await this.opts.prebuiltImage?.(r);
+        if (id !== undefined) return { id, outputs: { ...r.inputs, repoDigest: id }, detail: `prebuilt ${id.slice(7, 19)}` };
         return this.createImage(r);
+      }
       case REMOTE_IMAGE:
         return this.createRemoteImage(r);
       case CONTAINER:
@@ -457,6 +475,7 @@ export class Realiser {
         // The provider passes both named volumes and host paths as binds.
         Binds: (c.volumes ?? []).map((v) => `${v.volumeName ?? v.hostPath}:${v.containerPath}${v.readOnly ? ':ro' : ''}`),
         PortBindings: bindings,
+        ExtraHosts: (c.hosts ?? []).map((h) => `${h.host}:${h.ip}`),
         RestartPolicy: { Name: c.restart ?? 'no' },
         CapAdd: c.capabilities?.adds,
         CapDrop: c.capabilities?.drops,

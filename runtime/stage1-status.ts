@@ -1,0 +1,77 @@
+/**
+ * The HTTP client of the stage-1 nginx's status server (`/__demiurge/routes`,
+ * answered by njs in nginx's own workers): which configuration version they
+ * run, how they route organizations, whether they can read certificate
+ * bundles. Every "is it live yet?" wait of the allocator asks it.
+ */
+import * as http from 'http';
+import { AllocatorError } from './errors';
+
+export interface LookupAnswer {
+  version: string;
+  routes: Record<string, string>;
+  /** With per-org certificates: whether the answering worker can read each org's bundle and the base certificate and key. */
+  certs?: Record<string, boolean>;
+  base?: boolean;
+  pid?: number;
+}
+
+/** Organization ids per status-server request (37 bytes each; nginx's request line limit is 8 KiB). */
+const LOOKUP_CHUNK = 100;
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+export class Stage1Status {
+  constructor(
+    /** Loopback address of the status server, `host:port`. */
+    readonly listen: string,
+    /** Default bound of `waitFor`. */
+    private readonly liveTimeoutMs: number,
+  ) {}
+
+  /** Asks nginx's workers how they route the given organizations; undefined if nginx does not answer. */
+  async lookup(orgIds: string[]): Promise<LookupAnswer | undefined> {
+    if (orgIds.length <= LOOKUP_CHUNK) return this.lookupOnce(orgIds);
+    // nginx answers 414 to a request line over 8 KiB (~215 ids): ask in chunks, in parallel.
+    const chunks: string[][] = [];
+    for (let i = 0; i < orgIds.length; i += LOOKUP_CHUNK) chunks.push(orgIds.slice(i, i + LOOKUP_CHUNK));
+    const answers = await Promise.all(chunks.map((c) => this.lookupOnce(c)));
+    if (answers.some((a) => a === undefined)) return undefined;
+    const [first, ...rest] = answers as LookupAnswer[];
+    return rest.reduce<LookupAnswer>(
+      (acc, a) => ({ ...acc, routes: { ...acc.routes, ...a.routes }, ...(a.certs ? { certs: { ...acc.certs, ...a.certs } } : {}) }),
+      { ...first, routes: { ...first.routes } },
+    );
+  }
+
+  /** Polls `check` until it holds; NGINX_FAILED (stage `live`) with `failure()` after `timeoutMs`. */
+  async waitFor(check: () => Promise<boolean>, failure: () => string, timeoutMs = this.liveTimeoutMs): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (!(await check())) {
+      if (Date.now() > deadline) throw new AllocatorError('NGINX_FAILED', failure(), { stage: 'live' });
+      await sleep(10);
+    }
+  }
+
+  private lookupOnce(orgIds: string[]): Promise<LookupAnswer | undefined> {
+    const i = this.listen.lastIndexOf(':');
+    const host = this.listen.slice(0, i);
+    const port = Number(this.listen.slice(i + 1));
+    return new Promise((resolve) => {
+      const req = http.get({ host, port, path: `/__demiurge/routes?ids=${orgIds.join(',')}`, agent: false, timeout: 2000 }, (res) => {
+        let body = '';
+        res.setEncoding('utf8');
+        res.on('data', (c: string) => (body += c));
+        res.on('end', () => {
+          try {
+            resolve(res.statusCode === 200 ? (JSON.parse(body) as LookupAnswer) : undefined);
+          } catch {
+            resolve(undefined);
+          }
+        });
+      });
+      req.on('error', () => resolve(undefined));
+      req.on('timeout', () => req.destroy());
+    });
+  }
+}
