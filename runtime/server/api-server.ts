@@ -95,13 +95,7 @@ export async function startApiServer(cfg: RuntimeConfig, options: ApiServerOptio
   const close = (): Promise<void> => {
     closing ??= (async () => {
       await Promise.all(timers.map((t) => t.stop()));
-      if (server?.listening) {
-        const s = server;
-        const grace = setTimeout(() => s.closeAllConnections(), options.closeGraceMs ?? 10_000);
-        s.closeIdleConnections();
-        await new Promise<void>((r) => s.close(() => r()));
-        clearTimeout(grace);
-      }
+      if (server?.listening) await closeHttpServer(server, options.closeGraceMs ?? 10_000);
       await allocator.close();
       log({ event: 'server.stopped', env });
     })();
@@ -119,35 +113,14 @@ export async function startApiServer(cfg: RuntimeConfig, options: ApiServerOptio
     const app = apiApp(cfg, allocator, log);
     const s = http.createServer(app);
     server = s;
-    await new Promise<void>((resolve, reject) => {
-      s.once('error', reject);
-      s.listen(cfg.api.listen.port, cfg.api.listen.host, () => {
-        s.off('error', reject);
-        resolve();
-      });
-    });
+    await listen(s, cfg.api.listen.port, cfg.api.listen.host);
     const address = s.address() as AddressInfo;
 
     const { reconcile, reaper } = periodicTasks(cfg, allocator, log);
     timers.push(reconcile, reaper);
     // Remote gateway hosts only (inventory host = an IPv4 address): the main host's gateways are never probed.
     const remote = cfg.inventory.some((g) => isRemoteGatewayHost(g.host));
-    const monitor = new HostHealthMonitor({
-      pool: allocator.pgPool,
-      schema: allocator.schema,
-      envName: env,
-      settings: cfg.api.hostHealth,
-      logger: log,
-      probe: options.hostProbe,
-    });
-    const hostHealth = new Periodic(
-      'host-health',
-      cfg.api.hostHealth.intervalSeconds * 1000,
-      async () => {
-        await monitor.runOnce();
-      },
-      (err) => log({ event: 'server.host_health_failed', env, ...errorFields(err) } as AllocatorLogEvent),
-    );
+    const hostHealth = hostHealthTask(cfg, allocator, log, options.hostProbe);
     if (remote) timers.push(hostHealth);
     reconcile.start();
     reaper.start();
@@ -165,6 +138,27 @@ export async function startApiServer(cfg: RuntimeConfig, options: ApiServerOptio
     await close().catch(() => undefined);
     throw err;
   }
+}
+
+/** The probe of remote gateway hosts' stage-2 endpoints (not started); the server runs it only when the inventory has remote hosts. */
+function hostHealthTask(cfg: RuntimeConfig, allocator: GatewayAllocator, log: AllocatorLogger, probe: ApiServerOptions['hostProbe']): Periodic {
+  const env = cfg.envName;
+  const monitor = new HostHealthMonitor({
+    pool: allocator.pgPool,
+    schema: allocator.schema,
+    envName: env,
+    settings: cfg.api.hostHealth,
+    logger: log,
+    probe,
+  });
+  return new Periodic(
+    'host-health',
+    cfg.api.hostHealth.intervalSeconds * 1000,
+    async () => {
+      await monitor.runOnce();
+    },
+    (err) => log({ event: 'server.host_health_failed', env, ...errorFields(err) } as AllocatorLogEvent),
+  );
 }
 
 /** The server's routes: /healthz, the gateway protocol (/gateway), the operator's (/operator), JSON 404 for the rest. */
@@ -193,6 +187,24 @@ function apiApp(cfg: RuntimeConfig, allocator: GatewayAllocator, log: AllocatorL
     res.status(status).json(body);
   });
   return app;
+}
+
+function listen(s: http.Server, port: number, host: string): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    s.once('error', reject);
+    s.listen(port, host, () => {
+      s.off('error', reject);
+      resolve();
+    });
+  });
+}
+
+/** Stops accepting; requests in flight get up to graceMs, then their connections are cut. */
+async function closeHttpServer(s: http.Server, graceMs: number): Promise<void> {
+  const grace = setTimeout(() => s.closeAllConnections(), graceMs);
+  s.closeIdleConnections();
+  await new Promise<void>((r) => s.close(() => r()));
+  clearTimeout(grace);
 }
 
 /** The periodic reconcile and reaper (not started); a failed run is logged and the next one still comes. */
