@@ -1,7 +1,7 @@
 import * as pulumi from '@pulumi/pulumi';
 import * as docker from '@pulumi/docker';
 import { PORTS, buildServerContainerName } from '../runtime/naming';
-import { RESTART_POLICY, STOP_GRACE_SECONDS, TYPE_PREFIX, envNetworkAttachment, envVar, roleLabels, tcpHealthcheck } from './common';
+import { STOP_GRACE_SECONDS, TYPE_PREFIX, envContainerArgs, envNetworkAttachment, envVar, roleLabels, tcpHealthcheck } from './common';
 
 export const BUILD_DIR = '/srv/builds';
 
@@ -28,11 +28,7 @@ export class BuildServer extends pulumi.ComponentResource {
     const containerName = buildServerContainerName(args.envName);
     this.container = new docker.Container(
       name,
-      {
-        name: containerName,
-        image: args.image,
-        hostname: containerName,
-        restart: RESTART_POLICY,
+      envContainerArgs(containerName, args.image, {
         labels: roleLabels(args.envName, 'build-server'),
         envs: [envVar('BUILD_DIR', BUILD_DIR), envVar('PORT', PORTS.buildServer)],
         networksAdvanced: envNetworkAttachment(args.networkName, containerName),
@@ -41,7 +37,7 @@ export class BuildServer extends pulumi.ComponentResource {
         wait: true,
         waitTimeout: 120,
         destroyGraceSeconds: STOP_GRACE_SECONDS,
-      },
+      }),
       { parent: this, provider: args.provider, deleteBeforeReplace: true },
     );
     this.containerName = this.container.name;

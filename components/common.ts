@@ -8,6 +8,25 @@ import { containerLabels, type ContainerRole } from '../runtime/naming';
 /** Every container is restarted by the Docker daemon unless an operator stopped it. */
 export const RESTART_POLICY = 'unless-stopped';
 
+/** What a component that runs one container of the environment is given: where it runs, and from which image. */
+export interface EnvContainerBaseArgs {
+  envName: string;
+  domain: string;
+  publicIp: string;
+  provider: docker.Provider;
+  /** Image id/digest (ContainerImage.ref). */
+  image: pulumi.Input<string>;
+  networkName: pulumi.Input<string>;
+}
+
+/**
+ * The arguments every container of an environment shares: its name is also
+ * its host name, and Docker restarts it unless it was stopped.
+ */
+export function envContainerArgs(containerName: pulumi.Input<string>, image: pulumi.Input<string>, rest: Omit<docker.ContainerArgs, 'name' | 'image' | 'hostname' | 'restart'>): docker.ContainerArgs {
+  return { name: containerName, image, hostname: containerName, restart: RESTART_POLICY, ...rest };
+}
+
 /**
  * `destroyGraceSeconds` of every container. Without it the Docker provider
  * deletes a container (on `pulumi destroy` and on every replacement) with a

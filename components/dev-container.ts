@@ -5,11 +5,12 @@ import { PORTS, devContainerName } from '../runtime/naming';
 import type { GanymedeMode } from '../stack/config';
 import type { BundledFile } from './runtime-bundle';
 import {
+  type EnvContainerBaseArgs,
   NET_ADMIN,
-  RESTART_POLICY,
   STOP_GRACE_SECONDS,
   TUN_DEVICE,
   TYPE_PREFIX,
+  envContainerArgs,
   envNetworkAttachment,
   envVar,
   roleLabels,
@@ -46,14 +47,7 @@ export const DATABASES = {
   ganymede: { name: 'ganymede', user: 'ganymede' },
 } as const;
 
-export interface DevContainerArgs {
-  envName: string;
-  domain: string;
-  publicIp: string;
-  provider: docker.Provider;
-  /** Image id/digest (ContainerImage.ref). */
-  image: pulumi.Input<string>;
-  networkName: pulumi.Input<string>;
+export interface DevContainerArgs extends EnvContainerBaseArgs {
   volumes: {
     workspace: pulumi.Input<string>;
     pgdata: pulumi.Input<string>;
@@ -106,11 +100,7 @@ export class DevContainer extends pulumi.ComponentResource {
 
     this.container = new docker.Container(
       name,
-      {
-        name: containerName,
-        image: args.image,
-        hostname: containerName,
-        restart: RESTART_POLICY,
+      envContainerArgs(containerName, args.image, {
         labels: roleLabels(args.envName, 'dev'),
         envs: [
           envVar('ENV_NAME', args.envName),
@@ -131,21 +121,14 @@ export class DevContainer extends pulumi.ComponentResource {
           { internal: PORTS.stage1Https, external: args.httpsPort, protocol: 'tcp' },
         ],
         networksAdvanced: envNetworkAttachment(args.networkName, containerName),
-        volumes: [
-          { volumeName: args.volumes.workspace, containerPath: DEV_MOUNTS.workspace },
-          { volumeName: args.volumes.pgdata, containerPath: DEV_MOUNTS.pgdata },
-          { volumeName: args.volumes.certs, containerPath: DEV_MOUNTS.certs },
-          { volumeName: args.volumes.tls, containerPath: DEV_MOUNTS.tlsState },
-          { volumeName: args.volumes.builds, containerPath: DEV_MOUNTS.builds },
-          { hostPath: args.dockerSocketPath, containerPath: DEV_MOUNTS.dockerSocket },
-        ],
+        volumes: devMounts(args),
         capabilities: NET_ADMIN,
         devices: [TUN_DEVICE],
         healthcheck: tcpHealthcheck([PORTS.stage1Https, PORTS.postgres], { startPeriod: '120s' }),
         wait: true,
         waitTimeout: 300,
         destroyGraceSeconds: STOP_GRACE_SECONDS,
-      },
+      }),
       // Fixed name and ports: the old container must go before its replacement starts.
       { parent: this, provider: args.provider, deleteBeforeReplace: true },
     );
@@ -156,4 +139,16 @@ export class DevContainer extends pulumi.ComponentResource {
     );
     this.registerOutputs({ containerName: this.containerName, databaseUrl: this.databaseUrl });
   }
+}
+
+/** The dev container's volumes and the Docker socket, at the paths its image expects. */
+function devMounts(args: DevContainerArgs): docker.types.input.ContainerVolume[] {
+  return [
+    { volumeName: args.volumes.workspace, containerPath: DEV_MOUNTS.workspace },
+    { volumeName: args.volumes.pgdata, containerPath: DEV_MOUNTS.pgdata },
+    { volumeName: args.volumes.certs, containerPath: DEV_MOUNTS.certs },
+    { volumeName: args.volumes.tls, containerPath: DEV_MOUNTS.tlsState },
+    { volumeName: args.volumes.builds, containerPath: DEV_MOUNTS.builds },
+    { hostPath: args.dockerSocketPath, containerPath: DEV_MOUNTS.dockerSocket },
+  ];
 }

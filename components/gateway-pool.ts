@@ -5,10 +5,10 @@ import { ganymedeFqdn } from '../runtime/naming';
 import type { BundledFile } from './runtime-bundle';
 import {
   NET_ADMIN,
-  RESTART_POLICY,
   STOP_GRACE_SECONDS,
   TUN_DEVICE,
   TYPE_PREFIX,
+  envContainerArgs,
   envNetworkAttachment,
   envVar,
   roleLabels,
@@ -106,27 +106,9 @@ export class GatewayPool extends pulumi.ComponentResource {
       containers.push(
         new docker.Container(
           gw.name,
-          {
-            name: gw.name,
-            image: host.image,
-            hostname: gw.name,
-            restart: RESTART_POLICY,
+          envContainerArgs(gw.name, host.image, {
             labels: roleLabels(args.envName, 'gateway'),
-            envs: [
-              envVar('ENV_NAME', args.envName),
-              envVar('GATEWAY_HTTP_PORT', gw.httpPort),
-              envVar('GATEWAY_VPN_PORT', gw.vpnPort),
-              envVar('GATEWAY_ID', gw.name),
-              secretEnvVar('GATEWAY_TOKEN', token),
-              envVar('GANYMEDE_FQDN', ganymedeFqdn(args.domain)),
-              envVar('DOMAIN', args.domain),
-              // The build server on the gateway's own host (the main one or the host's build mirror).
-              envVar('BUILD_SERVER_URL', host.buildServer.url),
-              // The API server (gateway protocol): on the environment network, or through stage 1.
-              envVar('GANYMEDE_URL', host.ganymedeUrl),
-              envVar('GATEWAY_IDLE_TIMEOUT_MS', args.idleTimeoutSeconds * 1000),
-              envVar('GATEWAY_PUSH_INTERVAL_MS', args.pushIntervalSeconds * 1000),
-            ],
+            envs: gatewayEnv(args, gw, host, token),
             uploads: [{ file: GATEWAY_DEFAULT_APP, content: args.defaultApp.content }],
             // The gateway listens on its published ports inside the container too, so the
             // stage-1 nginx reaches it at <container name>:httpPort on the environment
@@ -143,7 +125,7 @@ export class GatewayPool extends pulumi.ComponentResource {
             // no published build yet, and gateways announce readiness via /gateway/ready.
             healthcheck: tcpHealthcheck([gw.httpPort], { startPeriod: '60s' }),
             destroyGraceSeconds: STOP_GRACE_SECONDS,
-          },
+          }),
           {
             parent: this,
             provider: host.provider,
@@ -158,4 +140,23 @@ export class GatewayPool extends pulumi.ComponentResource {
     this.registrationTokens = pulumi.secret(pulumi.all(tokens));
     this.registerOutputs({ containerNames: this.containerNames });
   }
+}
+
+/** One gateway's environment (its token as a secret). */
+function gatewayEnv(args: GatewayPoolArgs, gw: GatewayPoolArgs['members'][number], host: GatewayPoolArgs['hosts'][string], token: pulumi.Output<string>): pulumi.Output<string>[] {
+  return [
+    envVar('ENV_NAME', args.envName),
+    envVar('GATEWAY_HTTP_PORT', gw.httpPort),
+    envVar('GATEWAY_VPN_PORT', gw.vpnPort),
+    envVar('GATEWAY_ID', gw.name),
+    secretEnvVar('GATEWAY_TOKEN', token),
+    envVar('GANYMEDE_FQDN', ganymedeFqdn(args.domain)),
+    envVar('DOMAIN', args.domain),
+    // The build server on the gateway's own host (the main one or the host's build mirror).
+    envVar('BUILD_SERVER_URL', host.buildServer.url),
+    // The API server (gateway protocol): on the environment network, or through stage 1.
+    envVar('GANYMEDE_URL', host.ganymedeUrl),
+    envVar('GATEWAY_IDLE_TIMEOUT_MS', args.idleTimeoutSeconds * 1000),
+    envVar('GATEWAY_PUSH_INTERVAL_MS', args.pushIntervalSeconds * 1000),
+  ];
 }

@@ -13,7 +13,17 @@ import {
   zoneSoaContent,
 } from '../runtime/naming';
 import { ZONE_WRITE_SETTINGS } from '../runtime/powerdns-client';
-import { RESTART_POLICY, STOP_GRACE_SECONDS, TYPE_PREFIX, envNetworkAttachment, envVar, roleLabels, secretEnvVar, tcpHealthcheck } from './common';
+import {
+  type EnvContainerBaseArgs,
+  STOP_GRACE_SECONDS,
+  TYPE_PREFIX,
+  envContainerArgs,
+  envNetworkAttachment,
+  envVar,
+  roleLabels,
+  secretEnvVar,
+  tcpHealthcheck,
+} from './common';
 import { DATABASES } from './dev-container';
 
 /** The zone's name server (NS and SOA MNAME), `ns1.<domain>`. */
@@ -118,13 +128,7 @@ code=$(pdns PATCH "/zones/$ZONE" "{\\"rrsets\\":[$rrsets]}")
 case "$code" in 204|404) echo "removed records of $ZONE";; *) fail "PATCH /zones/$ZONE" "$code";; esac
 `;
 
-export interface PowerDnsArgs {
-  envName: string;
-  domain: string;
-  publicIp: string;
-  provider: docker.Provider;
-  image: pulumi.Input<string>;
-  networkName: pulumi.Input<string>;
+export interface PowerDnsArgs extends EnvContainerBaseArgs {
   /** The dev container, whose PostgreSQL (database `pdns`) is the gpgsql backend. */
   database: pulumi.Resource;
   /** Secret password of role `pdns`. */
@@ -171,11 +175,7 @@ export class PowerDns extends pulumi.ComponentResource {
 
     this.container = new docker.Container(
       name,
-      {
-        name: containerName,
-        image: args.image,
-        hostname: containerName,
-        restart: RESTART_POLICY,
+      envContainerArgs(containerName, args.image, {
         labels: roleLabels(args.envName, 'pdns'),
         envs: [
           secretEnvVar('PDNS_API_KEY', this.apiKey),
@@ -198,49 +198,39 @@ export class PowerDns extends pulumi.ComponentResource {
         wait: true,
         waitTimeout: 180,
         destroyGraceSeconds: STOP_GRACE_SECONDS,
-      },
+      }),
       { parent: this, provider: args.provider, deleteBeforeReplace: true, dependsOn: [args.database] },
     );
 
-    // Only PDNS_API_KEY is secret (a secret Output): the rest stays readable in diffs.
-    const environment: Record<string, pulumi.Input<string>> = {
-      PDNS_API_URL: args.adminUrl,
-      PDNS_API_KEY: this.apiKey,
-      ZONE: this.zone,
-      NAMESERVER: absolute(nameServerFqdn(args.domain)),
-      PUBLIC_IP: args.publicIp,
-      A_RECORDS: [this.zone, absolute(ganymedeFqdn(args.domain)), absolute(nameServerFqdn(args.domain))].join(' '),
-      WILDCARD_NAME: absolute(`*.${args.domain}`),
-      WILDCARD: String(args.wildcard),
-      SOA_CONTENT: soaContent(args.domain),
-      SOA_TTL: String(DNS_TIMING.soaTtlSeconds),
-      ZONE_SETTINGS: JSON.stringify(ZONE_WRITE_SETTINGS),
-    };
+    const environment = zoneScriptEnvironment(args, this.zone, this.apiKey);
 
     // A new zone name replaces (create the new, delete the old); other changes re-run create.
-    this.zoneCommand = new command.local.Command(
-      `${name}-zone`,
-      {
-        create: ZONE_CREATE_SCRIPT,
-        delete: ZONE_DELETE_SCRIPT,
-        interpreter: ['/bin/bash', '-c'],
-        environment,
-        triggers: [this.zone],
-      },
-      { parent: this, dependsOn: [this.container] },
-    );
-    this.recordsCommand = new command.local.Command(
-      `${name}-records`,
-      {
-        create: RECORDS_CREATE_SCRIPT,
-        delete: RECORDS_DELETE_SCRIPT,
-        interpreter: ['/bin/bash', '-c'],
-        environment,
-        triggers: [this.zone],
-      },
-      { parent: this, dependsOn: [this.zoneCommand] },
-    );
+    const script = (suffix: string, create: string, del: string, after: pulumi.Resource): command.local.Command =>
+      new command.local.Command(
+        `${name}-${suffix}`,
+        { create, delete: del, interpreter: ['/bin/bash', '-c'], environment, triggers: [this.zone] },
+        { parent: this, dependsOn: [after] },
+      );
+    this.zoneCommand = script('zone', ZONE_CREATE_SCRIPT, ZONE_DELETE_SCRIPT, this.container);
+    this.recordsCommand = script('records', RECORDS_CREATE_SCRIPT, RECORDS_DELETE_SCRIPT, this.zoneCommand);
 
     this.registerOutputs({ apiUrl: this.apiUrl, apiKey: this.apiKey, zone: this.zone });
   }
+}
+
+/** What the zone and record scripts read; only PDNS_API_KEY is secret (a secret Output), the rest stays readable in diffs. */
+function zoneScriptEnvironment(args: PowerDnsArgs, zone: string, apiKey: pulumi.Output<string>): Record<string, pulumi.Input<string>> {
+  return {
+    PDNS_API_URL: args.adminUrl,
+    PDNS_API_KEY: apiKey,
+    ZONE: zone,
+    NAMESERVER: absolute(nameServerFqdn(args.domain)),
+    PUBLIC_IP: args.publicIp,
+    A_RECORDS: [zone, absolute(ganymedeFqdn(args.domain)), absolute(nameServerFqdn(args.domain))].join(' '),
+    WILDCARD_NAME: absolute(`*.${args.domain}`),
+    WILDCARD: String(args.wildcard),
+    SOA_CONTENT: soaContent(args.domain),
+    SOA_TTL: String(DNS_TIMING.soaTtlSeconds),
+    ZONE_SETTINGS: JSON.stringify(ZONE_WRITE_SETTINGS),
+  };
 }

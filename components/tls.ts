@@ -4,7 +4,7 @@ import * as random from '@pulumi/random';
 import * as command from '@pulumi/command';
 import type { TlsConfig } from '../stack/config';
 import { PORTS, powerDnsContainerName, tlsRenewerContainerName } from '../runtime/naming';
-import { RESTART_POLICY, STOP_GRACE_SECONDS, TYPE_PREFIX, envNetworkAttachment, envVar, roleLabels, secretEnvVar } from './common';
+import { STOP_GRACE_SECONDS, TYPE_PREFIX, type EnvContainerBaseArgs, envContainerArgs, envNetworkAttachment, envVar, roleLabels, secretEnvVar } from './common';
 import type { BundledFile } from './runtime-bundle';
 
 /** Where the renewal CLI (one esbuild bundle) is uploaded in the renewer container. */
@@ -45,14 +45,10 @@ export type TlsRuntimeSettings =
   /** `new AcmeIssuer({ directoryUrl, email, stateDir, resolvers, dns: { apiUrl: powerDnsApiUrl, apiKey: powerDnsApiKey, zone: domain } })` */
   | { issuer: 'acme'; directoryUrl: string; email: string; stateDir: string; resolvers: string[] };
 
-export interface TlsArgs {
-  envName: string;
-  domain: string;
+export interface TlsArgs extends Omit<EnvContainerBaseArgs, 'publicIp'> {
   tls: TlsConfig;
-  provider: docker.Provider;
   /** The dev image (Node.js 20, mkcert, lego, docker CLI): the renewer runs from it. */
   image: pulumi.Input<string>;
-  networkName: pulumi.Input<string>;
   volumes: { certs: pulumi.Input<string>; tls: pulumi.Input<string> };
   /** The dev container, whose nginx serves the certificate (and is reloaded through the Docker socket). */
   devContainer: { name: pulumi.Input<string>; resource: pulumi.Resource };
@@ -126,44 +122,12 @@ export class Tls extends pulumi.ComponentResource {
     this.orgCertificateKey = pulumi.secret(orgKey.base64);
 
     const containerName = tlsRenewerContainerName(args.envName);
-    const envs: pulumi.Input<string>[] = [
-      envVar('DOMAIN', args.domain),
-      envVar('TLS_CERT_PATH', args.certPath),
-      envVar('TLS_KEY_PATH', args.keyPath),
-      envVar('TLS_RENEW_BEFORE_DAYS', tls.renewBeforeDays),
-      envVar('TLS_RENEW_INTERVAL_SECONDS', RENEW_CHECK_INTERVAL_SECONDS),
-      envVar('NGINX_CONTAINER', args.devContainer.name),
-      pulumi.interpolate`TLS_PROBE=${args.devContainer.name}:${PORTS.stage1Https}`,
-      // nginx's workers (www-data in the dev image, the same image here) load keys per handshake for per-org certificates.
-      envVar('TLS_KEY_OWNER', NGINX_WORKER_USER),
-    ];
-    const dependsOn: pulumi.Resource[] = [args.devContainer.resource];
-    if (tls.mode === 'mkcert') {
-      envs.push(envVar('TLS_ISSUER', 'mkcert'), envVar('MKCERT_CAROOT', DEV_CA_DIR));
-    } else {
-      if (args.powerDns === undefined) throw new Error('Tls: letsencrypt mode needs the PowerDNS API');
-      envs.push(
-        envVar('TLS_ISSUER', 'acme'),
-        envVar('ACME_DIRECTORY', tls.acmeDirectory),
-        envVar('ACME_EMAIL', tls.acmeEmail),
-        envVar('ACME_STATE_DIR', ACME_STATE_DIR),
-        envVar('PDNS_API_URL', args.powerDns.apiUrl),
-        secretEnvVar('PDNS_API_KEY', args.powerDns.apiKey),
-        envVar('PDNS_ZONE', args.domain),
-        // lego checks the TXT records at our PowerDNS itself (the CA asks it too, via the delegation).
-        envVar('DNS_RESOLVERS', resolvers.join(',')),
-      );
-      dependsOn.push(...args.powerDns.ready);
-    }
+    const { envs, dependsOn } = renewerEnvironment(args, tls, resolvers);
 
     this.renewerCode.push(args.renewCli);
     this.renewer = new docker.Container(
       `${name}-renewer`,
-      {
-        name: containerName,
-        image: args.image,
-        hostname: containerName,
-        restart: RESTART_POLICY,
+      envContainerArgs(containerName, args.image, {
         labels: roleLabels(args.envName, 'tls-renewer'),
         // The dev image's own entrypoint starts PostgreSQL and nginx: not here.
         entrypoints: ['/usr/bin/tini', '--'],
@@ -188,24 +152,61 @@ export class Tls extends pulumi.ComponentResource {
         wait: true,
         waitTimeout: 900,
         destroyGraceSeconds: STOP_GRACE_SECONDS,
-      },
+      }),
       { parent: this, provider: args.provider, deleteBeforeReplace: true, dependsOn },
     );
 
-    if (tls.mode === 'mkcert') {
-      const exportCa = new command.local.Command(
-        `${name}-dev-ca`,
-        {
-          create: CA_EXPORT_SCRIPT,
-          interpreter: ['/bin/bash', '-c'],
-          environment: { CONTAINER: this.renewer.name, CA_FILE: `${DEV_CA_DIR}/rootCA.pem`, DEMIURGE_DOCKER_HOST: args.dockerHost ?? '' },
-          // A new renewer (new code or image) re-reads it; the CA itself never changes (protected volume).
-          triggers: [this.renewer.id],
-        },
-        { parent: this, dependsOn: [this.renewer] },
-      );
-      this.caCertificate = exportCa.stdout;
-    }
+    if (tls.mode === 'mkcert') this.caCertificate = this.exportDevCa(name, this.renewer, args.dockerHost);
     this.registerOutputs({ mode: this.mode, caCertificate: this.caCertificate, orgCertificateKey: this.orgCertificateKey });
   }
+
+  /** mkcert: the dev CA's certificate, read out of the renewer once it runs. */
+  private exportDevCa(name: string, renewer: docker.Container, dockerHost: TlsArgs['dockerHost']): pulumi.Output<string> {
+    const exportCa = new command.local.Command(
+      `${name}-dev-ca`,
+      {
+        create: CA_EXPORT_SCRIPT,
+        interpreter: ['/bin/bash', '-c'],
+        environment: { CONTAINER: renewer.name, CA_FILE: `${DEV_CA_DIR}/rootCA.pem`, DEMIURGE_DOCKER_HOST: dockerHost ?? '' },
+        // A new renewer (new code or image) re-reads it; the CA itself never changes (protected volume).
+        triggers: [renewer.id],
+      },
+      { parent: this, dependsOn: [renewer] },
+    );
+    return exportCa.stdout;
+  }
+}
+
+/** The renewer's environment (mkcert or ACME through our PowerDNS) and what it must wait for. */
+function renewerEnvironment(args: TlsArgs, tls: Exclude<TlsConfig, { mode: 'none' }>, resolvers: string[]): { envs: pulumi.Input<string>[]; dependsOn: pulumi.Resource[] } {
+  const envs: pulumi.Input<string>[] = [
+    envVar('DOMAIN', args.domain),
+    envVar('TLS_CERT_PATH', args.certPath),
+    envVar('TLS_KEY_PATH', args.keyPath),
+    envVar('TLS_RENEW_BEFORE_DAYS', tls.renewBeforeDays),
+    envVar('TLS_RENEW_INTERVAL_SECONDS', RENEW_CHECK_INTERVAL_SECONDS),
+    envVar('NGINX_CONTAINER', args.devContainer.name),
+    pulumi.interpolate`TLS_PROBE=${args.devContainer.name}:${PORTS.stage1Https}`,
+    // nginx's workers (www-data in the dev image, the same image here) load keys per handshake for per-org certificates.
+    envVar('TLS_KEY_OWNER', NGINX_WORKER_USER),
+  ];
+  const dependsOn: pulumi.Resource[] = [args.devContainer.resource];
+  if (tls.mode === 'mkcert') {
+    envs.push(envVar('TLS_ISSUER', 'mkcert'), envVar('MKCERT_CAROOT', DEV_CA_DIR));
+  } else {
+    if (args.powerDns === undefined) throw new Error('Tls: letsencrypt mode needs the PowerDNS API');
+    envs.push(
+      envVar('TLS_ISSUER', 'acme'),
+      envVar('ACME_DIRECTORY', tls.acmeDirectory),
+      envVar('ACME_EMAIL', tls.acmeEmail),
+      envVar('ACME_STATE_DIR', ACME_STATE_DIR),
+      envVar('PDNS_API_URL', args.powerDns.apiUrl),
+      secretEnvVar('PDNS_API_KEY', args.powerDns.apiKey),
+      envVar('PDNS_ZONE', args.domain),
+      // lego checks the TXT records at our PowerDNS itself (the CA asks it too, via the delegation).
+      envVar('DNS_RESOLVERS', resolvers.join(',')),
+    );
+    dependsOn.push(...args.powerDns.ready);
+  }
+  return { envs, dependsOn };
 }

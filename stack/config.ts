@@ -13,335 +13,48 @@
  * What involves several keys (pool size against the port ranges, TLS mode
  * against its settings, naming against the wildcard record…) is a named rule
  * in RULES, run after every field was read.
+ *
+ * Parts: the types (config-types.ts), the field kinds (config-field-kinds.ts),
+ * the rules and the problem collector (config-rules.ts), the gateway hosts list
+ * (config-gateway-hosts.ts).
  */
 import * as pulumi from '@pulumi/pulumi';
-import { PORTS, USER_CONTAINER_NAMINGS, type UserContainerNaming, isValidDomain, isValidEnvName, isValidIpv4, portRange } from '../runtime/naming';
+import { PORTS, USER_CONTAINER_NAMINGS, isValidDomain, isValidEnvName, isValidIpv4, portRange } from '../runtime/naming';
 import { parseGatewayHosts } from './config-gateway-hosts';
+import { Collector, RULES, gatewayHostsOf, poolSizeOf, quote, tlsConfigOf, type Derived } from './config-rules';
+import type { ConfigKey, FieldValues, ImageKey, ImageSource, ParseOptions, RawConfig, StackConfig } from './config-types';
+import {
+  DEFAULT_GATEWAY_IDLE_TIMEOUT_SECONDS,
+  DEFAULT_GATEWAY_PUSH_INTERVAL_SECONDS,
+  DEFAULT_TLS_RENEW_BEFORE_DAYS,
+  GANYMEDE_MODES,
+  IMAGE_KEYS,
+  LETSENCRYPT_DIRECTORY,
+  PROJECT,
+  StackConfigError,
+  TLS_MODES,
+} from './config-types';
+import {
+  DOCKER_HOST_RE,
+  EMAIL_RE,
+  type Field,
+  type FieldContext,
+  type FieldTable,
+  IMAGE_CONFIG_KEYS,
+  INVALID,
+  MAX_DOMAIN_LENGTH,
+  boolField,
+  describeNumberProblem,
+  imageField,
+  intField,
+  isHttpUrl,
+  oneOfField,
+  parseWholeNumber,
+  portField,
+  resolve,
+} from './config-field-kinds';
 
-/** The Pulumi project name (`name:` in Pulumi.yaml) and so the config namespace. */
-export const PROJECT = 'demiurge';
-
-export type TlsMode = 'mkcert' | 'letsencrypt' | 'none';
-export const TLS_MODES: readonly TlsMode[] = ['mkcert', 'letsencrypt', 'none'];
-
-export const LETSENCRYPT_DIRECTORY = 'https://acme-v02.api.letsencrypt.org/directory';
-/** Renew the base certificate when fewer days are left (Let's Encrypt's own advice for 90-day certificates). */
-export const DEFAULT_TLS_RENEW_BEFORE_DAYS = 30;
-
-/** The four images of an environment; the same keys `naming.imageName` accepts. */
-export type ImageKey = 'dev' | 'pdns' | 'build-server' | 'gateway';
-export const IMAGE_KEYS: readonly ImageKey[] = ['dev', 'pdns', 'build-server', 'gateway'];
-
-/** Build context directory (relative to the project directory) of each image. */
-export const IMAGE_CONTEXTS: Readonly<Record<ImageKey, string>> = {
-  dev: 'images/dev',
-  pdns: 'images/powerdns',
-  'build-server': 'images/build-server',
-  gateway: 'images/gateway',
-};
-
-/** embedded: the dev container runs the built-in API server; workspace: the team's own Ganymede serves 127.0.0.1:6000. */
-export type GanymedeMode = 'embedded' | 'workspace';
-export const GANYMEDE_MODES: readonly GanymedeMode[] = ['embedded', 'workspace'];
-/** The seed's idle rule: a gateway with no activity for 5 minutes pushes, stops and is ready again. */
-export const DEFAULT_GATEWAY_IDLE_TIMEOUT_SECONDS = 300;
-export const DEFAULT_GATEWAY_PUSH_INTERVAL_SECONDS = 60;
-
-export type ImageSource =
-  | { kind: 'build'; context: string }
-  | { kind: 'prebuilt'; tag: string };
-
-export type TlsConfig =
-  | { mode: 'none' }
-  | { mode: 'mkcert'; renewBeforeDays: number }
-  | {
-      mode: 'letsencrypt';
-      acmeEmail: string;
-      acmeDirectory: string;
-      renewBeforeDays: number;
-    };
-
-/** Where a slice of the gateway pool runs. */
-export interface GatewayHostConfig {
-  /** DNS label naming this host in resource names (`main` for the main Docker host). */
-  name: string;
-  /** `main` (the environment's own Docker host) or a remote `ssh://` Docker host. */
-  kind: 'main' | 'ssh';
-  /** Docker host URL for `ssh` hosts. */
-  dockerHost?: string;
-  /** Address at which the stage-1 nginx reaches this host's published gateway ports (`ssh` hosts). */
-  ip?: string;
-  poolSize: number;
-  /** Index of the first gateway on this host; indices are global across hosts. */
-  firstIndex: number;
-}
-
-export interface StackConfig {
-  project: string;
-  envName: string;
-  domain: string;
-  publicIp: string;
-  /** Total number of gateways (sum over `gatewayHosts`). */
-  gatewayPoolSize: number;
-  gatewayHttpPortBase: number;
-  gatewayVpnPortBase: number;
-  /** Ports reserved for the pool from each base: [base, base + size - 1]. */
-  gatewayPortRangeSize: number;
-  /** Always non-empty; a single `main` entry unless `gatewayHosts` is set. */
-  gatewayHosts: GatewayHostConfig[];
-  /** Host ports the dev container's stage-1 nginx is published on (it listens on 80/443 inside). */
-  stage1HttpPort: number;
-  stage1HttpsPort: number;
-  dnsPort: number;
-  dnsBindIp: string;
-  dnsWildcard: boolean;
-  /**
-   * nested: `uc-<id>.org-<uuid>.<domain>`, one certificate per organization;
-   * flat: `uc-<id>--org-<uuid>.<domain>`, covered by the base wildcard.
-   */
-  userContainerNaming: UserContainerNaming;
-  powerDnsApiHostPort: number;
-  powerDnsAdminUrl: string;
-  tls: TlsConfig;
-  images: Record<ImageKey, ImageSource>;
-  /** Docker host of the environment (dev, pdns, build server); undefined = the local default. */
-  dockerHost?: string;
-  dockerSocketPath: string;
-  retainDataVolumes: boolean;
-  /** Who serves the API at 127.0.0.1:6000 in the dev container (ganymede.<domain>). */
-  ganymede: GanymedeMode;
-  /** Gateways release themselves after this many seconds without activity (GATEWAY_IDLE_TIMEOUT_MS). */
-  gatewayIdleTimeoutSeconds: number;
-  /** Gateways push their organization's data this often while allocated (GATEWAY_PUSH_INTERVAL_MS). */
-  gatewayPushIntervalSeconds: number;
-}
-
-export type ConfigKey = keyof FieldValues;
-
-export interface ConfigIssue {
-  /** Bare key, e.g. `gatewayPoolSize`. */
-  key: string;
-  /** Namespaced key, e.g. `demiurge:gatewayPoolSize`. */
-  fullKey: string;
-  problem: string;
-  fix: string;
-}
-
-export class StackConfigError extends Error {
-  readonly issues: readonly ConfigIssue[];
-  constructor(project: string, issues: readonly ConfigIssue[]) {
-    const lines = issues.map((i) => `  - ${i.fullKey}: ${i.problem} Fix: ${i.fix}`);
-    super(
-      `Invalid stack configuration for project "${project}" ` +
-        `(${issues.length} problem${issues.length === 1 ? '' : 's'}); no resources were declared:\n` +
-        lines.join('\n'),
-    );
-    this.name = 'StackConfigError';
-    this.issues = issues;
-  }
-}
-
-export interface ParseOptions {
-  /** Config namespace used in messages; defaults to PROJECT. */
-  project?: string;
-  /** Default for `envName` (loadStackConfig passes the stack name). */
-  defaultEnvName?: string;
-}
-
-export type RawConfig = Readonly<Record<string, string | undefined>>;
-
-// ------------------------------------------------------------------ helpers
-
-const EMAIL_RE = /^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$/;
-/** docker reference: [registry[:port]/]repo[/repo...][:tag][@sha256:digest] */
-const IMAGE_REF_RE =
-  /^(?:[a-zA-Z0-9](?:[a-zA-Z0-9.-]*[a-zA-Z0-9])?(?::[0-9]{1,5})?\/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:\/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?$/;
-const DOCKER_HOST_RE = /^(unix:\/\/\/\S+|tcp:\/\/\S+:[0-9]{1,5}|ssh:\/\/\S+)$/;
-/** `uc-<uuid>.org-<uuid>.` is 81 characters; a DNS name is at most 253. */
-const MAX_DOMAIN_LENGTH = 253 - 81;
-
-function quote(v: string): string {
-  return JSON.stringify(v);
-}
-
-class Collector {
-  readonly issues: ConfigIssue[] = [];
-  constructor(private readonly project: string) {}
-  full(key: string): string {
-    return `${this.project}:${key}`;
-  }
-  add(key: string, problem: string, fix: string): void {
-    this.issues.push({ key, fullKey: this.full(key), problem, fix });
-  }
-  setFix(key: string, value: string): string {
-    return `pulumi config set ${this.full(key)} ${value}`;
-  }
-}
-
-function parseWholeNumber(v: string): number | undefined {
-  return /^(0|[1-9][0-9]{0,8})$/.test(v) ? Number(v) : undefined;
-}
-
-function describeNumberProblem(v: string): string {
-  if (/^\s*-/.test(v)) return `must not be negative, got ${quote(v)}.`;
-  return `must be a whole number, got ${quote(v)}.`;
-}
-
-function rangesOverlap(a: [number, number], b: [number, number]): boolean {
-  return a[0] <= b[1] && b[0] <= a[1];
-}
-
-function fmtRange(r: [number, number]): string {
-  return `${r[0]}-${r[1]}`;
-}
-
-function isHttpUrl(v: string): boolean {
-  try {
-    const u = new URL(v);
-    return (u.protocol === 'http:' || u.protocol === 'https:') && u.username === '' && u.password === '' && u.hostname !== '';
-  } catch {
-    return false;
-  }
-}
-
-// ------------------------------------------------------------------ fields
-
-/** The value of every key after reading it on its own (before the cross-field rules). */
-interface FieldValues {
-  envName: string;
-  domain: string;
-  publicIp: string;
-  /** undefined: unset (or invalid), the pool size then comes from gatewayHosts or defaults to 3. */
-  gatewayPoolSize: number | undefined;
-  gatewayHttpPortBase: number;
-  gatewayVpnPortBase: number;
-  gatewayPortRangeSize: number;
-  /** undefined: unset; [] when the JSON itself is unusable. */
-  gatewayHosts: GatewayHostConfig[] | undefined;
-  stage1HttpPort: number;
-  stage1HttpsPort: number;
-  dnsPort: number;
-  dnsBindIp: string;
-  dnsWildcard: boolean;
-  powerDnsApiHostPort: number;
-  powerDnsAdminUrl: string;
-  tlsMode: TlsMode;
-  acmeEmail: string;
-  acmeDirectory: string;
-  tlsRenewBeforeDays: number;
-  userContainerNaming: UserContainerNaming;
-  devImage: ImageSource;
-  powerDnsImage: ImageSource;
-  buildServerImage: ImageSource;
-  gatewayImage: ImageSource;
-  dockerHost: string | undefined;
-  dockerSocketPath: string;
-  retainDataVolumes: boolean;
-  ganymede: GanymedeMode;
-  gatewayIdleTimeoutSeconds: number;
-  gatewayPushIntervalSeconds: number;
-}
-
-const INVALID = Symbol('invalid');
-
-/** What a field's functions see while FIELDS is read in order. */
-interface FieldContext {
-  /** The fields listed above this one in FIELDS, already read (later ones are not set yet). */
-  readonly values: Readonly<FieldValues>;
-  readonly options: ParseOptions;
-  /** The raw value of any key ('' counts as unset). */
-  raw(key: ConfigKey): string | undefined;
-  full(key: ConfigKey): string;
-  /** Records a problem with the field being read; `fix` defaults to setting its example. */
-  fail(problem: string, fix?: string): typeof INVALID;
-  /** `pulumi config set <project>:<key> <value>`. */
-  setFix(key: ConfigKey, value: string): string;
-}
-
-type Dynamic<T> = T | ((ctx: FieldContext) => T);
-
-interface Field<T> {
-  /** The default as the README's configuration reference shows it (CONFIG_KEYS). */
-  doc: string;
-  /** Raw value parsed when the key is unset; undefined: the key stays unset. */
-  rawDefault?: Dynamic<string | undefined>;
-  /** When unset without a default: the problem, and the example of its fix if it differs. */
-  required?: { problem: Dynamic<string>; example?: string };
-  /** The value `pulumi config set` fixes suggest. */
-  example?: Dynamic<string>;
-  /** Reads one value; on a problem returns `ctx.fail(...)`. */
-  parse: (value: string, ctx: FieldContext) => T | typeof INVALID;
-  /** The value when unset without a default, or invalid (rules still run on it; an invalid config declares nothing). */
-  fallback: T;
-  /** The key is read only when this holds (e.g. ACME settings only with tlsMode letsencrypt). */
-  when?: (ctx: FieldContext) => boolean;
-}
-
-type FieldTable = { [K in ConfigKey]: Field<FieldValues[K]> };
-
-function resolve<T>(d: Dynamic<T>, ctx: FieldContext): T {
-  return typeof d === 'function' ? (d as (ctx: FieldContext) => T)(ctx) : d;
-}
-
-function wholeNumber(min: number, max: number): Field<number>['parse'] {
-  return (v, ctx) => {
-    const n = parseWholeNumber(v);
-    if (n === undefined) return ctx.fail(describeNumberProblem(v));
-    if (n < min || n > max) return ctx.fail(`must be between ${min} and ${max}, got ${n}.`);
-    return n;
-  };
-}
-
-/** A whole number with a default, suggested as the fix. */
-function intField(dflt: number, min: number, max: number): Field<number> {
-  return { doc: String(dflt), rawDefault: String(dflt), example: String(dflt), parse: wholeNumber(min, max), fallback: dflt };
-}
-
-function portField(dflt: number): Field<number> {
-  return intField(dflt, 1, 65535);
-}
-
-function boolField(dflt: Dynamic<string>, doc: string): Field<boolean> {
-  return {
-    doc,
-    rawDefault: dflt,
-    example: dflt,
-    parse: (v, ctx) => (v === 'true' ? true : v === 'false' ? false : ctx.fail(`must be true or false, got ${quote(v)}.`)),
-    fallback: false,
-  };
-}
-
-function oneOfField<T extends string>(choices: readonly T[], dflt: T, example: string): Field<T> {
-  return {
-    doc: dflt,
-    rawDefault: dflt,
-    example,
-    parse: (v, ctx) => ((choices as readonly string[]).includes(v) ? (v as T) : ctx.fail(`must be one of ${choices.join(', ')}, got ${quote(v)}.`)),
-    fallback: dflt,
-  };
-}
-
-function imageField(image: ImageKey): Field<ImageSource> {
-  const build: ImageSource = { kind: 'build', context: IMAGE_CONTEXTS[image] };
-  return {
-    doc: `(unset: build ${IMAGE_CONTEXTS[image]})`,
-    parse: (tag, ctx) =>
-      IMAGE_REF_RE.test(tag)
-        ? { kind: 'prebuilt', tag }
-        : ctx.fail(
-            `must be a Docker image reference such as registry.example.com/demiurge/${image}:1.2.3, got ${quote(tag)}.`,
-            `fix the tag, or pulumi config rm ${ctx.full(IMAGE_CONFIG_KEYS[image])} to build ${IMAGE_CONTEXTS[image]}.`,
-          ),
-    fallback: build,
-  };
-}
-
-const IMAGE_CONFIG_KEYS = {
-  dev: 'devImage',
-  pdns: 'powerDnsImage',
-  'build-server': 'buildServerImage',
-  gateway: 'gatewayImage',
-} as const satisfies Readonly<Record<ImageKey, ConfigKey>>;
+export * from './config-types';
 
 const GATEWAY_HOSTS_EXAMPLE =
   `'[{"name":"main","host":"main","poolSize":4},{"name":"gw-b","host":"ssh://deploy@203.0.113.12","poolSize":6}]'`;
@@ -521,144 +234,6 @@ function readField(field: Field<unknown>, key: ConfigKey, ctx: FieldContext, c: 
   const dflt = field.rawDefault === undefined ? undefined : resolve(field.rawDefault, ctx);
   const again = dflt === undefined || dflt === value ? INVALID : field.parse(dflt, ctx);
   return again === INVALID ? field.fallback : again;
-}
-
-// ------------------------------------------------------------------ rules
-
-/** The fields plus what the rules derive from several of them. */
-interface Derived {
-  raw: RawConfig;
-  v: FieldValues;
-  gatewayHosts: GatewayHostConfig[];
-  httpRange: [number, number];
-  vpnRange: [number, number];
-}
-
-type Rule = (d: Derived, c: Collector) => void;
-
-/** The gateway hosts: the configured list, or every gateway on the main host. */
-function gatewayHostsOf(raw: RawConfig, v: FieldValues): GatewayHostConfig[] {
-  if (v.gatewayHosts === undefined) {
-    // An invalid gatewayPoolSize (reported) still lets the rules run on one gateway.
-    const n = v.gatewayPoolSize ?? (raw.gatewayPoolSize === undefined || raw.gatewayPoolSize === '' ? 3 : 1);
-    return [{ name: 'main', kind: 'main', poolSize: n, firstIndex: 0 }];
-  }
-  if (v.gatewayHosts.length === 0) return [{ name: 'main', kind: 'main', poolSize: v.gatewayPoolSize ?? 1, firstIndex: 0 }];
-  return v.gatewayHosts;
-}
-
-function poolSizeOf(hosts: readonly GatewayHostConfig[]): number {
-  return hosts.reduce((s, h) => s + h.poolSize, 0);
-}
-
-/** gatewayPoolSize, when set next to gatewayHosts, must be their sum. */
-const poolSizeMatchesHosts: Rule = ({ v }, c) => {
-  if (v.gatewayHosts === undefined || v.gatewayHosts.length === 0 || v.gatewayPoolSize === undefined) return;
-  const sum = poolSizeOf(v.gatewayHosts);
-  if (sum === v.gatewayPoolSize) return;
-  c.add(
-    'gatewayPoolSize',
-    `is ${v.gatewayPoolSize} but the poolSize values in ${c.full('gatewayHosts')} add up to ${sum}.`,
-    `make them agree: ${c.setFix('gatewayPoolSize', String(sum))} or change the per-host pool sizes.`,
-  );
-};
-
-const portRangesEndBelow65536: Rule = ({ httpRange, vpnRange }, c) => {
-  for (const [key, range] of [
-    ['gatewayHttpPortBase', httpRange],
-    ['gatewayVpnPortBase', vpnRange],
-  ] as const) {
-    if (range[1] > 65535) c.add(key, `range ${fmtRange(range)} (base + gatewayPortRangeSize) ends above 65535.`, 'lower the base or gatewayPortRangeSize.');
-  }
-};
-
-/** Every gateway index needs a port in each range. */
-const poolFitsPortRange: Rule = ({ raw, v, gatewayHosts, httpRange, vpnRange }, c) => {
-  const highestIndex = Math.max(...gatewayHosts.map((h) => h.firstIndex + h.poolSize - 1));
-  if (highestIndex + 1 <= v.gatewayPortRangeSize) return;
-  const hostsSet = raw.gatewayHosts !== undefined && raw.gatewayHosts !== '';
-  const key = hostsSet && v.gatewayPoolSize === undefined ? 'gatewayHosts' : 'gatewayPoolSize';
-  c.add(
-    key,
-    `needs gateway indices 0-${highestIndex} but gatewayPortRangeSize reserves only ${v.gatewayPortRangeSize} ports per range ` +
-      `(HTTP ${fmtRange(httpRange)}, VPN ${fmtRange(vpnRange)}).`,
-    `lower the pool or raise the range: ${c.setFix('gatewayPortRangeSize', String(highestIndex + 1))} (keep ranges of stacks on one host disjoint).`,
-  );
-};
-
-const portRangesDisjoint: Rule = ({ httpRange, vpnRange }, c) => {
-  if (!rangesOverlap(httpRange, vpnRange)) return;
-  c.add(
-    'gatewayVpnPortBase',
-    `VPN range ${fmtRange(vpnRange)} overlaps the HTTP range ${fmtRange(httpRange)} (${c.full('gatewayHttpPortBase')}).`,
-    c.setFix('gatewayVpnPortBase', String(PORTS.defaultGatewayVpnBase)),
-  );
-};
-
-/** The gateway ranges must not contain the stage-1, DNS or PowerDNS API ports. */
-const portRangesAvoidFixedPorts: Rule = ({ v, httpRange, vpnRange }, c) => {
-  const fixed: { port: number; what: string }[] = [
-    { port: v.stage1HttpPort, what: `stage-1 HTTP (${c.full('stage1HttpPort')})` },
-    { port: v.stage1HttpsPort, what: `stage-1 HTTPS (${c.full('stage1HttpsPort')})` },
-    { port: v.dnsPort, what: `DNS (${c.full('dnsPort')})` },
-    { port: v.powerDnsApiHostPort, what: `PowerDNS API (${c.full('powerDnsApiHostPort')})` },
-  ].filter((f) => f.port !== 0);
-  for (const [key, range] of [
-    ['gatewayHttpPortBase', httpRange],
-    ['gatewayVpnPortBase', vpnRange],
-  ] as const) {
-    for (const f of fixed) {
-      if (f.port >= range[0] && f.port <= range[1]) {
-        c.add(key, `range ${fmtRange(range)} contains port ${f.port}, used by ${f.what}.`, 'move the base so the range avoids the stage-1 ports, the DNS port and the PowerDNS API port.');
-      }
-    }
-  }
-};
-
-/** Stage-1 HTTP, HTTPS, DNS and the PowerDNS API are published on distinct host ports. */
-const fixedPortsDistinct: Rule = ({ v }, c) => {
-  const { stage1HttpPort: http, stage1HttpsPort: https, dnsPort: dns, powerDnsApiHostPort: api } = v;
-  if (http === https) {
-    c.add('stage1HttpsPort', `must differ from ${c.full('stage1HttpPort')} (${http}).`, c.setFix('stage1HttpsPort', String(PORTS.stage1Https)));
-  }
-  if (dns === http || dns === https) {
-    c.add('dnsPort', `must not be ${dns} (used by the stage-1 nginx).`, c.setFix('dnsPort', '53'));
-  }
-  if (api !== 0 && (api === http || api === https || api === dns)) {
-    c.add('powerDnsApiHostPort', `must not be ${api} (used by the stage-1 nginx or DNS).`, c.setFix('powerDnsApiHostPort', '8081'));
-  }
-};
-
-/** uc-<id>--org-<uuid>.<domain> names resolve only through the *.<domain> record. */
-const flatNamingNeedsWildcard: Rule = ({ v }, c) => {
-  if (v.userContainerNaming !== 'flat' || v.dnsWildcard) return;
-  c.add(
-    'dnsWildcard',
-    `is false, but ${c.full('userContainerNaming')} is flat: uc-<id>--org-<uuid>.${v.domain} names resolve only through the *.${v.domain} record.`,
-    `pulumi config rm ${c.full('dnsWildcard')} (flat turns it on) or ${c.setFix('userContainerNaming', 'nested')}.`,
-  );
-};
-
-/**
- * The rules between keys. Rules between a TLS mode and its settings are the
- * `when`/`required` of the ACME fields; ganymede mode has no dependent key yet.
- */
-const RULES: readonly Rule[] = [
-  poolSizeMatchesHosts,
-  portRangesEndBelow65536,
-  poolFitsPortRange,
-  portRangesDisjoint,
-  portRangesAvoidFixedPorts,
-  fixedPortsDistinct,
-  flatNamingNeedsWildcard,
-];
-
-function tlsConfigOf(v: FieldValues): TlsConfig {
-  if (v.tlsMode === 'mkcert') return { mode: 'mkcert', renewBeforeDays: v.tlsRenewBeforeDays };
-  if (v.tlsMode === 'letsencrypt') {
-    return { mode: 'letsencrypt', acmeEmail: v.acmeEmail, acmeDirectory: v.acmeDirectory, renewBeforeDays: v.tlsRenewBeforeDays };
-  }
-  return { mode: 'none' };
 }
 
 // ------------------------------------------------------------------ parse

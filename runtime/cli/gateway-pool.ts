@@ -10,7 +10,7 @@
  */
 import { promises as fs } from 'fs';
 import { parseArgs } from 'util';
-import { GatewayAllocator, GatewayListing } from '../allocator';
+import { GatewayAllocator, GatewayListing, type GatewayAllocatorOptions } from '../allocator';
 import { AllocatorError, asAllocatorError } from '../errors';
 import { certificatesFromConfig } from '../config/allocator-options';
 import { loadRuntimeConfig } from '../config/load';
@@ -132,6 +132,65 @@ function exitCodeOf(err: AllocatorError): number {
   return EXIT.refused;
 }
 
+function parseCommandLine(argv: string[]) {
+  const settingOptions = Object.fromEntries(SETTINGS.map((s) => [s.flag, { type: 'string' as const }]));
+  return parseArgs({
+    args: argv,
+    allowPositionals: true,
+    strict: true,
+    options: {
+      ...settingOptions,
+      json: { type: 'boolean' },
+      verbose: { type: 'boolean' },
+      force: { type: 'boolean' },
+      prune: { type: 'boolean' },
+      file: { type: 'string' },
+      config: { type: 'string' },
+      'max-silence': { type: 'string' },
+      'show-token': { type: 'boolean' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  });
+}
+
+type CliValues = ReturnType<typeof parseCommandLine>['values'];
+
+/** What a command runs with. */
+interface CommandContext {
+  a: GatewayAllocator;
+  command: string;
+  args: string[];
+  values: CliValues;
+  io: Io;
+  runtimeConfig: RuntimeConfig | undefined;
+  opts: GatewayAllocatorOptions;
+  out: (human: string, data: unknown) => void;
+}
+
+/** The allocator for a command: settings from flags, the environment and the runtime config file, in that order. */
+async function openAllocator(values: CliValues, effects: boolean, io: Io): Promise<{ allocator: GatewayAllocator; opts: GatewayAllocatorOptions; runtimeConfig: RuntimeConfig | undefined; ownedCertificates?: { close(): Promise<void> } }> {
+  const flagSettings: Settings = {};
+  const given = values as Record<string, string | boolean | undefined>;
+  for (const s of SETTINGS) {
+    const v = given[s.flag];
+    if (typeof v === 'string') flagSettings[s.flag] = v;
+  }
+  const configPath = cliConfigPath(values.config, io.env);
+  const runtimeConfig: RuntimeConfig | undefined = configPath === undefined ? undefined : await loadRuntimeConfig(configPath);
+  const settings = resolveSettings(flagSettings, io.env, runtimeConfig ? settingsFromConfig(runtimeConfig) : {});
+  const opts = allocatorOptions(settings, effects);
+  let ownedCertificates: { close(): Promise<void> } | undefined;
+  // ACME organization certificates have no flag: the config file's, unless issuance was set by flag/env.
+  const ownIssuer = flagSettings['org-cert-issuer'] ?? io.env.ORG_CERT_ISSUER;
+  if (runtimeConfig?.tls.mode === 'letsencrypt' && effects && !ownIssuer && (settings['user-container-naming'] ?? 'nested') === 'nested') {
+    const certs = certificatesFromConfig(runtimeConfig);
+    ownedCertificates = certs;
+    opts.certificates = certs;
+  }
+  opts.logger = values.verbose ? (e) => io.stderr(`${JSON.stringify(e)}\n`) : null;
+  return { allocator: new GatewayAllocator(opts), opts, runtimeConfig, ownedCertificates };
+}
+
 /** Runs one invocation; returns the exit code. Separate from process handling so tests can drive it in-process too. */
 export async function main(argv: string[], io: Io): Promise<number> {
   let json = false;
@@ -139,24 +198,7 @@ export async function main(argv: string[], io: Io): Promise<number> {
   let ownedCertificates: { close(): Promise<void> } | undefined;
   const out = (human: string, data: unknown): void => io.stdout(`${json ? JSON.stringify(data, null, 2) : human}\n`);
   try {
-    const settingOptions = Object.fromEntries(SETTINGS.map((s) => [s.flag, { type: 'string' as const }]));
-    const { values, positionals } = parseArgs({
-      args: argv,
-      allowPositionals: true,
-      strict: true,
-      options: {
-        ...settingOptions,
-        json: { type: 'boolean' },
-        verbose: { type: 'boolean' },
-        force: { type: 'boolean' },
-        prune: { type: 'boolean' },
-        file: { type: 'string' },
-        config: { type: 'string' },
-        'max-silence': { type: 'string' },
-        'show-token': { type: 'boolean' },
-        help: { type: 'boolean', short: 'h' },
-      },
-    });
+    const { values, positionals } = parseCommandLine(argv);
     json = values.json === true;
     const [command, ...args] = positionals;
     if (values.help || command === undefined || command === 'help') {
@@ -167,113 +209,12 @@ export async function main(argv: string[], io: Io): Promise<number> {
     if (!spec) throw new UsageError(`unknown command ${JSON.stringify(command)}; try --help`);
     const expected = spec.args.split(' ').filter((a) => a.startsWith('<')).length;
     if (args.length !== expected) throw new UsageError(`${command} takes ${spec.args || 'no arguments'}`);
-
-    const flagSettings: Settings = {};
-    const given = values as Record<string, string | boolean | undefined>;
-    for (const s of SETTINGS) {
-      const v = given[s.flag];
-      if (typeof v === 'string') flagSettings[s.flag] = v;
-    }
-    const configPath = cliConfigPath(values.config, io.env);
-    const runtimeConfig: RuntimeConfig | undefined = configPath === undefined ? undefined : await loadRuntimeConfig(configPath);
-    const settings = resolveSettings(flagSettings, io.env, runtimeConfig ? settingsFromConfig(runtimeConfig) : {});
-    const opts = allocatorOptions(settings, spec.effects);
-    // ACME organization certificates have no flag: the config file's, unless issuance was set by flag/env.
-    const ownIssuer = flagSettings['org-cert-issuer'] ?? io.env.ORG_CERT_ISSUER;
-    if (runtimeConfig?.tls.mode === 'letsencrypt' && spec.effects && !ownIssuer && (settings['user-container-naming'] ?? 'nested') === 'nested') {
-      const certs = certificatesFromConfig(runtimeConfig);
-      ownedCertificates = certs;
-      opts.certificates = certs;
-    }
-    opts.logger = values.verbose ? (e) => io.stderr(`${JSON.stringify(e)}\n`) : null;
-    allocator = new GatewayAllocator(opts);
-    const a = allocator;
-
-    switch (command) {
-      case 'status': {
-        const st = await a.status();
-        const states = Object.entries(st.byState).filter(([, n]) => n > 0).map(([k, n]) => `${k} ${n}`).join(', ');
-        out(`pool ${st.envName}: ${st.total} gateways (${states || 'none'}); ${st.allocatedOrganizations} organizations allocated`, st);
-        return EXIT.ok;
-      }
-      case 'list': {
-        const gws = await a.list();
-        out(listTable(gws), gws);
-        return EXIT.ok;
-      }
-      case 'allocate': {
-        const al = await a.allocate(args[0]);
-        const shown = { ...al, token: values['show-token'] ? al.token : al.token ? '(hidden: --show-token)' : null };
-        out(`${al.created ? 'allocated' : 'already allocated'}: ${al.organizationId} → ${al.name} (${al.host}:${al.httpPort}), https://${al.fqdn}${values['show-token'] && al.token ? `\ntoken: ${al.token}` : ''}`, shown);
-        return EXIT.ok;
-      }
-      case 'release': {
-        const r = await a.release(args[0]);
-        out(`released: ${r.organizationId} (gateway ${r.name} is ready again)`, r);
-        return EXIT.ok;
-      }
-      case 'reconcile': {
-        const rep = await a.reconcile({ force: values.force === true });
-        const lines = [
-          `recovered ${rep.recovered.length}, DNS repaired ${rep.dnsRepaired.length}, routes repaired ${rep.routesRepaired.length}, DNS orphans removed ${rep.dnsOrphansRemoved.length}, route orphans removed ${rep.routeOrphansRemoved.length}, in flight ${rep.inFlight.length}, errors ${rep.errors.length}`,
-          ...rep.errors.map((e) => `error ${e.code}: ${e.message}`),
-        ];
-        out(lines.join('\n'), rep);
-        return rep.errors.length > 0 ? EXIT.partial : EXIT.ok;
-      }
-      case 'sync': {
-        // --file, else the runtime config file's inventory and tokens (what the API server registers at start), else stdin.
-        const stack = values.file || !runtimeConfig
-          ? parseStackOutputs(values.file ? await fs.readFile(values.file, 'utf8').catch((e: Error) => {
-              throw new UsageError(`cannot read ${values.file}: ${e.message}`);
-            }) : await io.stdin())
-          : { inventory: runtimeConfig.inventory, tokens: runtimeConfig.secrets.gatewayRegistrationTokens, envName: runtimeConfig.envName, domain: runtimeConfig.domain, warnings: [] as string[] };
-        if (stack.envName && stack.envName !== opts.envName) throw new UsageError(`stack outputs are for environment ${stack.envName}, but ENV_NAME/--env is ${opts.envName}`);
-        if (stack.domain && stack.domain !== opts.domain) throw new UsageError(`stack outputs are for domain ${stack.domain}, but DOMAIN/--domain is ${opts.domain}`);
-        await a.migrate();
-        const reg = await a.registerGateways(stack.inventory as never, { prune: values.prune === true });
-        if (stack.tokens) await a.setRegistrationTokens(stack.tokens);
-        stack.warnings.forEach((w) => io.stderr(`warning: ${w}\n`));
-        out(
-          `inventory synced: ${reg.added.length} added, ${reg.updated.length} updated, ${reg.unchanged.length} unchanged, ${reg.retired.length} retired` +
-            (reg.removed.length ? `, ${reg.removed.length} removed (endpoint taken by a listed gateway: ${reg.removed.join(', ')})` : '') +
-            (reg.retireDeferred.length ? `, ${reg.retireDeferred.length} to retire once released (${reg.retireDeferred.join(', ')})` : '') +
-            (stack.tokens ? `; registration tokens set for ${Object.keys(stack.tokens).length}` : ''),
-          { ...reg, registrationTokens: stack.tokens ? Object.keys(stack.tokens).length : 0, warnings: stack.warnings },
-        );
-        return EXIT.ok;
-      }
-      case 'reap': {
-        const maxSilence = parseDuration(values['max-silence'] ?? '10m');
-        const rep = await a.reapStale(maxSilence);
-        out(
-          [`reaped ${rep.released.length} silent gateway(s), ${rep.revived.length} spoke up in time, errors ${rep.errors.length}`, ...rep.released.map((r) => `released ${r.gateway} (org ${r.organizationId}, silent since ${r.silentSince})`), ...rep.errors.map((e) => `error ${e.gateway} ${e.code}: ${e.message}`)].join('\n'),
-          rep,
-        );
-        return rep.errors.length > 0 ? EXIT.partial : EXIT.ok;
-      }
-      case 'migrate': {
-        const m = await a.migrate();
-        out(m.applied.length ? `applied ${m.applied.join(', ')}` : 'schema up to date', m);
-        return EXIT.ok;
-      }
-      case 'snapshots':
-      case 'restore': {
-        await a.migrate();
-        const store = new OrgDataStore({ pg: a.pgPool, schema: a.schema });
-        if (command === 'snapshots') {
-          const h = await store.history(args[0]);
-          out(h.length === 0 ? '(no snapshots)' : table([['VERSION', 'TIMESTAMP', 'BYTES', 'SHA256', 'GATEWAY', 'RESTORED FROM'], ...h.map((v) => [String(v.version), v.timestamp, String(v.bytes), v.sha256.slice(0, 16), v.gateway, v.restoredFrom === null ? '-' : String(v.restoredFrom)])]), h);
-          return EXIT.ok;
-        }
-        if (!/^\d+$/.test(args[1])) throw new UsageError('version must be a positive integer');
-        const r = await store.restore(args[0], Number(args[1]), { force: values.force === true, by: 'gateway-pool restore' });
-        out(`restored version ${args[1]} as version ${r.version} (${r.bytes} bytes)`, r);
-        return EXIT.ok;
-      }
-      default:
-        throw new UsageError(`unknown command ${command}`);
-    }
+    const opened = await openAllocator(values, spec.effects, io);
+    allocator = opened.allocator;
+    ownedCertificates = opened.ownedCertificates;
+    const run = HANDLERS[command];
+    if (!run) throw new UsageError(`unknown command ${command}`);
+    return await run({ a: opened.allocator, command, args, values, io, runtimeConfig: opened.runtimeConfig, opts: opened.opts, out });
   } catch (err) {
     if (err instanceof UsageError || (err instanceof TypeError && (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS'))) {
       io.stderr(`gateway-pool: ${err.message}\n`);
@@ -289,6 +230,105 @@ export async function main(argv: string[], io: Io): Promise<number> {
     await ownedCertificates?.close().catch(() => undefined);
   }
 }
+
+/** --file, else the runtime config file's inventory and tokens (what the API server registers at start), else stdin. */
+async function syncSource({ values, runtimeConfig, io }: CommandContext): Promise<ReturnType<typeof parseStackOutputs>> {
+  if (!values.file && runtimeConfig) {
+    return { inventory: runtimeConfig.inventory, tokens: runtimeConfig.secrets.gatewayRegistrationTokens, envName: runtimeConfig.envName, domain: runtimeConfig.domain, warnings: [] as string[] };
+  }
+  const file = values.file;
+  const text = file
+    ? await fs.readFile(file, 'utf8').catch((e: Error) => {
+        throw new UsageError(`cannot read ${file}: ${e.message}`);
+      })
+    : await io.stdin();
+  return parseStackOutputs(text);
+}
+
+async function sync(ctx: CommandContext): Promise<number> {
+  const { a, opts, values, io, out } = ctx;
+  const stack = await syncSource(ctx);
+  if (stack.envName && stack.envName !== opts.envName) throw new UsageError(`stack outputs are for environment ${stack.envName}, but ENV_NAME/--env is ${opts.envName}`);
+  if (stack.domain && stack.domain !== opts.domain) throw new UsageError(`stack outputs are for domain ${stack.domain}, but DOMAIN/--domain is ${opts.domain}`);
+  await a.migrate();
+  const reg = await a.registerGateways(stack.inventory as never, { prune: values.prune === true });
+  if (stack.tokens) await a.setRegistrationTokens(stack.tokens);
+  stack.warnings.forEach((w) => io.stderr(`warning: ${w}\n`));
+  out(
+    `inventory synced: ${reg.added.length} added, ${reg.updated.length} updated, ${reg.unchanged.length} unchanged, ${reg.retired.length} retired` +
+      (reg.removed.length ? `, ${reg.removed.length} removed (endpoint taken by a listed gateway: ${reg.removed.join(', ')})` : '') +
+      (reg.retireDeferred.length ? `, ${reg.retireDeferred.length} to retire once released (${reg.retireDeferred.join(', ')})` : '') +
+      (stack.tokens ? `; registration tokens set for ${Object.keys(stack.tokens).length}` : ''),
+    { ...reg, registrationTokens: stack.tokens ? Object.keys(stack.tokens).length : 0, warnings: stack.warnings },
+  );
+  return EXIT.ok;
+}
+
+async function snapshotsOrRestore({ a, command, args, values, out }: CommandContext): Promise<number> {
+  await a.migrate();
+  const store = new OrgDataStore({ pg: a.pgPool, schema: a.schema });
+  if (command === 'snapshots') {
+    const h = await store.history(args[0]);
+    out(h.length === 0 ? '(no snapshots)' : table([['VERSION', 'TIMESTAMP', 'BYTES', 'SHA256', 'GATEWAY', 'RESTORED FROM'], ...h.map((v) => [String(v.version), v.timestamp, String(v.bytes), v.sha256.slice(0, 16), v.gateway, v.restoredFrom === null ? '-' : String(v.restoredFrom)])]), h);
+    return EXIT.ok;
+  }
+  if (!/^\d+$/.test(args[1])) throw new UsageError('version must be a positive integer');
+  const r = await store.restore(args[0], Number(args[1]), { force: values.force === true, by: 'gateway-pool restore' });
+  out(`restored version ${args[1]} as version ${r.version} (${r.bytes} bytes)`, r);
+  return EXIT.ok;
+}
+
+/** One function per command of COMMANDS; each returns its exit code. */
+const HANDLERS: Record<string, (ctx: CommandContext) => Promise<number>> = {
+  async status({ a, out }) {
+    const st = await a.status();
+    const states = Object.entries(st.byState).filter(([, n]) => n > 0).map(([k, n]) => `${k} ${n}`).join(', ');
+    out(`pool ${st.envName}: ${st.total} gateways (${states || 'none'}); ${st.allocatedOrganizations} organizations allocated`, st);
+    return EXIT.ok;
+  },
+  async list({ a, out }) {
+    const gws = await a.list();
+    out(listTable(gws), gws);
+    return EXIT.ok;
+  },
+  async allocate({ a, args, values, out }) {
+    const al = await a.allocate(args[0]);
+    const shown = { ...al, token: values['show-token'] ? al.token : al.token ? '(hidden: --show-token)' : null };
+    out(`${al.created ? 'allocated' : 'already allocated'}: ${al.organizationId} → ${al.name} (${al.host}:${al.httpPort}), https://${al.fqdn}${values['show-token'] && al.token ? `\ntoken: ${al.token}` : ''}`, shown);
+    return EXIT.ok;
+  },
+  async release({ a, args, out }) {
+    const r = await a.release(args[0]);
+    out(`released: ${r.organizationId} (gateway ${r.name} is ready again)`, r);
+    return EXIT.ok;
+  },
+  async reconcile({ a, values, out }) {
+    const rep = await a.reconcile({ force: values.force === true });
+    const lines = [
+      `recovered ${rep.recovered.length}, DNS repaired ${rep.dnsRepaired.length}, routes repaired ${rep.routesRepaired.length}, DNS orphans removed ${rep.dnsOrphansRemoved.length}, route orphans removed ${rep.routeOrphansRemoved.length}, in flight ${rep.inFlight.length}, errors ${rep.errors.length}`,
+      ...rep.errors.map((e) => `error ${e.code}: ${e.message}`),
+    ];
+    out(lines.join('\n'), rep);
+    return rep.errors.length > 0 ? EXIT.partial : EXIT.ok;
+  },
+  sync,
+  async reap({ a, values, out }) {
+    const maxSilence = parseDuration(values['max-silence'] ?? '10m');
+    const rep = await a.reapStale(maxSilence);
+    out(
+      [`reaped ${rep.released.length} silent gateway(s), ${rep.revived.length} spoke up in time, errors ${rep.errors.length}`, ...rep.released.map((r) => `released ${r.gateway} (org ${r.organizationId}, silent since ${r.silentSince})`), ...rep.errors.map((e) => `error ${e.gateway} ${e.code}: ${e.message}`)].join('\n'),
+      rep,
+    );
+    return rep.errors.length > 0 ? EXIT.partial : EXIT.ok;
+  },
+  async migrate({ a, out }) {
+    const m = await a.migrate();
+    out(m.applied.length ? `applied ${m.applied.join(', ')}` : 'schema up to date', m);
+    return EXIT.ok;
+  },
+  snapshots: snapshotsOrRestore,
+  restore: snapshotsOrRestore,
+};
 
 async function readStdin(): Promise<string> {
   if (process.stdin.isTTY) throw new UsageError('sync reads stack outputs from stdin (pipe `pulumi stack output --json --show-secrets`) or --file');

@@ -179,6 +179,59 @@ function apiConfig(s: Section): RuntimeApiConfig | undefined {
 
 type ConfigWithoutSecrets = Omit<RuntimeConfig, 'secrets'>;
 
+type Config = ConfigWithoutSecrets;
+
+function databaseConfig(db: Section): Config['database'] | undefined {
+  const host = db.string('host', 'the PostgreSQL host name or address');
+  const port = db.number('port', 'a TCP port 1-65535 (5432)', { optional: true, check: isValidPort }) ?? 5432;
+  const name = db.string('database', 'the database name (ganymede)');
+  const user = db.string('user', 'the role name (ganymede)');
+  db.noOthers();
+  return host && name && user ? { host, port, database: name, user } : undefined;
+}
+
+/** `domain` (when valid) must lie in the zone. */
+function powerdnsConfig(pd: Section, domain: string | undefined, p: Problems): Config['powerdns'] | undefined {
+  const apiUrl = pd.string('apiUrl', 'the PowerDNS HTTP API base URL, e.g. http://demiurge-<env>-pdns:8081', { check: isHttpUrl });
+  const zone = pd.string('zone', 'the zone the names live in (the domain or a parent of it), or leave it out for the domain', { optional: true, check: (v) => isValidDomain(v.replace(/\.$/, '')) });
+  pd.noOthers();
+  if (apiUrl && domain) {
+    const z = (zone ?? domain).replace(/\.$/, '');
+    if (domain !== z && !domain.endsWith(`.${z}`)) p.add('powerdns.zone', `${z} does not contain the domain ${domain}; write the domain or a parent zone`);
+    else return { apiUrl: apiUrl.replace(/\/+$/, ''), zone: z };
+  }
+  return undefined;
+}
+
+function nginxConfig(ng: Section): Config['nginx'] | undefined {
+  const confDir = ng.string('confDir', 'the absolute path of the allocator-owned nginx directory, e.g. /etc/nginx/demiurge', { check: isAbsolutePath });
+  const t = ng.section('tls', 'an object { certPath, keyPath } (the stage-1 base certificate)');
+  const certPath = t?.string('certPath', 'the absolute path of the base certificate, e.g. /etc/demiurge/tls/fullchain.pem', { check: isAbsolutePath });
+  const keyPath = t?.string('keyPath', 'the absolute path of its key, e.g. /etc/demiurge/tls/privkey.pem', { check: isAbsolutePath });
+  t?.noOthers();
+  const listen = ng.string('listen', 'nginx listen parameters, e.g. "443 ssl", or leave it out', { optional: true });
+  const statusListen = ng.string('statusListen', 'a loopback host:port, e.g. 127.0.0.1:8099, or leave it out', { optional: true, check: (v) => parseListen(v) !== undefined });
+  const testCommand = ng.stringArray('testCommand', 'a non-empty array of strings, e.g. ["nginx","-t","-q"], or leave it out', true);
+  const reloadCommand = ng.stringArray('reloadCommand', 'a non-empty array of strings, e.g. ["nginx","-s","reload"], or leave it out', true);
+  ng.noOthers();
+  if (!confDir || !certPath || !keyPath) return undefined;
+  const nginx: Config['nginx'] = { confDir, tls: { certPath, keyPath } };
+  if (listen) nginx.listen = listen;
+  if (statusListen) nginx.statusListen = statusListen;
+  if (testCommand) nginx.testCommand = testCommand;
+  if (reloadCommand) nginx.reloadCommand = reloadCommand;
+  return nginx;
+}
+
+function inventoryConfig(inv: unknown, p: Problems): GatewaySpec[] | undefined {
+  try {
+    return validateInventory(inv);
+  } catch (err) {
+    p.add('inventory', `${err instanceof Error ? err.message : String(err)}; write the stack output gatewayInventory (an array of { name, host, httpPort, vpnPort })`);
+    return undefined;
+  }
+}
+
 /** Validates a parsed config.json; `file` names it in problems. Returns undefined when there are problems (they are in `p`). */
 export function validateConfig(input: unknown, file: string, p: Problems): ConfigWithoutSecrets | undefined {
   if (!isObject(input)) {
@@ -193,51 +246,14 @@ export function validateConfig(input: unknown, file: string, p: Problems): Confi
   const publicIp = s.string('publicIp', 'an IPv4 address (the stage-1 host, stack config demiurge:publicIp)', { check: isValidIpv4 });
   const schema = s.string('schema', 'a PostgreSQL schema name [a-z_][a-z0-9_]*, or leave it out for gateway_pool', { optional: true, check: (v) => /^[a-z_][a-z0-9_]{0,62}$/.test(v) }) ?? 'gateway_pool';
 
-  let database: ConfigWithoutSecrets['database'] | undefined;
-  const db = s.section('database', 'an object { host, port, database, user } (the password is in the secrets file)');
-  if (db) {
-    const host = db.string('host', 'the PostgreSQL host name or address');
-    const port = db.number('port', 'a TCP port 1-65535 (5432)', { optional: true, check: isValidPort }) ?? 5432;
-    const name = db.string('database', 'the database name (ganymede)');
-    const user = db.string('user', 'the role name (ganymede)');
-    db.noOthers();
-    if (host && name && user) database = { host, port, database: name, user };
-  }
+  const dbSection = s.section('database', 'an object { host, port, database, user } (the password is in the secrets file)');
+  const database = dbSection ? databaseConfig(dbSection) : undefined;
 
-  let powerdns: ConfigWithoutSecrets['powerdns'] | undefined;
-  const pd = s.section('powerdns', 'an object { apiUrl, zone } (the API key is in the secrets file)');
-  if (pd) {
-    const apiUrl = pd.string('apiUrl', 'the PowerDNS HTTP API base URL, e.g. http://demiurge-<env>-pdns:8081', { check: isHttpUrl });
-    const zone = pd.string('zone', 'the zone the names live in (the domain or a parent of it), or leave it out for the domain', { optional: true, check: (v) => isValidDomain(v.replace(/\.$/, '')) });
-    pd.noOthers();
-    if (apiUrl && domain) {
-      const z = (zone ?? domain).replace(/\.$/, '');
-      if (domain !== z && !domain.endsWith(`.${z}`)) p.add('powerdns.zone', `${z} does not contain the domain ${domain}; write the domain or a parent zone`);
-      else powerdns = { apiUrl: apiUrl.replace(/\/+$/, ''), zone: z };
-    }
-  }
+  const pdSection = s.section('powerdns', 'an object { apiUrl, zone } (the API key is in the secrets file)');
+  const powerdns = pdSection ? powerdnsConfig(pdSection, domain, p) : undefined;
 
-  let nginx: ConfigWithoutSecrets['nginx'] | undefined;
-  const ng = s.section('nginx', 'an object { confDir, tls: { certPath, keyPath } }');
-  if (ng) {
-    const confDir = ng.string('confDir', 'the absolute path of the allocator-owned nginx directory, e.g. /etc/nginx/demiurge', { check: isAbsolutePath });
-    const t = ng.section('tls', 'an object { certPath, keyPath } (the stage-1 base certificate)');
-    const certPath = t?.string('certPath', 'the absolute path of the base certificate, e.g. /etc/demiurge/tls/fullchain.pem', { check: isAbsolutePath });
-    const keyPath = t?.string('keyPath', 'the absolute path of its key, e.g. /etc/demiurge/tls/privkey.pem', { check: isAbsolutePath });
-    t?.noOthers();
-    const listen = ng.string('listen', 'nginx listen parameters, e.g. "443 ssl", or leave it out', { optional: true });
-    const statusListen = ng.string('statusListen', 'a loopback host:port, e.g. 127.0.0.1:8099, or leave it out', { optional: true, check: (v) => parseListen(v) !== undefined });
-    const testCommand = ng.stringArray('testCommand', 'a non-empty array of strings, e.g. ["nginx","-t","-q"], or leave it out', true);
-    const reloadCommand = ng.stringArray('reloadCommand', 'a non-empty array of strings, e.g. ["nginx","-s","reload"], or leave it out', true);
-    ng.noOthers();
-    if (confDir && certPath && keyPath) {
-      nginx = { confDir, tls: { certPath, keyPath } };
-      if (listen) nginx.listen = listen;
-      if (statusListen) nginx.statusListen = statusListen;
-      if (testCommand) nginx.testCommand = testCommand;
-      if (reloadCommand) nginx.reloadCommand = reloadCommand;
-    }
-  }
+  const ngSection = s.section('nginx', 'an object { confDir, tls: { certPath, keyPath } }');
+  const nginx = ngSection ? nginxConfig(ngSection) : undefined;
 
   const namingRaw = s.raw('userContainerNaming');
   let naming: UserContainerNaming = 'nested';
@@ -246,13 +262,7 @@ export function validateConfig(input: unknown, file: string, p: Problems): Confi
     else p.add('userContainerNaming', `${shown(namingRaw)}; write "nested" or "flat" (stack config demiurge:userContainerNaming)`);
   }
 
-  let inventory: GatewaySpec[] | undefined;
-  const inv = s.raw('inventory');
-  try {
-    inventory = validateInventory(inv);
-  } catch (err) {
-    p.add('inventory', `${err instanceof Error ? err.message : String(err)}; write the stack output gatewayInventory (an array of { name, host, httpPort, vpnPort })`);
-  }
+  const inventory = inventoryConfig(s.raw('inventory'), p);
 
   const tlsSection = s.section('tls', 'an object { mode: "mkcert" | "letsencrypt" | "none", … } (stack output tlsRuntime)');
   const tls = tlsSection ? tlsConfig(tlsSection) : undefined;

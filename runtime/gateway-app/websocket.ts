@@ -103,6 +103,28 @@ export class FrameDecoder {
   }
 }
 
+/** Joins a message's data frames (text or binary, then continuations) up to MAX_MESSAGE_BYTES; a close code when the peer breaks the rules. */
+class MessageAssembler {
+  private parts: Buffer[] = [];
+  private opcode = 0;
+  private size = 0;
+
+  /** The whole message once its last frame is in; undefined while it is incomplete. */
+  add(f: Frame): { closeCode: number } | { opcode: number; message: Buffer } | undefined {
+    if ((f.opcode === OPCODES.continuation) !== (this.parts.length > 0)) return { closeCode: 1002 };
+    if (f.opcode !== OPCODES.continuation) this.opcode = f.opcode;
+    this.size += f.payload.length;
+    if (this.size > MAX_MESSAGE_BYTES) return { closeCode: 1009 };
+    this.parts.push(f.payload);
+    if (!f.fin) return undefined;
+    const message = Buffer.concat(this.parts);
+    this.parts = [];
+    this.size = 0;
+    if (this.opcode === OPCODES.text && !isUtf8(message)) return { closeCode: 1007 };
+    return { opcode: this.opcode, message };
+  }
+}
+
 /** Answers the upgrade (or refuses it with 400) and echoes every message back; `onMessage` sees each one. */
 export function acceptEcho(req: IncomingMessage, socket: Duplex, head: Buffer = Buffer.alloc(0), onMessage: () => void = () => undefined): boolean {
   const key = req.headers['sec-websocket-key'];
@@ -113,9 +135,7 @@ export function acceptEcho(req: IncomingMessage, socket: Duplex, head: Buffer = 
   }
   socket.write(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${acceptKey(key)}\r\n\r\n`);
   const decoder = new FrameDecoder();
-  let parts: Buffer[] = [];
-  let messageOpcode = 0;
-  let size = 0;
+  const messages = new MessageAssembler();
   const close = (code: number): void => {
     const body = Buffer.alloc(2);
     body.writeUInt16BE(code, 0);
@@ -137,27 +157,14 @@ export function acceptEcho(req: IncomingMessage, socket: Duplex, head: Buffer = 
         socket.end(encodeFrame(OPCODES.close, f.payload.subarray(0, 2)));
         return;
       } else if (f.opcode === OPCODES.text || f.opcode === OPCODES.binary || f.opcode === OPCODES.continuation) {
-        if ((f.opcode === OPCODES.continuation) !== (parts.length > 0)) {
-          close(1002);
+        const done = messages.add(f);
+        if (done && 'closeCode' in done) {
+          close(done.closeCode);
           return;
         }
-        if (f.opcode !== OPCODES.continuation) messageOpcode = f.opcode;
-        size += f.payload.length;
-        if (size > MAX_MESSAGE_BYTES) {
-          close(1009);
-          return;
-        }
-        parts.push(f.payload);
-        if (f.fin) {
-          const message = Buffer.concat(parts);
-          parts = [];
-          size = 0;
-          if (messageOpcode === OPCODES.text && !isUtf8(message)) {
-            close(1007);
-            return;
-          }
+        if (done) {
           onMessage();
-          socket.write(encodeFrame(messageOpcode, message));
+          socket.write(encodeFrame(done.opcode, done.message));
         }
       } else {
         close(1002);

@@ -1,113 +1,12 @@
-import { isCanonicalOrgId } from '../naming';
-import { GatewayClient, GatewaySession, isBearerToken, OrgSnapshot, PushReceipt } from './client';
+import type { AgentEvent, AgentHandOff, AgentLogger, AgentState, AgentStatus, GatewayAgentOptions, OrganizationHooks, UnloadReason } from './agent-types';
+import { busy, errorFields, intervalsOf, onSignals, parseHandshake } from './agent-inputs';
+import { GatewayClient, GatewaySession, isBearerToken, PushReceipt } from './client';
 import { GatewayClientError } from './errors';
-import { sleep, TimerHandle } from './scheduler';
+import { PendingChanges } from './pending-changes';
+import { sleep } from './scheduler';
+import { ServingTimers } from './serving-timers';
 
-/**
- * registering: telling the API this gateway can be allocated (retrying until it answers)
- * ready:       in the pool, waiting for /collab/start
- * loading:     handshake done, pulling and loading the organization
- * serving:     the organization is loaded (heartbeats, periodic pushes, idle timer)
- * stopping:    final push and /gateway/stop (idle timeout or shutdown)
- * shut_down:   after a signal or shutdown(); nothing more happens
- */
-export type AgentState = 'registering' | 'ready' | 'loading' | 'serving' | 'stopping' | 'shut_down';
-
-export type UnloadReason = 'idle' | 'revoked' | 'superseded' | 'load_failed' | 'shutdown';
-
-export interface LoadedOrganization {
-  organizationId: string;
-  /** The host's organization config sent with /gateway/config. */
-  config: Readonly<Record<string, unknown>>;
-  /** The last pushed snapshot; null for an organization without data. */
-  data: OrgSnapshot | null;
-  timestamp: string | null;
-  version: number | null;
-}
-
-/** What the app does with an organization; the agent does the protocol. */
-export interface OrganizationHooks {
-  /** Loads the organization (throwing gives it back: the gateway releases it and returns to the pool). */
-  load(org: LoadedOrganization): void | Promise<void>;
-  /** The organization's data now, to push. */
-  snapshot(): OrgSnapshot | Promise<OrgSnapshot>;
-  /** The organization is no longer served here. */
-  unload(reason: UnloadReason): void | Promise<void>;
-}
-
-/** One structured line per state change and per protocol event; never a token. */
-export interface AgentEvent {
-  event: string;
-  gateway_id: string;
-  organization_id?: string;
-  from?: AgentState;
-  to?: AgentState;
-  reason?: string;
-  code?: string;
-  status?: number;
-  version?: number;
-  pool_state?: string;
-  message?: string;
-}
-export type AgentLogger = (e: AgentEvent) => void;
-
-export type AgentSignal = 'SIGTERM' | 'SIGINT';
-/** `process`, or an EventEmitter in tests. */
-export interface SignalSource {
-  on(signal: AgentSignal, listener: () => void): unknown;
-  removeListener(signal: AgentSignal, listener: () => void): unknown;
-}
-
-export interface GatewayAgentOptions {
-  client: GatewayClient;
-  hooks: OrganizationHooks;
-  /** Without activity for this long the organization is pushed and released; default 5 min (the seed's rule). */
-  idleTimeoutMs?: number;
-  /** Periodic push of changed data; default 60 s. */
-  pushIntervalMs?: number;
-  /** Default 20 s; the API's reaper expects one every ≤ 30 s. */
-  heartbeatIntervalMs?: number;
-  /** Wait before asking again when the API refuses the registration (wrong token, unknown gateway); default 30 s. */
-  registrationRetryMs?: number;
-  /** Budget of the final push and stop on shutdown; default 6 s (the image's supervisor kills after 8 s). */
-  shutdownTimeoutMs?: number;
-  /** Shut down (push, stop) on SIGTERM and SIGINT from this source; default none. */
-  signals?: SignalSource | null;
-  /** Called after a signal's shutdown finished (the app exits here). */
-  onSignalHandled?: (signal: AgentSignal) => void;
-  logger?: AgentLogger | null;
-}
-
-/**
- * What an agent hands to its successor process in a hot reload (the image's
- * gateway-reload starts the new build beside the old one): the session's
- * allocation token, the organization's data as served now and the timers'
- * progress. Holds a secret: never logged, passed only over the gateway's
- * local control socket.
- */
-export interface AgentHandOff {
-  version: 1;
-  /** null: the agent held no organization (ready in the pool). */
-  organizationId: string | null;
-  gatewayToken: string | null;
-  config: Record<string, unknown>;
-  data: OrgSnapshot | null;
-  /** Changed since the last push (the successor pushes it). */
-  dirty: boolean;
-  /** Epoch ms of the last change (the push's timestamp). */
-  lastChange: number;
-  /** Milliseconds since the organization's last activity (the idle timer goes on from there). */
-  quietMs: number;
-  lastPush: { version: number; at: string } | null;
-}
-
-export interface AgentStatus {
-  state: AgentState;
-  gatewayId: string;
-  organizationId: string | null;
-  dirty: boolean;
-  lastPush: { version: number; at: string } | null;
-}
+export type { AgentEvent, AgentHandOff, AgentLogger, AgentSignal, AgentState, AgentStatus, GatewayAgentOptions, LoadedOrganization, OrganizationHooks, SignalSource, UnloadReason } from './agent-types';
 
 /**
  * The gateway's life cycle on top of GatewayClient: register → ready →
@@ -117,60 +16,41 @@ export interface AgentStatus {
  * A token the API has revoked ends the session the same way. Every life-cycle
  * step runs on one queue, so a hand-over, an idle stop and a shutdown never
  * interleave. It replaces the seed's data-sync.ts in the team's app-gateway.
+ *
+ * Over the 250-line class limit on purpose (test/unit/code-shape.test.ts says
+ * why): the steps share one queue and one state; the parts that stand alone
+ * live in agent-types, agent-inputs, pending-changes and serving-timers.
  */
 export class GatewayAgent {
   readonly client: GatewayClient;
   private readonly hooks: OrganizationHooks;
-  private readonly idleTimeoutMs: number;
-  private readonly pushIntervalMs: number;
-  private readonly heartbeatIntervalMs: number;
-  private readonly registrationRetryMs: number;
-  private readonly shutdownTimeoutMs: number;
+  private readonly ms: ReturnType<typeof intervalsOf>;
   private readonly log: AgentLogger;
-  private readonly opts: GatewayAgentOptions;
-  private readonly signalHandlers: Array<[AgentSignal, () => void]> = [];
+  private readonly stopListening: () => void;
   private readonly listeners = new Set<(to: AgentState, from: AgentState) => void>();
   private readonly life = new AbortController();
 
   private current: AgentState = 'registering';
   private session: GatewaySession | undefined;
-  private dirty = false;
-  private changeSeq = 0;
-  private lastChange = 0;
+  private readonly changes: PendingChanges;
   private lastActivity = 0;
-  private lastPush: { version: number; at: string } | null = null;
   private registration: AbortController | undefined;
   private queue: Promise<void> = Promise.resolve();
   private queued = 0;
-  private pushing: Promise<unknown> | undefined;
   private closing: Promise<void> | undefined;
+  private timers: ServingTimers | undefined;
   /** handOff() gave the session to a successor: nothing more is sent with it. */
   private handedOff = false;
-  private timers: { idle?: TimerHandle; heartbeat?: TimerHandle; push?: TimerHandle } = {};
 
   constructor(opts: GatewayAgentOptions) {
-    const positive = (name: string, v: number | undefined, dflt: number, max = Infinity): number => {
-      const value = v ?? dflt;
-      if (!(Number.isFinite(value) && value > 0 && value <= max)) throw new GatewayClientError('INVALID_ARGUMENT', `${name} must be a positive number of milliseconds${max < Infinity ? ` ≤ ${max}` : ''}`);
-      return value;
-    };
-    this.opts = opts;
     this.client = opts.client;
     this.hooks = opts.hooks;
-    this.idleTimeoutMs = positive('idleTimeoutMs', opts.idleTimeoutMs, 300_000);
-    this.pushIntervalMs = positive('pushIntervalMs', opts.pushIntervalMs, 60_000);
-    this.heartbeatIntervalMs = positive('heartbeatIntervalMs', opts.heartbeatIntervalMs, 20_000, 30_000);
-    this.registrationRetryMs = positive('registrationRetryMs', opts.registrationRetryMs, 30_000);
-    this.shutdownTimeoutMs = positive('shutdownTimeoutMs', opts.shutdownTimeoutMs, 6_000);
+    this.ms = intervalsOf(opts);
     this.log = opts.logger ?? (() => undefined);
-    for (const sig of ['SIGTERM', 'SIGINT'] as const) {
-      if (!opts.signals) break;
-      const handler = (): void => {
-        void this.shutdown(sig).then(() => opts.onSignalHandled?.(sig));
-      };
-      opts.signals.on(sig, handler);
-      this.signalHandlers.push([sig, handler]);
-    }
+    this.changes = new PendingChanges(() => this.client.scheduler.now());
+    this.stopListening = onSignals(opts.signals, (sig) => {
+      void this.shutdown(sig).then(() => opts.onSignalHandled?.(sig));
+    });
   }
 
   get state(): AgentState {
@@ -182,7 +62,7 @@ export class GatewayAgent {
   }
 
   status(): AgentStatus {
-    return { state: this.current, gatewayId: this.client.gatewayId, organizationId: this.organizationId, dirty: this.dirty, lastPush: this.lastPush };
+    return { state: this.current, gatewayId: this.client.gatewayId, organizationId: this.organizationId, dirty: this.changes.dirty, lastPush: this.changes.lastPush };
   }
 
   /** Called with every state change. */
@@ -203,9 +83,7 @@ export class GatewayAgent {
 
   /** The organization's data changed: the next periodic push (and the final one) sends it. */
   markDirty(): void {
-    this.dirty = true;
-    this.changeSeq += 1;
-    this.lastChange = this.client.scheduler.now();
+    this.changes.mark();
   }
 
   /**
@@ -214,18 +92,9 @@ export class GatewayAgent {
    * handshake fails at /gateway/config and changes nothing.
    */
   acceptHandshake(payload: unknown): void {
-    const refuse = (code: 'INVALID_ARGUMENT' | 'FORBIDDEN' | 'BUSY', msg: string): never => {
-      throw new GatewayClientError(code, msg, { status: code === 'BUSY' ? 503 : code === 'FORBIDDEN' ? 403 : 400, retryable: code === 'BUSY' });
-    };
-    if (this.closing) refuse('BUSY', 'the gateway is shutting down');
-    if (typeof payload !== 'object' || payload === null || Array.isArray(payload)) refuse('INVALID_ARGUMENT', 'the body must be a JSON object');
-    const p = payload as Record<string, unknown>;
-    if (!isBearerToken(p.handshake_token)) refuse('INVALID_ARGUMENT', 'handshake_token must be a token string');
-    if (!isCanonicalOrgId(p.organization_id)) refuse('INVALID_ARGUMENT', 'organization_id must be a canonical lowercase UUID');
-    if (p.gateway_id !== undefined && p.gateway_id !== this.client.gatewayId) refuse('FORBIDDEN', 'gateway_id is not this gateway');
-    if (this.queued >= 3) refuse('BUSY', 'too many hand-overs pending');
-    const token = p.handshake_token as string;
-    const orgHint = p.organization_id as string;
+    if (this.closing) throw busy('the gateway is shutting down');
+    const { token, orgHint } = parseHandshake(payload, this.client.gatewayId);
+    if (this.queued >= 3) throw busy('too many hand-overs pending');
     this.enqueue(() => this.handOver(token, orgHint));
   }
 
@@ -260,33 +129,28 @@ export class GatewayAgent {
    * more; `adopt` of the same hand-off takes it back (a failed reload).
    */
   async handOff(): Promise<AgentHandOff> {
-    const busy = (msg: string): never => {
-      throw new GatewayClientError('BUSY', msg, { status: 503, retryable: true });
-    };
-    if (this.closing) busy('the gateway is shutting down or already handed off');
-    if (this.queued > 0 || (this.current !== 'registering' && this.current !== 'ready' && this.current !== 'serving')) busy(`the gateway is ${this.current}${this.queued > 0 ? ' with a hand-over pending' : ''}`);
+    if (this.closing) throw busy('the gateway is shutting down or already handed off');
+    if (this.queued > 0 || !['registering', 'ready', 'serving'].includes(this.current)) throw busy(`the gateway is ${this.current}${this.queued > 0 ? ' with a hand-over pending' : ''}`);
     this.closing = Promise.resolve();
     this.registration?.abort();
     this.registration = undefined;
     this.clearTimers();
-    while (this.pushing) await this.pushing.catch(() => undefined);
+    await this.changes.settled();
     const session = this.session;
-    const data = session ? await this.hooks.snapshot() : null;
     const h: AgentHandOff = {
       version: 1,
       organizationId: session?.organizationId ?? null,
       gatewayToken: session ? session.handOffToken() : null,
       config: session ? { ...session.config } : {},
-      data,
-      dirty: this.dirty,
-      lastChange: this.lastChange,
+      data: session ? await this.hooks.snapshot() : null,
+      dirty: this.changes.dirty,
+      lastChange: this.changes.lastChangeAt,
       quietMs: Math.max(0, this.client.scheduler.now() - this.lastActivity),
-      lastPush: this.lastPush,
+      lastPush: this.changes.lastPush,
     };
-    // Until it exits this process still answers requests (read-only: `stopping` refuses changes),
-    // so the session stays for what it shows; nothing more is sent with it.
+    // Until it exits, this process answers reads only (`stopping` refuses changes); nothing more is sent with the session.
     this.handedOff = true;
-    this.dirty = false;
+    this.changes.forget();
     this.transition('stopping', { reason: 'handed_off' });
     return h;
   }
@@ -307,33 +171,22 @@ export class GatewayAgent {
     this.session = undefined;
     this.handedOff = false;
     this.closing = undefined;
-    if (h.organizationId === null) {
-      void this.register();
-      return;
-    }
+    if (h.organizationId === null) return void this.register();
     if (!isBearerToken(h.gatewayToken)) throw new GatewayClientError('INVALID_ARGUMENT', 'the hand-off has an organization but no gateway token');
     const session = this.client.resume(h.organizationId, h.gatewayToken, h.config ?? {});
     await this.hooks.load({ organizationId: h.organizationId, config: session.config, data: h.data, timestamp: null, version: h.lastPush?.version ?? null });
     this.session = session;
-    this.lastPush = h.lastPush;
-    this.dirty = false;
-    if (h.dirty) {
-      this.markDirty();
-      this.lastChange = h.lastChange;
-    }
-    const now = this.client.scheduler.now();
-    const quiet = Math.min(Math.max(0, h.quietMs), this.idleTimeoutMs);
-    this.lastActivity = now - quiet;
+    this.changes.restore(h);
+    const quiet = Math.min(Math.max(0, h.quietMs), this.ms.idleTimeoutMs);
+    this.lastActivity = this.client.scheduler.now() - quiet;
     this.transition('serving', { reason: 'adopted', organization_id: h.organizationId });
-    this.scheduleHeartbeat(session);
-    this.schedulePush(session);
-    this.scheduleIdle(session, this.idleTimeoutMs - quiet);
+    this.timers = this.servingTimers(session);
+    this.timers.start(this.ms.idleTimeoutMs - quiet);
   }
 
   /** Removes the signal handlers (tests, hosts that own their signals). */
   dispose(): void {
-    for (const [sig, handler] of this.signalHandlers) this.opts.signals?.removeListener(sig, handler);
-    this.signalHandlers.length = 0;
+    this.stopListening();
     this.clearTimers();
   }
 
@@ -361,10 +214,6 @@ export class GatewayAgent {
     this.log({ event, gateway_id: this.client.gatewayId, ...(org ? { organization_id: org } : {}), ...extra });
   }
 
-  private errorFields(err: unknown): Partial<AgentEvent> {
-    return err instanceof GatewayClientError ? { code: err.code, status: err.status, message: err.message } : { code: 'INTERNAL', message: err instanceof Error ? err.message : String(err) };
-  }
-
   private async register(): Promise<void> {
     if (this.closing) return;
     this.registration?.abort();
@@ -380,9 +229,9 @@ export class GatewayAgent {
         return;
       } catch (err) {
         if (ac.signal.aborted) return;
-        this.event('gateway.register_refused', this.errorFields(err));
+        this.event('gateway.register_refused', errorFields(err));
         try {
-          await sleep(this.client.scheduler, this.registrationRetryMs, ac.signal);
+          await sleep(this.client.scheduler, this.ms.registrationRetryMs, ac.signal);
         } catch {
           return;
         }
@@ -397,7 +246,7 @@ export class GatewayAgent {
       session = await this.client.config(handshakeToken, { signal: this.life.signal });
     } catch (err) {
       // A stale, forged or repeated handshake: nothing changes.
-      this.event('gateway.handshake_failed', { ...this.errorFields(err), organization_id: orgHint });
+      this.event('gateway.handshake_failed', { ...errorFields(err), organization_id: orgHint });
       return;
     }
     this.registration?.abort();
@@ -405,39 +254,46 @@ export class GatewayAgent {
     const previous = this.session;
     if (previous) {
       this.clearTimers();
-      if (previous.organizationId === session.organizationId && this.dirty) {
+      if (previous.organizationId === session.organizationId && this.changes.dirty) {
         // A new hand-over of the same organization: keep what changed here (the API refuses it if it holds newer data).
-        await this.push('superseded', undefined, session).catch((err: unknown) => this.event('gateway.push_failed', { reason: 'superseded', ...this.errorFields(err) }));
+        await this.push('superseded', undefined, session).catch((err: unknown) => this.event('gateway.push_failed', { reason: 'superseded', ...errorFields(err) }));
       }
       this.event('gateway.session_ended', { reason: 'superseded' });
       this.session = undefined;
       await this.unload('superseded');
     }
     this.session = session;
-    this.dirty = false;
-    this.lastPush = null;
+    this.changes.forget({ lastPush: true });
     this.transition('loading', { organization_id: session.organizationId });
+    if (await this.load(session)) this.serve(session);
+  }
+
+  /** Pull, the app's load, /gateway/ready(loaded); false (and the organization given back) when any fails. */
+  private async load(session: GatewaySession): Promise<boolean> {
     try {
       const pulled = await session.pull({ signal: this.life.signal });
       await this.hooks.load({ organizationId: session.organizationId, config: session.config, data: pulled.data, timestamp: pulled.timestamp, version: pulled.version });
       this.event('gateway.pulled', { ...(pulled.version !== null ? { version: pulled.version } : {}) });
       await session.loaded({ signal: this.life.signal });
     } catch (err) {
-      this.event('gateway.load_failed', this.errorFields(err));
+      this.event('gateway.load_failed', errorFields(err));
       // Shutting down: the final stop releases it.
-      if (this.closing) return;
+      if (this.closing) return false;
       if (!(err instanceof GatewayClientError && err.sessionEnded)) {
         // Nothing was served: give the organization back so the next start gets a working gateway.
-        await session.stop({ signal: this.life.signal }).catch((e: unknown) => this.event('gateway.stop_failed', this.errorFields(e)));
+        await session.stop({ signal: this.life.signal }).catch((e: unknown) => this.event('gateway.stop_failed', errorFields(e)));
       }
       await this.finishSession(session, 'load_failed');
-      return;
+      return false;
     }
+    return true;
+  }
+
+  private serve(session: GatewaySession): void {
     this.lastActivity = this.client.scheduler.now();
     this.transition('serving');
-    this.scheduleHeartbeat(session);
-    this.schedulePush(session);
-    this.scheduleIdle(session, this.idleTimeoutMs);
+    this.timers = this.servingTimers(session);
+    this.timers.start();
   }
 
   private async idleStop(session: GatewaySession): Promise<void> {
@@ -451,20 +307,20 @@ export class GatewayAgent {
       if (this.closing) return;
       if (!(err instanceof GatewayClientError && err.sessionEnded)) {
         // Nothing is released unless its data is safe: keep serving, try again after another idle period.
-        this.event('gateway.stop_deferred', this.errorFields(err));
+        this.event('gateway.stop_deferred', errorFields(err));
         this.lastActivity = this.client.scheduler.now();
         this.transition('serving');
-        this.scheduleIdle(session, this.idleTimeoutMs);
+        this.timers?.idleAgain();
         return;
       }
-      this.event('gateway.session_ended', { reason: 'revoked', ...this.errorFields(err) });
+      this.event('gateway.session_ended', { reason: 'revoked', ...errorFields(err) });
     }
     await this.finishSession(session, 'idle');
   }
 
   private async revoked(session: GatewaySession, err: unknown): Promise<void> {
     if (this.session !== session || this.closing) return;
-    this.event('gateway.session_ended', { reason: 'revoked', ...this.errorFields(err) });
+    this.event('gateway.session_ended', { reason: 'revoked', ...errorFields(err) });
     await this.finishSession(session, 'revoked');
   }
 
@@ -473,7 +329,7 @@ export class GatewayAgent {
     if (this.session === session) {
       this.clearTimers();
       this.session = undefined;
-      this.dirty = false;
+      this.changes.forget();
       await this.unload(reason);
     }
     if (!this.closing) void this.register();
@@ -486,7 +342,7 @@ export class GatewayAgent {
     this.transition('stopping', { reason });
     if (session) {
       const ac = new AbortController();
-      const timer = this.client.scheduler.setTimeout(() => ac.abort(), this.shutdownTimeoutMs);
+      const timer = this.client.scheduler.setTimeout(() => ac.abort(), this.ms.shutdownTimeoutMs);
       try {
         await this.push('shutdown', ac.signal);
         if (release) {
@@ -494,7 +350,7 @@ export class GatewayAgent {
           this.event('gateway.released', { reason, pool_state: r.released ? 'released' : 'already_released' });
         }
       } catch (err) {
-        this.event('gateway.shutdown_incomplete', { reason, ...this.errorFields(err) });
+        this.event('gateway.shutdown_incomplete', { reason, ...errorFields(err) });
       } finally {
         this.client.scheduler.clearTimeout(timer);
       }
@@ -515,74 +371,27 @@ export class GatewayAgent {
   // ------------------------------------------------------------ push and timers
 
   private async push(reason: string, signal?: AbortSignal, via?: GatewaySession): Promise<PushReceipt | undefined> {
-    while (this.pushing) await this.pushing.catch(() => undefined);
-    const session = via ?? this.session;
-    if (!session || !this.dirty) return undefined;
-    const seq = this.changeSeq;
-    const timestamp = new Date(this.lastChange);
-    const run = (async () => {
-      const data = await this.hooks.snapshot();
-      const r = await session.push(data, { timestamp, signal: signal ?? this.life.signal });
-      if (this.changeSeq === seq) this.dirty = false;
-      this.lastPush = { version: r.version, at: new Date(this.client.scheduler.now()).toISOString() };
-      this.event('gateway.pushed', { reason, version: r.version });
-      return r;
-    })();
-    this.pushing = run;
-    try {
-      return await run;
-    } finally {
-      this.pushing = undefined;
-    }
+    const r = await this.changes.push(() => via ?? this.session, () => this.hooks.snapshot(), signal ?? this.life.signal);
+    if (r) this.event('gateway.pushed', { reason, version: r.version });
+    return r;
   }
 
   private clearTimers(): void {
-    for (const h of Object.values(this.timers)) if (h) this.client.scheduler.clearTimeout(h);
-    this.timers = {};
+    this.timers?.clear();
+    this.timers = undefined;
   }
 
-  private live(session: GatewaySession): boolean {
-    return this.session === session && (this.current === 'serving' || this.current === 'stopping') && !this.closing;
-  }
-
-  private scheduleHeartbeat(session: GatewaySession): void {
-    this.timers.heartbeat = this.client.scheduler.setTimeout(() => {
-      if (!this.live(session)) return;
-      void session
-        .heartbeat({ retry: false, signal: this.life.signal })
-        .catch((err: unknown) => {
-          if (err instanceof GatewayClientError && err.sessionEnded) this.enqueue(() => this.revoked(session, err));
-          else this.event('gateway.heartbeat_failed', this.errorFields(err));
-        })
-        .finally(() => {
-          if (this.live(session)) this.scheduleHeartbeat(session);
-        });
-    }, this.heartbeatIntervalMs);
-  }
-
-  private schedulePush(session: GatewaySession): void {
-    this.timers.push = this.client.scheduler.setTimeout(() => {
-      if (!this.live(session) || this.current !== 'serving') {
-        if (this.live(session)) this.schedulePush(session);
-        return;
-      }
-      void this.push('periodic')
-        .catch((err: unknown) => {
-          if (err instanceof GatewayClientError && err.sessionEnded) this.enqueue(() => this.revoked(session, err));
-          else this.event('gateway.push_failed', { reason: 'periodic', ...this.errorFields(err) });
-        })
-        .finally(() => {
-          if (this.live(session)) this.schedulePush(session);
-        });
-    }, this.pushIntervalMs);
-  }
-
-  private scheduleIdle(session: GatewaySession, delay: number): void {
-    this.timers.idle = this.client.scheduler.setTimeout(() => {
-      if (this.session !== session || this.current !== 'serving') return;
-      const quiet = this.client.scheduler.now() - this.lastActivity;
-      if (quiet >= this.idleTimeoutMs) this.enqueue(() => this.idleStop(session));
-      else this.scheduleIdle(session, this.idleTimeoutMs - quiet);
-    }, delay);
+  private servingTimers(session: GatewaySession): ServingTimers {
+    return new ServingTimers(this.client.scheduler, this.ms, {
+      live: () => this.session === session && (this.current === 'serving' || this.current === 'stopping') && !this.closing,
+      serving: () => this.session === session && this.current === 'serving',
+      heartbeat: () => session.heartbeat({ retry: false, signal: this.life.signal }),
+      push: () => this.push('periodic'),
+      quietMs: () => this.client.scheduler.now() - this.lastActivity,
+      idle: () => this.enqueue(() => this.idleStop(session)),
+      revoked: (err) => this.enqueue(() => this.revoked(session, err)),
+      failed: (what, err) =>
+        what === 'heartbeat' ? this.event('gateway.heartbeat_failed', errorFields(err)) : this.event('gateway.push_failed', { reason: 'periodic', ...errorFields(err) }),
+    });
   }
 }

@@ -95,13 +95,7 @@ export async function startApiServer(cfg: RuntimeConfig, options: ApiServerOptio
   const close = (): Promise<void> => {
     closing ??= (async () => {
       await Promise.all(timers.map((t) => t.stop()));
-      if (server?.listening) {
-        const s = server;
-        const grace = setTimeout(() => s.closeAllConnections(), options.closeGraceMs ?? 10_000);
-        s.closeIdleConnections();
-        await new Promise<void>((r) => s.close(() => r()));
-        clearTimeout(grace);
-      }
+      if (server?.listening) await closeHttpServer(server, options.closeGraceMs ?? 10_000);
       await allocator.close();
       log({ event: 'server.stopped', env });
     })();
@@ -116,71 +110,17 @@ export async function startApiServer(cfg: RuntimeConfig, options: ApiServerOptio
     await allocator.setRegistrationTokens(cfg.secrets.gatewayRegistrationTokens);
     await runReconcile(allocator, log, env);
 
-    const isOperator = operatorTokenMatcher(cfg.secrets.operatorToken);
-    const gatewayRouter = createGatewayRouter<unknown>({
-      allocator,
-      authenticateUser: (req) => (isOperator(req.headers) ? { operator: true } : null),
-      publicUrl: cfg.api.gatewayUrl,
-      logger: log,
-    });
-    const app = express();
-    app.disable('x-powered-by');
-    app.set('trust proxy', 'loopback');
-    app.get('/healthz', (_req: Request, res: Response) => {
-      allocator.pgPool.query('SELECT 1').then(
-        () => res.status(200).set('cache-control', 'no-store').json({ success: true, env, database: 'ok' }),
-        () => res.status(503).set('cache-control', 'no-store').json({ success: false, code: 'DATABASE_FAILED', message: 'database unreachable', retryable: true }),
-      );
-    });
-    app.use('/gateway', gatewayRouter);
-    app.use('/operator', createOperatorRouter({ allocator, api: gatewayRouter.api, isOperator }));
-    app.use((req: Request, res: Response) => {
-      const { status, body } = toErrorResponse(new GatewayApiError('NOT_FOUND', `no endpoint ${req.method} ${req.path}`));
-      res.status(status).json(body);
-    });
-
+    const app = apiApp(cfg, allocator, log);
     const s = http.createServer(app);
     server = s;
-    await new Promise<void>((resolve, reject) => {
-      s.once('error', reject);
-      s.listen(cfg.api.listen.port, cfg.api.listen.host, () => {
-        s.off('error', reject);
-        resolve();
-      });
-    });
+    await listen(s, cfg.api.listen.port, cfg.api.listen.host);
     const address = s.address() as AddressInfo;
 
-    const reconcile = new Periodic('reconcile', cfg.api.reconcileIntervalSeconds * 1000, () => runReconcile(allocator, log, env), (err) => log({ event: 'server.reconcile_failed', env, ...errorFields(err) } as AllocatorLogEvent));
-    const silenceMs = cfg.api.reaper.silenceSeconds * 1000;
-    const reaper = new Periodic(
-      'reaper',
-      cfg.api.reaper.intervalSeconds * 1000,
-      async () => {
-        const rep = await allocator.reapStale(silenceMs);
-        if (rep.released.length > 0 || rep.errors.length > 0) log({ event: 'pool.reaped', env, released: rep.released, errors: rep.errors.length });
-        for (const e of rep.errors) log({ event: 'pool.reap_failed', env, gateway: e.gateway, organizationId: e.organizationId, code: e.code, message: e.message });
-      },
-      (err) => log({ event: 'server.reaper_failed', env, ...errorFields(err) } as AllocatorLogEvent),
-    );
+    const { reconcile, reaper } = periodicTasks(cfg, allocator, log);
     timers.push(reconcile, reaper);
     // Remote gateway hosts only (inventory host = an IPv4 address): the main host's gateways are never probed.
     const remote = cfg.inventory.some((g) => isRemoteGatewayHost(g.host));
-    const monitor = new HostHealthMonitor({
-      pool: allocator.pgPool,
-      schema: allocator.schema,
-      envName: env,
-      settings: cfg.api.hostHealth,
-      logger: log,
-      probe: options.hostProbe,
-    });
-    const hostHealth = new Periodic(
-      'host-health',
-      cfg.api.hostHealth.intervalSeconds * 1000,
-      async () => {
-        await monitor.runOnce();
-      },
-      (err) => log({ event: 'server.host_health_failed', env, ...errorFields(err) } as AllocatorLogEvent),
-    );
+    const hostHealth = hostHealthTask(cfg, allocator, log, options.hostProbe);
     if (remote) timers.push(hostHealth);
     reconcile.start();
     reaper.start();
@@ -198,6 +138,91 @@ export async function startApiServer(cfg: RuntimeConfig, options: ApiServerOptio
     await close().catch(() => undefined);
     throw err;
   }
+}
+
+/** The probe of remote gateway hosts' stage-2 endpoints (not started); the server runs it only when the inventory has remote hosts. */
+function hostHealthTask(cfg: RuntimeConfig, allocator: GatewayAllocator, log: AllocatorLogger, probe: ApiServerOptions['hostProbe']): Periodic {
+  const env = cfg.envName;
+  const monitor = new HostHealthMonitor({
+    pool: allocator.pgPool,
+    schema: allocator.schema,
+    envName: env,
+    settings: cfg.api.hostHealth,
+    logger: log,
+    probe,
+  });
+  return new Periodic(
+    'host-health',
+    cfg.api.hostHealth.intervalSeconds * 1000,
+    async () => {
+      await monitor.runOnce();
+    },
+    (err) => log({ event: 'server.host_health_failed', env, ...errorFields(err) } as AllocatorLogEvent),
+  );
+}
+
+/** The server's routes: /healthz, the gateway protocol (/gateway), the operator's (/operator), JSON 404 for the rest. */
+function apiApp(cfg: RuntimeConfig, allocator: GatewayAllocator, log: AllocatorLogger): express.Express {
+  const env = cfg.envName;
+  const isOperator = operatorTokenMatcher(cfg.secrets.operatorToken);
+  const gatewayRouter = createGatewayRouter<unknown>({
+    allocator,
+    authenticateUser: (req) => (isOperator(req.headers) ? { operator: true } : null),
+    publicUrl: cfg.api.gatewayUrl,
+    logger: log,
+  });
+  const app = express();
+  app.disable('x-powered-by');
+  app.set('trust proxy', 'loopback');
+  app.get('/healthz', (_req: Request, res: Response) => {
+    allocator.pgPool.query('SELECT 1').then(
+      () => res.status(200).set('cache-control', 'no-store').json({ success: true, env, database: 'ok' }),
+      () => res.status(503).set('cache-control', 'no-store').json({ success: false, code: 'DATABASE_FAILED', message: 'database unreachable', retryable: true }),
+    );
+  });
+  app.use('/gateway', gatewayRouter);
+  app.use('/operator', createOperatorRouter({ allocator, api: gatewayRouter.api, isOperator }));
+  app.use((req: Request, res: Response) => {
+    const { status, body } = toErrorResponse(new GatewayApiError('NOT_FOUND', `no endpoint ${req.method} ${req.path}`));
+    res.status(status).json(body);
+  });
+  return app;
+}
+
+function listen(s: http.Server, port: number, host: string): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    s.once('error', reject);
+    s.listen(port, host, () => {
+      s.off('error', reject);
+      resolve();
+    });
+  });
+}
+
+/** Stops accepting; requests in flight get up to graceMs, then their connections are cut. */
+async function closeHttpServer(s: http.Server, graceMs: number): Promise<void> {
+  const grace = setTimeout(() => s.closeAllConnections(), graceMs);
+  s.closeIdleConnections();
+  await new Promise<void>((r) => s.close(() => r()));
+  clearTimeout(grace);
+}
+
+/** The periodic reconcile and reaper (not started); a failed run is logged and the next one still comes. */
+function periodicTasks(cfg: RuntimeConfig, allocator: GatewayAllocator, log: AllocatorLogger): { reconcile: Periodic; reaper: Periodic } {
+  const env = cfg.envName;
+  const reconcile = new Periodic('reconcile', cfg.api.reconcileIntervalSeconds * 1000, () => runReconcile(allocator, log, env), (err) => log({ event: 'server.reconcile_failed', env, ...errorFields(err) } as AllocatorLogEvent));
+  const silenceMs = cfg.api.reaper.silenceSeconds * 1000;
+  const reaper = new Periodic(
+    'reaper',
+    cfg.api.reaper.intervalSeconds * 1000,
+    async () => {
+      const rep = await allocator.reapStale(silenceMs);
+      if (rep.released.length > 0 || rep.errors.length > 0) log({ event: 'pool.reaped', env, released: rep.released, errors: rep.errors.length });
+      for (const e of rep.errors) log({ event: 'pool.reap_failed', env, gateway: e.gateway, organizationId: e.organizationId, code: e.code, message: e.message });
+    },
+    (err) => log({ event: 'server.reaper_failed', env, ...errorFields(err) } as AllocatorLogEvent),
+  );
+  return { reconcile, reaper };
 }
 
 /** One reconcile pass; its problems are logged one per line (a failed pass is retried on the next tick). */

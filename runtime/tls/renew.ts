@@ -20,7 +20,7 @@ import { execFile } from 'child_process';
 import { promises as fs } from 'fs';
 import * as tls from 'tls';
 import { certificateInfo, keyMatchesCertificate, sameNames, type CertificateInfo } from './pem';
-import type { CertificateIssuer } from './types';
+import type { CertificateIssuer, IssuedCertificate } from './types';
 
 export const DAY_MS = 86_400_000;
 /** Let's Encrypt certificates live 90 days and its own advice is to renew with 30 days left. */
@@ -213,41 +213,9 @@ export async function renewBaseCertificate(o: RenewOptions): Promise<RenewResult
   return withLock(`${o.certPath}.lock`, async () => {
     const started = Date.now();
     log(`tls-renew: ${reason}: issuing ${o.names.join(', ')} (${o.issuer.kind})`);
-    let issued;
-    try {
-      issued = await o.issuer.issue(o.names, { signal: o.signal });
-    } catch (err) {
-      throw new RenewError(`issuing ${o.names.join(', ')} failed: ${(err as Error).message}`, true, err);
-    }
-    if (!keyMatchesCertificate(issued.certPem, issued.keyPem)) {
-      throw new RenewError('the issued key does not match the issued certificate', true);
-    }
+    const issued = await issueChecked(o);
     const info = certificateInfo(issued.certPem);
-
-    // 2-3. new files next to the old ones (same filesystem: rename is atomic), previous pair kept.
-    const newCert = await writeFileAtomic(o.certPath, issued.certPem, 0o644);
-    const newKey = await writeFileAtomic(o.keyPath, issued.keyPem, 0o600);
-    const owner = o.keyOwner ?? (await fs.stat(o.keyPath).then((st) => ({ uid: st.uid, gid: st.gid }), () => undefined));
-    if (owner !== undefined && process.getuid?.() === 0) await fs.chown(newKey, owner.uid, owner.gid);
-    const oldCert = await readOptional(o.certPath);
-    const oldKey = await readOptional(o.keyPath);
-    const hadPrevious = oldCert !== undefined && oldKey !== undefined;
-    if (hadPrevious) {
-      await fs.writeFile(`${o.certPath}.prev`, oldCert, { mode: 0o644 });
-      await fs.writeFile(`${o.keyPath}.prev`, oldKey, { mode: 0o600 });
-    }
-    const restore = async (): Promise<void> => {
-      if (hadPrevious) {
-        await fs.copyFile(`${o.keyPath}.prev`, `${o.keyPath}.new`);
-        await fs.copyFile(`${o.certPath}.prev`, `${o.certPath}.new`);
-        await fs.rename(`${o.keyPath}.new`, o.keyPath);
-        await fs.rename(`${o.certPath}.new`, o.certPath);
-      }
-    };
-    // Key first: while only one of the two has moved, nothing reads them (nginx reads at -t/reload).
-    await fs.rename(newKey, o.keyPath);
-    await fs.rename(newCert, o.certPath);
-
+    const { hadPrevious, restore } = await installPair(o, issued);
     // 4. validate the whole configuration with the new pair.
     const test = await run(o.testCommand, timeout);
     if (!test.ok) {
@@ -261,22 +229,7 @@ export async function renewBaseCertificate(o: RenewOptions): Promise<RenewResult
       throw new RenewError(`nginx reload failed (previous pair restored; nginx still serves it): ${reload.output}`, hadPrevious);
     }
     // 6. a reload returns before the new workers serve: confirm by handshake.
-    if (o.probe !== undefined) {
-      const deadline = Date.now() + (o.probe.timeoutMs ?? 15_000);
-      let seen = '';
-      for (;;) {
-        try {
-          seen = await servedFingerprint(o.probe);
-          if (seen === info.fingerprint256) break;
-        } catch (err) {
-          seen = (err as Error).message;
-        }
-        if (Date.now() > deadline) {
-          throw new RenewError(`nginx was reloaded but still presents ${seen} for ${o.probe.servername}, not ${info.fingerprint256}`, false);
-        }
-        await new Promise((r) => setTimeout(r, 100));
-      }
-    }
+    if (o.probe !== undefined) await awaitServed(o.probe, info.fingerprint256);
     if (o.source !== undefined) await fs.writeFile(`${o.certPath}.source`, `${o.source}\n`, { mode: 0o644 });
     log(`tls-renew: installed ${o.names.join(', ')} valid until ${info.notAfter.toISOString()} (${Date.now() - started} ms)`);
     return {
@@ -289,4 +242,66 @@ export async function renewBaseCertificate(o: RenewOptions): Promise<RenewResult
       durationMs: Date.now() - started,
     };
   });
+}
+
+/** 1. the new pair from the issuer, its key matching its certificate. */
+async function issueChecked(o: RenewOptions): Promise<IssuedCertificate> {
+  let issued: IssuedCertificate;
+  try {
+    issued = await o.issuer.issue(o.names, { signal: o.signal });
+  } catch (err) {
+    throw new RenewError(`issuing ${o.names.join(', ')} failed: ${(err as Error).message}`, true, err);
+  }
+  if (!keyMatchesCertificate(issued.certPem, issued.keyPem)) {
+    throw new RenewError('the issued key does not match the issued certificate', true);
+  }
+  return issued;
+}
+
+/**
+ * 2-3. new files next to the old ones (same filesystem: rename is atomic), the
+ * previous pair kept as .prev; `restore` puts it back.
+ */
+async function installPair(o: RenewOptions, issued: IssuedCertificate): Promise<{ hadPrevious: boolean; restore: () => Promise<void> }> {
+  const newCert = await writeFileAtomic(o.certPath, issued.certPem, 0o644);
+  const newKey = await writeFileAtomic(o.keyPath, issued.keyPem, 0o600);
+  const owner = o.keyOwner ?? (await fs.stat(o.keyPath).then((st) => ({ uid: st.uid, gid: st.gid }), () => undefined));
+  if (owner !== undefined && process.getuid?.() === 0) await fs.chown(newKey, owner.uid, owner.gid);
+  const oldCert = await readOptional(o.certPath);
+  const oldKey = await readOptional(o.keyPath);
+  const hadPrevious = oldCert !== undefined && oldKey !== undefined;
+  if (hadPrevious) {
+    await fs.writeFile(`${o.certPath}.prev`, oldCert, { mode: 0o644 });
+    await fs.writeFile(`${o.keyPath}.prev`, oldKey, { mode: 0o600 });
+  }
+  const restore = async (): Promise<void> => {
+    if (hadPrevious) {
+      await fs.copyFile(`${o.keyPath}.prev`, `${o.keyPath}.new`);
+      await fs.copyFile(`${o.certPath}.prev`, `${o.certPath}.new`);
+      await fs.rename(`${o.keyPath}.new`, o.keyPath);
+      await fs.rename(`${o.certPath}.new`, o.certPath);
+    }
+  };
+  // Key first: while only one of the two has moved, nothing reads them (nginx reads at -t/reload).
+  await fs.rename(newKey, o.keyPath);
+  await fs.rename(newCert, o.certPath);
+  return { hadPrevious, restore };
+}
+
+/** Polls the served certificate until it is the new one, or fails after the probe's time limit. */
+async function awaitServed(probe: NonNullable<RenewOptions['probe']>, fingerprint256: string): Promise<void> {
+  const deadline = Date.now() + (probe.timeoutMs ?? 15_000);
+  let seen = '';
+  for (;;) {
+    try {
+      seen = await servedFingerprint(probe);
+      if (seen === fingerprint256) return;
+    } catch (err) {
+      seen = (err as Error).message;
+    }
+    if (Date.now() > deadline) {
+      throw new RenewError(`nginx was reloaded but still presents ${seen} for ${probe.servername}, not ${fingerprint256}`, false);
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
 }
