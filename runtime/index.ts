@@ -57,6 +57,8 @@ export type { RenewOptions, RenewResult, RenewalPolicy, RenewalReason } from './
 export { OrgDataStore, serializeSnapshot } from './org-data-store';
 export type { JsonValue, OrgDataSnapshot, OrgDataStoreOptions, PullResult, PushResult, PushWriter, SnapshotInfo } from './org-data-store';
 export { GatewaySessions } from './gateway-sessions';
+export { HostHealthMonitor, STAGE2_HEALTH_PATH, decideHostHealth, httpStage2Probe, isRemoteGatewayHost } from './host-health';
+export type { GatewayProbe, HostGateway, HostHealthDecision, HostHealthOptions, HostHealthRound, HostHealthSettings } from './host-health';
 // Framework-free HTTP handlers; the Express adapter is the separate entry `runtime/http/express`.
 export { GatewayApi, GATEWAY_ROUTES } from './http/gateway-api';
 export type { ApiRequest, ApiResponse, CollabStartPayload, GatewayApiOptions, GatewayRoute, GatewayTarget, OrganizationConfig } from './http/gateway-api';
