@@ -17,16 +17,18 @@ export const SCALE_BURST_CONCURRENCY = 64;
 export const DNS_SAMPLE_EVERY = 8;
 export const PG_POOL_MAX = 20; // the allocator's default
 
-const USAGE = 'usage: npm run bench [-- --quick] [-- --no-readme] [-- --profile]';
+const USAGE = 'usage: npm run bench [-- --quick] [-- --no-readme] [-- --profile] [-- --only-routing]';
 const args = new Set(process.argv.slice(2));
 for (const a of args) {
-  if (!['--quick', '--no-readme', '--profile'].includes(a)) {
+  if (!['--quick', '--no-readme', '--profile', '--only-routing'].includes(a)) {
     console.error(`unknown option ${a}; ${USAGE}`);
     process.exit(2);
   }
 }
 export const QUICK = args.has('--quick');
-export const WRITE_README = !QUICK && !args.has('--no-readme');
+/** Row 5 alone (stage 1 vs the static proxy): no seed baseline, no other phase, no results files written. */
+export const ONLY_ROUTING = args.has('--only-routing');
+export const WRITE_README = !QUICK && !ONLY_ROUTING && !args.has('--no-readme');
 
 export interface BenchConfig {
   poolSize: number;

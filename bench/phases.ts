@@ -9,7 +9,7 @@ import { PDNS_DEFAULTS, SOA_EDIT_ONLY, measurePatch } from './pdns-probes';
 import type { BurstResult, ProfileSummary } from './protocol';
 import type { ReloadProbe, ReloadTiming } from './reload-probe';
 import type { ConcurrencyFigures, OpFigures, RoutingFigures, ScaleFigures } from './results-types';
-import { runWrk, type WrkRun } from './routing';
+import { runWrk, workersCpuUs, type WrkRun } from './routing';
 import { latencySummary, spread } from './stats';
 import { cpuMs, postgresPids, powerDnsPid, resetPeakRss, rssMiB } from './system';
 import type { Worker } from './worker-client';
@@ -120,8 +120,12 @@ export async function routingPhase(ctx: PhaseContext): Promise<RoutingFigures> {
     await runWrk(stage1Url, host, 1, CONFIG.wrkConnections);
     await runWrk(staticUrl, host, 1, CONFIG.wrkConnections);
     for (let rep = 0; rep < CONFIG.reps; rep++) {
+      const c0 = workersCpuUs(ctx.nginx);
       const st = await runWrk(staticUrl, host, CONFIG.wrkSeconds, CONFIG.wrkConnections);
+      const c1 = workersCpuUs(ctx.nginx);
       const s1 = await runWrk(stage1Url, host, CONFIG.wrkSeconds, CONFIG.wrkConnections);
+      const c2 = workersCpuUs(ctx.nginx);
+      const cpu = `worker CPU/request stage 1 ${((c2 - c1) / s1.requests).toFixed(1)} µs vs static ${((c1 - c0) / st.requests).toFixed(1)} µs`;
       const stL = await runWrk(staticUrl, host, CONFIG.wrkSeconds, 1);
       const s1L = await runWrk(stage1Url, host, CONFIG.wrkSeconds, 1);
       runs.staticProxy.thr.push(st);
@@ -130,7 +134,7 @@ export async function routingPhase(ctx: PhaseContext): Promise<RoutingFigures> {
       runs.stage1.lat.push(s1L);
       log(
         `  routing rep ${rep + 1}: c=${CONFIG.wrkConnections} stage 1 ${s1.requestsPerS.toFixed(0)}/s vs static ${st.requestsPerS.toFixed(0)}/s` +
-          ` | c=1 p50/p99 stage 1 ${s1L.p50Ms.toFixed(3)}/${s1L.p99Ms.toFixed(3)} ms vs static ${stL.p50Ms.toFixed(3)}/${stL.p99Ms.toFixed(3)} ms | errors ${s1.errors + s1L.errors}/${st.errors + stL.errors}`,
+          ` | c=1 p50/p99 stage 1 ${s1L.p50Ms.toFixed(3)}/${s1L.p99Ms.toFixed(3)} ms vs static ${stL.p50Ms.toFixed(3)}/${stL.p99Ms.toFixed(3)} ms | ${cpu} | errors ${s1.errors + s1L.errors}/${st.errors + stL.errors}`,
       );
     }
   } finally {

@@ -7,7 +7,7 @@
  * gateway nginx.
  */
 import { execFile } from 'child_process';
-import { writeFileSync } from 'fs';
+import { readFileSync, readdirSync, writeFileSync } from 'fs';
 import * as path from 'path';
 import type { Stage1Nginx } from '../test/helpers/stage1-nginx';
 import { extraConfDir } from './system';
@@ -88,4 +88,25 @@ export function runWrk(url: string, host: string, seconds: number, connections: 
       }
     }),
   );
+}
+
+/**
+ * CPU (user + system, microseconds) the stage-1 nginx's workers have used so far: the children of its
+ * master. Per request, it is the routing's cost with the machine's other load taken out (requests/s on a
+ * shared 2-core machine is not; docs/bench.md, row 5).
+ */
+export function workersCpuUs(nginx: { prefix: string }): number {
+  const master = readFileSync(path.join(nginx.prefix, 'nginx.pid'), 'utf8').trim();
+  const hz = 100; // USER_HZ on Linux
+  let ticks = 0;
+  for (const pid of readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      if (f[1] === master) ticks += Number(f[11]) + Number(f[12]);
+    } catch {
+      /* exited meanwhile */
+    }
+  }
+  return (ticks * 1e6) / hz;
 }

@@ -3,7 +3,9 @@
  * PostgreSQL, PowerDNS and nginx of the test set-up, the seed's algorithm
  * measured in the same run, and stage 1's per-request routing cost.
  *
- *   npx ts-node --transpile-only bench/run.ts [--quick] [--no-readme] [--profile]
+ *   npx ts-node --transpile-only bench/run.ts [--quick] [--no-readme] [--profile] [--only-routing]
+ *
+ * --only-routing runs row 5 alone (after the warm-up) and prints its figures; it writes no files.
  *
  * Writes bench/results/<date>.json, <date>.md, <date>.svg and latest.{json,md,svg};
  * a full run also refreshes the results block of docs/bench.md. The phases
@@ -18,7 +20,7 @@ import { buildClosure } from '../soak/build';
 import { deleteZone, dropSchema, gatewayHost } from '../test/helpers/fixtures';
 import { Stage1Nginx } from '../test/helpers/stage1-nginx';
 import { assembleResults, dnsWriteFigures } from './assemble';
-import { CONFIG, DNS_SAMPLE_EVERY, HTTPS_PORT, PG_POOL_MAX, QUICK, RESULTS_DIR, ROOT, STAND_IN_PORT, STATIC_PROXY_PORT, STATUS_PORT, WRITE_README, elapsedS, log, readServices } from './config';
+import { CONFIG, DNS_SAMPLE_EVERY, HTTPS_PORT, ONLY_ROUTING, PG_POOL_MAX, QUICK, RESULTS_DIR, ROOT, STAND_IN_PORT, STATIC_PROXY_PORT, STATUS_PORT, WRITE_README, elapsedS, log, readServices } from './config';
 import { inventory, orgsOf, sequentialFigures, throwOnErrors } from './figures';
 import { createBenchZone, measureDnsWrites, type DnsWriteCost } from './pdns-probes';
 import { concurrencyPhase, routingPhase, scalePhase, type PhaseContext } from './phases';
@@ -109,7 +111,7 @@ async function main(): Promise<void> {
     writeStaticProxy(nginx, STATIC_PROXY_PORT, `${gatewayHost(0)}:${standIn.port}`);
     nginx.start();
 
-    const seed = await seedPhase(s, domain, standIn.port, cleanups);
+    const seed = ONLY_ROUTING ? undefined : await seedPhase(s, domain, standIn.port, cleanups);
 
     // ---------------------------------------------------------- the measured allocator
     const buildDir = path.join(ROOT, '.test-services', 'bench', 'build');
@@ -164,6 +166,16 @@ async function main(): Promise<void> {
     await ctx.run('allocate', warm, 16, 'warm-up');
     await ctx.run('release', warm, 16, 'warm-up');
 
+    if (!seed) {
+      const r = await routingPhase(ctx);
+      const med = (x: { median: number }): string => x.median.toFixed(3);
+      log(
+        `row 5 (medians of ${CONFIG.reps}): requests/s stage 1 ${r.stage1.requestsPerS.median.toFixed(0)} vs static ${r.staticProxy.requestsPerS.median.toFixed(0)}, ` +
+          `paired ratio ${med(r.pairs.requestsPerSRatio)}; c=1 p50 ${med(r.stage1.p50Ms)} vs ${med(r.staticProxy.p50Ms)} ms, p99 ${med(r.stage1.p99Ms)} vs ${med(r.staticProxy.p99Ms)} ms, ` +
+          `paired added p99 ${med(r.pairs.addedP99Ms)} ms; errors ${r.stage1.errors}/${r.staticProxy.errors}`,
+      );
+      return;
+    }
     ctx.rssByPhase['start (connected, pool registered)'] = rssMiB(worker.pid).peak;
     resetPeakRss(worker.pid);
     const conc = await concurrencyPhase(ctx, seed);
