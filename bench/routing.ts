@@ -9,6 +9,7 @@
 import { execFile } from 'child_process';
 import { readFileSync, readdirSync, writeFileSync } from 'fs';
 import * as path from 'path';
+import { proxyDirectives } from '../runtime/nginx-config';
 import type { Stage1Nginx } from '../test/helpers/stage1-nginx';
 import { extraConfDir } from './system';
 
@@ -38,17 +39,7 @@ server {
     ssl_certificate_key ${nginx.keyFile};
     location / {
         proxy_pass http://${upstream};
-        proxy_http_version 1.1;
-        proxy_set_header Upgrade $http_upgrade;
-        proxy_set_header Connection $bench_static_connection_upgrade;
-        proxy_set_header Host $host;
-        proxy_set_header X-Real-IP $remote_addr;
-        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-        proxy_set_header X-Forwarded-Proto $scheme;
-        proxy_set_header X-Forwarded-Host $host;
-        proxy_read_timeout 1h;
-        proxy_send_timeout 1h;
-        proxy_buffering off;
+${proxyDirectives('$bench_static_connection_upgrade')}
     }
 }
 `,

@@ -205,6 +205,27 @@ export default { gateway: gateway, lookup: lookup, noGateway: noGateway, gateway
 }
 
 /**
+ * The proxy directives of stage 1's org location (WebSocket upgrade, X-Forwarded-*, long
+ * timeouts, no buffering), 8-space indented; the bench's static proxy uses the same ones so
+ * row 5 compares like with like. `connection` names the map of $http_upgrade to Connection.
+ */
+export function proxyDirectives(connection: string): string {
+  return [
+    'proxy_http_version 1.1;',
+    'proxy_set_header Upgrade $http_upgrade;',
+    `proxy_set_header Connection ${connection};`,
+    'proxy_set_header Host $host;',
+    'proxy_set_header X-Real-IP $remote_addr;',
+    'proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;',
+    'proxy_set_header X-Forwarded-Proto $scheme;',
+    'proxy_set_header X-Forwarded-Host $host;',
+    'proxy_read_timeout 1h;',
+    'proxy_send_timeout 1h;',
+    'proxy_buffering off;',
+  ].map((l) => `        ${l}`).join('\n');
+}
+
+/**
  * Certificates: without orgCertDir, the base certificate is loaded by the
  * master at each reload. With it, `ssl_certificate` holds variables, so nginx
  * 1.22 loads the chosen files in the worker during every full handshake
@@ -284,17 +305,7 @@ server {
             return 404;
         }
         proxy_pass http://$demiurge_gateway;
-        proxy_http_version 1.1;
-        proxy_set_header Upgrade $http_upgrade;
-        proxy_set_header Connection $demiurge_connection_upgrade;
-        proxy_set_header Host $host;
-        proxy_set_header X-Real-IP $remote_addr;
-        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-        proxy_set_header X-Forwarded-Proto $scheme;
-        proxy_set_header X-Forwarded-Host $host;
-        proxy_read_timeout 1h;
-        proxy_send_timeout 1h;
-        proxy_buffering off;
+${proxyDirectives('$demiurge_connection_upgrade')}
     }
 }
 
