@@ -85,12 +85,8 @@ export function configVersion(text: string): string {
   return h.toString(16).padStart(8, '0');
 }
 
-export function renderRoutesJs(o: Stage1RenderOptions, version: string): string {
-  const flat = (o.naming ?? 'nested') === 'flat';
-  const certDir = o.orgCertDir;
-  // njs 0.7 (Debian bookworm): ES5-style code, `var` only.
-  const compactDecoder = flat
-    ? `
+/** njs: the decoder of flat names' compact org id. */
+const NJS_COMPACT_DECODER = `
 // Flat names carry the org id as naming.compactId (26 base32 characters).
 var B32 = 'abcdefghijklmnopqrstuvwxyz234567';
 function uuidOf(token) {
@@ -107,10 +103,11 @@ function uuidOf(token) {
     }
     return hex.slice(0, 8) + '-' + hex.slice(8, 12) + '-' + hex.slice(12, 16) + '-' + hex.slice(16, 20) + '-' + hex.slice(20, 32);
 }
-`
-    : '';
-  const tls = certDir
-    ? `
+`;
+
+/** njs: which certificate a TLS handshake gets (the org's bundle when readable, else the base). */
+function njsTlsPart(o: Stage1RenderOptions, certDir: string): string {
+  return `
 var CERTS = ${JSON.stringify(`${certDir}/`)};
 var BASE_CERT = ${JSON.stringify(o.certPath)};
 var BASE_KEY = ${JSON.stringify(o.keyPath)};
@@ -137,8 +134,31 @@ function tlsOrg(r) {
     var m = SNI.exec((r.variables.ssl_server_name || '').toLowerCase());
     return m && hasCert(m[1]) ? m[1] : '';
 }
-`
-    : '';
+`;
+}
+
+/** njs: the status server's answer (what the workers route each id to, certificates, worker pid). */
+function njsLookup(version: string, certDir: string | undefined): string {
+  return `// Status server: what the workers would route each id to right now${certDir ? ', whether they can read\n// each org\'s certificate bundle and the base certificate, and which worker answers' : ''}.
+function lookup(r) {
+    var ids = (r.args.ids || '').split(',');
+    var out = { version: '${version}', routes: {}${certDir ? ', certs: {}, base: readable(BASE_CERT) && readable(BASE_KEY), pid: process.pid' : ''} };
+    for (var i = 0; i < ids.length; i++) {
+        if (ID.test(ids[i])) {
+            out.routes[ids[i]] = target(ids[i]);
+${certDir ? '            out.certs[ids[i]] = hasCert(ids[i]);\n' : ''}        }
+    }
+    r.headersOut['Content-Type'] = 'application/json';
+    r.return(200, JSON.stringify(out));
+}`;
+}
+
+export function renderRoutesJs(o: Stage1RenderOptions, version: string): string {
+  const flat = (o.naming ?? 'nested') === 'flat';
+  const certDir = o.orgCertDir;
+  // njs 0.7 (Debian bookworm): ES5-style code, `var` only.
+  const compactDecoder = flat ? NJS_COMPACT_DECODER : '';
+  const tls = certDir ? njsTlsPart(o, certDir) : '';
   return `// ${ROUTE_OWNER}: written by the gateway allocator; do not edit by hand.
 var fs = require('fs');
 var ROUTES = ${JSON.stringify(`${o.confDir}/${ROUTES_SUBDIR}/`)};
@@ -187,18 +207,7 @@ function gatewayDown(r) {
     page(r, PAGES.gatewayDown);
 }
 
-// Status server: what the workers would route each id to right now${certDir ? ', whether they can read\n// each org\'s certificate bundle and the base certificate, and which worker answers' : ''}.
-function lookup(r) {
-    var ids = (r.args.ids || '').split(',');
-    var out = { version: '${version}', routes: {}${certDir ? ', certs: {}, base: readable(BASE_CERT) && readable(BASE_KEY), pid: process.pid' : ''} };
-    for (var i = 0; i < ids.length; i++) {
-        if (ID.test(ids[i])) {
-            out.routes[ids[i]] = target(ids[i]);
-${certDir ? '            out.certs[ids[i]] = hasCert(ids[i]);\n' : ''}        }
-    }
-    r.headersOut['Content-Type'] = 'application/json';
-    r.return(200, JSON.stringify(out));
-}
+${njsLookup(version, certDir)}
 
 export default { gateway: gateway, lookup: lookup, noGateway: noGateway, gatewayDown: gatewayDown${certDir ? ', tlsOrg: tlsOrg' : ''} };
 `;
@@ -225,6 +234,42 @@ export function proxyDirectives(connection: string): string {
   ].map((l) => `        ${l}`).join('\n');
 }
 
+/** nginx: the certificate of each TLS handshake, chosen by njs (tlsOrg). */
+function orgCertMaps(o: Stage1RenderOptions, orgCertDir: string): string {
+  return `
+# Certificate per TLS handshake: the org's own bundle (org-<uuid> and *.org-<uuid>)
+# when the allocator has written it, the base certificate otherwise.
+js_set $demiurge_tls_org demiurge_routes.tlsOrg;
+
+map $demiurge_tls_org $demiurge_ssl_certificate {
+    "" ${o.certPath};
+    default ${orgCertDir}/org-$demiurge_tls_org.pem;
+}
+
+map $demiurge_tls_org $demiurge_ssl_certificate_key {
+    "" ${o.keyPath};
+    default ${orgCertDir}/org-$demiurge_tls_org.pem;
+}
+`;
+}
+
+/** nginx: the loopback status server the allocator asks before it answers an allocation. */
+function statusServer(o: Stage1RenderOptions): string {
+  return `# Loopback only: the allocator asks the workers what they route, so an
+# allocation is answered only once nginx itself serves its route.
+server {
+    listen ${o.statusListen};
+    access_log off;
+    location = /__demiurge/routes {
+        js_content demiurge_routes.lookup;
+    }
+    location / {
+        return 404;
+    }
+}
+`;
+}
+
 /**
  * Certificates: without orgCertDir, the base certificate is loaded by the
  * master at each reload. With it, `ssl_certificate` holds variables, so nginx
@@ -243,23 +288,7 @@ export function renderOrgsConf(o: Stage1RenderOptions): string {
     ? `    "~^(?:[a-z0-9-]+\\.)*org-(?<demiurge_oid>${UUID})\\.${domain}$" $demiurge_oid;
     "~^[a-z0-9-]+--org-(?<demiurge_oid>${UUID}|${COMPACT})\\.${domain}$" $demiurge_oid;`
     : `    "~^(?:[a-z0-9-]+\\.)*org-(?<demiurge_oid>${UUID})\\.${domain}$" $demiurge_oid;`;
-  const certs = o.orgCertDir
-    ? `
-# Certificate per TLS handshake: the org's own bundle (org-<uuid> and *.org-<uuid>)
-# when the allocator has written it, the base certificate otherwise.
-js_set $demiurge_tls_org demiurge_routes.tlsOrg;
-
-map $demiurge_tls_org $demiurge_ssl_certificate {
-    "" ${o.certPath};
-    default ${o.orgCertDir}/org-$demiurge_tls_org.pem;
-}
-
-map $demiurge_tls_org $demiurge_ssl_certificate_key {
-    "" ${o.keyPath};
-    default ${o.orgCertDir}/org-$demiurge_tls_org.pem;
-}
-`
-    : '';
+  const certs = o.orgCertDir ? orgCertMaps(o, o.orgCertDir) : '';
   const sslCert = o.orgCertDir ? '$demiurge_ssl_certificate' : o.certPath;
   const sslKey = o.orgCertDir ? '$demiurge_ssl_certificate_key' : o.keyPath;
   return `# ${ROUTE_OWNER}: written by the gateway allocator; do not edit by hand.
@@ -309,19 +338,7 @@ ${proxyDirectives('$demiurge_connection_upgrade')}
     }
 }
 
-# Loopback only: the allocator asks the workers what they route, so an
-# allocation is answered only once nginx itself serves its route.
-server {
-    listen ${o.statusListen};
-    access_log off;
-    location = /__demiurge/routes {
-        js_content demiurge_routes.lookup;
-    }
-    location / {
-        return 404;
-    }
-}
-`;
+${statusServer(o)}`;
 }
 
 export function routeFileName(orgId: string): string {

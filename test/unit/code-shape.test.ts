@@ -16,13 +16,8 @@ interface Allowed {
   reason: string;
 }
 
-const NOT_SPLIT_HERE = 'left for the owner of the nginx modules (effects)';
-
 /** Every entry names its reason; an entry that no longer matches anything fails too (prune it). */
 const ALLOWED: Allowed[] = [
-  // Not owned by the splits branch (nginx rendering, next to NginxRoutes); each is mostly one njs/nginx template literal.
-  { kind: 'function', file: 'runtime/nginx-config.ts', name: 'renderRoutesJs', reason: `${NOT_SPLIT_HERE}: the njs script is one template literal` },
-  { kind: 'function', file: 'runtime/nginx-config.ts', name: 'renderOrgsConf', reason: `${NOT_SPLIT_HERE}: the nginx map/server blocks are template literals` },
   // Exceptions that stay, with why.
   {
     kind: 'class',
