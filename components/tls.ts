@@ -5,11 +5,18 @@ import * as command from '@pulumi/command';
 import type { TlsConfig } from '../stack/config';
 import { PORTS, powerDnsContainerName, tlsRenewerContainerName } from '../runtime/naming';
 import { RESTART_POLICY, STOP_GRACE_SECONDS, TYPE_PREFIX, envNetworkAttachment, envVar, roleLabels, secretEnvVar } from './common';
-import type { BundledFile } from './runtime-bundle';
+import { plainFile, type BundledFile } from './runtime-bundle';
 
 /** Where the renewal CLI (one esbuild bundle) is uploaded in the renewer container. */
 export const RENEWER_CODE_DIR = '/opt/demiurge/runtime';
 export const RENEW_CLI = `${RENEWER_CODE_DIR}/tls-renew.js`;
+/**
+ * letsencrypt with `acmeCaCertificates`: the ACME server's TLS CAs (PEM), uploaded as this file into
+ * the renewer and the dev container alike (same directory in both: the dev container's runtime
+ * directory), for lego's LEGO_CA_CERTIFICATES. A file, never a command line.
+ */
+export const ACME_CA_FILE_NAME = 'acme-ca.pem';
+export const ACME_CA_FILE = `${RENEWER_CODE_DIR}/${ACME_CA_FILE_NAME}`;
 /** Mount point of the `tls` volume (same path in the dev container, see DEV_MOUNTS.tlsState). */
 export const TLS_STATE_DIR = '/var/lib/demiurge/tls';
 /** mkcert's CAROOT on the tls volume: the dev CA developers trust once. */
@@ -43,7 +50,7 @@ export type TlsRuntimeSettings =
   /** `new DevCaIssuer({ caroot })` */
   | { issuer: 'dev-ca'; caroot: string }
   /** `new AcmeIssuer({ directoryUrl, email, stateDir, resolvers, dns: { apiUrl: powerDnsApiUrl, apiKey: powerDnsApiKey, zone: domain } })` */
-  | { issuer: 'acme'; directoryUrl: string; email: string; stateDir: string; resolvers: string[] };
+  | { issuer: 'acme'; directoryUrl: string; email: string; stateDir: string; resolvers: string[]; caCertificatesFile?: string };
 
 export interface TlsArgs {
   envName: string;
@@ -117,7 +124,14 @@ export class Tls extends pulumi.ComponentResource {
         ? { issuer: 'none' }
         : tls.mode === 'mkcert'
           ? { issuer: 'dev-ca', caroot: DEV_CA_DIR }
-          : { issuer: 'acme', directoryUrl: tls.acmeDirectory, email: tls.acmeEmail, stateDir: ACME_STATE_DIR, resolvers };
+          : {
+              issuer: 'acme',
+              directoryUrl: tls.acmeDirectory,
+              email: tls.acmeEmail,
+              stateDir: ACME_STATE_DIR,
+              resolvers,
+              ...(tls.acmeCaCertificates === undefined ? {} : { caCertificatesFile: ACME_CA_FILE }),
+            };
     if (tls.mode === 'none') {
       this.registerOutputs({ mode: this.mode });
       return;
@@ -154,6 +168,10 @@ export class Tls extends pulumi.ComponentResource {
         envVar('DNS_RESOLVERS', resolvers.join(',')),
       );
       dependsOn.push(...args.powerDns.ready);
+      if (tls.acmeCaCertificates !== undefined) {
+        envs.push(envVar('ACME_CA_CERTIFICATES', ACME_CA_FILE));
+        this.renewerCode.push(plainFile(ACME_CA_FILE_NAME, tls.acmeCaCertificates));
+      }
     }
 
     this.renewerCode.push(args.renewCli);

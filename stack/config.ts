@@ -14,6 +14,7 @@
  * against its settings, naming against the wildcard record…) is a named rule
  * in RULES, run after every field was read.
  */
+import { X509Certificate } from 'crypto';
 import * as pulumi from '@pulumi/pulumi';
 import { PORTS, USER_CONTAINER_NAMINGS, type UserContainerNaming, isValidDomain, isValidEnvName, isValidIpv4, portRange } from '../runtime/naming';
 import { parseGatewayHosts } from './config-gateway-hosts';
@@ -58,6 +59,8 @@ export type TlsConfig =
       mode: 'letsencrypt';
       acmeEmail: string;
       acmeDirectory: string;
+      /** PEM: CAs of the ACME server's own HTTPS (a private ACME CA); undefined: the system's. */
+      acmeCaCertificates?: string;
       renewBeforeDays: number;
     };
 
@@ -114,6 +117,8 @@ export interface StackConfig {
   gatewayIdleTimeoutSeconds: number;
   /** Gateways push their organization's data this often while allocated (GATEWAY_PUSH_INTERVAL_MS). */
   gatewayPushIntervalSeconds: number;
+  /** PEM: extra CAs every gateway trusts when calling GANYMEDE_URL (NODE_EXTRA_CA_CERTS); undefined: none. */
+  gatewayExtraCaCertificates?: string;
 }
 
 export type ConfigKey = keyof FieldValues;
@@ -204,6 +209,34 @@ function isHttpUrl(v: string): boolean {
   }
 }
 
+const PEM_CERT_RE = /-----BEGIN CERTIFICATE-----[A-Za-z0-9+/=\s]+?-----END CERTIFICATE-----/g;
+
+/**
+ * One or more PEM certificates and nothing else (no private key, no text around them), each one
+ * parseable; returns them normalised (one block after another, final newline), or undefined.
+ */
+export function parsePemCertificates(v: string): string | undefined {
+  const blocks = v.match(PEM_CERT_RE) ?? [];
+  if (blocks.length === 0 || v.replace(PEM_CERT_RE, '').trim() !== '') return undefined;
+  try {
+    for (const b of blocks) new X509Certificate(b);
+  } catch {
+    return undefined;
+  }
+  return `${blocks.map((b) => b.trim()).join('\n')}\n`;
+}
+
+/** A PEM bundle key (public certificates: not a secret, but a file, never a command line). */
+function pemField(what: string, when?: (ctx: FieldContext) => boolean): Field<string | undefined> {
+  return {
+    doc: '(unset: none)',
+    example: '"$(cat ca.pem)"',
+    ...(when === undefined ? {} : { when }),
+    parse: (v, ctx) => parsePemCertificates(v) ?? ctx.fail(`must be one or more PEM certificates (-----BEGIN CERTIFICATE----- ... -----END CERTIFICATE-----) and nothing else: ${what}.`),
+    fallback: undefined,
+  };
+}
+
 // ------------------------------------------------------------------ fields
 
 /** The value of every key after reading it on its own (before the cross-field rules). */
@@ -228,6 +261,7 @@ interface FieldValues {
   tlsMode: TlsMode;
   acmeEmail: string;
   acmeDirectory: string;
+  acmeCaCertificates: string | undefined;
   tlsRenewBeforeDays: number;
   userContainerNaming: UserContainerNaming;
   devImage: ImageSource;
@@ -240,6 +274,7 @@ interface FieldValues {
   ganymede: GanymedeMode;
   gatewayIdleTimeoutSeconds: number;
   gatewayPushIntervalSeconds: number;
+  gatewayExtraCaCertificates: string | undefined;
 }
 
 const INVALID = Symbol('invalid');
@@ -444,6 +479,8 @@ const FIELDS: FieldTable = {
     parse: (v, ctx) => (isHttpUrl(v) && v.startsWith('https://') ? v : ctx.fail(`must be an https:// ACME directory URL, got ${quote(v)}.`)),
     fallback: LETSENCRYPT_DIRECTORY,
   },
+  // A private ACME CA (step-ca, Pebble) serves its directory with a certificate of its own CA.
+  acmeCaCertificates: pemField("the CAs of the ACME directory's HTTPS", (ctx) => ctx.values.tlsMode === 'letsencrypt'),
   // Let's Encrypt certificates live 90 days: renewing with 89 or more left would renew on every check.
   // Not read next to an unknown tlsMode (that one problem is enough).
   tlsRenewBeforeDays: {
@@ -472,6 +509,8 @@ const FIELDS: FieldTable = {
   ganymede: oneOfField(GANYMEDE_MODES, 'embedded', 'embedded'),
   gatewayIdleTimeoutSeconds: intField(DEFAULT_GATEWAY_IDLE_TIMEOUT_SECONDS, 1, 86400),
   gatewayPushIntervalSeconds: intField(DEFAULT_GATEWAY_PUSH_INTERVAL_SECONDS, 1, 86400),
+  // Remote gateways call GANYMEDE_URL through stage 1: its certificate must verify (a private ACME CA's root).
+  gatewayExtraCaCertificates: pemField('the CAs gateways trust for GANYMEDE_URL'),
 };
 
 /**
@@ -656,7 +695,13 @@ const RULES: readonly Rule[] = [
 function tlsConfigOf(v: FieldValues): TlsConfig {
   if (v.tlsMode === 'mkcert') return { mode: 'mkcert', renewBeforeDays: v.tlsRenewBeforeDays };
   if (v.tlsMode === 'letsencrypt') {
-    return { mode: 'letsencrypt', acmeEmail: v.acmeEmail, acmeDirectory: v.acmeDirectory, renewBeforeDays: v.tlsRenewBeforeDays };
+    return {
+      mode: 'letsencrypt',
+      acmeEmail: v.acmeEmail,
+      acmeDirectory: v.acmeDirectory,
+      ...(v.acmeCaCertificates === undefined ? {} : { acmeCaCertificates: v.acmeCaCertificates }),
+      renewBeforeDays: v.tlsRenewBeforeDays,
+    };
   }
   return { mode: 'none' };
 }
@@ -724,6 +769,7 @@ export function parseStackConfig(raw: RawConfig, options: ParseOptions = {}): St
     ganymede: v.ganymede,
     gatewayIdleTimeoutSeconds: v.gatewayIdleTimeoutSeconds,
     gatewayPushIntervalSeconds: v.gatewayPushIntervalSeconds,
+    ...(v.gatewayExtraCaCertificates === undefined ? {} : { gatewayExtraCaCertificates: v.gatewayExtraCaCertificates }),
   };
 }
 
