@@ -624,6 +624,22 @@ describe('multi-host: pack and reload on two Docker hosts (unix://, tcp://, ssh:
     assert.equal(page.status, 200, `https://${fqdn}/: ${page.status}`);
     assert.match(page.body, new RegExp(gateway), `the page names its gateway ${gateway}`);
     note(`  ${fqdn} → stage 1 (certificate from the TLS renewer's ACME order at Pebble) → ${gateway} (${host2!.nsAddr}) → build ${packed.buildId}, state ${status.value.state}`);
+    // Nested naming: the API server's AcmeIssuer orders the organization's own certificate in the background,
+    // from Pebble through acmeCaCertificates (the file in the dev container); the base one does not cover it.
+    const nested = `uc-e2e.${fqdn}`;
+    let tlsLast = '';
+    await step(`https://${nested}/ verifies against Pebble's root (the organization's certificate, ordered by the API server)`, () =>
+      waitFor(`a certificate for ${nested}`, 60_000, async () => {
+        try {
+          await httpsTo(d, nested, '/', { timeoutMs: 5000 });
+          return true;
+        } catch (err) {
+          tlsLast = (err as Error).message;
+          return undefined;
+        }
+      }, 500).catch((err: Error) => {
+        throw new Error(`${err.message} (last: ${tlsLast})`);
+      }));
     for (const o of [...startedOrgs]) {
       const r = await operator(d, token, 'POST', `/organizations/${o}/stop`);
       assert.ok(r.status === 200 || r.json.code === 'NOT_ALLOCATED', `stop ${o}: ${r.status} ${JSON.stringify(r.json)}`);
