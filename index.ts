@@ -26,7 +26,8 @@ import {
   Tls,
   type GatewayPoolHost,
 } from './components';
-import { bundleRuntimeEntry, runtimeMigrations } from './components/runtime-bundle';
+import { bundleRuntimeEntry, plainFile, runtimeMigrations } from './components/runtime-bundle';
+import { ACME_CA_FILE_NAME } from './components/tls';
 import type { GatewaySpec } from './runtime/inventory';
 import {
   buildServerUrl,
@@ -48,7 +49,13 @@ const env = cfg.envName;
 
 // The runtime, bundled from this checkout (esbuild, deterministic): a change to runtime/ changes
 // exactly the containers that carry the changed bundle.
-const devRuntimeFiles = [bundleRuntimeEntry('api-server.js'), bundleRuntimeEntry('gateway-pool.js'), ...runtimeMigrations()];
+const devRuntimeFiles = [
+  bundleRuntimeEntry('api-server.js'),
+  bundleRuntimeEntry('gateway-pool.js'),
+  ...runtimeMigrations(),
+  // The allocator's AcmeIssuer (organization certificates) trusts the ACME server as the renewer does.
+  ...(cfg.tls.mode === 'letsencrypt' && cfg.tls.acmeCaCertificates !== undefined ? [plainFile(ACME_CA_FILE_NAME, cfg.tls.acmeCaCertificates)] : []),
+];
 const gatewayDefaultApp = bundleRuntimeEntry('gateway-app.js');
 const renewCli = bundleRuntimeEntry('tls-renew.js');
 
@@ -153,6 +160,7 @@ const pool = new GatewayPool('gateway-pool', {
   defaultApp: gatewayDefaultApp,
   idleTimeoutSeconds: cfg.gatewayIdleTimeoutSeconds,
   pushIntervalSeconds: cfg.gatewayPushIntervalSeconds,
+  extraCaCertificates: cfg.gatewayExtraCaCertificates,
 });
 
 // 7. Stage-1 TLS: the renewer container issues/renews the base certificate into the certs volume

@@ -76,10 +76,14 @@ export interface GatewayPoolArgs {
   defaultApp: BundledFile;
   idleTimeoutSeconds: number;
   pushIntervalSeconds: number;
+  /** PEM: extra CAs the gateways' Node.js trusts (NODE_EXTRA_CA_CERTS), e.g. a private ACME CA's root for GANYMEDE_URL through stage 1. */
+  extraCaCertificates?: string;
 }
 
 /** Where the default app is uploaded in every gateway (gateway-supervise runs it when no build is packed). */
 export const GATEWAY_DEFAULT_APP = '/usr/local/share/demiurge-gateway/default-app/main.js';
+/** Where `extraCaCertificates` is uploaded in every gateway (NODE_EXTRA_CA_CERTS names it). */
+export const GATEWAY_EXTRA_CA_FILE = '/usr/local/share/demiurge-gateway/extra-ca.pem';
 
 /**
  * The gateway pool. Every resource is keyed by the gateway index, so growing
@@ -109,7 +113,10 @@ export class GatewayPool extends pulumi.ComponentResource {
           envContainerArgs(gw.name, host.image, {
             labels: roleLabels(args.envName, 'gateway'),
             envs: gatewayEnv(args, gw, host, token),
-            uploads: [{ file: GATEWAY_DEFAULT_APP, content: args.defaultApp.content }],
+            uploads: [
+              { file: GATEWAY_DEFAULT_APP, content: args.defaultApp.content },
+              ...(args.extraCaCertificates === undefined ? [] : [{ file: GATEWAY_EXTRA_CA_FILE, content: args.extraCaCertificates }]),
+            ],
             // The gateway listens on its published ports inside the container too, so the
             // stage-1 nginx reaches it at <container name>:httpPort on the environment
             // network and at <host IP>:httpPort from another host. One entry per port.
@@ -158,5 +165,6 @@ function gatewayEnv(args: GatewayPoolArgs, gw: GatewayPoolArgs['members'][number
     envVar('GANYMEDE_URL', host.ganymedeUrl),
     envVar('GATEWAY_IDLE_TIMEOUT_MS', args.idleTimeoutSeconds * 1000),
     envVar('GATEWAY_PUSH_INTERVAL_MS', args.pushIntervalSeconds * 1000),
+    ...(args.extraCaCertificates === undefined ? [] : [envVar('NODE_EXTRA_CA_CERTS', GATEWAY_EXTRA_CA_FILE)]),
   ];
 }

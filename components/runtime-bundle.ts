@@ -48,6 +48,11 @@ export interface BundledFile {
 const sha256 = (s: string | Buffer): string => crypto.createHash('sha256').update(s).digest('hex');
 
 /** Where runtime sources are read from (this checkout unless DEMIURGE_RUNTIME_SOURCE_ROOT says otherwise). */
+/** A plain file installed next to the bundles (e.g. a CA bundle from the stack configuration). */
+export function plainFile(filePath: string, content: string): BundledFile {
+  return { path: filePath, content, sha256: sha256(content) };
+}
+
 export function runtimeSourceRoot(): string {
   const override = process.env.DEMIURGE_RUNTIME_SOURCE_ROOT;
   return override === undefined || override === '' ? REPO_ROOT : path.resolve(override);

@@ -5,11 +5,18 @@ import * as command from '@pulumi/command';
 import type { TlsConfig } from '../stack/config';
 import { PORTS, powerDnsContainerName, tlsRenewerContainerName } from '../runtime/naming';
 import { STOP_GRACE_SECONDS, TYPE_PREFIX, type EnvContainerBaseArgs, envContainerArgs, envNetworkAttachment, envVar, roleLabels, secretEnvVar } from './common';
-import type { BundledFile } from './runtime-bundle';
+import { plainFile, type BundledFile } from './runtime-bundle';
 
 /** Where the renewal CLI (one esbuild bundle) is uploaded in the renewer container. */
 export const RENEWER_CODE_DIR = '/opt/demiurge/runtime';
 export const RENEW_CLI = `${RENEWER_CODE_DIR}/tls-renew.js`;
+/**
+ * letsencrypt with `acmeCaCertificates`: the ACME server's TLS CAs (PEM), uploaded as this file into
+ * the renewer and the dev container alike (same directory in both: the dev container's runtime
+ * directory), for lego's LEGO_CA_CERTIFICATES. A file, never a command line.
+ */
+export const ACME_CA_FILE_NAME = 'acme-ca.pem';
+export const ACME_CA_FILE = `${RENEWER_CODE_DIR}/${ACME_CA_FILE_NAME}`;
 /** Mount point of the `tls` volume (same path in the dev container, see DEV_MOUNTS.tlsState). */
 export const TLS_STATE_DIR = '/var/lib/demiurge/tls';
 /** mkcert's CAROOT on the tls volume: the dev CA developers trust once. */
@@ -43,7 +50,7 @@ export type TlsRuntimeSettings =
   /** `new DevCaIssuer({ caroot })` */
   | { issuer: 'dev-ca'; caroot: string }
   /** `new AcmeIssuer({ directoryUrl, email, stateDir, resolvers, dns: { apiUrl: powerDnsApiUrl, apiKey: powerDnsApiKey, zone: domain } })` */
-  | { issuer: 'acme'; directoryUrl: string; email: string; stateDir: string; resolvers: string[] };
+  | { issuer: 'acme'; directoryUrl: string; email: string; stateDir: string; resolvers: string[]; caCertificatesFile?: string };
 
 export interface TlsArgs extends Omit<EnvContainerBaseArgs, 'publicIp'> {
   tls: TlsConfig;
@@ -108,12 +115,7 @@ export class Tls extends pulumi.ComponentResource {
     this.mode = args.tls.mode;
     const tls = args.tls;
     const resolvers = [`${powerDnsContainerName(args.envName)}:${PORTS.dns}`];
-    this.runtime =
-      tls.mode === 'none'
-        ? { issuer: 'none' }
-        : tls.mode === 'mkcert'
-          ? { issuer: 'dev-ca', caroot: DEV_CA_DIR }
-          : { issuer: 'acme', directoryUrl: tls.acmeDirectory, email: tls.acmeEmail, stateDir: ACME_STATE_DIR, resolvers };
+    this.runtime = runtimeSettingsOf(tls, resolvers);
     if (tls.mode === 'none') {
       this.registerOutputs({ mode: this.mode });
       return;
@@ -124,6 +126,7 @@ export class Tls extends pulumi.ComponentResource {
     const containerName = tlsRenewerContainerName(args.envName);
     const { envs, dependsOn } = renewerEnvironment(args, tls, resolvers);
 
+    if (tls.mode === 'letsencrypt' && tls.acmeCaCertificates !== undefined) this.renewerCode.push(plainFile(ACME_CA_FILE_NAME, tls.acmeCaCertificates));
     this.renewerCode.push(args.renewCli);
     this.renewer = new docker.Container(
       `${name}-renewer`,
@@ -177,6 +180,20 @@ export class Tls extends pulumi.ComponentResource {
   }
 }
 
+/** What the allocator's certificate manager is built from (the runtime configuration's `tls`). */
+function runtimeSettingsOf(tls: TlsConfig, resolvers: string[]): TlsRuntimeSettings {
+  if (tls.mode === 'none') return { issuer: 'none' };
+  if (tls.mode === 'mkcert') return { issuer: 'dev-ca', caroot: DEV_CA_DIR };
+  return {
+    issuer: 'acme',
+    directoryUrl: tls.acmeDirectory,
+    email: tls.acmeEmail,
+    stateDir: ACME_STATE_DIR,
+    resolvers,
+    ...(tls.acmeCaCertificates === undefined ? {} : { caCertificatesFile: ACME_CA_FILE }),
+  };
+}
+
 /** The renewer's environment (mkcert or ACME through our PowerDNS) and what it must wait for. */
 function renewerEnvironment(args: TlsArgs, tls: Exclude<TlsConfig, { mode: 'none' }>, resolvers: string[]): { envs: pulumi.Input<string>[]; dependsOn: pulumi.Resource[] } {
   const envs: pulumi.Input<string>[] = [
@@ -206,6 +223,7 @@ function renewerEnvironment(args: TlsArgs, tls: Exclude<TlsConfig, { mode: 'none
       // lego checks the TXT records at our PowerDNS itself (the CA asks it too, via the delegation).
       envVar('DNS_RESOLVERS', resolvers.join(',')),
     );
+    if (tls.acmeCaCertificates !== undefined) envs.push(envVar('ACME_CA_CERTIFICATES', ACME_CA_FILE));
     dependsOn.push(...args.powerDns.ready);
   }
   return { envs, dependsOn };

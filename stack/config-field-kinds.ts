@@ -3,6 +3,7 @@
  * choices, images) and the context a field is read in: what FIELDS in
  * config.ts is written with. Pure: no Pulumi.
  */
+import { X509Certificate } from 'crypto';
 import { quote } from './config-rules';
 import { IMAGE_CONTEXTS, type ConfigKey, type FieldValues, type ImageKey, type ImageSource, type ParseOptions } from './config-types';
 
@@ -26,6 +27,23 @@ export function describeNumberProblem(v: string): string {
   return `must be a whole number, got ${quote(v)}.`;
 }
 
+
+const PEM_CERT_RE = /-----BEGIN CERTIFICATE-----[A-Za-z0-9+/=\s]+?-----END CERTIFICATE-----/g;
+
+/**
+ * One or more PEM certificates and nothing else (no private key, no text around them), each one
+ * parseable; returns them normalised (one block after another, final newline), or undefined.
+ */
+export function parsePemCertificates(v: string): string | undefined {
+  const blocks = v.match(PEM_CERT_RE) ?? [];
+  if (blocks.length === 0 || v.replace(PEM_CERT_RE, '').trim() !== '') return undefined;
+  try {
+    for (const b of blocks) new X509Certificate(b);
+  } catch {
+    return undefined;
+  }
+  return `${blocks.map((b) => b.trim()).join('\n')}\n`;
+}
 
 export function isHttpUrl(v: string): boolean {
   try {
@@ -138,3 +156,14 @@ export const IMAGE_CONFIG_KEYS = {
   'build-server': 'buildServerImage',
   gateway: 'gatewayImage',
 } as const satisfies Readonly<Record<ImageKey, ConfigKey>>;
+
+/** A PEM bundle key (public certificates: not a secret, but a file, never a command line). */
+export function pemField(what: string, when?: (ctx: FieldContext) => boolean): Field<string | undefined> {
+  return {
+    doc: '(unset: none)',
+    example: '"$(cat ca.pem)"',
+    ...(when === undefined ? {} : { when }),
+    parse: (v, ctx) => parsePemCertificates(v) ?? ctx.fail(`must be one or more PEM certificates (-----BEGIN CERTIFICATE----- ... -----END CERTIFICATE-----) and nothing else: ${what}.`),
+    fallback: undefined,
+  };
+}

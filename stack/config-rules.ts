@@ -167,7 +167,13 @@ export const RULES: readonly Rule[] = [
 export function tlsConfigOf(v: FieldValues): TlsConfig {
   if (v.tlsMode === 'mkcert') return { mode: 'mkcert', renewBeforeDays: v.tlsRenewBeforeDays };
   if (v.tlsMode === 'letsencrypt') {
-    return { mode: 'letsencrypt', acmeEmail: v.acmeEmail, acmeDirectory: v.acmeDirectory, renewBeforeDays: v.tlsRenewBeforeDays };
+    return {
+      mode: 'letsencrypt',
+      acmeEmail: v.acmeEmail,
+      acmeDirectory: v.acmeDirectory,
+      ...(v.acmeCaCertificates === undefined ? {} : { acmeCaCertificates: v.acmeCaCertificates }),
+      renewBeforeDays: v.tlsRenewBeforeDays,
+    };
   }
   return { mode: 'none' };
 }

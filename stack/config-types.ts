@@ -44,6 +44,8 @@ export type TlsConfig =
       mode: 'letsencrypt';
       acmeEmail: string;
       acmeDirectory: string;
+      /** PEM: CAs of the ACME server's own HTTPS (a private ACME CA); undefined: the system's. */
+      acmeCaCertificates?: string;
       renewBeforeDays: number;
     };
 
@@ -100,6 +102,8 @@ export interface StackConfig {
   gatewayIdleTimeoutSeconds: number;
   /** Gateways push their organization's data this often while allocated (GATEWAY_PUSH_INTERVAL_MS). */
   gatewayPushIntervalSeconds: number;
+  /** PEM: extra CAs every gateway trusts when calling GANYMEDE_URL (NODE_EXTRA_CA_CERTS); undefined: none. */
+  gatewayExtraCaCertificates?: string;
 }
 
 export type ConfigKey = keyof FieldValues;
@@ -159,6 +163,7 @@ export interface FieldValues {
   tlsMode: TlsMode;
   acmeEmail: string;
   acmeDirectory: string;
+  acmeCaCertificates: string | undefined;
   tlsRenewBeforeDays: number;
   userContainerNaming: UserContainerNaming;
   devImage: ImageSource;
@@ -171,4 +176,5 @@ export interface FieldValues {
   ganymede: GanymedeMode;
   gatewayIdleTimeoutSeconds: number;
   gatewayPushIntervalSeconds: number;
+  gatewayExtraCaCertificates: string | undefined;
 }

@@ -50,6 +50,7 @@ import {
   isHttpUrl,
   oneOfField,
   parseWholeNumber,
+  pemField,
   portField,
   resolve,
 } from './config-field-kinds';
@@ -157,6 +158,8 @@ const FIELDS: FieldTable = {
     parse: (v, ctx) => (isHttpUrl(v) && v.startsWith('https://') ? v : ctx.fail(`must be an https:// ACME directory URL, got ${quote(v)}.`)),
     fallback: LETSENCRYPT_DIRECTORY,
   },
+  // A private ACME CA (step-ca, Pebble) serves its directory with a certificate of its own CA.
+  acmeCaCertificates: pemField("the CAs of the ACME directory's HTTPS", (ctx) => ctx.values.tlsMode === 'letsencrypt'),
   // Let's Encrypt certificates live 90 days: renewing with 89 or more left would renew on every check.
   // Not read next to an unknown tlsMode (that one problem is enough).
   tlsRenewBeforeDays: {
@@ -185,6 +188,8 @@ const FIELDS: FieldTable = {
   ganymede: oneOfField(GANYMEDE_MODES, 'embedded', 'embedded'),
   gatewayIdleTimeoutSeconds: intField(DEFAULT_GATEWAY_IDLE_TIMEOUT_SECONDS, 1, 86400),
   gatewayPushIntervalSeconds: intField(DEFAULT_GATEWAY_PUSH_INTERVAL_SECONDS, 1, 86400),
+  // Remote gateways call GANYMEDE_URL through stage 1: its certificate must verify (a private ACME CA's root).
+  gatewayExtraCaCertificates: pemField('the CAs gateways trust for GANYMEDE_URL'),
 };
 
 /**
@@ -299,6 +304,7 @@ export function parseStackConfig(raw: RawConfig, options: ParseOptions = {}): St
     ganymede: v.ganymede,
     gatewayIdleTimeoutSeconds: v.gatewayIdleTimeoutSeconds,
     gatewayPushIntervalSeconds: v.gatewayPushIntervalSeconds,
+    ...(v.gatewayExtraCaCertificates === undefined ? {} : { gatewayExtraCaCertificates: v.gatewayExtraCaCertificates }),
   };
 }
 

@@ -2,33 +2,43 @@
  * `demiurge-gateway pack` and `reload` on two Docker hosts: this machine's engine (unix://) and a
  * second engine the suite builds inside this machine (test/e2e/helpers/second-host.ts: a network
  * namespace with its own dockerd on unix:// + tcp:// and an sshd, reached as ssh://root@<addr>).
- The main host carries a hand-made build mirror (network, builds volume, build server) and gateway
- * 0; the second host carries its part of the program's prod-shaped graph (network, build mirror,
- * gateways 1 and 2), realised there from the real index.ts under mocks. Checked: pack writes one
+ * The real index.ts runs once under mocks with a prod-shaped config (letsencrypt against a Pebble
+ * bound on the docker0 address, `acmeCaCertificates` = Pebble's listener CA,
+ * `gatewayExtraCaCertificates` = Pebble's root, gatewayHosts main + ssh://root@<addr>), and its whole
+ * graph is realised: the main host's half on this engine (dev container with stage 1, the built-in
+ * API server and PostgreSQL; PowerDNS; build server; TLS renewer, which obtains stage 1's
+ * certificate from Pebble by DNS-01 through that PowerDNS; gateway 0), the second host's half on
+ * the second engine (network, build mirror, gateways 1 and 2). Checked: pack writes one
  * build to the builds volume of every host; reload reaches every gateway through unix://, tcp://
  * and ssh:// and reports per host and gateway; a cut-off host is HOST_UNREACHABLE on its own while
  * the main host's gateway still reloads (exit 1); restored, everything reloads again; the remote
  * mirror is unpublished and its gateways publish HTTP on the host address only; the host
  * quarantine marks the cut-off host's gateways unreachable and back ready; an organization on a
- * remote gateway is served through a stage-1 nginx with a Pebble (DNS-01) certificate.
+ * remote gateway is served through a stage-1 nginx with a Pebble (DNS-01) certificate; an
+ * organization started through https://ganymede.<domain>/operator (the built-in API server) lands on
+ * a remote gateway and is served through the dev container's stage 1 with a certificate verifying
+ * against Pebble's root only.
  *
  * Run: npx mocha --config .mocharc.e2e.json test/e2e/multihost.test.ts --grep 'multi-host'
  * Needs root (network namespace, second dockerd, sshd: openssh-server, see scripts/docker-setup.sh).
  */
 import { strict as assert } from 'assert';
+import { randomUUID } from 'crypto';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import {
   buildServerContainerName,
   buildServerUrl,
-  containerLabels,
   gatewayName,
   ganymedeFqdn,
+  ganymedeStage1Url,
   imageName,
-  networkName,
+  orgFqdn,
   volumeName,
 } from '../../runtime/naming';
+import { bundleRuntimeEntry } from '../../components/runtime-bundle';
+import { GATEWAY_EXTRA_CA_FILE } from '../../components/gateway-pool';
 import { Pool } from 'pg';
 import { HostHealthMonitor } from '../../runtime/host-health';
 import { migrate } from '../../runtime/migrate';
@@ -44,14 +54,16 @@ import { Pebble, ensureDebianPackage } from '../helpers/pebble';
 import { freePorts } from '../helpers/ports';
 import { removeZoneAndSchemas, zoneWithStage1 } from '../helpers/suite-setup';
 import { requireServices } from '../helpers/services';
-import { mocks as deterministicMocks, providerUrn, runProgram, type CapturedResource } from '../unit/helpers/pulumi-mocks';
+import { providerUrn, runProgram, type CapturedResource } from '../unit/helpers/pulumi-mocks';
+import { httpsTo, operator } from './helpers/environment';
+import { describeDeployment, parseOutputs, type Deployment } from './realise/deployment';
 import { Engine, type ContainerInspect } from './realise/engine';
-import { DOCKER_PROVIDER, isComponentType } from './realise/fields';
+import { DOCKER_PROVIDER, IMAGE } from './realise/fields';
 import { Realiser } from './realise/realise';
 import type { PackResult } from '../../tools/lib/pack';
 import type { ReloadSummary } from '../../tools/lib/reload';
 import { checkoutId } from './helpers/checkout';
-import { REPO_ROOT, RunResult, buildImageCached, docker, removeByName, run, waitFor } from './helpers/docker';
+import { REPO_ROOT, RunResult, buildImageCached, docker, run, waitFor } from './helpers/docker';
 import { requireDocker } from './helpers/require-docker';
 import { SecondHost, startSecondHost } from './helpers/second-host';
 import { note, step } from './helpers/steps';
@@ -60,7 +72,6 @@ const ID = checkoutId();
 const ENV = `mh-${ID}`;
 const DOMAIN = `${ENV}.test`;
 const MAIN_URL = 'unix:///var/run/docker.sock';
-const NET = networkName(ENV);
 const VOL_BUILDS = volumeName(ENV, 'builds');
 const BUILD_SERVER = buildServerContainerName(ENV);
 /** Gateway 0 on the main host, 1 and 2 on the second (indices are global across hosts, as in gatewayHosts). */
@@ -72,8 +83,22 @@ const IMAGES = {
 };
 /** The second host as gatewayHosts names it (the program's provider `docker-host2`). */
 const HOST2 = 'host2';
-/** On the main engine: what after() removes (the second engine goes away whole). */
-const OWNED_MAIN = { containers: [...MAIN_GATEWAYS, BUILD_SERVER], networks: [NET], volumes: [VOL_BUILDS] };
+/** Gateway n publishes HTTP on GW_HTTP_BASE + n and OpenVPN on GW_VPN_BASE + n on its host (away from other suites' ports). */
+const GW_HTTP_BASE = 63400;
+const GW_VPN_BASE = 63450;
+const httpPortOf = (index: number): number => GW_HTTP_BASE + index;
+const ACME_EMAIL = 'ops@example.com';
+
+/** On the main engine, everything of the environment carries its label: what before()/after() remove (the second engine goes away whole). */
+async function removeMainEnvironment(): Promise<void> {
+  const ids = async (kind: 'ps -a' | 'network ls' | 'volume ls'): Promise<string[]> =>
+    (await docker([...kind.split(' '), '-q', '--filter', `label=environment=${ENV}`])).split('\n').map((x) => x.trim()).filter(Boolean);
+  const containers = await ids('ps -a');
+  if (containers.length > 0) await run('docker', ['rm', '-f', '-v', ...containers]);
+  for (const n of await ids('network ls')) await run('docker', ['network', 'rm', n]);
+  const volumes = await ids('volume ls');
+  if (volumes.length > 0) await run('docker', ['volume', 'rm', '-f', ...volumes]);
+}
 
 function cli(args: string[], env: NodeJS.ProcessEnv = process.env): Promise<RunResult> {
   return run(process.execPath, ['-r', 'ts-node/register/transpile-only', path.join(REPO_ROOT, 'tools', 'gateway-cli.ts'), ...args], { cwd: REPO_ROOT, env, timeoutMs: 120_000 });
@@ -89,6 +114,12 @@ describe('multi-host: pack and reload on two Docker hosts (unix://, tcp://, ssh:
   this.timeout(300_000);
 
   let host2: SecondHost | undefined;
+  /** The suite's ACME CA: bound on the docker0 address (containers reach it; it stays on this machine). */
+  let pebble: Pebble | undefined;
+  /** The main host's half as the realised program's outputs describe it; caFile = Pebble's root (nothing else is trusted). */
+  let dep: Deployment | undefined;
+  /** Organizations started through the operator API (stopped in after() if a test failed midway). */
+  const startedOrgs = new Set<string>();
   /** The Docker resources of the program's graph realised on the second host. */
   let host2Resources: CapturedResource[] = [];
   let tmp = '';
@@ -97,85 +128,90 @@ describe('multi-host: pack and reload on two Docker hosts (unix://, tcp://, ssh:
   /** The build every gateway serves (set once they all run it). */
   let serving: string | undefined;
 
-  const labelArgs = (role: 'build-server' | 'gateway'): string[] => Object.entries(containerLabels(ENV, role)).flatMap(([k, v]) => ['--label', `${k}=${v}`]);
+  const need = <T>(v: T | undefined, what = 'the realised environment'): T => {
+    assert.ok(v !== undefined, `${what} is missing (the before hook failed)`);
+    return v as T;
+  };
 
   /** docker CLI against the main engine (no -H) or the second one. */
   const dk = (on: 'main' | 'host2', args: string[]): Promise<string> => docker([...(on === 'host2' ? host2!.dockerArgs : []), ...args]);
 
-  /** Network, builds volume and build server on a host: the per-host build mirror. */
-  async function mirror(on: 'main' | 'host2'): Promise<void> {
-    await dk(on, ['network', 'create', '--label', `environment=${ENV}`, NET]);
-    await dk(on, ['volume', 'create', '--label', `environment=${ENV}`, VOL_BUILDS]);
-    await dk(on, ['run', '-d', '--name', BUILD_SERVER, '--network', NET, ...labelArgs('build-server'), '-v', `${VOL_BUILDS}:/srv/builds:ro`, IMAGES['build-server'].tag]);
-  }
-
-  async function startGateway(on: 'main' | 'host2', index: number): Promise<void> {
-    const name = gatewayName(ENV, index);
-    await dk(on, ['run', '-d', '--name', name, '--hostname', name, '--network', NET, ...labelArgs('gateway'),
-      '-e', `ENV_NAME=${ENV}`, '-e', `GATEWAY_HTTP_PORT=${7100 + index}`, '-e', `GATEWAY_VPN_PORT=${49100 + index}`,
-      '-e', `GATEWAY_ID=00000000-0000-4000-8000-00000000000${index}`, '-e', 'GATEWAY_TOKEN=e2e-token',
-      '-e', `GANYMEDE_FQDN=${ganymedeFqdn(DOMAIN)}`, '-e', `DOMAIN=${DOMAIN}`, '-e', `BUILD_SERVER_URL=${buildServerUrl(ENV)}`,
-      IMAGES.gateway.tag]);
-  }
-
   /**
-   * The second host's part of the program's graph, realised on the second engine: the real index.ts
-   * runs under a prod-shaped config (letsencrypt, gatewayHosts naming the second host as
-   * `ssh://root@<addr>`), the realiser creates every Docker resource of the `docker-host2` provider
-   * (network, build mirror's volume and build server, gateways) with its real outputs, and
-   * everything else (the main host's resources, commands) gets deterministic mock outputs. Images
-   * are the ones loaded into the second host (it cannot build: no mirror there).
+   * The program's whole graph, realised on both hosts: the real index.ts runs once under a
+   * prod-shaped config (letsencrypt against the suite's Pebble, gatewayHosts naming the second
+   * host as `ssh://root@<addr>`); every Docker resource of the `docker-host2` provider (network,
+   * build mirror's volume and build server, gateways 1 and 2) is created on the second engine from
+   * the images loaded there (it cannot build: no mirror there), everything else (images, network,
+   * volumes, dev container, PowerDNS, build server, TLS renewer, gateway 0, commands, random values)
+   * on this one, each with its real outputs handed back to the program.
    */
-  async function realiseHost2FromProgram(): Promise<CapturedResource[]> {
+  async function realiseFromProgram(stage1: { http: number; https: number; dns: number; pdnsApi: number }): Promise<{ outputs: Record<string, unknown>; host2Resources: CapturedResource[] }> {
     const h = host2 as SecondHost;
+    const p = pebble as Pebble;
     const config = { ...readStackYaml(path.join(REPO_ROOT, 'Pulumi.prod.yaml')).config };
-    Object.assign(config, {
-      'demiurge:envName': ENV,
-      'demiurge:domain': DOMAIN,
-      // The main host as the second one sees it: where remote gateways reach stage 1.
-      'demiurge:publicIp': h.hostAddr,
-      'demiurge:gatewayPoolSize': '3',
-      'demiurge:gatewayHosts': JSON.stringify([{ name: 'main', host: 'main', poolSize: 1 }, { name: HOST2, host: h.sshUrl, poolSize: 2 }]),
-    });
-    const engine = new Engine(undefined, { host: h.nsAddr, port: 2375 });
-    const realiser = new Realiser({
-      cwd: REPO_ROOT,
-      engine,
-      logDir: tmp,
-      log: note,
-      prebuiltImage: async (r) => {
-        const id = await engine.imageId(String(r.inputs.imageName));
-        if (id === undefined) throw new Error(`${r.urn}: ${String(r.inputs.imageName)} is not loaded on the second host`);
-        return id;
-      },
-    });
+    const set: Record<string, string> = {
+      envName: ENV,
+      domain: DOMAIN,
+      // The main host as the second one sees it: where remote gateways reach stage 1 (and every DNS record points).
+      publicIp: h.hostAddr,
+      gatewayPoolSize: '3',
+      gatewayHttpPortBase: String(GW_HTTP_BASE),
+      gatewayVpnPortBase: String(GW_VPN_BASE),
+      gatewayPortRangeSize: '10',
+      gatewayHosts: JSON.stringify([{ name: 'main', host: 'main', poolSize: 1 }, { name: HOST2, host: h.sshUrl, poolSize: 2 }]),
+      stage1HttpPort: String(stage1.http),
+      stage1HttpsPort: String(stage1.https),
+      dnsPort: String(stage1.dns),
+      dnsBindIp: '127.0.0.1',
+      powerDnsApiHostPort: String(stage1.pdnsApi),
+      acmeEmail: ACME_EMAIL,
+      acmeDirectory: p.directoryUrl,
+      acmeCaCertificates: fs.readFileSync(p.listenerCaFile, 'utf8'),
+      gatewayExtraCaCertificates: fs.readFileSync(p.rootFile, 'utf8'),
+      retainDataVolumes: 'false',
+    };
+    for (const [k, v] of Object.entries(set)) config[`demiurge:${k}`] = v;
+    const mainEngine = new Engine();
+    const host2Engine = new Engine(undefined, { host: h.nsAddr, port: 2375 });
+    // The gateway and build-server images were built (cached) for loading into the second host: the same ones here.
+    const prebuilt = (engine: Engine, required: boolean) => async (r: CapturedResource): Promise<string | undefined> => {
+      const tag = String(r.inputs.imageName);
+      if (!required && ![IMAGES.gateway.tag, IMAGES['build-server'].tag].some((t) => tag === t || tag.startsWith(`${t}:`))) return undefined;
+      const id = await engine.imageId(tag);
+      if (id === undefined && required) throw new Error(`${r.urn}: ${tag} is not loaded on the second host`);
+      return id;
+    };
+    const main = new Realiser({ cwd: REPO_ROOT, engine: mainEngine, logDir: tmp, log: note, prebuiltImage: prebuilt(mainEngine, false) });
+    const remote = new Realiser({ cwd: REPO_ROOT, engine: host2Engine, logDir: tmp, log: note, prebuiltImage: prebuilt(host2Engine, true) });
     let host2Provider = '';
-    const realisedKeys = new Set<string>();
+    const remoteKeys = new Set<string>();
     const mine: CapturedResource[] = [];
     const onHost2 = (r: CapturedResource): boolean => {
       if (r.type === DOCKER_PROVIDER && r.name === `docker-${HOST2}`) host2Provider = r.urn;
-      if (isComponentType(r.type) || r.type.startsWith('random:') || r.type.startsWith('pulumi:providers:')) return true;
-      return r.type.startsWith('docker:') && host2Provider !== '' && providerUrn(r.provider) === host2Provider;
+      return r.type.startsWith('docker:') && host2Provider !== '' && (r.urn === host2Provider || providerUrn(r.provider) === host2Provider);
     };
-    await runProgram({
+    const run = await runProgram({
       stack: 'prod',
       config,
       mocks: {
-        newResource: (args) => (realisedKeys.has(`${args.type}::${args.name}`) ? realiser.mocks.newResource(args) : deterministicMocks.newResource(args)),
-        call: (args) => deterministicMocks.call(args),
+        newResource: (args) => (remoteKeys.has(`${args.type}::${args.name}`) ? remote : main).mocks.newResource(args),
+        call: (args) => main.mocks.call(args),
       },
       beforeRegister: async (r) => {
-        if (!onHost2(r)) {
-          realiser.markElsewhere(r);
-          return;
+        if (onHost2(r)) {
+          remoteKeys.add(`${r.type}::${r.name}`);
+          main.markElsewhere(r);
+          if (r.type !== DOCKER_PROVIDER) mine.push(r);
+          await remote.beforeRegister(r);
+        } else {
+          remote.markElsewhere(r);
+          await main.beforeRegister(r);
         }
-        realisedKeys.add(`${r.type}::${r.name}`);
-        if (r.type.startsWith('docker:') && r.type !== DOCKER_PROVIDER) mine.push(r);
-        await realiser.beforeRegister(r);
       },
     });
     assert.ok(host2Provider !== '', 'the program declares a docker-host2 provider');
-    return mine;
+    assert.ok(main.realised.some((x) => x.resource.type === IMAGE), 'the main host\'s half was realised here');
+    return { outputs: run.outputs, host2Resources: mine };
   }
 
   /** Every gateway on both hosts runs `buildId` (the supervisor's record of the app that listens). */
@@ -238,7 +274,7 @@ describe('multi-host: pack and reload on two Docker hosts (unix://, tcp://, ssh:
         buildImageCached(i.tag, path.join(REPO_ROOT, i.context), ['node:20-bookworm-slim'], path.join(os.tmpdir(), `demiurge-e2e-build-${ENV}-${k}.log`))));
       for (const o of outcomes) note(`  ${o.tag}: ${o.cached ? 'cached' : 'built'} in ${o.ms} ms`);
     });
-    await removeByName(OWNED_MAIN); // leftovers of an interrupted run (suite-owned names only)
+    await removeMainEnvironment(); // leftovers of an interrupted run (this environment's label only)
     host2 = await step('second Docker host (netns, dockerd, sshd) with the images loaded', () =>
       startSecondHost(ID, [IMAGES.gateway.tag, IMAGES['build-server'].tag], note));
     note(`second host: ${host2.unixUrl}, ${host2.tcpUrl}, ${host2.sshUrl}`);
@@ -252,23 +288,34 @@ describe('multi-host: pack and reload on two Docker hosts (unix://, tcp://, ssh:
     const hosts = [{ name: 'main', host: 'main', poolSize: 1 }, { name: 'host2', host: host2.sshUrl, poolSize: 2 }];
     fs.writeFileSync(stackFile, `config:\n  demiurge:envName: ${ENV}\n  demiurge:dockerHost: ${MAIN_URL}\n  demiurge:gatewayHosts: '${JSON.stringify(hosts)}'\n`);
 
-    await step('main host: build mirror (network, builds volume, build server) and gateway 0', async () => {
-      await mirror('main');
-      await startGateway('main', 0);
-    });
-    host2Resources = await step('second host: its part of the program\'s graph (prod-shaped, ssh://root@<addr>) realised there', realiseHost2FromProgram);
+    // Stage 1, DNS and the PowerDNS API of the main host's half; Pebble validates DNS-01 against that PowerDNS.
+    const [http, https, dns, pdnsApi, acmePort, managementPort] = await freePorts(6);
+    const bridge = (await docker(['network', 'inspect', 'bridge', '-f', '{{(index .IPAM.Config 0).Gateway}}'])).trim();
+    assert.match(bridge, /^\d+\.\d+\.\d+\.\d+$/, `docker0's address: ${bridge}`);
+    pebble = new Pebble({ acmePort, managementPort, listenHost: bridge, dnsServer: `127.0.0.1:${dns}` });
+    await step(`Pebble on ${bridge} (docker0: containers reach it), validating DNS-01 against the environment's PowerDNS (127.0.0.1:${dns})`, () => (pebble as Pebble).start());
+    const realised = await step('the program\'s prod-shaped graph realised: main host here (dev, PowerDNS, build server, TLS renewer via Pebble, gateway 0), second host there (ssh://root@<addr>)', () =>
+      realiseFromProgram({ http, https, dns, pdnsApi }));
+    host2Resources = realised.host2Resources;
     note(`  realised on the second host: ${host2Resources.map((r) => r.name).join(', ')}`);
+    const outputs = parseOutputs(realised.outputs);
+    // Only Pebble's root is trusted: stage 1's certificate must come from the renewer's ACME order.
+    dep = { ...(await describeDeployment(outputs, new Engine(), tmp)), caFile: (pebble as Pebble).rootFile };
   });
 
   after(async function () {
     this.timeout(120_000);
-    await step('teardown: the main host\'s suite-owned containers, network, volume; the whole second host', async () => {
-      await removeByName(OWNED_MAIN);
+    await step('teardown: the main host\'s environment (by its label), Pebble, the whole second host', async () => {
+      if (dep) for (const org of startedOrgs) await operator(dep, dep.outputs.operatorToken, 'POST', `/organizations/${org}/stop`).catch(() => undefined);
+      await removeMainEnvironment();
       if (host2) await host2.teardown();
+      if (pebble) await pebble.destroy();
       if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
     });
-    const left = (await docker(['ps', '-a', '--filter', `label=environment=${ENV}`, '--format', '{{.Names}}'])).trim();
-    assert.equal(left, '', `containers of ${ENV} left on the main engine`);
+    for (const kind of [['ps', '-a'], ['network', 'ls'], ['volume', 'ls']]) {
+      const left = (await docker([...kind, '-q', '--filter', `label=environment=${ENV}`])).trim();
+      assert.equal(left, '', `${kind.join(' ')}: objects of ${ENV} left on the main engine`);
+    }
     const r = await run('ip', ['netns', 'list']);
     assert.ok(!r.stdout.includes(`dmh-${ID}`), 'the second host\'s network namespace is gone');
   });
@@ -371,7 +418,7 @@ describe('multi-host: pack and reload on two Docker hosts (unix://, tcp://, ssh:
       `container:Container:${HOST2_GATEWAYS[1]}`,
       `image:Image:${IMAGES['build-server'].tag}:latest`,
       `image:Image:${IMAGES.gateway.tag}:latest`,
-      `network:Network:${NET}`,
+      `network:Network:${dep?.outputs.networkName}`,
       `volume:Volume:${VOL_BUILDS}`,
     ]);
     const api = new DockerApi(h.unixUrl);
@@ -383,9 +430,11 @@ describe('multi-host: pack and reload on two Docker hosts (unix://, tcp://, ssh:
         const c = await inspect(gw);
         const env = new Map((c.Config.Env ?? []).map((e) => [e.slice(0, e.indexOf('=')), e.slice(e.indexOf('=') + 1)]));
         assert.equal(env.get('BUILD_SERVER_URL'), buildServerUrl(ENV));
-        assert.equal(env.get('GANYMEDE_URL'), `https://${ganymedeFqdn(DOMAIN)}`);
+        // Through stage 1 (its published port), trusting the private ACME CA's root as well.
+        assert.equal(env.get('GANYMEDE_URL'), ganymedeStage1Url(DOMAIN, need(dep).httpsPort));
+        assert.equal(env.get('NODE_EXTRA_CA_CERTS'), GATEWAY_EXTRA_CA_FILE);
         assert.deepEqual((c.HostConfig as unknown as { ExtraHosts: string[] }).ExtraHosts, [`${ganymedeFqdn(DOMAIN)}:${h.hostAddr}`]);
-        assert.deepEqual(c.HostConfig.PortBindings?.[`${7101 + i}/tcp`], [{ HostIp: h.nsAddr, HostPort: String(7101 + i) }]);
+        assert.deepEqual(c.HostConfig.PortBindings?.[`${httpPortOf(1 + i)}/tcp`], [{ HostIp: h.nsAddr, HostPort: String(httpPortOf(1 + i)) }]);
         // Fetched from the mirror on its own host (the only build server it can reach).
         const r = await api.exec(gw, ['cat', '/run/gateway/app.build'], 5000);
         assert.equal(r.stdout.trim(), build);
@@ -394,7 +443,7 @@ describe('multi-host: pack and reload on two Docker hosts (unix://, tcp://, ssh:
       api.close();
     }
     // Stage 1's route: the host address and published port answer from the main host; the mirror does not.
-    const stage2 = await run('curl', ['-sS', '-o', '/dev/null', '-w', '%{http_code}', '--max-time', '5', `http://${h.nsAddr}:7101/_gateway/nginx-health`]);
+    const stage2 = await run('curl', ['-sS', '-o', '/dev/null', '-w', '%{http_code}', '--max-time', '5', `http://${h.nsAddr}:${httpPortOf(1)}/_gateway/nginx-health`]);
     assert.equal(stage2.stdout.trim(), '200', stage2.stderr);
     const mirrorFromMain = await run('curl', ['-sS', '-o', '/dev/null', '--max-time', '5', `http://${h.nsAddr}:8090/gateway-${ENV}.tar.gz`]);
     assert.notEqual(mirrorFromMain.code, 0, 'the build mirror is unreachable from outside its host');
@@ -410,9 +459,9 @@ describe('multi-host: pack and reload on two Docker hosts (unix://, tcp://, ssh:
     try {
       await migrate(pool, schema);
       // The pool as the API server would hold it: gateway 0 by container name (main host), 1 and 2 at the second host's address.
-      const rows = [[MAIN_GATEWAYS[0], MAIN_GATEWAYS[0], 7100], [HOST2_GATEWAYS[0], h.nsAddr, 7101], [HOST2_GATEWAYS[1], h.nsAddr, 7102]];
-      for (const [name, host, port] of rows) {
-        await pool.query(`INSERT INTO "${schema}".gateways (name, host, http_port, vpn_port, state) VALUES ($1, $2, $3, $4, 'ready')`, [name, host, port, Number(port) + 42000]);
+      const rows = [[MAIN_GATEWAYS[0], MAIN_GATEWAYS[0], httpPortOf(0)], [HOST2_GATEWAYS[0], h.nsAddr, httpPortOf(1)], [HOST2_GATEWAYS[1], h.nsAddr, httpPortOf(2)]];
+      for (const [i, [name, host, port]] of rows.entries()) {
+        await pool.query(`INSERT INTO "${schema}".gateways (name, host, http_port, vpn_port, state) VALUES ($1, $2, $3, $4, 'ready')`, [name, host, port, GW_VPN_BASE + i]);
       }
       const states = async (): Promise<string[]> => (await pool.query<{ name: string; state: string }>(`SELECT name, state FROM "${schema}".gateways ORDER BY name`)).rows.map((r) => `${r.name}:${r.state}`);
       const monitor = new HostHealthMonitor({ pool, schema, envName: ENV, settings: { failuresBeforeUnreachable: 2, timeoutMs: 2000 }, logger: (e) => note(`  ${JSON.stringify(e)}`) });
@@ -462,7 +511,7 @@ describe('multi-host: pack and reload on two Docker hosts (unix://, tcp://, ssh:
       allocator = new GatewayAllocator(testAllocatorOptions(services, nginx, { env: ENV, domain, schema }));
       await allocator.migrate();
       // Only the second host's gateways, as the inventory names them: its address and published HTTP ports.
-      const inventory = HOST2_GATEWAYS.map((name, i) => ({ name, host: h.nsAddr, httpPort: 7101 + i, vpnPort: 49101 + i }));
+      const inventory = HOST2_GATEWAYS.map((name, i) => ({ name, host: h.nsAddr, httpPort: httpPortOf(1 + i), vpnPort: GW_VPN_BASE + 1 + i }));
       await allocator.registerGateways(inventory);
       await allocator.markReady(inventory.map((g) => g.name));
       const org = randomOrg();
@@ -507,6 +556,94 @@ describe('multi-host: pack and reload on two Docker hosts (unix://, tcp://, ssh:
       await pebble.destroy();
       await removeZoneAndSchemas(services, domain, schema);
       fs.rmSync(work, { recursive: true, force: true });
+    }
+  });
+
+  it('the main host\'s half: an organization started through https://ganymede.<domain>/operator (the built-in API server) lands on a remote gateway and is served by the dev container\'s stage 1 with a certificate verifying against Pebble\'s root', async () => {
+    const d = need(dep);
+    const token = d.outputs.operatorToken;
+    const everyGateway = [...MAIN_GATEWAYS, ...HOST2_GATEWAYS];
+    // The gateways run the real gateway app (it speaks the gateway protocol; the stand-in the other tests pack does not).
+    serving = undefined; // the other tests re-pack the stand-in
+    const appWs = path.join(tmp, 'ws-gateway-app');
+    fs.mkdirSync(path.join(appWs, 'dist', 'packages', 'app-gateway'), { recursive: true });
+    fs.writeFileSync(path.join(appWs, 'dist', 'packages', 'app-gateway', 'main.js'), bundleRuntimeEntry('gateway-app.js').content);
+    const packed = await step('pack the gateway app (runtime/gateway-app) into both hosts\' builds volumes and reload every gateway', async () => {
+      const r = await cli(['pack', '--env', ENV, '--workspace', appWs, '--volume', VOL_BUILDS, '--stack', stackFile, '--json'], host2!.sshEnv);
+      assert.equal(r.code, 0, `pack failed (${r.code}): ${r.stderr}${r.stdout}`);
+      const p = lastJson<PackResult>(r);
+      const reloaded = await cli(['reload', '--env', ENV, '--stack', stackFile, '--json'], host2!.sshEnv);
+      assert.equal(reloaded.code, 0, `reload failed (${reloaded.code}): ${reloaded.stderr}${reloaded.stdout}`);
+      await waitForBuildEverywhere(p.buildId, 60_000);
+      return p;
+    });
+    const states = async (): Promise<Map<string, string>> => {
+      const r = await operator(d, token, 'GET', '/status');
+      assert.equal(r.status, 200, `GET /operator/status: ${r.status} ${JSON.stringify(r.json)}`);
+      return new Map((r.json.gateways as Array<{ name: string; state: string }>).map((g) => [g.name, g.state]));
+    };
+    let seen = new Map<string, string>();
+    await step('every gateway reports ready to the API server by itself (the remote ones through stage 1, trusting Pebble\'s root)', () =>
+      waitFor(`every gateway ready at https://ganymede.${DOMAIN}/operator/status`, 120_000, async () => {
+        seen = await states();
+        return everyGateway.every((n) => seen.get(n) === 'ready') ? true : undefined;
+      }, 500).catch(async (err: Error) => {
+        // What a remote gateway's app logged (its calls to GANYMEDE_URL through stage 1).
+        const log = await dk('host2', ['exec', HOST2_GATEWAYS[0], 'tail', '-n', '15', '/tmp/gateway.log']).catch((e: Error) => e.message);
+        throw new Error(`${err.message} (last: ${JSON.stringify([...seen])}); ${HOST2_GATEWAYS[0]}'s app log:\n${log}`);
+      }));
+    // The main host has one gateway: at most two starts put an organization on the second host.
+    let landed: { org: string; gateway: string } | undefined;
+    for (let k = 0; k <= MAIN_GATEWAYS.length && landed === undefined; k++) {
+      const org = randomUUID();
+      startedOrgs.add(org);
+      const r = await step(`POST https://ganymede.${DOMAIN}/operator/organizations/${org}/start`, () => operator(d, token, 'POST', `/organizations/${org}/start`));
+      assert.equal(r.status, 200, `start ${org}: ${r.status} ${JSON.stringify(r.json)}`);
+      assert.equal(r.json.success, true, JSON.stringify(r.json));
+      const gateway = String(r.json.gateway_id);
+      assert.ok(everyGateway.includes(gateway), `gateway_id ${gateway} is one of the environment's`);
+      note(`  ${org} → ${gateway}`);
+      if (HOST2_GATEWAYS.includes(gateway)) landed = { org, gateway };
+    }
+    assert.ok(landed, 'an organization landed on a gateway of the second host');
+    const { org, gateway } = landed;
+    const fqdn = orgFqdn(org, DOMAIN);
+    let last = '';
+    const status = await step(`https://${fqdn}/_app/status through the dev container's stage 1 (Pebble's root only) → ${gateway} on the second host`, () =>
+      waitFor(`${fqdn} served by ${gateway}`, 30_000, async () => {
+        const r = await httpsTo(d, fqdn, '/_app/status', { timeoutMs: 5000 });
+        last = `${r.status} ${r.body.slice(0, 200)}`;
+        if (r.status !== 200) return undefined;
+        const st = JSON.parse(r.body) as { organization_id: string | null; gateway_id: string; build: string; state: string };
+        return st.organization_id === org ? st : undefined;
+      }, 250).catch((err: Error) => {
+        throw new Error(`${err.message} (last: ${last})`);
+      }));
+    assert.equal(status.value.gateway_id, gateway);
+    const page = await httpsTo(d, fqdn, '/');
+    assert.equal(page.status, 200, `https://${fqdn}/: ${page.status}`);
+    assert.match(page.body, new RegExp(gateway), `the page names its gateway ${gateway}`);
+    note(`  ${fqdn} → stage 1 (certificate from the TLS renewer's ACME order at Pebble) → ${gateway} (${host2!.nsAddr}) → build ${packed.buildId}, state ${status.value.state}`);
+    // Nested naming: the API server's AcmeIssuer orders the organization's own certificate in the background,
+    // from Pebble through acmeCaCertificates (the file in the dev container); the base one does not cover it.
+    const nested = `uc-e2e.${fqdn}`;
+    let tlsLast = '';
+    await step(`https://${nested}/ verifies against Pebble's root (the organization's certificate, ordered by the API server)`, () =>
+      waitFor(`a certificate for ${nested}`, 60_000, async () => {
+        try {
+          await httpsTo(d, nested, '/', { timeoutMs: 5000 });
+          return true;
+        } catch (err) {
+          tlsLast = (err as Error).message;
+          return undefined;
+        }
+      }, 500).catch((err: Error) => {
+        throw new Error(`${err.message} (last: ${tlsLast})`);
+      }));
+    for (const o of [...startedOrgs]) {
+      const r = await operator(d, token, 'POST', `/organizations/${o}/stop`);
+      assert.ok(r.status === 200 || r.json.code === 'NOT_ALLOCATED', `stop ${o}: ${r.status} ${JSON.stringify(r.json)}`);
+      startedOrgs.delete(o);
     }
   });
 });

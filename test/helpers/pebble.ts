@@ -31,6 +31,11 @@ export interface PebbleOptions {
   acmePort?: number;
   /** Management port (roots, intermediates). Default 61401. */
   managementPort?: number;
+  /**
+   * Address both listeners bind to (and their certificate names); default 127.0.0.1. The Docker
+   * e2e binds the docker0 bridge address, which containers reach and which stays on this machine.
+   */
+  listenHost?: string;
   /** host:port of the DNS server Pebble validates DNS-01 against (the test PowerDNS). */
   dnsServer: string;
   /** Lifetime of issued certificates in seconds (Pebble's default is 5 years). */
@@ -75,6 +80,7 @@ export class Pebble {
   readonly dir: string;
   readonly acmePort: number;
   readonly managementPort: number;
+  readonly listenHost: string;
   /** CA of Pebble's own HTTPS listeners (what an ACME client must trust to talk to it). */
   readonly listenerCaFile: string;
   /** Written by start(): Pebble's issuing root, to verify issued certificates. */
@@ -87,6 +93,7 @@ export class Pebble {
     ensureDebianPackage('mkcert', 'mkcert');
     this.acmePort = opts.acmePort ?? 61400;
     this.managementPort = opts.managementPort ?? 61401;
+    this.listenHost = opts.listenHost ?? '127.0.0.1';
     this.dir = mkdtempSync(path.join(os.tmpdir(), 'demiurge-pebble-'));
     this.listenerCaFile = path.join(this.dir, 'listener-ca', 'rootCA.pem');
     this.rootFile = path.join(this.dir, 'pebble-root.pem');
@@ -94,7 +101,7 @@ export class Pebble {
   }
 
   get directoryUrl(): string {
-    return `https://127.0.0.1:${this.acmePort}/dir`;
+    return `https://${this.listenHost}:${this.acmePort}/dir`;
   }
 
   async start(): Promise<void> {
@@ -102,7 +109,7 @@ export class Pebble {
     mkdirSync(caroot);
     const cert = path.join(this.dir, 'listener-cert.pem');
     const key = path.join(this.dir, 'listener-key.pem');
-    execFileSync('mkcert', ['-cert-file', cert, '-key-file', key, '127.0.0.1', 'localhost'], {
+    execFileSync('mkcert', ['-cert-file', cert, '-key-file', key, ...new Set(['127.0.0.1', 'localhost', this.listenHost])], {
       env: { ...process.env, CAROOT: caroot },
       stdio: 'ignore',
     });
@@ -112,8 +119,8 @@ export class Pebble {
       JSON.stringify(
         {
           pebble: {
-            listenAddress: `127.0.0.1:${this.acmePort}`,
-            managementListenAddress: `127.0.0.1:${this.managementPort}`,
+            listenAddress: `${this.listenHost}:${this.acmePort}`,
+            managementListenAddress: `${this.listenHost}:${this.managementPort}`,
             certificate: cert,
             privateKey: key,
             // Unused (DNS-01 only), but Pebble needs ports; keep them away from anything real.
@@ -140,7 +147,7 @@ export class Pebble {
       if (this.child.exitCode !== null) throw new Error(`pebble exited (${this.child.exitCode}):\n${this.log()}`);
       try {
         const dir = await get(this.directoryUrl, ca);
-        const root = await get(`https://127.0.0.1:${this.managementPort}/roots/0`, ca);
+        const root = await get(`https://${this.listenHost}:${this.managementPort}/roots/0`, ca);
         if (dir.status === 200 && root.status === 200 && root.body.includes('BEGIN CERTIFICATE')) {
           writeFileSync(this.rootFile, root.body);
           return;

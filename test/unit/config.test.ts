@@ -136,6 +136,27 @@ describe('stack config: parseStackConfig', () => {
     expectInvalid({ ...MINIMAL, tlsMode: 'letsencrypt', acmeEmail: 'a@b.example', tlsRenewBeforeDays: 'soon' }, 'tlsRenewBeforeDays');
   });
 
+  it('acmeCaCertificates (letsencrypt only) and gatewayExtraCaCertificates: PEM certificates only, normalised', () => {
+    const pem = fs.readFileSync(path.join(ROOT, 'test', 'fixtures', 'pem', 'test-ca.pem'), 'utf8');
+    const le = { ...MINIMAL, tlsMode: 'letsencrypt', acmeEmail: 'a@b.example' };
+    const two = `\n${pem.trim()}\r\n\n${pem.trim()}  \n`;
+    const cfg = parseStackConfig({ ...le, acmeCaCertificates: two, gatewayExtraCaCertificates: pem.trim() });
+    assert.equal(cfg.tls.mode === 'letsencrypt' ? cfg.tls.acmeCaCertificates : '', `${pem.trim()}\n${pem.trim()}\n`);
+    assert.equal(cfg.gatewayExtraCaCertificates, `${pem.trim()}\n`);
+    // Unset: nothing (the system's CAs), no key in the typed config.
+    const plain = parseStackConfig(le);
+    assert.ok(plain.tls.mode === 'letsencrypt' && !('acmeCaCertificates' in plain.tls));
+    assert.ok(!('gatewayExtraCaCertificates' in plain));
+    // Not read outside letsencrypt (like the other ACME keys).
+    assert.deepEqual(parseStackConfig({ ...MINIMAL, tlsMode: 'mkcert', acmeCaCertificates: 'junk' }).tls, { mode: 'mkcert', renewBeforeDays: 30 });
+    const key = '-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg\n-----END PRIVATE KEY-----\n';
+    const broken = pem.replace(/\n[A-Za-z0-9+/]{20}/, '\nAAAAAAAAAAAAAAAAAAAA');
+    for (const bad of ['/etc/ssl/ca.pem', `${pem}${key}`, `note: ${pem}`, '-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----', broken]) {
+      expectInvalid({ ...le, acmeCaCertificates: bad }, 'acmeCaCertificates', /one or more PEM certificates/);
+      expectInvalid({ ...MINIMAL, gatewayExtraCaCertificates: bad }, 'gatewayExtraCaCertificates', /one or more PEM certificates/);
+    }
+  });
+
   it('defaults envName to the stack name (loadStackConfig passes it)', () => {
     const { envName, ...rest } = MINIMAL;
     assert.equal(envName, 'dev-001');

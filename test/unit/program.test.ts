@@ -36,13 +36,13 @@ import {
   ZONE_CREATE_SCRIPT,
   ZONE_DELETE_SCRIPT,
 } from '../../components/powerdns';
-import { CA_EXPORT_SCRIPT, RENEW_CLI, RENEWER_CODE_DIR } from '../../components/tls';
+import { ACME_CA_FILE, CA_EXPORT_SCRIPT, RENEW_CLI, RENEWER_CODE_DIR } from '../../components/tls';
 import { RUNTIME_CONFIG_SCRIPT } from '../../components/runtime-config';
 import { parseRuntimeConfig } from '../../runtime/config';
 import { ZONE_WRITE_SETTINGS } from '../../runtime/powerdns-client';
 import { bundleRuntimeEntry } from '../../components/runtime-bundle';
 import { DEV_RUNTIME_DIR, RUNTIME_CONFIG_PATH } from '../../components/dev-container';
-import { GATEWAY_DEFAULT_APP } from '../../components/gateway-pool';
+import { GATEWAY_DEFAULT_APP, GATEWAY_EXTRA_CA_FILE } from '../../components/gateway-pool';
 
 const CONTAINER = 'docker:index/container:Container';
 const IMAGE = 'docker:index/image:Image';
@@ -775,6 +775,36 @@ describe('program (index.ts under mocks)', function () {
         stateDir: '/var/lib/demiurge/tls/acme',
         resolvers: ['demiurge-prod-pdns:53'],
       });
+    });
+
+    it('a private ACME CA: acmeCaCertificates as a file in the renewer and the dev container (LEGO_CA_CERTIFICATES); gatewayExtraCaCertificates as NODE_EXTRA_CA_CERTS of every gateway', async () => {
+      const pem = fs.readFileSync(path.join(REPO_ROOT, 'test', 'fixtures', 'pem', 'test-ca.pem'), 'utf8');
+      const r = await runProgram({ stack: 'prod', config: stackConfig('prod', { acmeCaCertificates: pem, gatewayExtraCaCertificates: pem }) });
+      const c = containers(r);
+      // Same path in both containers: the renewer's code directory is the dev container's runtime directory.
+      assert.equal(RENEWER_CODE_DIR, DEV_RUNTIME_DIR);
+      const uploadsOf = (x: CapturedResource): Map<string, string> =>
+        new Map(((x.inputs.uploads ?? []) as Array<{ file: string; content: string }>).map((u) => [u.file, u.content]));
+      const renewer = c.get('demiurge-prod-tls-renewer') as CapturedResource;
+      assert.equal(envMap(renewer).get('ACME_CA_CERTIFICATES'), ACME_CA_FILE);
+      assert.equal(uploadsOf(renewer).get(ACME_CA_FILE), pem);
+      assert.equal(uploadsOf(c.get('demiurge-prod-dev') as CapturedResource).get(ACME_CA_FILE), pem);
+      assert.equal((r.outputs.tlsRuntime as Record<string, unknown>).caCertificatesFile, ACME_CA_FILE);
+      // Never on a command line: no input string but the uploads carries the PEM.
+      for (const x of r.resources) {
+        for (const leaf of stringLeaves(x.inputs, [])) {
+          if (leaf.value.includes('BEGIN CERTIFICATE')) assert.match(leaf.path, /^uploads\[\d+\]\.content$/, `${x.name}: PEM in ${leaf.path}`);
+        }
+      }
+      const gateways = byType(r, CONTAINER).filter((x) => x.name.startsWith('gw-pool-'));
+      assert.equal(gateways.length, 10);
+      for (const gw of gateways) {
+        assert.equal(envMap(gw).get('NODE_EXTRA_CA_CERTS'), GATEWAY_EXTRA_CA_FILE, gw.name);
+        assert.equal(uploadsOf(gw).get(GATEWAY_EXTRA_CA_FILE), pem, gw.name);
+      }
+      // Unset (the template): none of it.
+      for (const gw of byType(run, CONTAINER).filter((x) => x.name.startsWith('gw-pool-'))) assert.equal(envMap(gw).get('NODE_EXTRA_CA_CERTS'), undefined);
+      assert.equal(envMap(containers(run).get('demiurge-prod-tls-renewer') as CapturedResource).get('ACME_CA_CERTIFICATES'), undefined);
     });
   });
 

@@ -5,7 +5,8 @@
  *     traffic on this machine even while the link is down: nothing else is ever a target);
  *   - a second dockerd in the namespace (own --data-root, --exec-root, --pidfile, bridge --bip,
  *     cgroup parent, no iptables) on unix:///run/demiurge-host2-<id>/docker.sock and
- *     tcp://<ns addr>:2375;
+ *     tcp://<ns addr>:2375; one MASQUERADE rule in the namespace stands in for its ip-masq, so
+ *     its containers reach this machine (stage 1) from <ns addr>;
  *   - an sshd in the namespace on <ns addr>:22 with its own config, host key and authorized key
  *     (generated into a temp dir; the machine's own sshd configuration is never read or touched),
  *     whose sessions get DOCKER_HOST of the second engine: reached as ssh://root@<ns addr>, the way
@@ -219,6 +220,11 @@ export async function startSecondHost(id: string, images: string[], log: (line: 
       await ns(['ip', 'addr', 'add', `${n.nsAddr}/30`, 'dev', n.nsVeth]);
       await ns(['ip', 'link', 'set', n.nsVeth, 'up']);
       await ns(['ip', 'link', 'set', 'lo', 'up']);
+      // What a real Docker host's ip-masq does (this dockerd runs without iptables): containers reach
+      // other hosts from the host's address, so answers come back over the veth and never follow
+      // this machine's default route.
+      await ns(['sysctl', '-q', '-w', 'net.ipv4.ip_forward=1']);
+      await ns(['iptables', '-t', 'nat', '-A', 'POSTROUTING', '-o', n.nsVeth, '-j', 'MASQUERADE']);
     });
 
     fs.mkdirSync(n.runDir, { recursive: true, mode: 0o700 });
