@@ -203,6 +203,7 @@ const runtimeConfig = new RuntimeConfig('runtime-config', {
   tlsCertPath: DEV_TLS_CERT_PATH,
   tlsKeyPath: DEV_TLS_KEY_PATH,
   userContainerNaming: cfg.userContainerNaming,
+  hostHealthIntervalSeconds: cfg.hostHealthIntervalSeconds,
   powerDnsApiUrl: pdns.apiUrl,
   devContainer: { name: dev.containerName, id: dev.container.id },
   databasePassword: dev.ganymedeDbPassword,

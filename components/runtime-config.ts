@@ -7,6 +7,7 @@ import type { GanymedeMode, TlsMode } from '../stack/config';
 import { TYPE_PREFIX } from './common';
 import { DATABASES, RUNTIME_CONFIG_PATH, RUNTIME_SECRETS_PATH } from './dev-container';
 import type { TlsRuntimeSettings } from './tls';
+import { DEFAULT_HOST_HEALTH } from '../runtime/config/types';
 
 /** How often the API server reconciles pool state with DNS and nginx, and how often the reaper runs. */
 export const RECONCILE_INTERVAL_SECONDS = 60;
@@ -66,6 +67,8 @@ export interface RuntimeConfigArgs {
   tlsCertPath: string;
   tlsKeyPath: string;
   userContainerNaming: string;
+  /** How often the API server probes gateways on remote hosts (api.hostHealth.intervalSeconds). */
+  hostHealthIntervalSeconds: number;
   powerDnsApiUrl: string;
   /** The dev container: its name, and the resource whose replacement re-writes the files. */
   devContainer: { name: pulumi.Input<string>; id: pulumi.Input<string> };
@@ -100,6 +103,8 @@ export function runtimeConfigDocument(args: Omit<RuntimeConfigArgs, 'devContaine
       gatewayUrl: ganymedeInternalUrl(args.envName),
       reconcileIntervalSeconds: RECONCILE_INTERVAL_SECONDS,
       reaper: { intervalSeconds: REAPER_INTERVAL_SECONDS, silenceSeconds: REAPER_SILENCE_SECONDS },
+      // A probe never outlasts its round.
+      hostHealth: { ...DEFAULT_HOST_HEALTH, intervalSeconds: args.hostHealthIntervalSeconds, timeoutMs: Math.min(DEFAULT_HOST_HEALTH.timeoutMs, args.hostHealthIntervalSeconds * 1000) },
     },
     secretsFile: RUNTIME_SECRETS_PATH,
   };

@@ -102,6 +102,8 @@ export interface StackConfig {
   gatewayIdleTimeoutSeconds: number;
   /** Gateways push their organization's data this often while allocated (GATEWAY_PUSH_INTERVAL_MS). */
   gatewayPushIntervalSeconds: number;
+  /** The API server probes gateways on remote Docker hosts this often (api.hostHealth.intervalSeconds; 3 silent rounds quarantine a host). */
+  hostHealthIntervalSeconds: number;
   /** PEM: extra CAs every gateway trusts when calling GANYMEDE_URL (NODE_EXTRA_CA_CERTS); undefined: none. */
   gatewayExtraCaCertificates?: string;
 }
@@ -176,5 +178,6 @@ export interface FieldValues {
   ganymede: GanymedeMode;
   gatewayIdleTimeoutSeconds: number;
   gatewayPushIntervalSeconds: number;
+  hostHealthIntervalSeconds: number;
   gatewayExtraCaCertificates: string | undefined;
 }

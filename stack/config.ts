@@ -20,6 +20,7 @@
  */
 import * as pulumi from '@pulumi/pulumi';
 import { PORTS, USER_CONTAINER_NAMINGS, isValidDomain, isValidEnvName, isValidIpv4, portRange } from '../runtime/naming';
+import { DEFAULT_HOST_HEALTH } from '../runtime/config/types';
 import { parseGatewayHosts } from './config-gateway-hosts';
 import { Collector, RULES, gatewayHostsOf, poolSizeOf, quote, tlsConfigOf, type Derived } from './config-rules';
 import type { ConfigKey, FieldValues, ImageKey, ImageSource, ParseOptions, RawConfig, StackConfig } from './config-types';
@@ -188,6 +189,7 @@ const FIELDS: FieldTable = {
   ganymede: oneOfField(GANYMEDE_MODES, 'embedded', 'embedded'),
   gatewayIdleTimeoutSeconds: intField(DEFAULT_GATEWAY_IDLE_TIMEOUT_SECONDS, 1, 86400),
   gatewayPushIntervalSeconds: intField(DEFAULT_GATEWAY_PUSH_INTERVAL_SECONDS, 1, 86400),
+  hostHealthIntervalSeconds: intField(DEFAULT_HOST_HEALTH.intervalSeconds, 1, 3600),
   // Remote gateways call GANYMEDE_URL through stage 1: its certificate must verify (a private ACME CA's root).
   gatewayExtraCaCertificates: pemField('the CAs gateways trust for GANYMEDE_URL'),
 };
@@ -304,6 +306,7 @@ export function parseStackConfig(raw: RawConfig, options: ParseOptions = {}): St
     ganymede: v.ganymede,
     gatewayIdleTimeoutSeconds: v.gatewayIdleTimeoutSeconds,
     gatewayPushIntervalSeconds: v.gatewayPushIntervalSeconds,
+    hostHealthIntervalSeconds: v.hostHealthIntervalSeconds,
     ...(v.gatewayExtraCaCertificates === undefined ? {} : { gatewayExtraCaCertificates: v.gatewayExtraCaCertificates }),
   };
 }

@@ -80,6 +80,7 @@ describe('stack config: parseStackConfig', () => {
       ganymede: 'embedded',
       gatewayIdleTimeoutSeconds: 300,
       gatewayPushIntervalSeconds: 60,
+      hostHealthIntervalSeconds: 15,
     };
     assert.deepEqual(cfg, expected);
   });
@@ -299,6 +300,7 @@ describe('stack config: parseStackConfig', () => {
       expectInvalid({ ...MINIMAL, ganymede: 'external' }, 'ganymede', /one of embedded, workspace/);
       expectInvalid({ ...MINIMAL, gatewayIdleTimeoutSeconds: '0' }, 'gatewayIdleTimeoutSeconds', /between 1 and 86400/);
       expectInvalid({ ...MINIMAL, gatewayPushIntervalSeconds: 'often' }, 'gatewayPushIntervalSeconds', /whole number/);
+      expectInvalid({ ...MINIMAL, hostHealthIntervalSeconds: '0' }, 'hostHealthIntervalSeconds', /between 1 and 3600/);
       expectInvalid({ ...MINIMAL, dnsWildcard: '1' }, 'dnsWildcard');
       expectInvalid({ ...MINIMAL, powerDnsAdminUrl: 'ftp://x' }, 'powerDnsAdminUrl');
       expectInvalid({ ...MINIMAL, powerDnsApiHostPort: '0' }, 'powerDnsAdminUrl', /required when demiurge:powerDnsApiHostPort is 0/);

@@ -528,6 +528,7 @@ describe('program (index.ts under mocks)', function () {
           gatewayUrl: 'http://demiurge-dev-001-dev:6000',
           reconcileIntervalSeconds: 60,
           reaper: { intervalSeconds: 30, silenceSeconds: 600 },
+          hostHealth: { intervalSeconds: 15, failuresBeforeUnreachable: 3, timeoutMs: 3000 },
         },
         secretsFile: '/etc/demiurge/runtime/secrets.json',
       });
@@ -860,6 +861,13 @@ describe('program (index.ts under mocks)', function () {
         assert.equal(envMap(gw).get('GATEWAY_IDLE_TIMEOUT_MS'), '5000');
         assert.equal(envMap(gw).get('GATEWAY_PUSH_INTERVAL_MS'), '2000');
       }
+    });
+
+    it('hostHealthIntervalSeconds reaches the API server\'s config.json (a probe never outlasts its round)', async () => {
+      const run = await runProgram({ stack: 'dev', config: stackConfig('dev', { hostHealthIntervalSeconds: '2' }) });
+      const envv = byName(run, COMMAND, 'runtime-config-install').inputs.environment as Record<string, string>;
+      const api = (JSON.parse(envv.CONFIG_JSON) as { api: Record<string, unknown> }).api;
+      assert.deepEqual(api.hostHealth, { intervalSeconds: 2, failuresBeforeUnreachable: 3, timeoutMs: 2000 });
     });
 
     it('stage-1 ports move on the host only (the dev container still listens on 80/443 inside)', async () => {
