@@ -168,6 +168,8 @@ describe('multi-host: pack and reload on two Docker hosts (unix://, tcp://, ssh:
       acmeDirectory: p.directoryUrl,
       acmeCaCertificates: fs.readFileSync(p.listenerCaFile, 'utf8'),
       gatewayExtraCaCertificates: fs.readFileSync(p.rootFile, 'utf8'),
+      // The API server's own host quarantine, fast enough for a test (3 silent rounds of 2 s).
+      hostHealthIntervalSeconds: '2',
       retainDataVolumes: 'false',
     };
     for (const [k, v] of Object.entries(set)) config[`demiurge:${k}`] = v;
@@ -559,7 +561,7 @@ describe('multi-host: pack and reload on two Docker hosts (unix://, tcp://, ssh:
     }
   });
 
-  it('the main host\'s half: an organization started through https://ganymede.<domain>/operator (the built-in API server) lands on a remote gateway and is served by the dev container\'s stage 1 with a certificate verifying against Pebble\'s root', async () => {
+  it('the main host\'s half: an organization started through https://ganymede.<domain>/operator (the built-in API server) lands on a remote gateway and is served by the dev container\'s stage 1 with a certificate verifying against Pebble\'s root; the API server quarantines the cut-off host and brings it back', async () => {
     const d = need(dep);
     const token = d.outputs.operatorToken;
     const everyGateway = [...MAIN_GATEWAYS, ...HOST2_GATEWAYS];
@@ -640,6 +642,40 @@ describe('multi-host: pack and reload on two Docker hosts (unix://, tcp://, ssh:
       }, 500).catch((err: Error) => {
         throw new Error(`${err.message} (last: ${tlsLast})`);
       }));
+
+    // The second host goes away: the API server's own probe (hostHealthIntervalSeconds 2, 3 rounds) takes its free
+    // gateway out of allocation; the organization it holds stays allocated (the reaper's call); the main host's
+    // gateway is untouched. Restored, the free one is ready again.
+    const h = host2 as SecondHost;
+    const free = HOST2_GATEWAYS.find((n) => n !== gateway) as string;
+    const before = await states();
+    await step(`cut the second host off (${h.hostVeth} down)`, () => h.cutOff());
+    try {
+      await step(`the API server quarantines ${free} (unreachable), ${gateway} stays allocated, ${MAIN_GATEWAYS[0]} untouched`, () =>
+        waitFor(`${free} unreachable in https://ganymede.${DOMAIN}/operator/status`, 30_000, async () => {
+          seen = await states();
+          return seen.get(free) === 'unreachable' ? true : undefined;
+        }, 250).catch((err: Error) => {
+          throw new Error(`${err.message} (last: ${JSON.stringify([...seen])})`);
+        }));
+      assert.equal(seen.get(gateway), 'allocated', `${gateway} keeps its organization while its host is away`);
+      assert.equal(seen.get(MAIN_GATEWAYS[0]), before.get(MAIN_GATEWAYS[0]), `${MAIN_GATEWAYS[0]} (main host) untouched`);
+    } finally {
+      await step('restore the second host', () => h.restore());
+    }
+    await step(`restored: the API server puts ${free} back in the pool (ready)`, () =>
+      waitFor(`${free} ready again in https://ganymede.${DOMAIN}/operator/status`, 30_000, async () => {
+        seen = await states();
+        return seen.get(free) === 'ready' ? true : undefined;
+      }, 250).catch((err: Error) => {
+        throw new Error(`${err.message} (last: ${JSON.stringify([...seen])})`);
+      }));
+    await step(`${fqdn} is served by ${gateway} again`, () =>
+      waitFor(`${fqdn} served by ${gateway} after the restore`, 30_000, async () => {
+        const r = await httpsTo(d, fqdn, '/_app/status', { timeoutMs: 5000 }).catch(() => undefined);
+        return r?.status === 200 && (JSON.parse(r.body) as { organization_id: string | null }).organization_id === org ? true : undefined;
+      }, 250));
+
     for (const o of [...startedOrgs]) {
       const r = await operator(d, token, 'POST', `/organizations/${o}/stop`);
       assert.ok(r.status === 200 || r.json.code === 'NOT_ALLOCATED', `stop ${o}: ${r.status} ${JSON.stringify(r.json)}`);
