@@ -142,8 +142,11 @@ export interface ParseOptions {
 
 export type RawConfig = Readonly<Record<string, string | undefined>>;
 
-
-/** The value of every key after reading it on its own (before the cross-field rules). */
+/**
+ * The value of every key after reading it on its own (before the cross-field rules).
+ * Its tail repeats StackConfig's on purpose: one field per `demiurge:` key (FIELDS is typed by it),
+ * whereas StackConfig is what the program reads after the rules (grouped: tls, images, gateway hosts).
+ */
 export interface FieldValues {
   envName: string;
   domain: string;
