@@ -23,9 +23,29 @@ export interface StepRow {
 export interface ColdStartProfile {
   label: string;
   steps: StepRow[];
+  /** gateway_client.retry events of the gateway apps (any back-off on the path) and api.error events of the API, within the probes' window. */
+  retries: number;
+  apiErrors: number;
 }
 
 type Marks = Map<string, number>;
+
+/** Events without an organization counted within [from, to] (ms since the epoch). */
+function countEvents(text: string, event: string, from: number, to: number): number {
+  let n = 0;
+  for (const line of text.split('\n')) {
+    if (!line.includes(event)) continue;
+    const i = line.indexOf('{');
+    try {
+      const e = JSON.parse(line.slice(i)) as { event?: string; time?: string };
+      const t = Date.parse(e.time ?? '');
+      if (e.event === event && t >= from && t <= to) n += 1;
+    } catch {
+      // not a JSON line
+    }
+  }
+  return n;
+}
 
 function parseLines(text: string, into: Map<string, Marks>, pick: (e: Record<string, unknown>) => string | undefined): void {
   for (const line of text.split('\n')) {
@@ -63,10 +83,15 @@ export async function profileColdStarts(d: Deployment, label: string, probes: Pr
   const since = Math.floor(Math.min(...probes.map((p) => p.sentAt)) / 1000) - 1;
   const marks = new Map<string, Marks>();
   const api = await run('docker', ['logs', '--since', String(since), d.outputs.devContainerName], { timeoutMs: 60_000 });
+  const from = Math.min(...probes.map((p) => p.sentAt));
+  const to = Math.max(...probes.map((p) => p.servingAt ?? p.startAnsweredAt));
   parseLines(`${api.stdout}\n${api.stderr}`, marks, (e) => (API_MARKS.has(String(e.event)) ? String(e.event) : undefined));
+  const apiErrors = countEvents(`${api.stdout}\n${api.stderr}`, 'api.error', from, to);
+  let retries = 0;
   await Promise.all(d.outputs.gatewayInventory.map(async (g) => {
     const r = await run('docker', ['exec', g.name, 'cat', '/tmp/gateway.log'], { timeoutMs: 60_000 });
     parseLines(r.stdout, marks, appMark);
+    retries += countEvents(r.stdout, 'gateway_client.retry', from, to);
   }));
   const steps: Array<[string, string, string]> = [
     ['operator call sent → allocation claimed (TLS, route, /start checks, claim SQL)', 'probe.sent', 'gateway.claimed'],
@@ -94,9 +119,9 @@ export async function profileColdStarts(d: Deployment, label: string, probes: Pr
     ds.sort((x, y) => x - y);
     return { step, p50: percentile(ds, 50), p90: percentile(ds, 90), n: ds.length };
   });
-  return { label, steps: rows };
+  return { label, steps: rows, retries, apiErrors };
 }
 
 export function renderProfile(p: ColdStartProfile): string[] {
-  return [`cold start profile (${p.label}), ms p50 / p90:`, ...p.steps.map((s) => `  ${s.step}: ${s.p50.toFixed(0)} / ${s.p90.toFixed(0)} (n=${s.n})`)];
+  return [`cold start profile (${p.label}; ${p.retries} gateway-client retries, ${p.apiErrors} API errors in the window), ms p50 / p90:`, ...p.steps.map((s) => `  ${s.step}: ${s.p50.toFixed(0)} / ${s.p90.toFixed(0)} (n=${s.n})`)];
 }
