@@ -82,6 +82,26 @@ alive_pid() {
   [ -n "$state" ] && [ "$state" != Z ]
 }
 
+# nginx_workers: the pids of stage-2 nginx's workers now (before a reload: the ones it retires).
+nginx_workers() { pgrep -P "$(cat /run/nginx.pid 2>/dev/null || echo 0)" 2>/dev/null | tr '\n' ' '; }
+
+# workers_retired <deadline_ms> <pid>...: waits until every worker given is gone or has closed its
+# listening sockets (nginx retitles it "... is shutting down" once it has). After `nginx -s reload`
+# the master lets old and new workers accept side by side for ≈100 ms; with one worker (no
+# EPOLLEXCLUSIVE then) a new connection may reach either, so an answer from a new worker alone does
+# not prove that every new connection gets the new configuration. False at the deadline.
+workers_retired() {
+  local deadline=$1 w title; shift
+  for w in "$@"; do
+    while alive_pid "$w"; do
+      title=""; IFS= read -r -d '' title < "/proc/$w/cmdline" 2>/dev/null
+      [[ "$title" == *"shutting down"* ]] && break
+      past "$deadline" && return 1
+      nap 0.005
+    done
+  done
+}
+
 # True if $1 is the pid of a live (non-zombie) gateway app process.
 is_app_pid() {
   local pid=$1 state cmd
