@@ -43,4 +43,20 @@ describe('gateway image: waits without a fork (common.sh)', () => {
   it('alive_pid: true for a running process, false for an ended one, an unknown pid or ""', () => {
     assert.equal(sh('alive_pid $$ && echo self; sleep 5 & p=$!; alive_pid $p && echo child; kill $p; wait $p 2>/dev/null; alive_pid $p || echo ended; alive_pid 4194999 || echo unknown; alive_pid "" || echo empty'), 'self\nchild\nended\nunknown\nempty');
   });
+
+  it('workers_retired: true once every worker given is gone or retitled "shutting down"; false at its deadline while one still accepts', () => {
+    const out = sh([
+      '(exec -a "nginx: worker process" sleep 5) & busy=$!',
+      '(exec -a "nginx: worker process is shutting down" sleep 5) & leaving=$!',
+      'sleep 0.2 & gone=$!; wait $gone',
+      'tick; workers_retired $(( NOW_MS + 2000 )) $leaving $gone && echo retired',
+      'tick; t=$NOW_MS; workers_retired $(( t + 150 )) $leaving $busy && echo wrong || echo "still-accepting $(( $(now_ms) - t ))"',
+      'kill $busy $leaving',
+    ].join('; '));
+    const [first, second] = out.split('\n');
+    assert.equal(first, 'retired');
+    const m = /^still-accepting (\d+)$/.exec(second);
+    assert.ok(m, `a worker that still accepts should fail the wait, got ${second}`);
+    assert.ok(Number(m[1]) >= 150 && Number(m[1]) < 2000, `the wait ended after ${m[1]} ms, not at its 150 ms deadline`);
+  });
 });
