@@ -25,6 +25,8 @@ import { REPO_ROOT, checkoutId, e2eConfig, preview, publishedPorts, up, type E2e
 import { describeDeployment, parseOutputs, type Deployment } from '../../test/e2e/realise/deployment';
 import { Engine } from '../../test/e2e/realise/engine';
 import { Realiser } from '../../test/e2e/realise/realise';
+import { DockerApi } from '../../tools/lib/docker-api';
+import { RELOAD_COMMAND } from '../../tools/lib/reload';
 import { startLoad, webSocketsOpen } from './load';
 import { ColdStartProbe, POLL_INTERVAL_MS, type ProbeMode, type ProbeTimes } from './probe';
 import { profileColdStarts, renderProfile, type ColdStartProfile } from './profile';
@@ -161,12 +163,16 @@ async function pack(envName: string, workspace: string, buildsVolume: string): P
 /** The step lines of the last slowest gateway-reload (its own log with times): where a reload's time goes. */
 let slowestReloadLog: string[] = [];
 
-/** gateway-reload in each container at once (what `demiurge-gateway reload` runs); the slowest wall time. */
+/**
+ * gateway-reload in each container at once, as `demiurge-gateway reload` runs it (tools/lib/reload.ts:
+ * an exec through the Docker Engine API, not a `docker` CLI process per gateway); the slowest wall time.
+ */
 async function reloadGateways(containers: string[]): Promise<number> {
+  const docker = new DockerApi();
   const t0 = Date.now();
   const results = await Promise.all(containers.map(async (c) => {
-    const r = await run('docker', ['exec', c, '/usr/local/bin/gateway-reload'], { timeoutMs: 120_000 });
-    return { ...r, ms: Date.now() - t0 };
+    const r = await docker.exec(c, RELOAD_COMMAND, 120_000);
+    return { code: r.exitCode, stdout: r.stdout, ms: Date.now() - t0 };
   }));
   results.forEach((r, i) => {
     if (r.code !== 0) throw new Error(`${containers[i]}: gateway-reload exit ${r.code}: ${r.stdout.trim().split('\n').pop()}`);

@@ -58,8 +58,10 @@ build_server_url() {
 
 # build_id of an unpacked build directory (or "unknown").
 read_build_id() {
-  local id
-  id=$(sed -n 's/^build_id=//p' "$1/BUILD_INFO.txt" 2>/dev/null | head -n1)
+  local line id=""
+  while IFS= read -r line || [ -n "$line" ]; do
+    [[ "$line" == build_id=* ]] && { id=${line#build_id=}; break; }
+  done 2>/dev/null < "$1/BUILD_INFO.txt"
   printf '%s' "${id:-unknown}"
 }
 
