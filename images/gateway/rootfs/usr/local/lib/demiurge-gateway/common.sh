@@ -30,7 +30,7 @@ mkdir -p "$RUN_DIR"
 
 glog() {
   local line
-  line=$(printf '%s [gateway:%s] %s' "$(date -u +%Y-%m-%dT%H:%M:%S.%3NZ)" "${GLOG_TAG:-${0##*/}}" "$*")
+  printf -v line '%s [gateway:%s] %s' "$(date -u +%Y-%m-%dT%H:%M:%S.%3NZ)" "${GLOG_TAG:-${0##*/}}" "$*"
   printf '%s\n' "$line"
   # Scripts run through `docker exec` (reload, uc-route) also log to the container's log.
   if [ "${GLOG_TO_CONTAINER_LOG:-0}" = 1 ] && [ "$$" != 1 ]; then printf '%s\n' "$line" >/proc/1/fd/1 2>/dev/null || true; fi
