@@ -31,6 +31,7 @@ function main(): void {
   }
   const buildInfo = readBuildInfo(settings.buildInfoFile);
   const app = new DefaultApp(buildInfo);
+  app.log = (fields) => log({ ...fields, gateway_id: settings.gatewayId, build: buildInfo.buildId });
   const client = new GatewayClient({
     baseUrl: settings.ganymedeUrl,
     gatewayId: settings.gatewayId,

@@ -13,6 +13,8 @@ export class DefaultApp {
   doc: OrgDocument = emptyDocument();
   orgConfig: Readonly<Record<string, unknown>> = {};
   agent: GatewayAgent | undefined;
+  /** The app's log (main.ts: JSON lines with a time); a /collab/start it accepts is logged (cold-start profile). */
+  log: (fields: Record<string, unknown>) => void = () => undefined;
   readonly startedAt = new Date().toISOString();
   /** Open WebSockets (closed with 1012 when a hot reload drains this process). */
   readonly webSockets = new Set<Duplex>();
@@ -127,6 +129,8 @@ export class DefaultApp {
       throw err;
     }
     json(res, 202, { success: true, accepted: true });
+    const org = (body as { organization_id?: unknown }).organization_id;
+    this.log({ event: 'app.collab_start_accepted', ...(typeof org === 'string' ? { organization_id: org } : {}) });
   }
 
   private changeData(res: http.ServerResponse, body: unknown): void {

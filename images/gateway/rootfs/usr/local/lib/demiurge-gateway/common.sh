@@ -30,12 +30,26 @@ mkdir -p "$RUN_DIR"
 
 glog() {
   local line
-  line=$(printf '%s [gateway:%s] %s' "$(date -u +%Y-%m-%dT%H:%M:%S.%3NZ)" "${GLOG_TAG:-${0##*/}}" "$*")
+  printf -v line '%s [gateway:%s] %s' "$(date -u +%Y-%m-%dT%H:%M:%S.%3NZ)" "${GLOG_TAG:-${0##*/}}" "$*"
   printf '%s\n' "$line"
   # Scripts run through `docker exec` (reload, uc-route) also log to the container's log.
   if [ "${GLOG_TO_CONTAINER_LOG:-0}" = 1 ] && [ "$$" != 1 ]; then printf '%s\n' "$line" >/proc/1/fd/1 2>/dev/null || true; fi
 }
-now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
+# Time and waits without a fork (the wait loops run every 20-50 ms in up to 16 gateways on a 2-core
+# host: a `date`, `sleep`, `sed` or `cat` per turn is thousands of processes a second, taken from
+# the apps and the reloads they wait for). bash 5: EPOCHREALTIME; `read -t` on a pipe we hold both
+# ends of never gets data, so it returns after the timeout: a sleep without a process.
+now_ms() { local t=${EPOCHREALTIME/[.,]/}; echo $(( t / 1000 )); }
+# tick: NOW_MS = now in ms (no subshell). past <deadline_ms>: true once NOW_MS >= deadline.
+tick() { local t=${EPOCHREALTIME/[.,]/}; NOW_MS=$(( t / 1000 )); }
+past() { tick; [ "$NOW_MS" -ge "$1" ]; }
+# nap <seconds>: sleeps (fractions allowed) in the shell itself.
+nap() {
+  [ -n "${NAP_FD:-}" ] || exec {NAP_FD}<> <(:)
+  read -r -t "$1" -u "$NAP_FD" _ 2>/dev/null || true
+}
+# read_first <var> <file>: the file's first line into var ("" if absent), without a `cat`.
+read_first() { local _line=""; { IFS= read -r _line || [ -n "$_line" ]; } 2>/dev/null < "$2"; printf -v "$1" '%s' "$_line"; }
 
 build_server_url() {
   local base="${BUILD_SERVER_URL:-http://demiurge-${ENV_NAME}-build-server:8090}"
@@ -44,8 +58,10 @@ build_server_url() {
 
 # build_id of an unpacked build directory (or "unknown").
 read_build_id() {
-  local id
-  id=$(sed -n 's/^build_id=//p' "$1/BUILD_INFO.txt" 2>/dev/null | head -n1)
+  local line id=""
+  while IFS= read -r line || [ -n "$line" ]; do
+    [[ "$line" == build_id=* ]] && { id=${line#build_id=}; break; }
+  done 2>/dev/null < "$1/BUILD_INFO.txt"
   printf '%s' "${id:-unknown}"
 }
 
@@ -60,10 +76,32 @@ render_upstream() {
 # True if $1 is a live (non-zombie) process. For pids the supervisor started: right after the fork
 # the child is still bash (not yet node), so is_app_pid would call a starting app dead.
 alive_pid() {
-  local state
+  local state=""
   [ -n "$1" ] && [ -r "/proc/$1/stat" ] || return 1
-  state=$(sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1)
+  read -r state < "/proc/$1/stat" 2>/dev/null || [ -n "$state" ] || return 1
+  # "<pid> (<comm>) <state> ...": the state follows the last ") ".
+  state=${state##*) }; state=${state%% *}
   [ -n "$state" ] && [ "$state" != Z ]
+}
+
+# nginx_workers: the pids of stage-2 nginx's workers now (before a reload: the ones it retires).
+nginx_workers() { pgrep -P "$(cat /run/nginx.pid 2>/dev/null || echo 0)" 2>/dev/null | tr '\n' ' '; }
+
+# workers_retired <deadline_ms> <pid>...: waits until every worker given is gone or has closed its
+# listening sockets (nginx retitles it "... is shutting down" once it has). After `nginx -s reload`
+# the master lets old and new workers accept side by side for ≈100 ms; with one worker (no
+# EPOLLEXCLUSIVE then) a new connection may reach either, so an answer from a new worker alone does
+# not prove that every new connection gets the new configuration. False at the deadline.
+workers_retired() {
+  local deadline=$1 w title; shift
+  for w in "$@"; do
+    while alive_pid "$w"; do
+      title=""; IFS= read -r -d '' title < "/proc/$w/cmdline" 2>/dev/null
+      [[ "$title" == *"shutting down"* ]] && break
+      past "$deadline" && return 1
+      nap 0.005
+    done
+  done
 }
 
 # True if $1 is the pid of a live (non-zombie) gateway app process.
