@@ -144,6 +144,8 @@ export interface ReconcileReport {
   /** Certificate bundles (re)written or removed (expired, undecryptable) for allocated organizations. */
   certificatesRepaired: string[];
   certificateOrphansRemoved: string[];
+  /** Temp files (route or bundle writes) left by a writer killed before its rename, removed: file names. */
+  tempFilesRemoved: string[];
   /** Per-org certificates issued or renewed now (await mode) / orders started in the background. */
   certificatesIssued: string[];
   certificatesStarted: string[];

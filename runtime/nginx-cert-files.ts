@@ -11,7 +11,7 @@ import type { AllocatorError } from './errors';
 import { FencedBatchWriter, type ActionCondition, type Guard, type OwnedEntry } from './fenced-batch-writer';
 import { certOwnerLine, orgCertFileName, orgIdOfCertFile, renderCertFile } from './nginx-config';
 import { nginxLockFailure, nginxLockKey } from './nginx-lock';
-import { readOrUndefined, readOwnedFiles, writeAtomic } from './owned-files';
+import { readOrUndefined, readOwnedFiles, removeAbandonedTempFiles, writeAtomic } from './owned-files';
 import type { LookupAnswer, Stage1Status } from './stage1-status';
 
 export interface CertFileChange {
@@ -72,6 +72,11 @@ export class CertFiles extends FencedBatchWriter<CertFileChange, string, Owner |
   /** Certificate bundles this allocator owns for this environment, with their content. */
   listOwned(): Promise<Array<OwnedEntry<string>>> {
     return readOwnedFiles(this.dir, orgIdOfCertFile, (orgId) => `${certOwnerLine(this.envName, orgId)}\n`);
+  }
+
+  /** Temp files of bundle writes whose writer died before its rename (owned-files.ts); their names. */
+  removeAbandonedTempFiles(): Promise<string[]> {
+    return removeAbandonedTempFiles(this.dir, (name) => orgIdOfCertFile(name) !== undefined);
   }
 
   protected prepare(changes: CertFileChange[]): Promise<Owner | undefined> {

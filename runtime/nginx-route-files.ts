@@ -10,7 +10,7 @@ import type { AllocatorError } from './errors';
 import { FencedBatchWriter, type ActionCondition, type Guard, type OwnedEntry } from './fenced-batch-writer';
 import { orgIdOfRouteFile, renderRoute, routeFileName, routeOwnerLine } from './nginx-config';
 import { nginxLockFailure, nginxLockKey } from './nginx-lock';
-import { readOwnedFiles, writeAtomic } from './owned-files';
+import { readOwnedFiles, removeAbandonedTempFiles, writeAtomic } from './owned-files';
 import type { LookupAnswer, Stage1Status } from './stage1-status';
 
 export interface RouteChange {
@@ -43,6 +43,11 @@ export class RouteFiles extends FencedBatchWriter<RouteChange, string> {
   /** Route files this allocator owns for this environment. */
   listOwned(): Promise<OwnedRoute[]> {
     return readOwnedFiles(this.dir, orgIdOfRouteFile, (orgId) => `${routeOwnerLine(this.envName, orgId)} `);
+  }
+
+  /** Temp files of route writes whose writer died before its rename (owned-files.ts); their names. */
+  removeAbandonedTempFiles(): Promise<string[]> {
+    return removeAbandonedTempFiles(this.dir, (name) => orgIdOfRouteFile(name) !== undefined);
   }
 
   /** One file per organization (a batch holds one change per org): written in parallel, all before the lock is released. */

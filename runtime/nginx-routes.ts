@@ -114,6 +114,12 @@ export class NginxRoutes {
     return this.routes.listOwned();
   }
 
+  /** Removes the temp files of route and bundle writes whose writer died before renaming them; their names. */
+  async removeAbandonedTempFiles(): Promise<string[]> {
+    const [routes, certs] = await Promise.all([this.routes.removeAbandonedTempFiles(), this.certs ? this.certs.removeAbandonedTempFiles() : []]);
+    return [...routes, ...certs];
+  }
+
   // ------------------------------------------------------------ certificate bundles
 
   /** Writes (or with no bundle, removes) an organization's certificate bundle; a write resolves once nginx's workers can read it. */

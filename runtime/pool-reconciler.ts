@@ -35,6 +35,7 @@ export class PoolReconciler {
       routeOrphansRemoved: [],
       certificatesRepaired: [],
       certificateOrphansRemoved: [],
+      tempFilesRemoved: [],
       certificatesIssued: [],
       certificatesStarted: [],
       inFlight: [],
@@ -47,10 +48,11 @@ export class PoolReconciler {
       this.d.dns.apply(plan.dns),
       this.d.routes.apply(plan.routes),
       this.d.routes.applyCertificates(plan.certificates),
+      this.d.routes.removeAbandonedTempFiles().then((names) => void report.tempFilesRemoved.push(...names)),
     ]);
     results.forEach((res, i) => {
       if (res.status === 'rejected') {
-        const e = asAllocatorError(res.reason, i === 0 ? 'DNS_FAILED' : i === 1 ? 'NGINX_FAILED' : 'TLS_FAILED', 'reconcile repair failed');
+        const e = asAllocatorError(res.reason, (['DNS_FAILED', 'NGINX_FAILED', 'TLS_FAILED', 'NGINX_FAILED'] as const)[i], 'reconcile repair failed');
         report.errors.push({ code: e.code, message: e.message });
       }
     });
@@ -64,6 +66,7 @@ export class PoolReconciler {
       routeOrphansRemoved: report.routeOrphansRemoved.length,
       certificatesRepaired: report.certificatesRepaired.length,
       certificateOrphansRemoved: report.certificateOrphansRemoved.length,
+      tempFilesRemoved: report.tempFilesRemoved.length,
       certificatesIssued: report.certificatesIssued.length,
       certificatesStarted: report.certificatesStarted.length,
       errors: report.errors.length,

@@ -305,7 +305,7 @@ const HANDLERS: Record<string, (ctx: CommandContext) => Promise<number>> = {
   async reconcile({ a, values, out }) {
     const rep = await a.reconcile({ force: values.force === true });
     const lines = [
-      `recovered ${rep.recovered.length}, DNS repaired ${rep.dnsRepaired.length}, routes repaired ${rep.routesRepaired.length}, DNS orphans removed ${rep.dnsOrphansRemoved.length}, route orphans removed ${rep.routeOrphansRemoved.length}, in flight ${rep.inFlight.length}, errors ${rep.errors.length}`,
+      `recovered ${rep.recovered.length}, DNS repaired ${rep.dnsRepaired.length}, routes repaired ${rep.routesRepaired.length}, DNS orphans removed ${rep.dnsOrphansRemoved.length}, route orphans removed ${rep.routeOrphansRemoved.length}, abandoned temp files removed ${rep.tempFilesRemoved.length}, in flight ${rep.inFlight.length}, errors ${rep.errors.length}`,
       ...rep.errors.map((e) => `error ${e.code}: ${e.message}`),
     ];
     out(lines.join('\n'), rep);

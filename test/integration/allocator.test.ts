@@ -1,6 +1,8 @@
 import { strict as assert } from 'assert';
+import { spawnSync } from 'child_process';
 import { existsSync, readdirSync, writeFileSync, rmSync } from 'fs';
 import * as https from 'https';
+import { hostname } from 'os';
 import * as path from 'path';
 import { readFileSync } from 'fs';
 import { Pool } from 'pg';
@@ -447,8 +449,17 @@ describe('GatewayAllocator (real PostgreSQL, PowerDNS, nginx)', function () {
       await patchZone(s, domain, [{ name: `org-${foreign}.${domain}.`, type: 'A', ttl: 60, changetype: 'REPLACE', records: [{ content: '10.0.0.1', disabled: false }] }]);
       const foreignFile = path.join(nginx.confDir, 'routes', `org-${foreign}.conf`);
       writeFileSync(foreignFile, `# hand-written\n${foreign} "127.0.0.9:1";\n`);
+      // A route write whose process was killed before its rename (half a file), and one in progress (this process).
+      const routesDir = path.join(nginx.confDir, 'routes');
+      const deadWriterPid = Number(spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))'], { encoding: 'utf8' }).stdout);
+      const abandonedTemp = `org-${orphan}.conf.tmp-${hostname()}.${deadWriterPid}-killed1`;
+      const liveTemp = `org-${org}.conf.tmp-${hostname()}.${process.pid}-writing1`;
+      writeFileSync(path.join(routesDir, abandonedTemp), `# owner=demiurge-allocator env=${env} org=`);
+      writeFileSync(path.join(routesDir, liveTemp), `# owner=demiurge-allocator env=${env} org=`);
       try {
         const report = await allocator.reconcile();
+        assert.deepEqual(report.tempFilesRemoved, [abandonedTemp], 'the dead writer\'s temp file is removed, the live one kept');
+        assert.ok(existsSync(path.join(routesDir, liveTemp)));
         assert.deepEqual([...report.dnsRepaired].sort(), [org, oldTtlOrg].sort());
         const ttls = (await zoneRRsets(s, domain)).filter((r) => r.name.includes(`org-${oldTtlOrg}.`)).map((r) => (r as unknown as { ttl: number }).ttl);
         assert.deepEqual(ttls, [DNS_TIMING.orgRecordTtlSeconds, DNS_TIMING.orgRecordTtlSeconds]);
@@ -463,8 +474,9 @@ describe('GatewayAllocator (real PostgreSQL, PowerDNS, nginx)', function () {
         assert.deepEqual(await dig(s.pdnsDnsPort, `org-${foreign}.${domain}`), ['10.0.0.1']);
         assert.ok(existsSync(foreignFile));
         const second = await allocator.reconcile();
-        assert.deepEqual([second.dnsRepaired, second.routesRepaired, second.dnsOrphansRemoved, second.routeOrphansRemoved], [[], [], [], []], 'reconcile is idempotent');
+        assert.deepEqual([second.dnsRepaired, second.routesRepaired, second.dnsOrphansRemoved, second.routeOrphansRemoved, second.tempFilesRemoved], [[], [], [], [], []], 'reconcile is idempotent');
       } finally {
+        rmSync(path.join(routesDir, liveTemp), { force: true });
         rmSync(foreignFile, { force: true });
         await patchZone(s, domain, [{ name: `org-${foreign}.${domain}.`, type: 'A', changetype: 'DELETE' }]);
       }
