@@ -38,9 +38,9 @@ export class AllocatorTokens {
     this.c.open.assertOpen();
     if (!isPlausibleToken(token)) return { status: 'unknown' };
     const hash = hashToken(token);
-    const row = await db(() => this.c.store.findByTokenHash(hash), 'token lookup failed');
+    const row = await db(() => this.c.store.tokens.findByTokenHash(hash), 'token lookup failed');
     if (row) return { status: 'valid', holder: { gateway: row.name, organizationId: row.organizationId as string, allocationId: row.allocationId as string } };
-    const retired = await db(() => this.c.store.findRetiredToken(hash), 'token lookup failed');
+    const retired = await db(() => this.c.store.tokens.findRetiredToken(hash), 'token lookup failed');
     return retired ? { status: 'retired', gateway: retired.gateway, organizationId: retired.organizationId } : { status: 'unknown' };
   }
 
@@ -49,7 +49,7 @@ export class AllocatorTokens {
     const problems = registrationTokenProblems(tokens);
     if (problems.length > 0) throw new AllocatorError('INVALID_GATEWAY', `invalid registration tokens: ${problems.slice(0, 10).join('; ')}`, { problems });
     const hashes = Object.entries(tokens).map(([name, token]) => ({ name, hash: hashToken(token) }));
-    const unknown = await db(() => this.c.store.setRegistrationHashes(hashes), 'storing registration tokens failed');
+    const unknown = await db(() => this.c.store.tokens.setRegistrationHashes(hashes), 'storing registration tokens failed');
     if (unknown.length > 0) throw new AllocatorError('UNKNOWN_GATEWAY', `registration tokens for unknown gateway(s): ${unknown.slice(0, 10).join(', ')}`, { unknown });
   }
 
@@ -61,7 +61,7 @@ export class AllocatorTokens {
     } catch {
       return false;
     }
-    const found = await db(() => this.c.store.registrationHash(name), 'registration lookup failed');
+    const found = await db(() => this.c.store.tokens.registrationHash(name), 'registration lookup failed');
     if (!found?.hash || found.state === GatewayStates.retired) return false;
     return timingSafeEqual(found.hash, hashToken(token));
   }
@@ -70,7 +70,7 @@ export class AllocatorTokens {
     this.c.open.assertOpen();
     assertOrganizationId(organizationId);
     const token = newToken();
-    const row = await db(() => this.c.store.rotateToken(organizationId, hashToken(token), allocationId), 'token rotation failed');
+    const row = await db(() => this.c.store.tokens.rotateToken(organizationId, hashToken(token), allocationId), 'token rotation failed');
     if (!row) throw new AllocatorError('NOT_ALLOCATED', `organization ${organizationId} holds no allocated gateway`, { organizationId });
     return token;
   }

@@ -80,7 +80,7 @@ export class GatewayAllocator {
   async registerGateways(inventory: GatewaySpec[], options: { prune?: boolean } = {}): Promise<RegisterResult> {
     this.c.open.assertOpen();
     const specs = validateInventory(inventory);
-    const result = await db(() => this.c.store.register(specs, options.prune ?? false), 'registerGateways failed');
+    const result = await db(() => this.c.store.inventory.register(specs, options.prune ?? false), 'registerGateways failed');
     this.c.log({ event: 'inventory.registered', env: this.envName, added: result.added.length, updated: result.updated.length, retired: result.retired.length });
     return result;
   }

@@ -58,7 +58,7 @@ export class NginxRoutes {
   private readonly routes: RouteFiles;
   private readonly certs: CertFiles | undefined;
   /** Per-organization certificate bundles; undefined when the org server uses the base certificate only. */
-  readonly certDir: string | undefined;
+  private readonly certDir: string | undefined;
 
   constructor(opts: NginxOptions, pool: Pool, envName: string, domain: string, guard: Guard, features: Stage1Features = {}) {
     const routesDir = path.join(opts.confDir, ROUTES_SUBDIR);

@@ -1,6 +1,5 @@
 import type { Pool, QueryResultRow } from 'pg';
 import { Coalescer } from './batcher';
-import type { GatewaySpec } from './inventory';
 import {
   abandonSql,
   beginReleaseSql,
@@ -14,7 +13,7 @@ import {
   stateSql,
   takeOverSql,
 } from './gateway-states';
-import { InventoryStore, type RegisterResult } from './inventory-store';
+import { InventoryStore } from './inventory-store';
 import { type FencedRow, groupedBy, isDeadlock, isUniqueViolation, matchFenced } from './pool-batching';
 import { COLUMNS, type DbRow, type GatewayRow, PoolSql, toRow } from './pool-sql';
 import { TokenStore } from './token-store';
@@ -62,10 +61,10 @@ export class PoolStore {
   private readonly sql: PoolSql;
   private readonly t: string;
   private readonly tables: PoolTables;
-  /** Registration of the inventory (register). */
-  private readonly inventory: InventoryStore;
-  /** Allocation and registration tokens, retired tokens. */
-  private readonly tokens: TokenStore;
+  /** Registration of the inventory (register): used directly by the allocator. */
+  readonly inventory: InventoryStore;
+  /** Allocation and registration tokens, retired tokens: used directly by the allocator's token module and the reaper. */
+  readonly tokens: TokenStore;
   private readonly finds = new Coalescer<string, GatewayRow | undefined>((orgs) => this.findMany(orgs));
   private readonly claims = new Coalescer<ClaimRequest, ClaimOutcome>((reqs) => this.claimMany(reqs));
   private readonly marks = new Coalescer<FencedRow, boolean>((items) => this.markAllocatedMany(items));
@@ -87,35 +86,6 @@ export class PoolStore {
 
   private query<R extends QueryResultRow>(sql: string, params: unknown[] = []): Promise<R[]> {
     return this.sql.query<R>(sql, params);
-  }
-
-  // The inventory and the tokens have their own stores; PoolStore stays the one entry the allocator uses.
-  register(specs: GatewaySpec[], prune: boolean): Promise<RegisterResult> {
-    return this.inventory.register(specs, prune);
-  }
-
-  findByTokenHash(hash: Buffer): Promise<GatewayRow | undefined> {
-    return this.tokens.findByTokenHash(hash);
-  }
-
-  rotateToken(orgId: string, tokenHash: Buffer, allocationId?: string): Promise<GatewayRow | undefined> {
-    return this.tokens.rotateToken(orgId, tokenHash, allocationId);
-  }
-
-  setRegistrationHashes(hashes: Array<{ name: string; hash: Buffer }>): Promise<string[]> {
-    return this.tokens.setRegistrationHashes(hashes);
-  }
-
-  registrationHash(name: string): Promise<{ state: GatewayState; hash: Buffer | null } | undefined> {
-    return this.tokens.registrationHash(name);
-  }
-
-  findRetiredToken(hash: Buffer): Promise<{ gateway: string; organizationId: string; retiredAt: Date } | undefined> {
-    return this.tokens.findRetiredToken(hash);
-  }
-
-  forgetRetiredTokens(olderThanMs: number): Promise<number> {
-    return this.tokens.forgetRetiredTokens(olderThanMs);
   }
 
   // ------------------------------------------------------------ rows and state transitions

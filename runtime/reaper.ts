@@ -49,7 +49,7 @@ export class Reaper {
       }
     }
     // Housekeeping only: a failure here changes no answer, and the next reap retries.
-    await this.c.store.forgetRetiredTokens(RETIRED_TOKEN_KEEP_MS).catch(() => undefined);
+    await this.c.store.tokens.forgetRetiredTokens(RETIRED_TOKEN_KEEP_MS).catch(() => undefined);
     return report;
   }
 
