@@ -566,7 +566,7 @@ async function main(): Promise<number> {
   for (let i = 0; i < 5; i++) {
     try {
       const r = await finalAllocator.reconcile({ force: true });
-      const summary = { recovered: r.recovered.length, dnsRepaired: r.dnsRepaired.length, routesRepaired: r.routesRepaired.length, dnsOrphansRemoved: r.dnsOrphansRemoved.length, routeOrphansRemoved: r.routeOrphansRemoved.length, inFlight: r.inFlight.length, errors: r.errors.length };
+      const summary = { recovered: r.recovered.length, dnsRepaired: r.dnsRepaired.length, routesRepaired: r.routesRepaired.length, dnsOrphansRemoved: r.dnsOrphansRemoved.length, routeOrphansRemoved: r.routeOrphansRemoved.length, tempFilesRemoved: r.tempFilesRemoved.length, inFlight: r.inFlight.length, errors: r.errors.length };
       reconciles.push(summary);
       if (r.errors.length === 0) break;
       log(`reconcile reported errors, again: ${JSON.stringify(r.errors).slice(0, 300)}`);

@@ -172,7 +172,7 @@ class Worker {
           kind: 'reconcile',
           recovered: r.recovered.length,
           repaired: r.dnsRepaired.length + r.routesRepaired.length,
-          orphansRemoved: r.dnsOrphansRemoved.length + r.routeOrphansRemoved.length,
+          orphansRemoved: r.dnsOrphansRemoved.length + r.routeOrphansRemoved.length + r.tempFilesRemoved.length,
           inFlight: r.inFlight.length,
           errors: r.errors.map((e) => ({ code: e.code, message: e.message.slice(0, 200) })),
         };
