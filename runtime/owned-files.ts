@@ -44,6 +44,16 @@ export async function readOrUndefined(file: string): Promise<string | undefined>
   }
 }
 
+/** The entries of `dir`; a missing directory has none. */
+async function namesIn(dir: string): Promise<string[]> {
+  try {
+    return await fs.readdir(dir);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    throw err;
+  }
+}
+
 /** Puts back what `readOrUndefined` returned before a write (undefined: the file did not exist). */
 export async function restore(file: string, previous: string | undefined): Promise<void> {
   if (previous === undefined) await fs.rm(file, { force: true });
@@ -56,13 +66,7 @@ export async function restore(file: string, previous: string | undefined): Promi
  * environment), with their content. A missing directory owns nothing.
  */
 export async function readOwnedFiles(dir: string, orgIdOf: (name: string) => string | undefined, ownerPrefix: (orgId: string) => string): Promise<Array<OwnedEntry<string>>> {
-  let names: string[];
-  try {
-    names = await fs.readdir(dir);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
-    throw err;
-  }
+  const names = await namesIn(dir);
   const owned: Array<OwnedEntry<string>> = [];
   for (const name of names) {
     const orgId = orgIdOf(name);
@@ -104,13 +108,7 @@ export function isAbandonedTempFile(name: string, ageMs: number, here = { host: 
  * a missing directory holds none.
  */
 export async function removeAbandonedTempFiles(dir: string, isOwnedName: (finalName: string) => boolean, now = Date.now()): Promise<string[]> {
-  let names: string[];
-  try {
-    names = await fs.readdir(dir);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
-    throw err;
-  }
+  const names = await namesIn(dir);
   const removed: string[] = [];
   for (const name of names) {
     const at = name.indexOf(TEMP_INFIX);
