@@ -1,6 +1,6 @@
 /**
  * The realised-environment bench rows on their own (bench/run.ts runs this in a child under the e2e lock):
- *   flock /tmp/e2e.lock npx ts-node --transpile-only bench/realised/main.ts [--organizations N] [--out results.json]
+ *   flock /tmp/bench.lock flock /tmp/e2e.lock npx ts-node --transpile-only bench/realised/main.ts [--organizations N] [--out results.json]
  *     [--only-reload] [--reload-sizes 1,4,10] [--reload-repetitions 1]
  * Prints the report rows; with --out also writes the typed results (RealisedResults) as JSON.
  */
