@@ -77,6 +77,12 @@ export interface RealisedOptions {
   log?: (line: string) => void;
   /** Organizations per cold-start concurrency (default 50). */
   organizations?: number;
+  /** Hot reload only (`--only-reload`): no cold-start rows (the environment is still realised in full). */
+  onlyReload?: boolean;
+  /** Gateways reloaded at once, per size (default 1, 4, 10). */
+  reloadSizes?: number[];
+  /** Times each size is measured (default 1; every measurement is a row). */
+  reloadRepetitions?: number;
 }
 
 const POOL = 16;
@@ -182,8 +188,9 @@ async function reloadGateways(containers: string[]): Promise<number> {
   return Date.now() - t0;
 }
 
-async function reloads(d: Deployment, token: string, tmp: string, notes: string[], log: (l: string) => void): Promise<ReloadRow[]> {
-  const max = Math.max(...RELOAD_SIZES);
+async function reloads(d: Deployment, token: string, tmp: string, notes: string[], log: (l: string) => void, sizes: number[]): Promise<ReloadRow[]> {
+  // Always 10 organizations under load (the row's definition), whatever sizes are reloaded.
+  const max = Math.max(...RELOAD_SIZES, ...sizes);
   // Allocate the organizations the load generator requests (their gateways are the reloaded ones).
   const orgs = Array.from({ length: max }, () => randomUUID());
   const probe = new ColdStartProbe(d, token, d.caFile ? fs.readFileSync(d.caFile) : undefined, 'warm');
@@ -199,7 +206,7 @@ async function reloads(d: Deployment, token: string, tmp: string, notes: string[
   await reloadGateways(orgs.map((o) => gatewayOf.get(o) as string));
   const rows: ReloadRow[] = [];
   const ca = d.caFile ? fs.readFileSync(d.caFile) : undefined;
-  for (const n of RELOAD_SIZES) {
+  for (const n of sizes) {
     const buildId = await pack(d.outputs.envName, ws, d.buildsVolume);
     const reloaded = orgs.slice(0, n);
     const firstNew = new Map<string, number>();
@@ -237,7 +244,7 @@ async function reloads(d: Deployment, token: string, tmp: string, notes: string[
   }
   for (const org of orgs) await stopOrg(probe, org);
   probe.close();
-  notes.push(`reload: ${orgs.length} organizations allocated and loaded (one request loop${process.env.RELOAD_LOAD_PAUSE_MS ? ` pausing ${process.env.RELOAD_LOAD_PAUSE_MS} ms between requests` : ', back to back'}, and one WebSocket each, through stage 1, CA-verified TLS, kept-alive connections); the first ${RELOAD_SIZES.join('/')} of their gateways reloaded`);
+  notes.push(`reload: ${orgs.length} organizations allocated and loaded (one request loop${process.env.RELOAD_LOAD_PAUSE_MS ? ` pausing ${process.env.RELOAD_LOAD_PAUSE_MS} ms between requests` : ', back to back'}, and one WebSocket each, through stage 1, CA-verified TLS, kept-alive connections); the first ${sizes.join('/')} of their gateways reloaded`);
   return rows;
 }
 
@@ -283,6 +290,11 @@ export async function runRealisedBench(opts: RealisedOptions): Promise<RealisedR
     }
     const realiseMs = Date.now() - t0;
     log(`environment up and every gateway ready in ${(realiseMs / 1000).toFixed(1)} s`);
+    const sizes = Array.from({ length: opts.reloadRepetitions ?? 1 }, () => opts.reloadSizes ?? RELOAD_SIZES).flat();
+    if (opts.onlyReload) {
+      const reload = await reloads(d, token, tmp, notes, log, sizes);
+      return { mode: 'full', skipped: null, poolSize: POOL, realiseMs, coldStart: [], reload, notes };
+    }
     // One unmeasured start first (connections, caches), then the measured ones.
     await coldStarts(d, token, 1, 1, 'warm');
     const warm1 = await coldStarts(d, token, 1, n, 'warm');
@@ -301,7 +313,7 @@ export async function runRealisedBench(opts: RealisedOptions): Promise<RealisedR
     notes.push(`cold start: pool of ${POOL} gateways running the default app; each organization released (operator stop) once measured; probe GET /_app/status through stage 1 (CA-verified TLS) until it names the organization with state serving; warm probe: operator call on a kept-alive connection, polls on one kept-alive connection per organization every ${POLL_INTERVAL_MS} ms; cold probe: a new TLS connection per call and per poll, back to back`);
     for (const p of profiles) notes.push(`${renderProfile(p)[0]} ${p.steps.map((x) => `${x.step}: ${x.p50.toFixed(0)} / ${x.p90.toFixed(0)}`).join('; ')}`);
     const coldStart1 = warm1.row;
-    const reload = await reloads(d, token, tmp, notes, log);
+    const reload = await reloads(d, token, tmp, notes, log, sizes);
     return { mode: 'full', skipped: null, poolSize: POOL, realiseMs, coldStart: [coldStart1, warm16.row, cold1.row], reload, profiles, notes };
   } finally {
     await realiser.destroy({ unprotectAll: true }).catch((err: Error) => log(`destroy: ${err.message}`));

@@ -1,6 +1,6 @@
 /**
  * The gateway image's fork-free wait helpers (images/gateway/.../common.sh: now_ms, tick/past, nap,
- * read_first, alive_pid), run in bash as the image's scripts source them. The scripts' behaviour with
+ * read_first, alive_pid, glog, nginx_workers_of, wake_supervisor, rm_absent), run in bash as the image's scripts source them. The scripts' behaviour with
  * them (reload, supervisor) is covered by test/e2e/images.test.ts.
  */
 import { strict as assert } from 'assert';
@@ -58,5 +58,47 @@ describe('gateway image: waits without a fork (common.sh)', () => {
     const m = /^still-accepting (\d+)$/.exec(second);
     assert.ok(m, `a worker that still accepts should fail the wait, got ${second}`);
     assert.ok(Number(m[1]) >= 150 && Number(m[1]) < 2000, `the wait ended after ${m[1]} ms, not at its 150 ms deadline`);
+  });
+
+  it('glog stamps a line with the UTC time in milliseconds without a date process (PATH is empty)', () => {
+    const before = Date.now();
+    const line = sh('PATH=/nonexistent; GLOG_TAG=reload; glog hello world');
+    const m = /^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z) \[gateway:reload\] hello world$/.exec(line);
+    assert.ok(m, `unexpected log line ${JSON.stringify(line)}`);
+    const t = Date.parse(m[1]);
+    assert.ok(t >= before - 1000 && t <= Date.now() + 1000, `stamp ${m[1]} is not now`);
+  });
+
+  it('nginx_workers_of lists the children of a process (the stage-2 master\'s workers), "" for no or a bad pid', () => {
+    const out = sh([
+      '(sleep 5 & a=$!; sleep 5 & b=$!; echo "$a $b" > "$RUN_DIR/kids"; wait) & parent=$!',
+      'until [ -s "$RUN_DIR/kids" ]; do nap 0.01; done; read_first kids "$RUN_DIR/kids"',
+      'nginx_workers_of $parent; got=$NGINX_WORKERS',
+      'for k in $kids; do [[ " $got " == *" $k "* ]] || echo "missing $k"; done',
+      'nginx_workers_of 4194999; echo "[$NGINX_WORKERS]"; nginx_workers_of ""; echo "[$NGINX_WORKERS]"; nginx_workers_of "1; x"; echo "[$NGINX_WORKERS]"',
+      'kill $kids $parent 2>/dev/null; echo done',
+    ].join('; '));
+    assert.equal(out, '[]\n[]\n[]\ndone');
+  });
+
+  it('wake_supervisor ends a nap on the supervisor\'s FIFO at once; without the FIFO it does nothing', () => {
+    const out = sh([
+      'mkfifo "$SUPERVISOR_WAKE"; exec {w}<>"$SUPERVISOR_WAKE"',
+      '(nap 0.1; wake_supervisor) & true',
+      't=$(now_ms); read -r -t 5 -u $w line; echo "$line $(( $(now_ms) - t ))"',
+      'rm -f "$SUPERVISOR_WAKE"; wake_supervisor && echo no-fifo-ok',
+    ].join('; '));
+    const [first, second] = out.split('\n');
+    const m = /^wake (\d+)$/.exec(first);
+    assert.ok(m, `the nap was not woken: ${first}`);
+    assert.ok(Number(m[1]) >= 90 && Number(m[1]) < 2000, `woken after ${m[1]} ms, not once written (≈100 ms)`);
+    assert.equal(second, 'no-fifo-ok');
+  });
+
+  it('rm_absent removes the files that exist and needs no rm when none does', () => {
+    fs.writeFileSync(path.join(dir, 'a'), 'x');
+    assert.equal(sh(`PATH=/nonexistent; rm_absent ${dir}/none ${dir}/none2 && echo fine`), 'fine');
+    sh(`rm_absent ${dir}/none ${dir}/a`);
+    assert.equal(fs.existsSync(path.join(dir, 'a')), false);
   });
 });

@@ -17,6 +17,7 @@ APP_PORTFILE="$RUN_DIR/app.port"        # port of the current app = the port sta
 CANDIDATE_REQUEST="$RUN_DIR/candidate.request"  # "<port> <release>": gateway-reload asks for a candidate
 UPSTREAM_CONF="${UPSTREAM_CONF:-/etc/nginx/gateway-app-upstream.conf}"  # stage-2 nginx: upstream gateway_app
 SUPERVISOR_PIDFILE="$RUN_DIR/supervisor.pid"
+SUPERVISOR_WAKE="$RUN_DIR/supervisor.wake"   # FIFO: a line written there ends the supervisor's nap at once
 APP_LOCK="$RUN_DIR/app.lock"            # serializes "start app" (supervisor) and "signal app" (reload)
 BUILD_LOCK="$RUN_DIR/build.lock"        # serializes fetch + swap
 RELOAD_LOCK="$RUN_DIR/reload.lock"      # one reload at a time
@@ -26,11 +27,14 @@ RELOAD_PAUSE_AT="$RUN_DIR/reload-pause-at"  # names of the points at which a rel
 RELOAD_PAUSED="$RUN_DIR/reload-paused"      # "<point> <detail>" while a reload waits there
 RELOAD_RELEASE="$RUN_DIR/reload-release"    # created to let the waiting reload continue
 
-mkdir -p "$RUN_DIR"
+[ -d "$RUN_DIR" ] || mkdir -p "$RUN_DIR"
 
 glog() {
-  local line
-  printf -v line '%s [gateway:%s] %s' "$(date -u +%Y-%m-%dT%H:%M:%S.%3NZ)" "${GLOG_TAG:-${0##*/}}" "$*"
+  local line t=$EPOCHREALTIME ts
+  # UTC time with milliseconds without a `date` process (printf's strftime, seconds from EPOCHREALTIME).
+  TZ=UTC0 printf -v ts '%(%Y-%m-%dT%H:%M:%S)T' "${t%[.,]*}"
+  t=${t#*[.,]}
+  printf -v line '%s.%sZ [gateway:%s] %s' "$ts" "${t:0:3}" "${GLOG_TAG:-${0##*/}}" "$*"
   printf '%s\n' "$line"
   # Scripts run through `docker exec` (reload, uc-route) also log to the container's log.
   if [ "${GLOG_TO_CONTAINER_LOG:-0}" = 1 ] && [ "$$" != 1 ]; then printf '%s\n' "$line" >/proc/1/fd/1 2>/dev/null || true; fi
@@ -48,6 +52,17 @@ nap() {
   [ -n "${NAP_FD:-}" ] || exec {NAP_FD}<> <(:)
   read -r -t "$1" -u "$NAP_FD" _ 2>/dev/null || true
 }
+# wake_supervisor: ends the supervisor's nap now (it naps on the SUPERVISOR_WAKE FIFO, held open
+# read-write, so neither side ever blocks on open; without a supervisor the line stays unread).
+wake_supervisor() {
+  [ -p "$SUPERVISOR_WAKE" ] || return 0
+  local fd
+  { exec {fd}<>"$SUPERVISOR_WAKE"; } 2>/dev/null || return 0
+  printf 'wake\n' >&"$fd" 2>/dev/null
+  exec {fd}>&-
+}
+# rm_absent <file>...: rm -f, without the `rm` process when none of the files exists (the usual case).
+rm_absent() { local f; for f in "$@"; do [ -e "$f" ] || [ -L "$f" ] || continue; rm -f "$@"; return; done; }
 # read_first <var> <file>: the file's first line into var ("" if absent), without a `cat`.
 read_first() { local _line=""; { IFS= read -r _line || [ -n "$_line" ]; } 2>/dev/null < "$2"; printf -v "$1" '%s' "$_line"; }
 
@@ -56,13 +71,13 @@ build_server_url() {
   printf '%s/gateway-%s.tar.gz' "${base%/}" "$ENV_NAME"
 }
 
-# build_id of an unpacked build directory (or "unknown").
+# build_id of an unpacked build directory (or "unknown"): printed, or into variable $2 (no subshell).
 read_build_id() {
   local line id=""
   while IFS= read -r line || [ -n "$line" ]; do
     [[ "$line" == build_id=* ]] && { id=${line#build_id=}; break; }
   done 2>/dev/null < "$1/BUILD_INFO.txt"
-  printf '%s' "${id:-unknown}"
+  if [ -n "${2:-}" ]; then printf -v "$2" '%s' "${id:-unknown}"; else printf '%s' "${id:-unknown}"; fi
 }
 
 # The app's control socket for a port (the default app's hand-off, adopt and drain; see gateway-reload).
@@ -86,6 +101,15 @@ alive_pid() {
 
 # nginx_workers: the pids of stage-2 nginx's workers now (before a reload: the ones it retires).
 nginx_workers() { pgrep -P "$(cat /run/nginx.pid 2>/dev/null || echo 0)" 2>/dev/null | tr '\n' ' '; }
+# nginx_workers_of <master pid>: the same into NGINX_WORKERS, without a process (the kernel's list of
+# the master's children; pgrep as the fallback where /proc has no children file).
+nginx_workers_of() {
+  NGINX_WORKERS=""
+  [[ "${1:-}" =~ ^[1-9][0-9]*$ ]] || return 0
+  local f="/proc/$1/task/$1/children" line=""
+  if [ -r "$f" ]; then { IFS= read -r line || [ -n "$line" ]; } < "$f" 2>/dev/null; NGINX_WORKERS=$line
+  else NGINX_WORKERS=$(pgrep -P "$1" 2>/dev/null | tr '\n' ' '); fi
+}
 
 # workers_retired <deadline_ms> <pid>...: waits until every worker given is gone or has closed its
 # listening sockets (nginx retitles it "... is shutting down" once it has). After `nginx -s reload`
