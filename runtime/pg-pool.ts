@@ -19,7 +19,7 @@ export function isPgPool(value: unknown): value is Pool {
   return typeof v.query === 'function' && typeof v.connect === 'function' && typeof v.end === 'function';
 }
 
-function isConnectionOptions(value: unknown): value is PgConnectionOptions {
+export function isConnectionOptions(value: unknown): value is PgConnectionOptions {
   if (typeof value !== 'object' || value === null) return false;
   const v = value as Record<string, unknown>;
   return typeof v.connectionString === 'string' && v.connectionString.length > 0 && (v.max === undefined || (typeof v.max === 'number' && Number.isInteger(v.max) && v.max > 0));
