@@ -1,5 +1,5 @@
 /** The run's figures put together: the results document (bench/results/*.json) and its targets. */
-import { DNS_SAMPLE_EVERY, PG_POOL_MAX, QUICK, SCALE_BURST_CONCURRENCY, CONFIG, scalePoolSize } from './config';
+import { DNS_SAMPLE_EVERY, DNS_WRITES, PG_POOL_MAX, QUICK, SCALE_BURST_CONCURRENCY, CONFIG, scalePoolSize } from './config';
 import { stageRows } from './figures';
 import { ZONE_DESCRIPTION, type DnsWriteCost } from './pdns-probes';
 import type { ConcurrencyPhase } from './phases';
@@ -94,6 +94,7 @@ export function assembleResults(f: RunFigures): BenchResults {
     date: new Date().toISOString(),
     runId: f.runId,
     mode: QUICK ? 'quick' : 'full',
+    dnsWrites: DNS_WRITES,
     durationS: round(f.durationS, 1),
     machine: f.machine,
     config: {

@@ -46,7 +46,8 @@ export function targetsTable(r: BenchResults): string {
 export function renderMarkdown(r: BenchResults, h = '###'): string {
   const L: string[] = [];
   const c = r.config;
-  L.push(`${h} Results of ${r.date.slice(0, 16).replace('T', ' ')} UTC (${r.mode} run, ${num(r.durationS, 0)} s)`);
+  const dnsWrites = r.dnsWrites === 'api' ? ', DNS by API PATCH (--dns-api)' : r.dnsWrites === 'tables' ? ", DNS written to PowerDNS's tables" : '';
+  L.push(`${h} Results of ${r.date.slice(0, 16).replace('T', ' ')} UTC (${r.mode} run, ${num(r.durationS, 0)} s${dnsWrites})`);
   L.push('');
   L.push(`Machine: ${machineLine(r)}.`);
   L.push(`Every figure is the median of ${c.reps} repetitions, with <sub>(min–max)</sub>; latencies in ms, throughput in operations/s. Stage-1 nginx runs ${c.nginxWorkers} workers; the allocator uses a pg pool of ${c.pgPoolMax}.`);

@@ -80,6 +80,8 @@ export interface BenchResults {
   date: string;
   runId: string;
   mode: 'full' | 'quick';
+  /** How the measured allocator wrote DNS: PowerDNS's tables (default) or API PATCHes (--dns-api). Absent in runs before it existed (PATCHes). */
+  dnsWrites?: 'tables' | 'api';
   durationS: number;
   machine: MachineFacts;
   config: {
