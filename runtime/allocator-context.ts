@@ -79,7 +79,9 @@ export function wireAllocator(opts: GatewayAllocatorOptions): AllocatorContext {
   const store = new PoolStore(pool, schema);
   const { database, ...api } = opts.powerdns;
   // Kept small: one batch statement at a time (under the zone lock) plus reconcile's listing.
-  const pdnsPool = database === undefined ? undefined : resolvePgPool(database, 4, 'invalid allocator options (powerdns.database)');
+  // A statement that cannot finish (PowerDNS's database stuck) must not hold the zone lock forever: PostgreSQL
+  // cancels it, and rolls it back, after the same time a PATCH may take (DNS_FAILED, nothing written).
+  const pdnsPool = database === undefined ? undefined : resolvePgPool(database, 4, 'invalid allocator options (powerdns.database)', { statementTimeoutMs: api.timeoutMs ?? 5000 });
   if (pdnsPool && !pdnsPool.owned && typeof pdnsPool.pool.on === 'function') pdnsPool.pool.on('error', () => undefined);
   const tables = pdnsPool ? new PowerDnsTables(pdnsPool.pool, api.zone) : undefined;
   const dns = new DnsPublisher(new PowerDnsClient(api), pool, { ...desired }, guard, tables);

@@ -216,6 +216,26 @@ describe('DNS records in PowerDNS tables (powerdns.database; PowerDNS caches as 
     assert.deepEqual(await rows(org), []);
   });
 
+  it("a statement PowerDNS's database cannot finish within powerdns.timeoutMs is cancelled: DNS_FAILED, nothing written, the gateway back in the pool", async () => {
+    const { allocator, schema: sch } = await freshPool(1, { powerdns: { ...powerdns(), timeoutMs: 1000 } });
+    const org = randomOrg();
+    // Holding the zone's row FOR UPDATE blocks the foreign-key check of every insert into its records.
+    const blocker = await pdnsSql.connect();
+    try {
+      await blocker.query('BEGIN');
+      await blocker.query('SELECT id FROM domains WHERE name = $1 FOR UPDATE', [domain]);
+      const t0 = Date.now();
+      await assert.rejects(allocator.allocate(org), (e: unknown) => isAllocatorError(e, 'DNS_FAILED') && /statement timeout/.test(e.message));
+      assert.ok(Date.now() - t0 < 10_000, 'cancelled after the timeout, not left waiting');
+    } finally {
+      await blocker.query('ROLLBACK');
+      blocker.release();
+    }
+    assert.deepEqual(await rows(org), []);
+    assert.deepEqual(await digAll(org), ['NXDOMAIN', 'NXDOMAIN']);
+    assert.deepEqual((await pgAdmin.query(`SELECT state, organization_id FROM "${sch}".gateways`)).rows, [{ state: 'ready', organization_id: null }]);
+  });
+
   for (const when of ['before-commit', 'after-commit'] as const) {
     it(`a crash between the guard and PowerDNS's commit (${when}) is recovered by reconcile(): gateway back in the pool, no record left, NXDOMAIN at once`, async () => {
       const frozen = new FreezingPool({ connectionString: s.pdnsDbUrl, max: 2 });
