@@ -208,6 +208,7 @@ const runtimeConfig = new RuntimeConfig('runtime-config', {
   devContainer: { name: dev.containerName, id: dev.container.id },
   databasePassword: dev.ganymedeDbPassword,
   powerDnsApiKey: pdns.apiKey,
+  powerDnsDbPassword: dev.pdnsDbPassword,
   orgCertificateKey: tls.orgCertificateKey,
   gatewayRegistrationTokens: pool.registrationTokens,
   dockerHost: cfg.dockerHost,

@@ -17,10 +17,10 @@ export const SCALE_BURST_CONCURRENCY = 64;
 export const DNS_SAMPLE_EVERY = 8;
 export const PG_POOL_MAX = 20; // the allocator's default
 
-const USAGE = 'usage: npm run bench [-- --quick] [-- --no-readme] [-- --profile] [-- --only-routing]';
+const USAGE = 'usage: npm run bench [-- --quick] [-- --no-readme] [-- --profile] [-- --only-routing] [-- --dns-api]';
 const args = new Set(process.argv.slice(2));
 for (const a of args) {
-  if (!['--quick', '--no-readme', '--profile', '--only-routing'].includes(a)) {
+  if (!['--quick', '--no-readme', '--profile', '--only-routing', '--dns-api'].includes(a)) {
     console.error(`unknown option ${a}; ${USAGE}`);
     process.exit(2);
   }
@@ -28,7 +28,13 @@ for (const a of args) {
 export const QUICK = args.has('--quick');
 /** Row 5 alone (stage 1 vs the static proxy): no seed baseline, no other phase, no results files written. */
 export const ONLY_ROUTING = args.has('--only-routing');
-export const WRITE_README = !QUICK && !ONLY_ROUTING && !args.has('--no-readme');
+/**
+ * How the measured allocator writes DNS: `tables` (default, as the environment: PowerDNS's own
+ * tables plus a cache purge) or `api` (--dns-api: one PATCH per batch, the previous design, for
+ * interleaved comparisons in one sitting). A run with --dns-api never rewrites the docs.
+ */
+export const DNS_WRITES: 'tables' | 'api' = args.has('--dns-api') ? 'api' : 'tables';
+export const WRITE_README = !QUICK && !ONLY_ROUTING && DNS_WRITES === 'tables' && !args.has('--no-readme');
 
 export interface BenchConfig {
   poolSize: number;

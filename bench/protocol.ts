@@ -13,6 +13,8 @@ export interface WorkerInit {
   pgMax: number;
   schema: string;
   powerdns: { apiUrl: string; apiKey: string; zone: string };
+  /** PowerDNS's gpgsql database: records are written to its tables (undefined: PATCHes, --dns-api). */
+  pdnsDbUrl?: string;
   nginx: {
     confDir: string;
     tls: { certPath: string; keyPath: string };
@@ -54,7 +56,7 @@ export interface BurstResult {
   dnsChecked: number;
   /** Of those, the ones PowerDNS did not answer with the public IP. */
   dnsMissing: Array<{ org: string; detail: string }>;
-  metrics: { sqlRoundTrips: number; dnsPatches: number; nginxTests: number; nginxReloads: number; nginxRouteMs: number };
+  metrics: { sqlRoundTrips: number; dnsPatches: number; dnsTableWrites: number; dnsCacheFlushes: number; nginxTests: number; nginxReloads: number; nginxRouteMs: number };
   /** Every statement sent to PostgreSQL by the allocator's pool (wire level, including lock transactions). */
   sqlStatements: number;
   stages: Record<string, StageTotals>;

@@ -46,7 +46,8 @@ export function targetsTable(r: BenchResults): string {
 export function renderMarkdown(r: BenchResults, h = '###'): string {
   const L: string[] = [];
   const c = r.config;
-  L.push(`${h} Results of ${r.date.slice(0, 16).replace('T', ' ')} UTC (${r.mode} run, ${num(r.durationS, 0)} s)`);
+  const dnsWrites = r.dnsWrites === 'api' ? ', DNS by API PATCH (--dns-api)' : r.dnsWrites === 'tables' ? ", DNS written to PowerDNS's tables" : '';
+  L.push(`${h} Results of ${r.date.slice(0, 16).replace('T', ' ')} UTC (${r.mode} run, ${num(r.durationS, 0)} s${dnsWrites})`);
   L.push('');
   L.push(`Machine: ${machineLine(r)}.`);
   L.push(`Every figure is the median of ${c.reps} repetitions, with <sub>(min–max)</sub>; latencies in ms, throughput in operations/s. Stage-1 nginx runs ${c.nginxWorkers} workers; the allocator uses a pg pool of ${c.pgPoolMax}.`);
@@ -110,13 +111,14 @@ export function renderMarkdown(r: BenchResults, h = '###'): string {
   L.push("| | allocator | seed's algorithm |");
   L.push('| --- | --- | --- |');
   L.push(`| PowerDNS PATCH calls | ${sp(k.dnsPatches)} | ${num(r.baseline.per1000.dnsPatches * 2, 0)} |`);
+  if (k.dnsTableWrites) L.push(`| PowerDNS table writes (one statement each, in PowerDNS's database) + cache purges (API) | ${sp(k.dnsTableWrites)} + ${sp(k.dnsCacheFlushes)} | 0 |`);
   L.push(`| nginx reloads | ${sp(k.nginxReloads)} | ${num(r.baseline.per1000.nginxReloads * 2, 0)} |`);
   L.push(`| \`nginx -t\` runs | ${sp(k.nginxTests)} | 0 |`);
-  L.push(`| SQL statements (every statement on the wire, incl. lock transactions) | ${sp(k.sqlStatements)} | ${num(r.baseline.per1000.sqlStatements, 0)} (no database) |`);
+  L.push(`| SQL statements (every statement on the wire, incl. lock transactions and PowerDNS table writes) | ${sp(k.sqlStatements)} | ${num(r.baseline.per1000.sqlStatements, 0)} (no database) |`);
   L.push(`| of which pool-state statements (\`metrics().sqlRoundTrips\`) | ${sp(k.storeRoundTrips)} | — |`);
   L.push('');
   L.push(
-    `Whole run: ${r.cost.wholeRun.allocations.toLocaleString('en-US')} allocations and ${r.cost.wholeRun.releases.toLocaleString('en-US')} releases cost ${r.cost.wholeRun.dnsPatches.toLocaleString('en-US')} PATCHes, ${r.cost.wholeRun.nginxReloads} nginx reloads and ${r.cost.wholeRun.sqlStatements.toLocaleString('en-US')} SQL statements.`,
+    `Whole run: ${r.cost.wholeRun.allocations.toLocaleString('en-US')} allocations and ${r.cost.wholeRun.releases.toLocaleString('en-US')} releases cost ${r.cost.wholeRun.dnsPatches.toLocaleString('en-US')} PATCHes, ${(r.cost.wholeRun.dnsTableWrites ?? 0).toLocaleString('en-US')} PowerDNS table writes, ${r.cost.wholeRun.nginxReloads} nginx reloads and ${r.cost.wholeRun.sqlStatements.toLocaleString('en-US')} SQL statements.`,
   );
   L.push('');
 
@@ -138,10 +140,19 @@ export function renderMarkdown(r: BenchResults, h = '###'): string {
   const st = (name: string): StageRow | undefined => r.profile.stages.find((x) => x.stage.startsWith(name));
   const dns = st('path: DNS publish');
   const patch = st('dns: PowerDNS PATCH');
+  const tableWrite = st('dns: records write');
+  const purge = st('dns: cache purge');
   const route = st('path: route');
   const sql = ['path: find', 'path: claim', 'path: mark'].map(st).reduce((n, x) => n + (x?.avgMs ?? 0), 0);
   const at64 = r.concurrency.find((c) => c.concurrency === 64);
-  if (dns && patch && route && at64) {
+  if (dns && tableWrite && route && at64) {
+    L.push(
+      `In short: at concurrency 64 an allocation (p50 ${num(at64.allocate.p50.median)} ms) spends ${num(dns.avgMs)} ms in its DNS batch, of which ${num(tableWrite.avgMs)} ms is the one statement in PowerDNS's tables ` +
+        `(${num(tableWrite.callsPer1000, 0)} per 1,000 allocations, so ≈${num(1000 / Math.max(1, tableWrite.callsPer1000), 0)} organizations per statement) and ${num(purge?.avgMs ?? 0)} ms the cache purge; ${num(sql)} ms in its three pool statements (find, claim, mark allocated; queueing included); ` +
+        `writing its route and hearing from nginx's workers that they serve it (${num(route.avgMs)} ms) runs alongside the DNS batch.`,
+    );
+    L.push('');
+  } else if (dns && patch && route && at64) {
     L.push(
       `In short: at concurrency 64 an allocation (p50 ${num(at64.allocate.p50.median)} ms) spends ${num(dns.avgMs)} ms in its DNS batch, of which ${num(patch.avgMs)} ms is the PowerDNS PATCH itself ` +
         `(${num(patch.callsPer1000, 0)} PATCHes per 1,000 allocations, so ≈${num(1000 / Math.max(1, patch.callsPer1000), 0)} organizations per PATCH), and ${num(sql)} ms in its three pool statements (find, claim, mark allocated; queueing included); ` +
@@ -151,7 +162,7 @@ export function renderMarkdown(r: BenchResults, h = '###'): string {
   }
   stageTable('allocate', r.profile.stages);
   stageTable('release', r.profile.releaseStages);
-  L.push('A lone caller (allocate at concurrency 1), for comparison: its PATCH carries one organization, so PowerDNS\'s fixed cost per request is all its own.');
+  L.push('A lone caller (allocate at concurrency 1), for comparison: its DNS batch carries one organization, so the fixed cost per batch is all its own.');
   L.push('');
   stageTable('allocate, concurrency 1', r.profile.sequentialStages.filter((x) => x.stage.startsWith('path:') || x.stage.startsWith('dns:')));
   L.push('What PowerDNS and its PostgreSQL spend per organization: one PATCH publishing 64 organizations, then one withdrawing them, with the allocator idle (CPU: PostgreSQL is the whole cluster, including the session PowerDNS opens for every API request):');

@@ -80,6 +80,8 @@ export interface BenchResults {
   date: string;
   runId: string;
   mode: 'full' | 'quick';
+  /** How the measured allocator wrote DNS: PowerDNS's tables (default) or API PATCHes (--dns-api). Absent in runs before it existed (PATCHes). */
+  dnsWrites?: 'tables' | 'api';
   durationS: number;
   machine: MachineFacts;
   config: {
@@ -115,10 +117,10 @@ export interface BenchResults {
     allocations: number;
     releases: number;
     /** Per 1,000 allocations (with their 1,000 releases), concurrency-64 phase. */
-    per1000: { dnsPatches: Spread; nginxReloads: Spread; nginxTests: Spread; sqlStatements: Spread; storeRoundTrips: Spread };
+    per1000: { dnsPatches: Spread; dnsTableWrites: Spread; dnsCacheFlushes: Spread; nginxReloads: Spread; nginxTests: Spread; sqlStatements: Spread; storeRoundTrips: Spread };
     allocationsPerReload: number | null;
     /** The same counts over the whole run (every phase, fills included). */
-    wholeRun: { allocations: number; releases: number; dnsPatches: number; nginxReloads: number; nginxTests: number; sqlStatements: number };
+    wholeRun: { allocations: number; releases: number; dnsPatches: number; dnsTableWrites: number; nginxReloads: number; nginxTests: number; sqlStatements: number };
   };
   rss: { allocatorPeakMiB: number; byPhase: Record<string, number>; nginxMiBAtMaxOrgs: number };
   liveness: {

@@ -20,7 +20,7 @@ import { buildClosure } from '../soak/build';
 import { deleteZone, dropSchema, gatewayHost } from '../test/helpers/fixtures';
 import { Stage1Nginx } from '../test/helpers/stage1-nginx';
 import { assembleResults, dnsWriteFigures } from './assemble';
-import { CONFIG, DNS_SAMPLE_EVERY, HTTPS_PORT, ONLY_ROUTING, PG_POOL_MAX, QUICK, RESULTS_DIR, ROOT, STAND_IN_PORT, STATIC_PROXY_PORT, STATUS_PORT, WRITE_README, elapsedS, log, readServices } from './config';
+import { CONFIG, DNS_SAMPLE_EVERY, DNS_WRITES, HTTPS_PORT, ONLY_ROUTING, PG_POOL_MAX, QUICK, RESULTS_DIR, ROOT, STAND_IN_PORT, STATIC_PROXY_PORT, STATUS_PORT, WRITE_README, elapsedS, log, readServices } from './config';
 import { inventory, orgsOf, sequentialFigures, throwOnErrors } from './figures';
 import { createBenchZone, measureDnsWrites, type DnsWriteCost } from './pdns-probes';
 import { concurrencyPhase, routingPhase, scalePhase, type PhaseContext } from './phases';
@@ -129,6 +129,7 @@ async function main(): Promise<void> {
       pgMax: PG_POOL_MAX,
       schema,
       powerdns: { apiUrl: s.pdnsApiUrl, apiKey: s.pdnsApiKey, zone: domain },
+      ...(DNS_WRITES === 'tables' ? { pdnsDbUrl: s.pdnsDbUrl } : {}),
       nginx: {
         confDir: opts.confDir,
         tls: opts.tls,

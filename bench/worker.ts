@@ -22,6 +22,7 @@ import { RouteFiles } from '../runtime/nginx-route-files';
 import { NginxRoutes } from '../runtime/nginx-routes';
 import { PoolStore } from '../runtime/pool-store';
 import { PowerDnsClient } from '../runtime/powerdns-client';
+import { PowerDnsTables } from '../runtime/powerdns-tables';
 import { Stage1Status } from '../runtime/stage1-status';
 import type { BurstResult, ProfileSummary, Request, Response, StageTotals, WorkerInit } from './protocol';
 
@@ -59,7 +60,9 @@ instrument(DnsPublisher.prototype, 'withdraw', 'path: DNS withdraw (queue + batc
 instrument(NginxRoutes.prototype, 'set', 'path: route write/remove (queue + batch + live check)');
 // Batches and what they are made of.
 instrument(PowerDnsClient.prototype, 'patch', 'dns: PowerDNS PATCH');
-instrument(DnsPublisher.prototype, 'apply', 'dns: batch (lock + PATCH + commit)');
+instrument(PowerDnsTables.prototype, 'write', 'dns: records write (PowerDNS tables, one statement)');
+instrument(PowerDnsClient.prototype, 'flushCache', 'dns: cache purge (PowerDNS API)');
+instrument(DnsPublisher.prototype, 'apply', 'dns: batch (lock + write + commit)');
 instrument(RouteFiles.prototype, 'apply', 'nginx: batch (lock + route files + live check)');
 instrument(Stage1Status.prototype, 'lookup', 'nginx: status-server live check');
 instrument(fsp, 'writeFile', 'fs: writeFile');
@@ -79,6 +82,7 @@ function sqlKind(text: string): string {
   if (/SET state = (\$3|'ready'), organization_id = NULL/.test(t)) return 'sql: return to pool';
   if (/FROM \S+ g WHERE g\.organization_id = (ANY\(\$1::uuid\[\]\)|\$1)$/.test(t.trimEnd())) return 'sql: find by organization';
   if (/organization_id::text AS org/.test(t)) return 'sql: guard (conditions under lock)';
+  if (/^WITH zone AS/.test(t)) return 'sql: PowerDNS records (pdns database)';
   return 'sql: other';
 }
 
@@ -112,6 +116,7 @@ function instrumentPool(pool: Pool): void {
 
 let allocator: GatewayAllocator | undefined;
 let pool: Pool | undefined;
+let pdnsPool: Pool | undefined;
 let init: WorkerInit | undefined;
 let agent: https.Agent | undefined;
 let session: Session | undefined;
@@ -285,6 +290,8 @@ async function burst(kind: 'allocate' | 'release', orgs: string[], concurrency: 
     metrics: {
       sqlRoundTrips: m1.sqlRoundTrips - m0.sqlRoundTrips,
       dnsPatches: m1.dnsPatches - m0.dnsPatches,
+      dnsTableWrites: m1.dnsTableWrites - m0.dnsTableWrites,
+      dnsCacheFlushes: m1.dnsCacheFlushes - m0.dnsCacheFlushes,
       nginxTests: m1.nginxTests - m0.nginxTests,
       nginxReloads: m1.nginxReloads - m0.nginxReloads,
       nginxRouteMs: m1.nginxRouteMs - m0.nginxRouteMs,
@@ -356,12 +363,17 @@ async function handle(req: Request): Promise<Response> {
       pool.on('error', () => undefined);
       instrumentPool(pool);
       agent = new https.Agent({ keepAlive: true, maxSockets: 64, ca: fs.readFileSync(init.check.caFile) });
+      if (init.pdnsDbUrl) {
+        pdnsPool = new Pool({ connectionString: init.pdnsDbUrl, max: 4 });
+        pdnsPool.on('error', () => undefined);
+        instrumentPool(pdnsPool);
+      }
       allocator = new GatewayAllocator({
         envName: init.envName,
         domain: init.domain,
         publicIp: '127.0.0.1',
         pg: pool,
-        powerdns: init.powerdns,
+        powerdns: pdnsPool ? { ...init.powerdns, database: pdnsPool } : init.powerdns,
         nginx: init.nginx,
         schema: init.schema,
         logger: null,
@@ -397,6 +409,7 @@ async function handle(req: Request): Promise<Response> {
     case 'close':
       await allocator?.close();
       await pool?.end();
+      await pdnsPool?.end();
       agent?.destroy();
       return { id: req.id, ok: true, type: 'close' };
   }

@@ -75,6 +75,8 @@ export interface RuntimeConfigArgs {
   /** Secrets. */
   databasePassword: pulumi.Input<string>;
   powerDnsApiKey: pulumi.Input<string>;
+  /** Password of role `pdns` (PowerDNS's gpgsql database, in the dev container's PostgreSQL): the runtime writes organization records to its tables. */
+  powerDnsDbPassword: pulumi.Input<string>;
   orgCertificateKey: pulumi.Input<string> | undefined;
   gatewayRegistrationTokens: pulumi.Input<Record<string, string>>;
   /** Docker host for the command (undefined: local default). */
@@ -84,7 +86,7 @@ export interface RuntimeConfigArgs {
 }
 
 /** config.json (docs: ENVRUN contract, version 1): everything non-secret a runtime process needs. */
-export function runtimeConfigDocument(args: Omit<RuntimeConfigArgs, 'devContainer' | 'databasePassword' | 'powerDnsApiKey' | 'orgCertificateKey' | 'gatewayRegistrationTokens' | 'dockerHost' | 'ganymede' | 'after'>): Record<string, unknown> {
+export function runtimeConfigDocument(args: Omit<RuntimeConfigArgs, 'devContainer' | 'databasePassword' | 'powerDnsApiKey' | 'powerDnsDbPassword' | 'orgCertificateKey' | 'gatewayRegistrationTokens' | 'dockerHost' | 'ganymede' | 'after'>): Record<string, unknown> {
   return {
     version: 1,
     envName: args.envName,
@@ -92,7 +94,8 @@ export function runtimeConfigDocument(args: Omit<RuntimeConfigArgs, 'devContaine
     publicIp: args.publicIp,
     schema: POOL_SCHEMA,
     database: { host: '127.0.0.1', port: PORTS.postgres, database: DATABASES.ganymede.name, user: DATABASES.ganymede.user },
-    powerdns: { apiUrl: args.powerDnsApiUrl, zone: args.domain },
+    // Records go straight to PowerDNS's tables (one statement per batch; docs/runtime.md "DNS records"); the API creates the zone and purges caches.
+    powerdns: { apiUrl: args.powerDnsApiUrl, zone: args.domain, database: { host: '127.0.0.1', port: PORTS.postgres, database: DATABASES.pdns.name, user: DATABASES.pdns.user } },
     nginx: { confDir: args.nginxConfDir, tls: { certPath: args.tlsCertPath, keyPath: args.tlsKeyPath } },
     userContainerNaming: args.userContainerNaming,
     inventory: args.inventory.map((g) => ({ name: g.name, host: g.host, httpPort: g.httpPort, vpnPort: g.vpnPort })),
@@ -129,9 +132,9 @@ export class RuntimeConfig extends pulumi.ComponentResource {
     this.configJson = `${JSON.stringify(runtimeConfigDocument(args), null, 2)}\n`;
     const secretsJson = pulumi.secret(
       pulumi
-        .all([args.databasePassword, args.powerDnsApiKey, this.operatorToken, args.orgCertificateKey ?? null, args.gatewayRegistrationTokens])
-        .apply(([databasePassword, powerdnsApiKey, operatorToken, orgCertificateKey, gatewayRegistrationTokens]) =>
-          `${JSON.stringify({ databasePassword, powerdnsApiKey, operatorToken, orgCertificateKey, gatewayRegistrationTokens }, null, 2)}\n`,
+        .all([args.databasePassword, args.powerDnsApiKey, args.powerDnsDbPassword, this.operatorToken, args.orgCertificateKey ?? null, args.gatewayRegistrationTokens])
+        .apply(([databasePassword, powerdnsApiKey, powerdnsDatabasePassword, operatorToken, orgCertificateKey, gatewayRegistrationTokens]) =>
+          `${JSON.stringify({ databasePassword, powerdnsApiKey, powerdnsDatabasePassword, operatorToken, orgCertificateKey, gatewayRegistrationTokens }, null, 2)}\n`,
         ),
     );
     this.command = new command.local.Command(

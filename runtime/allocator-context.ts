@@ -12,6 +12,7 @@ import { validateAllocatorOptions } from './options-validation';
 import { resolvePgPool } from './pg-pool';
 import { PoolStore } from './pool-store';
 import { PowerDnsClient } from './powerdns-client';
+import { PowerDnsTables } from './powerdns-tables';
 import type { ReconcileDesired } from './reconcile-plan';
 import type { OrgCertificateProvider } from './tls/org-certificates';
 
@@ -44,6 +45,8 @@ export interface AllocatorContext {
   readonly pool: Pool;
   /** True when the allocator created the pool (and so ends it on close). */
   readonly ownsPool: boolean;
+  /** PowerDNS's database, when records are written to its tables (owned: ended on close). */
+  readonly pdnsPool: { pool: Pool; owned: boolean } | undefined;
   readonly store: PoolStore;
   readonly dns: DnsPublisher;
   readonly routes: NginxRoutes;
@@ -74,7 +77,14 @@ export function wireAllocator(opts: GatewayAllocatorOptions): AllocatorContext {
   const guard: Guard = (query, orgs) => conditionsHolding(table, query, orgs);
   const desired: ReconcileDesired = { envName, domain: opts.domain, publicIp: opts.publicIp, ttl: opts.dnsTtl ?? DNS_TIMING.orgRecordTtlSeconds, naming };
   const store = new PoolStore(pool, schema);
-  const dns = new DnsPublisher(new PowerDnsClient(opts.powerdns), pool, { ...desired }, guard);
+  const { database, ...api } = opts.powerdns;
+  // Kept small: one batch statement at a time (under the zone lock) plus reconcile's listing.
+  // A statement that cannot finish (PowerDNS's database stuck) must not hold the zone lock forever: PostgreSQL
+  // cancels it, and rolls it back, after the same time a PATCH may take (DNS_FAILED, nothing written).
+  const pdnsPool = database === undefined ? undefined : resolvePgPool(database, 4, 'invalid allocator options (powerdns.database)', { statementTimeoutMs: api.timeoutMs ?? 5000 });
+  if (pdnsPool && !pdnsPool.owned && typeof pdnsPool.pool.on === 'function') pdnsPool.pool.on('error', () => undefined);
+  const tables = pdnsPool ? new PowerDnsTables(pdnsPool.pool, api.zone) : undefined;
+  const dns = new DnsPublisher(new PowerDnsClient(api), pool, { ...desired }, guard, tables);
   const certs = opts.certificates;
   const routes = new NginxRoutes(opts.nginx, pool, envName, opts.domain, guard, { naming, orgCertificates: !!certs });
   certs?.attach({ pool, schema, domain: opts.domain, logger: (e) => log({ env: envName, ...e }) });
@@ -85,6 +95,7 @@ export function wireAllocator(opts: GatewayAllocatorOptions): AllocatorContext {
     naming,
     pool,
     ownsPool: owned,
+    pdnsPool,
     store,
     dns,
     routes,

@@ -26,6 +26,20 @@ export interface AllocatorLogEvent {
 
 export type AllocatorLogger = (event: AllocatorLogEvent) => void;
 
+/**
+ * The PowerDNS HTTP API (zone, cache purge; PATCHes when `database` is not given) and,
+ * optionally, PowerDNS's own gpgsql database.
+ */
+export interface PowerDnsRecordsOptions extends PowerDnsOptions {
+  /**
+   * PowerDNS's gpgsql database (a role that may write `records` and `comments`, e.g. the
+   * `pdns` role). Given, each DNS batch is one statement in its tables plus one zone-wide
+   * cache purge through the API, instead of a PATCH (docs/runtime.md, "DNS records").
+   * A connection string (the allocator owns and closes the pool) or the caller's pg.Pool.
+   */
+  database?: PgConnectionOptions | Pool;
+}
+
 export interface GatewayAllocatorOptions {
   envName: string;
   domain: string;
@@ -36,7 +50,7 @@ export interface GatewayAllocatorOptions {
    * (used as given, recognised by its query/connect/end functions; the caller owns and ends it).
    */
   pg: PgConnectionOptions | Pool;
-  powerdns: PowerDnsOptions;
+  powerdns: PowerDnsRecordsOptions;
   nginx: NginxOptions;
   /** PostgreSQL schema of the pool tables; default `gateway_pool`. */
   schema?: string;
@@ -157,6 +171,9 @@ export interface ReconcileReport {
 export interface AllocatorMetrics {
   sqlRoundTrips: number;
   dnsPatches: number;
+  /** DNS batches written to PowerDNS's tables (powerdns.database), and the cache purges through its API. */
+  dnsTableWrites: number;
+  dnsCacheFlushes: number;
   nginxTests: number;
   nginxReloads: number;
   /** ms spent writing routes and confirming nginx serves them. */

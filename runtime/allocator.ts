@@ -194,7 +194,7 @@ export class GatewayAllocator {
 
   metrics(): AllocatorMetrics {
     const { store, dns, routes } = this.c;
-    return { sqlRoundTrips: store.roundTrips, dnsPatches: dns.patches, nginxTests: routes.tests, nginxReloads: routes.reloads, nginxRouteMs: routes.routeMs };
+    return { sqlRoundTrips: store.roundTrips, dnsPatches: dns.patches, dnsTableWrites: dns.tableWrites, dnsCacheFlushes: dns.cacheFlushes, nginxTests: routes.tests, nginxReloads: routes.reloads, nginxRouteMs: routes.routeMs };
   }
 
   // ------------------------------------------------------------ reconcile, close
@@ -223,5 +223,6 @@ export class GatewayAllocator {
     await Promise.all([this.c.dns.idle(), this.c.routes.idle()]);
     await this.ownedCertificates?.close();
     if (this.c.ownsPool) await this.c.pool.end();
+    if (this.c.pdnsPool?.owned) await this.c.pdnsPool.pool.end();
   }
 }

@@ -3,7 +3,8 @@ import { AllocatorError } from './errors';
 import { FencedBatchWriter, type ActionCondition, type FencedChange, type Guard, type OwnedEntry } from './fenced-batch-writer';
 import type { OwnedRRset } from './reconcile-plan';
 import { absolute, orgDnsNames, orgFqdn, orgWildcardFqdn, type UserContainerNaming } from './naming';
-import type { PowerDnsClient, RRsetChange } from './powerdns-client';
+import type { PowerDnsClient, RRset, RRsetChange } from './powerdns-client';
+import type { PowerDnsTables } from './powerdns-tables';
 
 /** The PowerDNS comment account that marks records as written by this allocator. */
 export const DNS_OWNER_ACCOUNT = 'demiurge-allocator';
@@ -38,7 +39,11 @@ export type OwnedRecords = OwnedEntry<OwnedRRset[]>;
  * Publishes and withdraws organization records. All writes to a zone are
  * serialized across processes by a PostgreSQL advisory lock (PowerDNS has no
  * conflict detection; concurrent PATCHes can duplicate records on gpgsql), and
- * coalesced within a process so a burst is one PATCH (FencedBatchWriter).
+ * coalesced within a process so a burst is one write (FencedBatchWriter).
+ *
+ * With `tables` (PowerDNS's own database), a batch is one statement in its
+ * tables followed by one zone-wide cache purge through the API; without, one
+ * PATCH (which purges the zone's caches itself). Both write the same rows.
  */
 export class DnsPublisher extends FencedBatchWriter<DnsAction, OwnedRRset[]> {
   protected readonly lockKey: string;
@@ -48,6 +53,7 @@ export class DnsPublisher extends FencedBatchWriter<DnsAction, OwnedRRset[]> {
     pool: Pool,
     private readonly opts: DnsPublisherOptions,
     guard: Guard,
+    private readonly tables?: PowerDnsTables,
   ) {
     super(pool, guard);
     this.lockKey = `demiurge-dns-zone:${client.zone}`;
@@ -55,6 +61,15 @@ export class DnsPublisher extends FencedBatchWriter<DnsAction, OwnedRRset[]> {
 
   get patches(): number {
     return this.client.patchCalls;
+  }
+
+  /** Batches written to PowerDNS's tables, and the cache purges that followed them. */
+  get tableWrites(): number {
+    return this.tables?.writes ?? 0;
+  }
+
+  get cacheFlushes(): number {
+    return this.client.flushCalls;
   }
 
   publish(orgId: string, onlyIf?: ActionCondition): Promise<void> {
@@ -92,7 +107,8 @@ export class DnsPublisher extends FencedBatchWriter<DnsAction, OwnedRRset[]> {
   async listOwned(): Promise<OwnedRecords[]> {
     const owned = new Map<string, OwnedRRset[]>();
     const domainSuffix = absolute(this.opts.domain);
-    for (const rr of await this.client.listRRsets()) {
+    const rrsets: RRset[] = this.tables ? await this.tables.listRRsets() : await this.client.listRRsets();
+    for (const rr of rrsets) {
       if (rr.type !== 'A') continue;
       const m = ORG_NAME_RE.exec(rr.name);
       if (!m || m[2] !== domainSuffix) continue;
@@ -106,9 +122,24 @@ export class DnsPublisher extends FencedBatchWriter<DnsAction, OwnedRRset[]> {
     return [...owned].map(([orgId, content]) => ({ orgId, content }));
   }
 
-  /** One PATCH for the whole batch, under the zone's lock. */
+  /**
+   * One write for the whole batch, under the zone's lock: a PATCH, or one statement in
+   * PowerDNS's tables and then a purge of its caches, so the next query (even of a name
+   * whose NXDOMAIN it cached) reads the new rows. The purge comes after the commit: a
+   * purge before it could let a query re-cache the old answer in between.
+   */
   protected async write(actions: DnsAction[]): Promise<void> {
-    await this.client.patch(actions.flatMap((a) => this.changesFor(a)));
+    const changes = actions.flatMap((a) => this.changesFor(a));
+    if (!this.tables) return this.client.patch(changes);
+    if (changes.length === 0) return;
+    await this.tables.write(changes);
+    try {
+      await this.client.flushCache();
+    } catch (err) {
+      // The records are written; only PowerDNS's caches may still answer the old state (for at most their TTLs).
+      const e = err as AllocatorError;
+      throw new AllocatorError('DNS_FAILED', `records written, but PowerDNS's cache purge failed: ${e.message}`, {}, err);
+    }
   }
 
   protected failure(err: unknown, patchSent: boolean): AllocatorError {

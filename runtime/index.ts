@@ -26,6 +26,7 @@ export type { GatewaySpec } from './inventory';
 export type { GatewayState, RegisterResult } from './pool-store';
 export type { NginxOptions } from './nginx-routes';
 export type { PowerDnsOptions } from './powerdns-client';
+export type { PowerDnsRecordsOptions } from './allocator-types';
 export { renderOrgsConf } from './nginx-config';
 export * as naming from './naming';
 export type { UserContainerNaming } from './naming';

@@ -1,6 +1,7 @@
 import type { GatewayAllocatorOptions } from './allocator-types';
 import { AllocatorError } from './errors';
 import { quoteSchema } from './migrate';
+import { isConnectionOptions, isPgPool } from './pg-pool';
 import { isUserContainerNaming, isValidDomain, isValidEnvName, isValidIpv4, type UserContainerNaming } from './naming';
 
 const DEFAULT_SCHEMA = 'gateway_pool';
@@ -15,6 +16,8 @@ export function validateAllocatorOptions(opts: GatewayAllocatorOptions): { schem
   if (!isValidDomain(opts.domain)) problems.push('domain must be a lowercase DNS name without trailing dot');
   if (!isValidIpv4(opts.publicIp)) problems.push('publicIp must be an IPv4 address');
   if (!opts.powerdns?.apiUrl || !opts.powerdns.apiKey || !opts.powerdns.zone) problems.push('powerdns needs apiUrl, apiKey and zone');
+  if (opts.powerdns?.database !== undefined && !isPgPool(opts.powerdns.database) && !isConnectionOptions(opts.powerdns.database))
+    problems.push('powerdns.database must be { connectionString, max? } or a pg.Pool (PowerDNS\'s gpgsql database), or left out to write through the API');
   if (!opts.nginx?.confDir || !opts.nginx.tls?.certPath || !opts.nginx.tls.keyPath) problems.push('nginx needs confDir and tls.certPath/keyPath');
   const schema = opts.schema ?? DEFAULT_SCHEMA;
   try {

@@ -19,7 +19,7 @@ export function isPgPool(value: unknown): value is Pool {
   return typeof v.query === 'function' && typeof v.connect === 'function' && typeof v.end === 'function';
 }
 
-function isConnectionOptions(value: unknown): value is PgConnectionOptions {
+export function isConnectionOptions(value: unknown): value is PgConnectionOptions {
   if (typeof value !== 'object' || value === null) return false;
   const v = value as Record<string, unknown>;
   return typeof v.connectionString === 'string' && v.connectionString.length > 0 && (v.max === undefined || (typeof v.max === 'number' && Number.isInteger(v.max) && v.max > 0));
@@ -30,10 +30,11 @@ function isConnectionOptions(value: unknown): value is PgConnectionOptions {
  * owns and ends it) or a new one of ours (we own it). Anything else is
  * INVALID_CONFIG before any connection is attempted.
  */
-export function resolvePgPool(pg: unknown, defaultMax: number, what: string): { pool: Pool; owned: boolean } {
+export function resolvePgPool(pg: unknown, defaultMax: number, what: string, ownPool: { statementTimeoutMs?: number } = {}): { pool: Pool; owned: boolean } {
   if (isPgPool(pg)) return { pool: pg, owned: false };
   if (isConnectionOptions(pg)) {
-    const pool = new Pool({ connectionString: pg.connectionString, max: pg.max ?? defaultMax });
+    const timeout = ownPool.statementTimeoutMs === undefined ? {} : { statement_timeout: ownPool.statementTimeoutMs };
+    const pool = new Pool({ connectionString: pg.connectionString, max: pg.max ?? defaultMax, ...timeout });
     // An idle client's error (server restart) must not crash the host process.
     pool.on('error', () => undefined);
     return { pool, owned: true };

@@ -61,13 +61,16 @@ export class PowerDnsClient {
   private readonly timeoutMs: number;
   private readonly agent: http.Agent;
   private readonly zonePath: string;
+  private readonly flushPath: string;
   readonly zone: string;
   patchCalls = 0;
+  flushCalls = 0;
 
   constructor(opts: PowerDnsOptions) {
     this.zone = absolute(opts.zone);
     const serverId = opts.serverId ?? 'localhost';
     this.zonePath = `/api/v1/servers/${encodeURIComponent(serverId)}/zones/${encodeURIComponent(this.zone)}`;
+    this.flushPath = `/api/v1/servers/${encodeURIComponent(serverId)}/cache/flush?domain=${encodeURIComponent(this.zone)}`;
     this.baseUrl = opts.apiUrl.replace(/\/+$/, '');
     this.headers = { 'X-API-Key': opts.apiKey };
     this.timeoutMs = opts.timeoutMs ?? 5000;
@@ -80,12 +83,22 @@ export class PowerDnsClient {
     await this.request('PATCH', this.zonePath, { rrsets });
   }
 
+  /**
+   * Purges this server's packet and query caches (negative answers included) of every name in
+   * the zone — what PowerDNS does itself after each PATCH. Needed after records are written to
+   * its tables directly (powerdns-tables.ts), which its caches cannot see.
+   */
+  async flushCache(): Promise<void> {
+    this.flushCalls += 1;
+    await this.request('PUT', this.flushPath);
+  }
+
   async listRRsets(): Promise<RRset[]> {
     const zone = await this.request<{ rrsets?: RRset[] }>('GET', this.zonePath);
     return zone.rrsets ?? [];
   }
 
-  private async request<T>(method: 'GET' | 'PATCH', url: string, data?: unknown): Promise<T> {
+  private async request<T>(method: 'GET' | 'PATCH' | 'PUT', url: string, data?: unknown): Promise<T> {
     let status: number;
     let body: unknown;
     try {
@@ -102,7 +115,7 @@ export class PowerDnsClient {
     if (status >= 200 && status < 300) return body as T;
     const apiError =
       typeof body === 'object' && body !== null && 'error' in body ? String((body as { error: unknown }).error) : String(body).slice(0, 200);
-    // PowerDNS applies a PATCH in one backend transaction: an error answer means nothing changed.
+    // PowerDNS applies a PATCH in one backend transaction: an error answer means nothing changed (a flush changes no record).
     throw new AllocatorError('DNS_FAILED', `PowerDNS API ${method} ${this.zone} answered ${status}: ${apiError}`, { status, apiError, notApplied: true });
   }
 }

@@ -1,6 +1,6 @@
 import { existsSync } from 'fs';
 import type { GatewayAllocatorOptions } from '../allocator';
-import { databaseUrl } from '../config/allocator-options';
+import { databaseUrl, powerDnsDatabaseUrl } from '../config/allocator-options';
 import { DEFAULT_RUNTIME_CONFIG_PATH, RUNTIME_CONFIG_ENV, type RuntimeConfig } from '../config/types';
 import { AllocatorError } from '../errors';
 import { isUserContainerNaming } from '../naming';
@@ -16,6 +16,7 @@ export const SETTINGS = [
   { flag: 'pdns-api-url', env: 'PDNS_API_URL', help: 'PowerDNS HTTP API base URL' },
   { flag: 'pdns-api-key', env: 'PDNS_API_KEY', help: 'PowerDNS API key (prefer the variable: flags show in ps)' },
   { flag: 'zone', env: 'PDNS_ZONE', help: 'PowerDNS zone; default the domain' },
+  { flag: 'pdns-database-url', env: 'PDNS_DATABASE_URL', help: "PowerDNS's gpgsql database: write records to its tables (prefer the variable: flags show in ps); default: through the API" },
   { flag: 'nginx-conf-dir', env: 'NGINX_CONF_DIR', help: "directory of the allocator's stage-1 nginx files" },
   { flag: 'tls-cert', env: 'NGINX_TLS_CERT', help: 'base certificate of the organization server' },
   { flag: 'tls-key', env: 'NGINX_TLS_KEY', help: 'its key' },
@@ -75,6 +76,8 @@ export function settingsFromConfig(cfg: RuntimeConfig): Settings {
     schema: cfg.schema,
     'user-container-naming': cfg.userContainerNaming,
   };
+  const pdnsDb = powerDnsDatabaseUrl(cfg);
+  if (pdnsDb) out['pdns-database-url'] = pdnsDb;
   if (cfg.nginx.listen) out['nginx-listen'] = cfg.nginx.listen;
   if (cfg.nginx.statusListen) out['nginx-status-listen'] = cfg.nginx.statusListen;
   if (cfg.nginx.testCommand) out['nginx-test-command'] = JSON.stringify(cfg.nginx.testCommand);
@@ -138,6 +141,7 @@ export function allocatorOptions(s: Settings, effects: boolean): GatewayAllocato
       apiUrl: s['pdns-api-url'] ?? 'http://pdns-not-configured.invalid',
       apiKey: s['pdns-api-key'] ?? 'not-configured',
       zone: s.zone ?? domain,
+      ...(s['pdns-database-url'] && effects ? { database: { connectionString: s['pdns-database-url'], max: 2 } } : {}),
     },
     nginx: {
       confDir: s['nginx-conf-dir'] ?? unused,

@@ -4,11 +4,22 @@ import { DevCaIssuer } from '../tls/dev-ca-issuer';
 import { OrgCertificates, type OrgCertificatesOptions } from '../tls/org-certificates';
 import type { RuntimeConfig } from './types';
 
+function postgresUrl(d: RuntimeConfig['database'], password: string): string {
+  const host = d.host.includes(':') ? `[${d.host}]` : d.host;
+  return `postgres://${encodeURIComponent(d.user)}:${encodeURIComponent(password)}@${host}:${d.port}/${encodeURIComponent(d.database)}`;
+}
+
 /** postgres:// URL of the config's database (parts percent-encoded, so any password works). */
 export function databaseUrl(cfg: RuntimeConfig): string {
-  const d = cfg.database;
-  const host = d.host.includes(':') ? `[${d.host}]` : d.host;
-  return `postgres://${encodeURIComponent(d.user)}:${encodeURIComponent(cfg.secrets.databasePassword)}@${host}:${d.port}/${encodeURIComponent(d.database)}`;
+  return postgresUrl(cfg.database, cfg.secrets.databasePassword);
+}
+
+/** postgres:// URL of PowerDNS's database, when the config names one (its password is validated with it). */
+export function powerDnsDatabaseUrl(cfg: RuntimeConfig): string | undefined {
+  const d = cfg.powerdns.database;
+  if (!d) return undefined;
+  if (cfg.secrets.powerdnsDatabasePassword === null) throw new Error('powerdnsDatabasePassword is required with powerdns.database');
+  return postgresUrl(d, cfg.secrets.powerdnsDatabasePassword);
 }
 
 /** An OrgCertificates that owns its issuer: close() also closes the issuer (the ACME challenge listener, the dev CA's scratch folder). */
@@ -49,6 +60,12 @@ export function certificatesFromConfig(cfg: RuntimeConfig): ConfigOrgCertificate
   return new ConfigOrgCertificates(issuer, { encryptionKey });
 }
 
+/** The allocator's PowerDNS options: the API, and PowerDNS's database when the config names one. */
+export function powerDnsOptionsFromConfig(cfg: RuntimeConfig): GatewayAllocatorOptions['powerdns'] {
+  const url = powerDnsDatabaseUrl(cfg);
+  return { apiUrl: cfg.powerdns.apiUrl, apiKey: cfg.secrets.powerdnsApiKey, zone: cfg.powerdns.zone, ...(url ? { database: { connectionString: url } } : {}) };
+}
+
 /** GatewayAllocator options from a loaded runtime config (the allocator owns the pg pool it opens). */
 export function allocatorOptionsFromConfig(cfg: RuntimeConfig, overrides: Partial<GatewayAllocatorOptions> = {}): GatewayAllocatorOptions {
   return {
@@ -58,7 +75,7 @@ export function allocatorOptionsFromConfig(cfg: RuntimeConfig, overrides: Partia
     pg: { connectionString: databaseUrl(cfg) },
     schema: cfg.schema,
     userContainerNaming: cfg.userContainerNaming,
-    powerdns: { apiUrl: cfg.powerdns.apiUrl, apiKey: cfg.secrets.powerdnsApiKey, zone: cfg.powerdns.zone },
+    powerdns: powerDnsOptionsFromConfig(cfg),
     nginx: { ...cfg.nginx, tls: { ...cfg.nginx.tls } },
     certificates: 'certificates' in overrides ? overrides.certificates : certificatesFromConfig(cfg),
     ...overrides,

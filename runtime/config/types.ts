@@ -20,6 +20,8 @@ export interface RuntimeSecrets {
   databasePassword: string;
   /** PowerDNS HTTP API key (X-API-Key). */
   powerdnsApiKey: string;
+  /** Password of `powerdns.database.user` (PowerDNS's gpgsql role); null when the config names no PowerDNS database. */
+  powerdnsDatabasePassword: string | null;
   /** Bearer token of the built-in API server's operator endpoints (and of /gateway/start); the stack secret output `operatorToken`. */
   operatorToken: string;
   /** Key encrypting per-organization private keys at rest (stack secret `orgCertificateKey`); null when TLS mode is none. */
@@ -94,8 +96,12 @@ export interface RuntimeConfig {
   schema: string;
   /** The pool's PostgreSQL (password in the secrets file). */
   database: { host: string; port: number; database: string; user: string };
-  /** PowerDNS HTTP API (key in the secrets file) and the zone the names live in (default the domain). */
-  powerdns: { apiUrl: string; zone: string };
+  /**
+   * PowerDNS HTTP API (key in the secrets file), the zone the names live in (default the domain) and,
+   * optionally, PowerDNS's gpgsql database (password in the secrets file): given, organization records
+   * are written to its tables, one statement per batch, instead of API PATCHes.
+   */
+  powerdns: { apiUrl: string; zone: string; database?: { host: string; port: number; database: string; user: string } };
   /** The allocator's stage-1 nginx files: NginxOptions without the testing knobs. */
   nginx: {
     /** Directory the allocator owns (`/etc/nginx/demiurge`). */

@@ -181,11 +181,11 @@ type ConfigWithoutSecrets = Omit<RuntimeConfig, 'secrets'>;
 
 type Config = ConfigWithoutSecrets;
 
-function databaseConfig(db: Section): Config['database'] | undefined {
+function databaseConfig(db: Section, names = 'ganymede'): Config['database'] | undefined {
   const host = db.string('host', 'the PostgreSQL host name or address');
   const port = db.number('port', 'a TCP port 1-65535 (5432)', { optional: true, check: isValidPort }) ?? 5432;
-  const name = db.string('database', 'the database name (ganymede)');
-  const user = db.string('user', 'the role name (ganymede)');
+  const name = db.string('database', `the database name (${names})`);
+  const user = db.string('user', `the role name (${names})`);
   db.noOthers();
   return host && name && user ? { host, port, database: name, user } : undefined;
 }
@@ -194,11 +194,14 @@ function databaseConfig(db: Section): Config['database'] | undefined {
 function powerdnsConfig(pd: Section, domain: string | undefined, p: Problems): Config['powerdns'] | undefined {
   const apiUrl = pd.string('apiUrl', 'the PowerDNS HTTP API base URL, e.g. http://demiurge-<env>-pdns:8081', { check: isHttpUrl });
   const zone = pd.string('zone', 'the zone the names live in (the domain or a parent of it), or leave it out for the domain', { optional: true, check: (v) => isValidDomain(v.replace(/\.$/, '')) });
+  const dbSection = pd.section('database', "an object { host, port, database, user } naming PowerDNS's gpgsql database (password: secrets powerdnsDatabasePassword), or leave it out to write records through the API", true);
+  const database = dbSection ? databaseConfig(dbSection, 'pdns') : undefined;
   pd.noOthers();
+  if (dbSection && !database) return undefined;
   if (apiUrl && domain) {
     const z = (zone ?? domain).replace(/\.$/, '');
     if (domain !== z && !domain.endsWith(`.${z}`)) p.add('powerdns.zone', `${z} does not contain the domain ${domain}; write the domain or a parent zone`);
-    else return { apiUrl: apiUrl.replace(/\/+$/, ''), zone: z };
+    else return { apiUrl: apiUrl.replace(/\/+$/, ''), zone: z, ...(database ? { database } : {}) };
   }
   return undefined;
 }
@@ -300,6 +303,10 @@ export function validateSecrets(input: unknown, cfg: ConfigWithoutSecrets, p: Pr
   const s = new Section(input, '', p);
   const databasePassword = s.string('databasePassword', 'the password of the database user (stack secret)', { secret: true });
   const powerdnsApiKey = s.string('powerdnsApiKey', 'the PowerDNS API key (stack secret powerDnsApiKey)', { secret: true });
+  // Required exactly when the config names PowerDNS's database; the key is refused otherwise, so a stale secret is noticed.
+  const powerdnsDatabasePassword = cfg.powerdns.database
+    ? (s.string('powerdnsDatabasePassword', `the password of PowerDNS's database role ${cfg.powerdns.database.user} (config powerdns.database)`, { secret: true }) ?? null)
+    : null;
   const operatorToken = s.string('operatorToken', 'the stack secret operatorToken: 16-200 characters of [A-Za-z0-9._~+/=-]', { secret: true, check: (v) => /^[A-Za-z0-9._~+/=-]{16,200}$/.test(v) });
   const keyRaw = s.raw('orgCertificateKey');
   const needsKey = cfg.tls.mode !== 'none' && cfg.userContainerNaming === 'nested';
@@ -321,5 +328,5 @@ export function validateSecrets(input: unknown, cfg: ConfigWithoutSecrets, p: Pr
   }
   s.noOthers();
   if (p.list.length > 0 || databasePassword === undefined || !powerdnsApiKey || !operatorToken || !tokens) return undefined;
-  return { databasePassword, powerdnsApiKey, operatorToken, orgCertificateKey, gatewayRegistrationTokens: tokens };
+  return { databasePassword, powerdnsApiKey, powerdnsDatabasePassword, operatorToken, orgCertificateKey, gatewayRegistrationTokens: tokens };
 }

@@ -35,6 +35,7 @@ export function suiteRuntimeFiles(
   extra: { operatorToken: string; apiPort: number; tls?: Record<string, unknown>; api?: Record<string, unknown>; orgCertificateKey?: string | null },
 ): SuiteRuntimeFiles {
   const pg = new URL(s.pgUrl);
+  const pdnsDb = new URL(s.pdnsDbUrl);
   const n = nginx.nginxOptions();
   return {
     config: {
@@ -44,7 +45,12 @@ export function suiteRuntimeFiles(
       publicIp: '127.0.0.1',
       schema: p.schema,
       database: { host: pg.hostname, port: Number(pg.port), database: pg.pathname.slice(1), user: decodeURIComponent(pg.username) },
-      powerdns: { apiUrl: s.pdnsApiUrl, zone: p.domain },
+      // As the environment's config: records go to PowerDNS's tables, the API creates zones and purges caches.
+      powerdns: {
+        apiUrl: s.pdnsApiUrl,
+        zone: p.domain,
+        database: { host: pdnsDb.hostname, port: Number(pdnsDb.port), database: pdnsDb.pathname.slice(1), user: decodeURIComponent(pdnsDb.username) },
+      },
       nginx: { confDir: n.confDir, tls: n.tls, listen: n.listen, statusListen: n.statusListen, testCommand: n.testCommand, reloadCommand: n.reloadCommand },
       userContainerNaming: 'nested',
       inventory,
@@ -62,6 +68,7 @@ export function suiteRuntimeFiles(
     secrets: {
       databasePassword: decodeURIComponent(pg.password),
       powerdnsApiKey: s.pdnsApiKey,
+      powerdnsDatabasePassword: decodeURIComponent(pdnsDb.password),
       operatorToken: extra.operatorToken,
       orgCertificateKey: extra.orgCertificateKey ?? null,
       gatewayRegistrationTokens: tokens,

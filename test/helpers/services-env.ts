@@ -11,7 +11,19 @@ export interface TestServices {
   pdnsApiUrl: string;
   pdnsApiKey: string;
   pdnsDnsPort: number;
+  /** PowerDNS's gpgsql database (role and database `pdns_test`), for writing records to its tables. */
+  pdnsDbUrl: string;
   servicesScript: string;
+}
+
+/** An env file written before TEST_PDNS_DB_URL existed: the same cluster and password, role and database pdns_test (scripts/test-services.sh). */
+function pdnsDbUrlOf(env: Readonly<Record<string, string>>): string {
+  if (env.TEST_PDNS_DB_URL) return env.TEST_PDNS_DB_URL;
+  const u = new URL(env.TEST_PG_URL);
+  const db = env.SERVICES_PROFILE === 'soak' ? 'pdns_soak' : 'pdns_test';
+  u.username = db;
+  u.pathname = `/${db}`;
+  return u.toString();
 }
 
 /** `KEY=value` lines (the value is everything after the first `=`); throws `missing` when the file does not exist. */
@@ -32,6 +44,7 @@ export function testServicesOf(env: Readonly<Record<string, string>>): TestServi
     pdnsApiUrl: env.TEST_PDNS_API_URL,
     pdnsApiKey: env.TEST_PDNS_API_KEY,
     pdnsDnsPort: Number(env.TEST_PDNS_DNS_PORT),
+    pdnsDbUrl: pdnsDbUrlOf(env),
     servicesScript: env.TEST_SERVICES_SCRIPT,
   };
 }

@@ -38,7 +38,7 @@ import {
 } from '../../components/powerdns';
 import { ACME_CA_FILE, CA_EXPORT_SCRIPT, RENEW_CLI, RENEWER_CODE_DIR } from '../../components/tls';
 import { RUNTIME_CONFIG_SCRIPT } from '../../components/runtime-config';
-import { parseRuntimeConfig } from '../../runtime/config';
+import { allocatorOptionsFromConfig, parseRuntimeConfig } from '../../runtime/config';
 import { ZONE_WRITE_SETTINGS } from '../../runtime/powerdns-client';
 import { bundleRuntimeEntry } from '../../components/runtime-bundle';
 import { DEV_RUNTIME_DIR, RUNTIME_CONFIG_PATH } from '../../components/dev-container';
@@ -517,7 +517,7 @@ describe('program (index.ts under mocks)', function () {
         publicIp: '127.0.0.1',
         schema: 'gateway_pool',
         database: { host: '127.0.0.1', port: 5432, database: 'ganymede', user: 'ganymede' },
-        powerdns: { apiUrl: run.outputs.powerDnsApiUrl, zone: 'demiurge.test' },
+        powerdns: { apiUrl: run.outputs.powerDnsApiUrl, zone: 'demiurge.test', database: { host: '127.0.0.1', port: 5432, database: 'pdns', user: 'pdns' } },
         nginx: { confDir: run.outputs.nginxConfDir, tls: { certPath: '/etc/demiurge/tls/fullchain.pem', keyPath: '/etc/demiurge/tls/privkey.pem' } },
         userContainerNaming: 'nested',
         inventory: run.outputs.gatewayInventory,
@@ -540,12 +540,14 @@ describe('program (index.ts under mocks)', function () {
       assert.deepEqual(secrets, {
         databasePassword: mockPassword('dev-ganymede-db-password', 32),
         powerdnsApiKey: run.outputs.powerDnsApiKey,
+        powerdnsDatabasePassword: mockPassword('dev-pdns-db-password', 32),
         operatorToken: run.outputs.operatorToken,
         orgCertificateKey: run.outputs.orgCertificateKey,
         gatewayRegistrationTokens: run.outputs.gatewayRegistrationTokens,
       });
       for (const v of Object.values(secrets.gatewayRegistrationTokens as Record<string, string>)) assert.ok(!envv.CONFIG_JSON.includes(v));
       assert.ok(!envv.CONFIG_JSON.includes(String(run.outputs.powerDnsApiKey)), 'no secret in config.json');
+      assert.ok(!envv.CONFIG_JSON.includes(mockPassword('dev-pdns-db-password', 32)), "PowerDNS's database password is not in config.json");
       assert.equal(envv.GANYMEDE_MODE, 'embedded');
       assert.equal(envv.API_HEALTH_URL, 'http://127.0.0.1:6000/healthz');
     });
@@ -561,6 +563,9 @@ describe('program (index.ts under mocks)', function () {
         assert.equal(cfg.envName, env);
         assert.deepEqual(cfg.inventory, run.outputs.gatewayInventory);
         assert.deepEqual(Object.keys(cfg.secrets.gatewayRegistrationTokens).sort(), ['gw-pool-dev-001-0', 'gw-pool-dev-001-1', 'gw-pool-dev-001-2']);
+        // The allocator writes records to PowerDNS's tables as role pdns of the dev container's PostgreSQL.
+        const pdnsDb = allocatorOptionsFromConfig(cfg).powerdns.database as { connectionString: string };
+        assert.equal(pdnsDb.connectionString, `postgres://pdns:${encodeURIComponent(mockPassword('dev-pdns-db-password', 32))}@127.0.0.1:5432/pdns`);
       } finally {
         fs.rmSync(dir, { recursive: true, force: true });
       }

@@ -150,6 +150,38 @@ describe('runtime config file (runtime/config)', () => {
     for (const f of ['tls.issuer', 'tls.directoryUrl', 'tls.email', 'tls.stateDir', 'tls.resolvers', 'tls.caroot']) assert.match(e.message, new RegExp(`${f.replace('.', '\\.')}:`));
   });
 
+  it("powerdns.database: PowerDNS's gpgsql database for the allocator's record writes, its password only in the secrets file", async () => {
+    const PDNS_PASSWORD = 'pdns:p@ss/word';
+    const cfg = sampleConfig();
+    (cfg.powerdns as Record<string, unknown>).database = { host: '127.0.0.1', port: 5432, database: 'pdns', user: 'pdns' };
+    write(cfg, { ...sampleSecrets(), powerdnsDatabasePassword: PDNS_PASSWORD });
+    const c = await loadRuntimeConfig(configFile);
+    assert.deepEqual(c.powerdns.database, { host: '127.0.0.1', port: 5432, database: 'pdns', user: 'pdns' });
+    const pdns = allocatorOptionsFromConfig(c, { certificates: undefined }).powerdns;
+    assert.deepEqual(pdns.database, { connectionString: `postgres://pdns:${encodeURIComponent(PDNS_PASSWORD)}@127.0.0.1:5432/pdns` });
+    assert.equal(settingsFromConfig(c)['pdns-database-url'], `postgres://pdns:${encodeURIComponent(PDNS_PASSWORD)}@127.0.0.1:5432/pdns`);
+    assert.ok(!inspect(c.powerdns).includes(PDNS_PASSWORD), 'the password is not part of the non-secret config');
+
+    // Named database but no password: the secret is named, never a value.
+    write(cfg, sampleSecrets());
+    const missing = await invalidConfig(() => loadRuntimeConfig(configFile));
+    assert.match(missing.message, /powerdnsDatabasePassword: missing; the password of PowerDNS's database role pdns/);
+    // A database section without its fields.
+    (cfg.powerdns as Record<string, unknown>).database = { host: '127.0.0.1', user: 'pdns' };
+    write(cfg, { ...sampleSecrets(), powerdnsDatabasePassword: PDNS_PASSWORD });
+    const partial = await invalidConfig(() => loadRuntimeConfig(configFile));
+    assert.match(partial.message, /powerdns\.database\.database: missing; the database name \(pdns\)/);
+    // No database: records go through the API, and a password left in the secrets file is refused (a stale secret).
+    write(sampleConfig(), { ...sampleSecrets(), powerdnsDatabasePassword: PDNS_PASSWORD });
+    const stale = await invalidConfig(() => loadRuntimeConfig(configFile));
+    assert.match(stale.message, /powerdnsDatabasePassword/);
+    assert.ok(!stale.message.includes(PDNS_PASSWORD));
+    write(sampleConfig());
+    const api = await loadRuntimeConfig(configFile);
+    assert.equal(api.secrets.powerdnsDatabasePassword, null);
+    assert.equal(allocatorOptionsFromConfig(api, { certificates: undefined }).powerdns.database, undefined);
+  });
+
   it('refuses a secrets file readable by group or others, unless the test option allows it', async () => {
     write(sampleConfig(), sampleSecrets(), 0o644);
     const e = await invalidConfig(() => loadRuntimeConfig(configFile));
