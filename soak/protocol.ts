@@ -20,7 +20,7 @@ export interface WorkerInit {
   pgUrl: string;
   pgMax: number;
   schema: string;
-  powerdns: { apiUrl: string; apiKey: string; zone: string; timeoutMs: number };
+  powerdns: { apiUrl: string; apiKey: string; zone: string; timeoutMs: number; database?: { connectionString: string } };
   nginx: {
     confDir: string;
     tls: { certPath: string; keyPath: string };

@@ -206,7 +206,7 @@ async function main(): Promise<number> {
       domain: DOMAIN,
       publicIp: PUBLIC_IP,
       pg: admin,
-      powerdns: { apiUrl: services.pdnsApiUrl, apiKey: services.pdnsApiKey, zone: DOMAIN },
+      powerdns: { apiUrl: services.pdnsApiUrl, apiKey: services.pdnsApiKey, zone: DOMAIN, database: { connectionString: services.pdnsDbUrl } },
       nginx: nginx.nginxOptions(),
       schema,
       leaseMs: opt.leaseMs,
@@ -395,7 +395,8 @@ async function main(): Promise<number> {
       pgUrl: services.pgUrl,
       pgMax: 12,
       schema,
-      powerdns: { apiUrl: services.pdnsApiUrl, apiKey: services.pdnsApiKey, zone: DOMAIN, timeoutMs: 5000 },
+      // As the environment runs: records written to PowerDNS's tables (its database restarts with pg-restart).
+      powerdns: { apiUrl: services.pdnsApiUrl, apiKey: services.pdnsApiKey, zone: DOMAIN, timeoutMs: 5000, database: { connectionString: services.pdnsDbUrl } },
       nginx: (() => {
         const n = nginx.nginxOptions();
         return { confDir: n.confDir, tls: n.tls, listen: n.listen as string, statusListen: n.statusListen as string, testCommand: n.testCommand as string[], reloadCommand: n.reloadCommand as string[] };
