@@ -70,7 +70,7 @@ http {
 
   const render = { confDir, domain: DOMAIN, listen: `127.0.0.1:${PORTS.njs} ssl`, certPath: cert, keyPath: key, statusListen: `127.0.0.1:${PORTS.status}` };
   writeFileSync(path.join(confDir, ORGS_CONF), renderOrgsConf(render));
-  writeFileSync(path.join(confDir, ROUTES_JS), renderRoutesJs(render, 'probe'));
+  writeFileSync(path.join(confDir, ROUTES_JS), renderRoutesJs(render));
   const [host, port] = UPSTREAM.split(':');
   writeFileSync(path.join(confDir, ROUTES_SUBDIR, routeFileName(ORG)), renderRoute('probe', ORG, 'gw-0', host, Number(port)));
 

@@ -1,7 +1,10 @@
 /**
- * Stage-1 route files: one per organization, written atomically and read by
- * njs on each request, so a route is live without a reload. A written route
- * counts once nginx's own workers report serving it (status server).
+ * Stage-1 route files: one per organization, written atomically; they are the
+ * durable routes. nginx serves from its shared-memory route table, which the
+ * writer has load exactly the batch's files after writing them (status
+ * server, `load`), so a route is live without a reload. A written route
+ * counts once nginx answers that its table holds it; a removed one once nginx
+ * answers after reloading its (absent) file. Design: runtime/nginx-config.ts.
  */
 import { promises as fs } from 'fs';
 import * as path from 'path';
@@ -12,6 +15,9 @@ import { orgIdOfRouteFile, renderRoute, routeFileName, routeOwnerLine } from './
 import { nginxLockFailure, nginxLockKey } from './nginx-lock';
 import { readOwnedFiles, writeAtomic } from './owned-files';
 import type { LookupAnswer, Stage1Status } from './stage1-status';
+
+/** How long a removal keeps asking an nginx that does not answer (see confirm). */
+const REMOVAL_WAIT_MS = 2_000;
 
 export interface RouteChange {
   orgId: string;
@@ -58,18 +64,27 @@ export class RouteFiles extends FencedBatchWriter<RouteChange, string> {
     );
   }
 
-  /** Removals need no confirmation (a stopped nginx routes nothing); additions must be served. */
+  /**
+   * Has nginx load the batch's files into its route table, after the lock (nginx serializes loads
+   * itself, and each load reads the files as they are then, so a later batch's load always wins).
+   * Additions must then be in the table (until the live timeout: NGINX_FAILED). A removal counts once
+   * nginx answered a load made after the file was removed. If nginx does not answer it is stopped or
+   * starting: a start that read the files before the removal listens moments later, so removals keep
+   * asking for REMOVAL_WAIT_MS; a stopped nginx routes nothing, and loads the files when it starts.
+   */
   protected async confirm(written: RouteChange[]): Promise<void> {
+    if (written.length === 0) return;
+    const ids = written.map((c) => c.orgId);
     const want = new Map(written.flatMap((c) => (c.target ? [[c.orgId, `${c.target.host}:${c.target.port}`] as const] : [])));
-    if (want.size === 0) return;
     let last: LookupAnswer | undefined;
-    await this.status.waitFor(
-      async () => {
-        last = await this.status.lookup([...want.keys()]);
-        return !!last && [...want].every(([id, target]) => last?.routes[id] === target);
-      },
-      () => `nginx does not serve the new route(s): status server ${this.status.listen} ${last ? `answers ${JSON.stringify(last.routes).slice(0, 200)}` : 'does not answer'}`,
-    );
+    const check = async (): Promise<boolean> => {
+      last = await this.status.load(ids);
+      return !!last && [...want].every(([id, target]) => last?.routes[id] === target);
+    };
+    const failure = (): string => `nginx does not serve the new route(s): status server ${this.status.listen} ${last ? `answers ${JSON.stringify(last.routes).slice(0, 200)}` : 'does not answer'}`;
+    if (want.size > 0) return this.status.waitFor(check, failure);
+    // Removals only: any answer holds (check is true once nginx answers), so a timeout means no answer.
+    await this.status.waitFor(check, failure, REMOVAL_WAIT_MS).catch(() => undefined);
   }
 
   protected failure(err: unknown): AllocatorError {
