@@ -13,7 +13,8 @@
  *
  * The durable routes are the per-org route files (runtime/nginx-route-files.ts
  * writes them atomically); the shared dict is the live table, derived from them:
- *  - after writing a batch of files, the writer asks the status server to
+ *  - after writing a batch of files, still under the nginx lock (so whoever
+ *    holds it sees table = files), the writer asks the status server to
  *    (re)load exactly those organizations' files (`POST /__demiurge/routes/load`);
  *    the answer is what the table now holds, which every worker serves (one
  *    table in shared memory), so an allocation resolves only once it is routed,

@@ -62,23 +62,29 @@ export class RouteFiles extends FencedBatchWriter<RouteChange, string> {
         else await writeAtomic(file, renderRoute(this.envName, c.orgId, t.gatewayName, t.host, t.port));
       }),
     );
+    // Still under the lock: nginx's table follows the files within the locked section, so whoever holds the
+    // lock sees table = files (the soak's checker relies on it). Not answered here: confirm() asks again.
+    if (changes.length > 0) await this.status.load(changes.map((c) => c.orgId));
   }
 
   /**
-   * Has nginx load the batch's files into its route table, after the lock (nginx serializes loads
-   * itself, and each load reads the files as they are then, so a later batch's load always wins).
-   * Additions must then be in the table (until the live timeout: NGINX_FAILED). A removal counts once
-   * nginx answered a load made after the file was removed. If nginx does not answer it is stopped or
-   * starting: a start that read the files before the removal listens moments later, so removals keep
-   * asking for REMOVAL_WAIT_MS; a stopped nginx routes nothing, and loads the files when it starts.
+   * After the lock: additions must be in nginx's route table (until the live timeout: NGINX_FAILED); a
+   * removal counts once nginx answered after the file was removed. The first check reads the table
+   * (write() loaded the batch under the lock); later ones load the files again — safe outside the lock,
+   * as nginx serializes loads and each reads the files as they are then, so the last load always wins.
+   * If nginx does not answer it is stopped or starting: a start that read the files before the removal
+   * listens moments later, so removals keep asking for REMOVAL_WAIT_MS; a stopped nginx routes nothing,
+   * and loads the files when it starts.
    */
   protected async confirm(written: RouteChange[]): Promise<void> {
     if (written.length === 0) return;
     const ids = written.map((c) => c.orgId);
     const want = new Map(written.flatMap((c) => (c.target ? [[c.orgId, `${c.target.host}:${c.target.port}`] as const] : [])));
     let last: LookupAnswer | undefined;
+    let first = true;
     const check = async (): Promise<boolean> => {
-      last = await this.status.load(ids);
+      last = await (first ? this.status.lookup(ids) : this.status.load(ids));
+      first = false;
       return !!last && [...want].every(([id, target]) => last?.routes[id] === target);
     };
     const failure = (): string => `nginx does not serve the new route(s): status server ${this.status.listen} ${last ? `answers ${JSON.stringify(last.routes).slice(0, 200)}` : 'does not answer'}`;
