@@ -150,7 +150,7 @@ export async function routingPhase(ctx: PhaseContext): Promise<RoutingFigures> {
   return {
     method:
       `wrk over HTTPS on loopback (kept-alive TLS connections, Host = the organization's name), one thread: requests/s from -c${CONFIG.wrkConnections} runs (saturating), p50/p99 from -c1 runs (no queueing), ${CONFIG.wrkSeconds} s each; ` +
-      `stage 1 (regex server_name, map, njs route lookup per request) and the same nginx's static-proxy server (same certificate and proxy directives, proxy_pass to one stand-in gateway), alternating, ${CONFIG.reps} runs of each kind`,
+      `stage 1 (regex server_name, map, shared-dict route lookup per request) and the same nginx's static-proxy server (same certificate and proxy directives, proxy_pass to one stand-in gateway), alternating, ${CONFIG.reps} runs of each kind`,
     seconds: CONFIG.wrkSeconds,
     connections: CONFIG.wrkConnections,
     stage1: fig(runs.stage1),

@@ -1,8 +1,8 @@
 /**
  * Row 5, stage-1 routing overhead: wrk (Debian's) on loopback against stage 1
- * (TLS, regex server_name, njs route lookup per request) for one allocated
+ * (TLS, regex server_name, shared-dict route lookup per request) for one allocated
  * organization, and against the same nginx proxying to a static upstream (same
- * TLS certificate and proxy directives, no njs, no map), alternating, each run
+ * TLS certificate and proxy directives, no lookup, no map), alternating, each run
  * for the same time with the same connections. Both reach the same stand-in
  * gateway nginx.
  */

@@ -1,5 +1,5 @@
 /**
- * The stage-1 base configuration (`<confDir>/orgs.conf` + routes.js): written
+ * The stage-1 base configuration (`<confDir>/demiurge-orgs.conf`, with the route table's Lua, + routes.js): written
  * only when it differs from what nginx runs, validated with `nginx -t` (the
  * previous files are put back if rejected), reloaded, and confirmed once the
  * workers report its version.
@@ -52,9 +52,9 @@ export class BaseConfig {
     private readonly opts: BaseConfigOptions,
     private readonly status: Stage1Status,
   ) {
-    this.conf = renderOrgsConf(opts.render);
-    this.version = configVersion(this.conf + renderRoutesJs(opts.render, ''));
-    this.js = renderRoutesJs(opts.render, this.version);
+    this.js = renderRoutesJs(opts.render);
+    this.version = configVersion(renderOrgsConf(opts.render) + this.js);
+    this.conf = renderOrgsConf(opts.render, this.version);
   }
 
   /**

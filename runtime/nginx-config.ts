@@ -3,15 +3,42 @@
  *
  * Design (see design.md, "Stage-1 routing cost"): ONE TLS server for every
  * organization, whose regex server_name captures the org id; the gateway of an
- * org is looked up per request by njs (`js_set`) in the org's route file.
- * Route changes are therefore data, not configuration: an atomic rename makes
- * a route live for the next request, with no reload (a reload costs 60-120 ms
- * and, for ~100 ms, lets old workers keep accepting with the old routes), and
- * the cost is the same at 10 or 50,000 organizations. Reloads happen only when
- * this base configuration itself changes.
+ * org is looked up per request in a table in nginx's shared memory
+ * (lua-nginx-module's `lua_shared_dict`, one `get` per request: ≈2 µs, where
+ * njs 0.7's `js_set` + a route-file read cost ≈12 µs; docs/bench.md, row 5).
+ * Route changes are therefore data, not configuration, with no reload (a
+ * reload costs 60-120 ms and, for ~100 ms, lets old workers keep accepting
+ * with the old routes), and the cost is the same at 10 or 50,000
+ * organizations. Reloads happen only when this base configuration changes.
+ *
+ * The durable routes are the per-org route files (runtime/nginx-route-files.ts
+ * writes them atomically); the shared dict is the live table, derived from them:
+ *  - after writing a batch of files, still under the nginx lock (so whoever
+ *    holds it sees table = files), the writer asks the status server to
+ *    (re)load exactly those organizations' files (`POST /__demiurge/routes/load`);
+ *    the answer is what the table now holds, which every worker serves (one
+ *    table in shared memory), so an allocation resolves only once it is routed,
+ *    and a release only once its entry is gone;
+ *  - loads are serialized inside nginx (a lock entry in the dict), and each
+ *    load reads the files as they are when it runs, so the last load after the
+ *    last write of a file leaves the table equal to the file, whatever the
+ *    order in which concurrent writers' loads arrive;
+ *  - a fresh nginx (new master: an empty zone) loads every route file once in
+ *    `init_by_lua` (the master, before it listens) and marks the table loaded;
+ *    a HUP reload keeps the zone (same name and size), so it does not read the
+ *    files again (that read could race a writer's load and bring back a route
+ *    just removed). The zone's size is therefore fixed (ROUTES_DICT_SIZE):
+ *    changing it starts an empty zone at that reload, loaded from the files;
+ *  - a miss is a miss: no lazy fill from the file on an unknown org (a fill
+ *    racing a release could read the file just before its removal and put a
+ *    stale route back after the release's load — gateways are reused by other
+ *    organizations, so that would route one org's traffic to another's).
+ * njs stays where it is not per request: the certificate per TLS handshake
+ * and the pages stage 1 answers itself.
  */
 
 import type { UserContainerNaming } from './naming';
+import { renderRouteTable, routeLookupDirective } from './nginx-route-table';
 import { ORG_PLACEHOLDER, gatewayDownPage, noGatewayPage } from './stage1-pages';
 
 export const ROUTE_OWNER = 'demiurge-allocator';
@@ -22,6 +49,13 @@ export const ORGS_CONF = 'demiurge-orgs.conf';
 export const ROUTES_JS = 'demiurge-routes.js';
 /** The stage-1 nginx.conf must load this module in its main context (Debian: libnginx-mod-http-js). */
 export const NJS_MODULE_PATH = '/usr/lib/nginx/modules/ngx_http_js_module.so';
+/** Nginx Development Kit: lua-nginx-module needs it loaded first (Debian: libnginx-mod-http-ndk). */
+export const NDK_MODULE_PATH = '/usr/lib/nginx/modules/ndk_http_module.so';
+/** lua-nginx-module (Debian: libnginx-mod-http-lua, with lua-resty-core and LuaJIT): the route table. */
+export const LUA_MODULE_PATH = '/usr/lib/nginx/modules/ngx_http_lua_module.so';
+/** The `load_module` lines every stage-1 nginx.conf needs in its main context, in this order. */
+export const STAGE1_LOAD_MODULES = [NDK_MODULE_PATH, LUA_MODULE_PATH, NJS_MODULE_PATH].map((m) => `load_module ${m};`).join('\n');
+export { ROUTES_DICT, ROUTES_DICT_SIZE } from './nginx-route-table';
 
 export interface Stage1RenderOptions {
   confDir: string;
@@ -137,52 +171,21 @@ function tlsOrg(r) {
 `;
 }
 
-/** njs: the status server's answer (what the workers route each id to, certificates, worker pid). */
-function njsLookup(version: string, certDir: string | undefined): string {
-  return `// Status server: what the workers would route each id to right now${certDir ? ', whether they can read\n// each org\'s certificate bundle and the base certificate, and which worker answers' : ''}.
-function lookup(r) {
-    var ids = (r.args.ids || '').split(',');
-    var out = { version: '${version}', routes: {}${certDir ? ', certs: {}, base: readable(BASE_CERT) && readable(BASE_KEY), pid: process.pid' : ''} };
-    for (var i = 0; i < ids.length; i++) {
-        if (ID.test(ids[i])) {
-            out.routes[ids[i]] = target(ids[i]);
-${certDir ? '            out.certs[ids[i]] = hasCert(ids[i]);\n' : ''}        }
-    }
-    r.headersOut['Content-Type'] = 'application/json';
-    r.return(200, JSON.stringify(out));
-}`;
-}
-
-export function renderRoutesJs(o: Stage1RenderOptions, version: string): string {
+export function renderRoutesJs(o: Stage1RenderOptions): string {
   const flat = (o.naming ?? 'nested') === 'flat';
   const certDir = o.orgCertDir;
   // njs 0.7 (Debian bookworm): ES5-style code, `var` only.
   const compactDecoder = flat ? NJS_COMPACT_DECODER : '';
   const tls = certDir ? njsTlsPart(o, certDir) : '';
   return `// ${ROUTE_OWNER}: written by the gateway allocator; do not edit by hand.
+// The routes themselves are not here: stage 1 looks them up in its shared-memory table (Lua,
+// ${ORGS_CONF}); njs chooses the certificate per TLS handshake and renders stage 1's own pages.
 var fs = require('fs');
-var ROUTES = ${JSON.stringify(`${o.confDir}/${ROUTES_SUBDIR}/`)};
 var ID = /^${UUID}$/;
-var LINE = /^(${UUID}) "([^"]+)";$/m;
 ${compactDecoder}${tls}
-function target(id) {
-    if (!ID.test(id)) return '';
-    try {
-        var m = LINE.exec(fs.readFileSync(ROUTES + 'org-' + id + '.conf', 'utf8'));
-        return m && m[1] === id ? m[2] : '';
-    } catch (e) {
-        return '';
-    }
-}
-
 function orgIdOf(r) {
     var id = r.variables.demiurge_org_id || '';
 ${flat ? "    if (id.length === 26) id = uuidOf(id);\n" : ''}    return id;
-}
-
-// js_set: the host:port of the organization's gateway, '' when none is allocated.
-function gateway(r) {
-    return target(orgIdOf(r));
 }
 
 // Pages stage 1 answers itself (runtime/stage1-pages.ts): HTML for people, JSON when
@@ -207,9 +210,7 @@ function gatewayDown(r) {
     page(r, PAGES.gatewayDown);
 }
 
-${njsLookup(version, certDir)}
-
-export default { gateway: gateway, lookup: lookup, noGateway: noGateway, gatewayDown: gatewayDown${certDir ? ', tlsOrg: tlsOrg' : ''} };
+export default { noGateway: noGateway, gatewayDown: gatewayDown${certDir ? ', tlsOrg: tlsOrg' : ''} };
 `;
 }
 
@@ -253,15 +254,18 @@ map $demiurge_tls_org $demiurge_ssl_certificate_key {
 `;
 }
 
-/** nginx: the loopback status server the allocator asks before it answers an allocation. */
+/** nginx: the loopback status server the allocator asks (and has load routes) before it answers. */
 function statusServer(o: Stage1RenderOptions): string {
-  return `# Loopback only: the allocator asks the workers what they route, so an
+  return `# Loopback only: the allocator loads routes into the table and asks what it holds, so an
 # allocation is answered only once nginx itself serves its route.
 server {
     listen ${o.statusListen};
     access_log off;
     location = /__demiurge/routes {
-        js_content demiurge_routes.lookup;
+        content_by_lua_block { demiurge.lookup() }
+    }
+    location = /__demiurge/routes/load {
+        content_by_lua_block { demiurge.load() }
     }
     location / {
         return 404;
@@ -281,7 +285,7 @@ server {
  * (OpenSSL 3 PEM decoding), and the workers (not only the root master) must be
  * able to read the base key.
  */
-export function renderOrgsConf(o: Stage1RenderOptions): string {
+export function renderOrgsConf(o: Stage1RenderOptions, version = ''): string {
   const domain = escapeRegex(o.domain);
   const flat = (o.naming ?? 'nested') === 'flat';
   const hostMap = flat
@@ -301,8 +305,7 @@ map $host $demiurge_org_id {
 ${hostMap}
 }
 
-js_set $demiurge_gateway demiurge_routes.gateway;
-${certs}
+${renderRouteTable({ routesDir: `${o.confDir}/${ROUTES_SUBDIR}`, version, flat, certDir: o.orgCertDir, certPath: o.certPath, keyPath: o.keyPath })}${certs}
 map $http_upgrade $demiurge_connection_upgrade {
     default upgrade;
     "" close;
@@ -330,6 +333,8 @@ server {
     }
 
     location / {
+        # One shared-dict get per request; "" (no route, or no org id) answers the no-gateway page.
+        ${routeLookupDirective(flat)}
         if ($demiurge_gateway = "") {
             return 404;
         }

@@ -1,7 +1,10 @@
 /**
- * Stage-1 route files: one per organization, written atomically and read by
- * njs on each request, so a route is live without a reload. A written route
- * counts once nginx's own workers report serving it (status server).
+ * Stage-1 route files: one per organization, written atomically; they are the
+ * durable routes. nginx serves from its shared-memory route table, which the
+ * writer has load exactly the batch's files after writing them (status
+ * server, `load`), so a route is live without a reload. A written route
+ * counts once nginx answers that its table holds it; a removed one once nginx
+ * answers after reloading its (absent) file. Design: runtime/nginx-config.ts.
  */
 import { promises as fs } from 'fs';
 import * as path from 'path';
@@ -12,6 +15,9 @@ import { orgIdOfRouteFile, renderRoute, routeFileName, routeOwnerLine } from './
 import { nginxLockFailure, nginxLockKey } from './nginx-lock';
 import { readOwnedFiles, removeAbandonedTempFiles, writeAtomic } from './owned-files';
 import type { LookupAnswer, Stage1Status } from './stage1-status';
+
+/** How long a removal keeps asking an nginx that does not answer (see confirm). */
+const REMOVAL_WAIT_MS = 2_000;
 
 export interface RouteChange {
   orgId: string;
@@ -61,20 +67,35 @@ export class RouteFiles extends FencedBatchWriter<RouteChange, string> {
         else await writeAtomic(file, renderRoute(this.envName, c.orgId, t.gatewayName, t.host, t.port));
       }),
     );
+    // Still under the lock: nginx's table follows the files within the locked section, so whoever holds the
+    // lock sees table = files (the soak's checker relies on it). Not answered here: confirm() asks again.
+    if (changes.length > 0) await this.status.load(changes.map((c) => c.orgId));
   }
 
-  /** Removals need no confirmation (a stopped nginx routes nothing); additions must be served. */
+  /**
+   * After the lock: additions must be in nginx's route table (until the live timeout: NGINX_FAILED); a
+   * removal counts once nginx answered after the file was removed. The first check reads the table
+   * (write() loaded the batch under the lock); later ones load the files again — safe outside the lock,
+   * as nginx serializes loads and each reads the files as they are then, so the last load always wins.
+   * If nginx does not answer it is stopped or starting: a start that read the files before the removal
+   * listens moments later, so removals keep asking for REMOVAL_WAIT_MS; a stopped nginx routes nothing,
+   * and loads the files when it starts.
+   */
   protected async confirm(written: RouteChange[]): Promise<void> {
+    if (written.length === 0) return;
+    const ids = written.map((c) => c.orgId);
     const want = new Map(written.flatMap((c) => (c.target ? [[c.orgId, `${c.target.host}:${c.target.port}`] as const] : [])));
-    if (want.size === 0) return;
     let last: LookupAnswer | undefined;
-    await this.status.waitFor(
-      async () => {
-        last = await this.status.lookup([...want.keys()]);
-        return !!last && [...want].every(([id, target]) => last?.routes[id] === target);
-      },
-      () => `nginx does not serve the new route(s): status server ${this.status.listen} ${last ? `answers ${JSON.stringify(last.routes).slice(0, 200)}` : 'does not answer'}`,
-    );
+    let first = true;
+    const check = async (): Promise<boolean> => {
+      last = await (first ? this.status.lookup(ids) : this.status.load(ids));
+      first = false;
+      return !!last && [...want].every(([id, target]) => last?.routes[id] === target);
+    };
+    const failure = (): string => `nginx does not serve the new route(s): status server ${this.status.listen} ${last ? `answers ${JSON.stringify(last.routes).slice(0, 200)}` : 'does not answer'}`;
+    if (want.size > 0) return this.status.waitFor(check, failure);
+    // Removals only: any answer holds (check is true once nginx answers), so a timeout means no answer.
+    await this.status.waitFor(check, failure, REMOVAL_WAIT_MS).catch(() => undefined);
   }
 
   protected failure(err: unknown): AllocatorError {

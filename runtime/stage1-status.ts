@@ -1,8 +1,10 @@
 /**
  * The HTTP client of the stage-1 nginx's status server (`/__demiurge/routes`,
- * answered by njs in nginx's own workers): which configuration version they
- * run, how they route organizations, whether they can read certificate
- * bundles. Every "is it live yet?" wait of the allocator asks it.
+ * answered by Lua in nginx's own workers): which configuration version they
+ * run, what their shared route table holds for organizations, whether they
+ * can read certificate bundles; and `load`, which has nginx (re)load the
+ * given organizations' route files into that table. Every "is it live yet?"
+ * wait of the allocator asks it.
  */
 import * as http from 'http';
 import { AllocatorError } from './errors';
@@ -30,12 +32,24 @@ export class Stage1Status {
   ) {}
 
   /** Asks nginx's workers how they route the given organizations; undefined if nginx does not answer. */
-  async lookup(orgIds: string[]): Promise<LookupAnswer | undefined> {
-    if (orgIds.length <= LOOKUP_CHUNK) return this.lookupOnce(orgIds);
+  lookup(orgIds: string[]): Promise<LookupAnswer | undefined> {
+    return this.ask('GET', '/__demiurge/routes', orgIds);
+  }
+
+  /**
+   * Has nginx (re)load these organizations' route files into its route table (an absent file removes
+   * the entry); answers what the table then holds, as `lookup` does; undefined if nginx does not answer.
+   */
+  load(orgIds: string[]): Promise<LookupAnswer | undefined> {
+    return this.ask('POST', '/__demiurge/routes/load', orgIds);
+  }
+
+  private async ask(method: 'GET' | 'POST', urlPath: string, orgIds: string[]): Promise<LookupAnswer | undefined> {
+    if (orgIds.length <= LOOKUP_CHUNK) return this.askOnce(method, urlPath, orgIds);
     // nginx answers 414 to a request line over 8 KiB (~215 ids): ask in chunks, in parallel.
     const chunks: string[][] = [];
     for (let i = 0; i < orgIds.length; i += LOOKUP_CHUNK) chunks.push(orgIds.slice(i, i + LOOKUP_CHUNK));
-    const answers = await Promise.all(chunks.map((c) => this.lookupOnce(c)));
+    const answers = await Promise.all(chunks.map((c) => this.askOnce(method, urlPath, c)));
     if (answers.some((a) => a === undefined)) return undefined;
     const [first, ...rest] = answers as LookupAnswer[];
     return rest.reduce<LookupAnswer>(
@@ -53,12 +67,12 @@ export class Stage1Status {
     }
   }
 
-  private lookupOnce(orgIds: string[]): Promise<LookupAnswer | undefined> {
+  private askOnce(method: 'GET' | 'POST', urlPath: string, orgIds: string[]): Promise<LookupAnswer | undefined> {
     const i = this.listen.lastIndexOf(':');
     const host = this.listen.slice(0, i);
     const port = Number(this.listen.slice(i + 1));
     return new Promise((resolve) => {
-      const req = http.get({ host, port, path: `/__demiurge/routes?ids=${orgIds.join(',')}`, agent: false, timeout: 2000 }, (res) => {
+      const req = http.request({ method, host, port, path: `${urlPath}?ids=${orgIds.join(',')}`, agent: false, timeout: 2000 }, (res) => {
         let body = '';
         res.setEncoding('utf8');
         res.on('data', (c: string) => (body += c));
@@ -72,6 +86,7 @@ export class Stage1Status {
       });
       req.on('error', () => resolve(undefined));
       req.on('timeout', () => req.destroy());
+      req.end();
     });
   }
 }

@@ -64,8 +64,10 @@ install_packages() {
   command -v pdns_server >/dev/null || missing+=(pdns-server)
   [ -f /usr/share/pdns-backend-pgsql/schema/schema.pgsql.sql ] || missing+=(pdns-backend-pgsql)
   command -v nginx >/dev/null || missing+=(nginx-light)
-  # Stage-1 routes are looked up per request by njs (no reload per allocation).
+  # Stage 1: the route table is a lua_shared_dict (lua-nginx-module, with NDK, lua-resty-core and LuaJIT
+  # as dependencies; no reload per allocation); njs chooses certificates and renders stage 1's pages.
   [ -f /usr/lib/nginx/modules/ngx_http_js_module.so ] || missing+=(libnginx-mod-http-js)
+  [ -f /usr/lib/nginx/modules/ngx_http_lua_module.so ] || missing+=(libnginx-mod-http-lua)
   command -v mkcert >/dev/null || missing+=(mkcert)
   command -v dig >/dev/null || missing+=(dnsutils)
   command -v curl >/dev/null || missing+=(curl)

@@ -831,18 +831,22 @@ describe('images and the daily build loop (real Docker engine)', function () {
     const unknown = await sh('curl -sk -o /dev/null --resolve unknown.example:443:127.0.0.1 https://unknown.example/');
     assert.notEqual(unknown.code, 0, 'unknown names get no TLS handshake');
     assert.match((await sh('docker version --format "{{.Server.Version}}"')).stdout, /^\d+\.\d+/, 'docker CLI in the dev container talks to the host engine');
-    assert.ok(nginxT.includes('load_module /usr/lib/nginx/modules/ngx_http_js_module.so;'), 'njs is loaded (allocator contract)');
+    for (const m of ['ndk_http_module', 'ngx_http_lua_module', 'ngx_http_js_module']) {
+      assert.ok(nginxT.includes(`load_module /usr/lib/nginx/modules/${m}.so;`), `${m} is loaded (allocator contract)`);
+    }
+    assert.ok(nginxT.indexOf('ndk_http_module.so') < nginxT.indexOf('ngx_http_lua_module.so'), 'NDK before lua');
 
     // The allocator's stage-1 files (rendered by runtime/nginx-config) work in this image, and the
     // whole request path stage 1 (TLS) -> gateway stage 2 over the environment network -> app holds.
-    await step('stage 1 -> gateway -> app through the allocator\'s njs routing', async () => {
+    await step('stage 1 -> gateway -> app through the allocator\'s route table', async () => {
       const confDir = '/etc/nginx/demiurge';
       const render = { confDir, domain: DOMAIN, listen: '443 ssl', certPath: '/etc/demiurge/tls/fullchain.pem', keyPath: '/etc/demiurge/tls/privkey.pem', statusListen: '127.0.0.1:8099' };
-      const conf = renderOrgsConf(render);
-      const version = configVersion(conf + renderRoutesJs(render, ''));
+      const js = renderRoutesJs(render);
+      const version = configVersion(renderOrgsConf(render) + js);
+      const conf = renderOrgsConf(render, version);
       const orgId = '0f0f0f0f-1111-4222-8333-444444444444';
       const files: Array<[string, string]> = [
-        [`${confDir}/${ROUTES_JS}`, renderRoutesJs(render, version)],
+        [`${confDir}/${ROUTES_JS}`, js],
         [`${confDir}/${ORGS_CONF}`, conf],
         [`${confDir}/${ROUTES_SUBDIR}/${routeFileName(orgId)}`, renderRoute(ENV, orgId, GATEWAYS[0], GATEWAYS[0], HTTP_PORTS[0])],
       ];
@@ -853,7 +857,8 @@ describe('images and the daily build loop (real Docker engine)', function () {
       const t = await sh('nginx -t 2>&1 && nginx -s reload');
       assert.equal(t.code, 0, t.stdout + t.stderr);
       await waitFor('the allocator status server to report the route', 10_000, async () => {
-        const st = await sh(`curl -s 'http://127.0.0.1:8099/__demiurge/routes?ids=${orgId}'`);
+        // As the allocator does after writing a route file: load it into the table, read the answer.
+        const st = await sh(`curl -s -X POST 'http://127.0.0.1:8099/__demiurge/routes/load?ids=${orgId}'`);
         const parsed = JSON.parse(st.stdout) as { version: string; routes: Record<string, string> };
         return parsed.version === version && parsed.routes[orgId] === `${GATEWAYS[0]}:${HTTP_PORTS[0]}` ? true : undefined;
       }, 100);

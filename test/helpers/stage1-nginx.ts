@@ -3,7 +3,7 @@ import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync 
 import * as os from 'os';
 import * as path from 'path';
 import type { NginxOptions } from '../../runtime';
-import { NJS_MODULE_PATH } from '../../runtime/nginx-config';
+import { STAGE1_LOAD_MODULES } from '../../runtime/nginx-config';
 import { portClosed, processGone, waitFor } from './wait-for';
 
 /** A real stage-1 nginx for one suite: own prefix, own ports, mkcert-issued wildcard for the suite's domain. */
@@ -23,7 +23,7 @@ export class Stage1Nginx {
     readonly statusPort: number,
   ) {
     this.prefix = mkdtempSync(path.join(os.tmpdir(), 'demiurge-stage1-'));
-    // nginx workers (user nobody) read route files per request: the tree must be world-readable.
+    // nginx workers (user nobody) read route files when the allocator has them loaded: the tree must be world-readable.
     chmodSync(this.prefix, 0o755);
     this.confDir = path.join(this.prefix, 'demiurge');
     this.conf = path.join(this.prefix, 'nginx.conf');
@@ -42,7 +42,7 @@ export class Stage1Nginx {
     this.caFile = path.join(caroot, 'rootCA.pem');
     writeFileSync(
       this.conf,
-      `load_module ${NJS_MODULE_PATH};
+      `${STAGE1_LOAD_MODULES}
 worker_processes 2;
 pid ${this.prefix}/nginx.pid;
 worker_shutdown_timeout 10s;
@@ -75,6 +75,16 @@ http {
 
   start(): void {
     execFileSync('nginx', ['-p', this.prefix, '-c', this.conf], { stdio: 'pipe' });
+  }
+
+  /** `nginx -s reload` (SIGHUP to the master): new workers, the same shared-memory zones. */
+  reload(): void {
+    execFileSync('nginx', ['-s', 'reload', '-p', this.prefix, '-c', this.conf], { stdio: 'pipe' });
+  }
+
+  /** The master's pid (from its pid file). */
+  masterPid(): number {
+    return Number(readFileSync(path.join(this.prefix, 'nginx.pid'), 'utf8'));
   }
 
   stop(): void {

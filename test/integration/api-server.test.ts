@@ -258,8 +258,11 @@ describe('built-in API server (bundled runtime/server/main.ts as a child process
     const { org, gw } = await startOrg();
     assert.equal((await gw.call('/data/push', { organization_id: org, data: snapshot('before-crash') })).status, 200);
     assert.equal(await server.stop('SIGKILL'), null);
-    // /etc/nginx/demiurge is not on a volume: after a container restart it is empty.
+    // /etc/nginx/demiurge is not on a volume: after a container restart it is empty, and nginx starts afresh
+    // (an empty route table: the allocator's base config and route files come back with its reconcile).
+    await nginx.stopAndWait();
     for (const f of readdirSync(nginx.confDir)) rmSync(path.join(nginx.confDir, f), { recursive: true, force: true });
+    nginx.start();
     assert.equal((await curlThroughStage1(nginx, `org-${org}.${domain}`, '/').catch(() => ({ status: 0 }))).status !== 200, true);
     const from = server.logs.length;
     writeConfig();

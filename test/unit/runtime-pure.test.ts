@@ -1,7 +1,7 @@
 import { strict as assert } from 'assert';
 import { Batcher } from '../../runtime/batcher';
 import { AllocatorError, definitelyNotApplied } from '../../runtime/errors';
-import { configVersion, orgIdOfRouteFile, renderOrgsConf, renderRoute, renderRoutesJs, routeFileName } from '../../runtime/nginx-config';
+import { configVersion, orgIdOfRouteFile, renderOrgsConf, renderRoute, routeFileName } from '../../runtime/nginx-config';
 import { assertOrganizationId, validateInventory } from '../../runtime/validation';
 
 describe('runtime pure logic', () => {
@@ -26,7 +26,12 @@ describe('runtime pure logic', () => {
     const conf = renderOrgsConf({ confDir: '/etc/nginx/demiurge', domain: 'a.b-c.local', listen: '443 ssl', certPath: '/c', keyPath: '/k', statusListen: '127.0.0.1:8099' });
     assert.match(conf, /org-\[0-9a-f\]\{8\}.*\\\.a\\\.b-c\\\.local\$"/);
     assert.equal((conf.match(/^server \{/gm) ?? []).length, 2, 'one org server plus the loopback status server');
-    assert.match(conf, /js_set \$demiurge_gateway demiurge_routes\.gateway;/);
+    // The route is one shared-dict get per request (no njs per request), in the org location.
+    assert.match(conf, /location \/ \{\n\s+#[^\n]*\n\s+set_by_lua_block \$demiurge_gateway \{ return ngx\.shared\.demiurge_routes:get\(ngx\.var\.demiurge_org_id\) or "" \}/);
+    assert.doesNotMatch(conf, /js_set \$demiurge_gateway/);
+    assert.match(conf, /^lua_shared_dict demiurge_routes 32m;$/m);
+    assert.match(conf, /location = \/__demiurge\/routes \{\n\s+content_by_lua_block \{ demiurge\.lookup\(\) \}/);
+    assert.match(conf, /location = \/__demiurge\/routes\/load \{\n\s+content_by_lua_block \{ demiurge\.load\(\) \}/);
     assert.match(conf, /proxy_set_header Upgrade \$http_upgrade;/);
   });
 
@@ -36,10 +41,28 @@ describe('runtime pure logic', () => {
     assert.match(renderRoute('dev-001', org, 'gw-pool-dev-001-0', '10.0.0.2', 7100), new RegExp(`^# owner=demiurge-allocator env=dev-001 org=${org} gateway=gw-pool-dev-001-0\\n${org} "10.0.0.2:7100";\\n$`));
   });
 
-  it('the njs lookup is versioned by the base configuration', () => {
+  it('the status server answers the base configuration version it was rendered with', () => {
     const o = { confDir: '/x', domain: 'd.local', listen: '443 ssl', certPath: '/c', keyPath: '/k', statusListen: '127.0.0.1:1' };
     assert.notEqual(configVersion(renderOrgsConf(o)), configVersion(renderOrgsConf({ ...o, certPath: '/c2' })));
-    assert.match(renderRoutesJs(o, 'abc'), /version: 'abc'/);
+    assert.match(renderOrgsConf(o, 'abc'), /local VERSION = "abc"/);
+  });
+
+  it('the route table: loaded from the files only into an empty zone, loads serialized, no eviction, no fill on a miss', () => {
+    const o = { confDir: '/etc/nginx/demiurge', domain: 'd.local', listen: '443 ssl', certPath: '/c', keyPath: '/k', statusListen: '127.0.0.1:1' };
+    const conf = renderOrgsConf(o, 'v1');
+    const init = /init_by_lua_block \{\n([\s\S]+?)\n\}\n/.exec(conf)?.[1] ?? '';
+    assert.ok(init, 'one init_by_lua_block');
+    assert.match(init, /local ROUTES = "\/etc\/nginx\/demiurge\/routes\/"/);
+    // A fresh start loads every file once; a HUP (zone kept, LOADED set) does not read them again.
+    assert.match(init, /if not routes:get\(LOADED\) then[\s\S]+opendir\(ROUTES\)[\s\S]+routes:set\(LOADED, true\)\n[^\n]*\n    end$/);
+    // A load holds the cross-worker lock around its reads and writes.
+    const load = /function demiurge\.load\(\)([\s\S]+?)\n    end\n/.exec(init)?.[1] ?? '';
+    assert.ok(load.indexOf('routes:add(LOCK') < load.indexOf('read_route(id)') && load.indexOf('read_route(id)') < load.indexOf('routes:delete(LOCK)'));
+    assert.doesNotMatch(init, /routes:set\(id/, 'entries use safe_set: a full table never evicts another route');
+    // The request path reads the table only: a miss is never filled from a file.
+    const location = /location \/ \{([\s\S]+?)\n    \}/.exec(conf)?.[1] ?? '';
+    assert.doesNotMatch(location, /read_route|io\.open|load/);
+    assert.match(renderOrgsConf({ ...o, naming: 'flat' }), /if #id == 26 then id = demiurge\.uuid_of\(id\) end/);
   });
 
   it('classifies failures that certainly changed nothing', () => {

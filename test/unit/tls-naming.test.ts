@@ -102,7 +102,7 @@ describe('stage-1 rendering with per-org certificates and flat names', () => {
     assert.match(conf, /ssl_certificate \/tls\/fullchain\.pem;/);
     assert.match(conf, /ssl_certificate_key \/tls\/privkey\.pem;/);
     assert.doesNotMatch(conf, /tlsOrg/);
-    assert.doesNotMatch(renderRoutesJs(base, 'v'), /tlsOrg|CERTS/);
+    assert.doesNotMatch(renderRoutesJs(base), /tlsOrg|CERTS/);
   });
 
   it('with per-org certificates, one js_set decides per handshake and both maps follow it', () => {
@@ -113,10 +113,13 @@ describe('stage-1 rendering with per-org certificates and flat names', () => {
     assert.match(conf, /map \$demiurge_tls_org \$demiurge_ssl_certificate_key \{\n\s+"" \/tls\/privkey\.pem;\n\s+default \/etc\/nginx\/demiurge\/certs\/org-\$demiurge_tls_org\.pem;/);
     assert.match(conf, /ssl_certificate \$demiurge_ssl_certificate;/);
     assert.match(conf, /ssl_certificate_key \$demiurge_ssl_certificate_key;/);
-    const js = renderRoutesJs(o, 'v');
+    const js = renderRoutesJs(o);
     assert.match(js, /function tlsOrg\(r\)/);
-    assert.match(js, /export default \{ gateway: gateway, lookup: lookup, noGateway: noGateway, gatewayDown: gatewayDown, tlsOrg: tlsOrg \}/);
-    assert.match(js, /base: readable\(BASE_CERT\) && readable\(BASE_KEY\), pid: process\.pid/);
+    assert.match(js, /export default \{ noGateway: noGateway, gatewayDown: gatewayDown, tlsOrg: tlsOrg \}/);
+    // The status server (Lua) reports what the answering worker can read.
+    assert.match(conf, /"base":' \.\. tostring\(readable\(BASE_CERT\) and readable\(BASE_KEY\)\) \.\. ',"pid":' \.\. ngx\.worker\.pid\(\)/);
+    assert.match(conf, /local CERTS, BASE_CERT, BASE_KEY = "\/etc\/nginx\/demiurge\/certs\/", "\/tls\/fullchain\.pem", "\/tls\/privkey\.pem"/);
+    assert.match(renderOrgsConf(base), /local CERTS, BASE_CERT, BASE_KEY = nil, nil, nil/);
     assert.notEqual(renderOrgsConf(base), conf);
   });
 
@@ -144,7 +147,7 @@ describe('stage-1 rendering with per-org certificates and flat names', () => {
   });
 
   it("njs's compact-id decoder agrees with naming.uuidOfCompactId", () => {
-    const js = renderRoutesJs({ ...base, naming: 'flat' }, 'v');
+    const js = renderRoutesJs({ ...base, naming: 'flat' });
     const src = /var B32 = [^\n]+\nfunction uuidOf\(token\) \{[\s\S]+?\n\}\n/.exec(js)?.[0];
     assert.ok(src, 'decoder rendered');
     const uuidOf = new Function(`${src}; return uuidOf;`)() as (t: string) => string;

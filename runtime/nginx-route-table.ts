@@ -1,0 +1,229 @@
+/**
+ * Stage 1's live route table, rendered into the org server's configuration
+ * (runtime/nginx-config.ts, whose header gives the design): a
+ * `lua_shared_dict` org id → `host:port`, loaded from every route file when
+ * nginx starts with an empty zone, then kept by the allocator's loads of the
+ * files it writes; and the status server's Lua handlers (`demiurge.lookup`,
+ * `demiurge.load`). Lua (LuaJIT 2.1, lua-nginx-module 0.10 with
+ * lua-resty-core, Debian 12); the code is static, only the locals at the top
+ * of the init block depend on the configuration.
+ */
+
+/** The shared-memory route table. Fixed on purpose: a zone whose size changes is new (empty) at that reload. */
+export const ROUTES_DICT = 'demiurge_routes';
+export const ROUTES_DICT_SIZE = '32m';
+
+export interface RouteTableOptions {
+  /** `<confDir>/routes`, without the trailing slash. */
+  routesDir: string;
+  /** Base configuration version the status server reports. */
+  version: string;
+  /** Flat names: the org id may come as naming.compactId. */
+  flat: boolean;
+  /** Per-org certificate bundles: the status server also reports which the workers can read. */
+  certDir?: string;
+  certPath: string;
+  keyPath: string;
+}
+
+/** A Lua pattern of a lowercase UUID (Lua patterns have no `{n}`). */
+export const LUA_UUID = [8, 4, 4, 4, 12].map((n) => '[0-9a-f]'.repeat(n)).join('%-');
+
+/** A Lua string literal (paths and versions: no control characters). */
+function luaString(s: string): string {
+  return JSON.stringify(s);
+}
+
+/** Reading route files and answering the status server. */
+const LUA_HELPERS = `
+    local function is_id(s)
+        return #s == 36 and s:find(ID) ~= nil
+    end
+
+    -- The gateway (host:port) an org's route file names, nil when there is no file (or it is not the org's).
+    local function read_route(id)
+        local f = io.open(ROUTES .. "org-" .. id .. ".conf", "r")
+        if not f then
+            return nil
+        end
+        local text = "\\n" .. (f:read("*a") or "")
+        f:close()
+        local at = text:find("\\n" .. id .. ' "', 1, true)
+        return at and text:match('^([%w%.%-_:%[%]]+)";', at + #id + 3) or nil
+    end
+
+    local function json_str(s)
+        return '"' .. (s:gsub('[%c"\\\\]', function(ch) return string.format("\\\\u%04x", ch:byte()) end)) .. '"'
+    end
+
+    local function readable(file)
+        local f = io.open(file, "r")
+        if f then
+            f:close()
+            return true
+        end
+        return false
+    end
+
+    local function ids_of(arg)
+        local ids = {}
+        for id in (arg or ""):gmatch("[^,]+") do
+            if is_id(id) then
+                ids[#ids + 1] = id
+            end
+        end
+        return ids
+    end
+
+    -- What the table holds for each id: what every worker routes it to right now (and, with per-org
+    -- certificates, whether the answering worker can read each org's bundle and the base certificate).
+    local function answer(ids)
+        local r, c = {}, {}
+        for _, id in ipairs(ids) do
+            r[#r + 1] = json_str(id) .. ":" .. json_str(routes:get(id) or "")
+            if CERTS then
+                c[#c + 1] = json_str(id) .. ":" .. tostring(readable(CERTS .. "org-" .. id .. ".pem"))
+            end
+        end
+        local out = '{"version":' .. json_str(VERSION) .. ',"routes":{' .. table.concat(r, ",") .. "}"
+        if CERTS then
+            out = out .. ',"certs":{' .. table.concat(c, ",") .. '},"base":' .. tostring(readable(BASE_CERT) and readable(BASE_KEY)) .. ',"pid":' .. ngx.worker.pid()
+        end
+        return out .. "}"
+    end
+`;
+
+/** The status server's handlers. */
+const LUA_HANDLERS = `
+    -- GET /__demiurge/routes?ids=a,b: the table's entries.
+    function demiurge.lookup()
+        ngx.header["Content-Type"] = "application/json"
+        ngx.print(answer(ids_of(ngx.var.arg_ids)))
+    end
+
+    -- POST /__demiurge/routes/load?ids=a,b: (re)load exactly these orgs' route files into the table (an
+    -- absent file removes the entry), then answer what it holds. Loads are serialized across workers by
+    -- a lock entry (it expires by itself after 5 s should a worker die holding it), so a load's read of
+    -- a file and its write of the entry are never interleaved with another load's.
+    function demiurge.load()
+        if ngx.req.get_method() ~= "POST" then
+            return ngx.exit(405)
+        end
+        local ids = ids_of(ngx.var.arg_ids)
+        local waited = 0
+        while not routes:add(LOCK, ngx.worker.pid(), 5) do
+            if waited > 5 then
+                return ngx.exit(503)
+            end
+            ngx.sleep(0.001)
+            waited = waited + 0.001
+        end
+        local failed
+        for _, id in ipairs(ids) do
+            local target = read_route(id)
+            if target then
+                -- safe_set: a full table answers an error instead of evicting another org's route.
+                local ok, err = routes:safe_set(id, target)
+                if not ok then
+                    failed = id .. ": " .. tostring(err)
+                end
+            else
+                routes:delete(id)
+            end
+        end
+        routes:delete(LOCK)
+        if failed then
+            ngx.log(ngx.ERR, "demiurge: route table ${ROUTES_DICT} (${ROUTES_DICT_SIZE}) cannot hold ", failed)
+            return ngx.exit(507)
+        end
+        ngx.header["Content-Type"] = "application/json"
+        ngx.print(answer(ids))
+    end
+`;
+
+/** Flat names' compact org id, decoded as the njs decoder and naming.uuidOfCompactId do. */
+const LUA_COMPACT_DECODER = `
+    -- Flat names carry the org id as naming.compactId (26 base32 characters; the map has checked them).
+    local B32 = "abcdefghijklmnopqrstuvwxyz234567"
+    function demiurge.uuid_of(token)
+        local hex, acc, bits = {}, 0, 0
+        for i = 1, #token do
+            acc = bit.bor(bit.lshift(acc, 5), B32:find(token:sub(i, i), 1, true) - 1)
+            bits = bits + 5
+            if bits >= 8 then
+                hex[#hex + 1] = string.format("%02x", bit.band(bit.rshift(acc, bits - 8), 255))
+                bits = bits - 8
+                acc = bit.band(acc, bit.lshift(1, bits) - 1)
+            end
+        end
+        local h = table.concat(hex)
+        return h:sub(1, 8) .. "-" .. h:sub(9, 12) .. "-" .. h:sub(13, 16) .. "-" .. h:sub(17, 20) .. "-" .. h:sub(21, 32)
+    end
+`;
+
+/** The first load of a fresh zone (readdir through LuaJIT's FFI: glibc's 64-bit struct dirent). */
+const LUA_INITIAL_LOAD = `
+    -- A fresh nginx (a new, empty zone): every route file, once, here in the master before it listens.
+    -- A HUP reload keeps the zone and its LOADED mark, and must not read the files again: that read
+    -- could race a writer's load and put back a route it just removed. (nginx -t runs this too, in its
+    -- own zone: it reads the files and changes nothing.)
+    if not routes:get(LOADED) then
+        local ffi = require("ffi")
+        pcall(ffi.cdef, [[
+            typedef struct demiurge_dir demiurge_dir;
+            struct demiurge_dirent { uint64_t d_ino; int64_t d_off; unsigned short d_reclen; unsigned char d_type; char d_name[256]; };
+            demiurge_dir *opendir(const char *name);
+            struct demiurge_dirent *readdir(demiurge_dir *dir);
+            int closedir(demiurge_dir *dir);
+        ]])
+        local n, dir = 0, ffi.C.opendir(ROUTES)
+        if dir ~= nil then
+            while true do
+                local e = ffi.C.readdir(dir)
+                if e == nil then
+                    break
+                end
+                local id = ffi.string(e.d_name):match("^org%-(${LUA_UUID})%.conf$")
+                local target = id and read_route(id)
+                if target then
+                    local ok, err = routes:safe_set(id, target)
+                    if ok then
+                        n = n + 1
+                    else
+                        ngx.log(ngx.ERR, "demiurge: route table ${ROUTES_DICT} (${ROUTES_DICT_SIZE}) cannot hold ", id, ": ", err)
+                    end
+                end
+            end
+            ffi.C.closedir(dir)
+        end
+        routes:set(LOADED, true)
+        ngx.log(ngx.NOTICE, "demiurge: ", n, " routes loaded from ", ROUTES)
+    end
+`;
+
+/** nginx (http context): the table's zone and the init block that defines the `demiurge` handlers. */
+export function renderRouteTable(o: RouteTableOptions): string {
+  const certs = o.certDir ? `${luaString(`${o.certDir}/`)}, ${luaString(o.certPath)}, ${luaString(o.keyPath)}` : 'nil, nil, nil';
+  return `# The live route table: org id -> host:port of its gateway, in shared memory (every worker,
+# every worker generation across a HUP reload). Its size is fixed on purpose: a zone whose size
+# changes is a new, empty zone at that reload.
+lua_shared_dict ${ROUTES_DICT} ${ROUTES_DICT_SIZE};
+
+init_by_lua_block {
+    -- demiurge-allocator: written by the gateway allocator; do not edit by hand (runtime/nginx-route-table.ts).
+    local routes = ngx.shared.${ROUTES_DICT}
+    local ROUTES = ${luaString(`${o.routesDir}/`)}
+    local VERSION = ${luaString(o.version)}
+    local CERTS, BASE_CERT, BASE_KEY = ${certs}
+    local ID = "^${LUA_UUID}$"
+    local LOCK, LOADED = "~load-lock", "~loaded"
+    demiurge = {}
+${LUA_HELPERS}${LUA_HANDLERS}${o.flat ? LUA_COMPACT_DECODER : ''}${LUA_INITIAL_LOAD}}
+`;
+}
+
+/** The org location's per-request lookup: one shared-dict get ("" when there is no route or no org id). */
+export function routeLookupDirective(flat: boolean): string {
+  const id = flat ? 'local id = ngx.var.demiurge_org_id; if #id == 26 then id = demiurge.uuid_of(id) end; ' : '';
+  return `set_by_lua_block $demiurge_gateway { ${id}return ngx.shared.${ROUTES_DICT}:get(${flat ? 'id' : 'ngx.var.demiurge_org_id'}) or "" }`;
+}
