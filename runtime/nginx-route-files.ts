@@ -16,9 +16,6 @@ import { nginxLockFailure, nginxLockKey } from './nginx-lock';
 import { readOwnedFiles, removeAbandonedTempFiles, writeAtomic } from './owned-files';
 import type { LookupAnswer, Stage1Status } from './stage1-status';
 
-/** How long a removal keeps asking an nginx that does not answer (see confirm). */
-const REMOVAL_WAIT_MS = 2_000;
-
 export interface RouteChange {
   orgId: string;
   /** Checked inside the config lock, as for DNS actions. */
@@ -73,29 +70,34 @@ export class RouteFiles extends FencedBatchWriter<RouteChange, string> {
   }
 
   /**
-   * After the lock: additions must be in nginx's route table (until the live timeout: NGINX_FAILED); a
-   * removal counts once nginx answered after the file was removed. The first check reads the table
-   * (write() loaded the batch under the lock); later ones load the files again — safe outside the lock,
-   * as nginx serializes loads and each reads the files as they are then, so the last load always wins.
-   * If nginx does not answer it is stopped or starting: a start that read the files before the removal
-   * listens moments later, so removals keep asking for REMOVAL_WAIT_MS; a stopped nginx routes nothing,
-   * and loads the files when it starts.
+   * After the lock: additions must be in nginx's route table, and removals gone from it, before the batch
+   * resolves (until the live timeout: NGINX_FAILED, retryable). The first check reads the table (write()
+   * loaded the batch under the lock); later ones load the files again: safe outside the lock, as nginx
+   * serializes loads and each reads the files as they are then, so the last load always wins (an answer to
+   * a load made after the removal reflects the files, a later writer's re-addition included).
+   * A removal nginx does not answer is NOT taken as done, even when nginx looks stopped: a starting nginx
+   * may have read the files before the removal, and a release that resolved while its route came back
+   * would send the organization's traffic to a gateway another organization gets next. A release while
+   * stage 1 is down therefore fails (the gateway stays `releasing`; a retry or reconcile() finishes it).
    */
   protected async confirm(written: RouteChange[]): Promise<void> {
     if (written.length === 0) return;
     const ids = written.map((c) => c.orgId);
     const want = new Map(written.flatMap((c) => (c.target ? [[c.orgId, `${c.target.host}:${c.target.port}`] as const] : [])));
+    const removed = written.filter((c) => !c.target).map((c) => c.orgId);
     let last: LookupAnswer | undefined;
-    let first = true;
+    let loaded = false;
     const check = async (): Promise<boolean> => {
-      last = await (first ? this.status.lookup(ids) : this.status.load(ids));
-      first = false;
-      return !!last && [...want].every(([id, target]) => last?.routes[id] === target);
+      last = await (loaded ? this.status.load(ids) : this.status.lookup(ids));
+      const fromLoad = loaded;
+      loaded = true;
+      if (!last) return false;
+      const answer = last;
+      return [...want].every(([id, target]) => answer.routes[id] === target) && (fromLoad || removed.every((id) => answer.routes[id] === ''));
     };
-    const failure = (): string => `nginx does not serve the new route(s): status server ${this.status.listen} ${last ? `answers ${JSON.stringify(last.routes).slice(0, 200)}` : 'does not answer'}`;
-    if (want.size > 0) return this.status.waitFor(check, failure);
-    // Removals only: any answer holds (check is true once nginx answers), so a timeout means no answer.
-    await this.status.waitFor(check, failure, REMOVAL_WAIT_MS).catch(() => undefined);
+    const failure = (): string =>
+      `nginx does not confirm the route change(s) (${want.size} added, ${removed.length} removed): status server ${this.status.listen} ${last ? `answers ${JSON.stringify(last.routes).slice(0, 200)}` : 'does not answer'}`;
+    await this.status.waitFor(check, failure);
   }
 
   protected failure(err: unknown): AllocatorError {

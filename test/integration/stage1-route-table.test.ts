@@ -9,7 +9,7 @@ import { strict as assert } from 'assert';
 import { readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'fs';
 import * as https from 'https';
 import * as path from 'path';
-import { GatewayAllocator } from '../../runtime';
+import { GatewayAllocator, isAllocatorError } from '../../runtime';
 import { Stage1Status } from '../../runtime/stage1-status';
 import { testAllocatorOptions } from '../helpers/allocator-settings';
 import { gatewayHost, randomOrg, startStandInGateways, suiteId } from '../helpers/fixtures';
@@ -128,14 +128,17 @@ describe('stage-1 route table (real nginx, lua_shared_dict loaded from the route
     assertNoGateway(await get(org), org);
   });
 
-  it('a fresh nginx loads every route file: allocated orgs are served, one released while nginx was down is not', async () => {
+  it('a fresh nginx loads every route file: allocated orgs are served, one released while nginx was down is not (and its release finishes later)', async () => {
     const [kept, released] = [randomOrg(), randomOrg()];
     const gw = await allocator.allocate(kept);
     await allocator.allocate(released);
     await nginx.stopAndWait();
     try {
-      // nginx down: the removal cannot be loaded; it resolves (a stopped nginx routes nothing) and the file is gone.
-      await allocator.release(released);
+      // nginx down: the removal cannot be confirmed, so the release fails (retryable) and the gateway is not
+      // given to anyone else; its file is gone, so nginx's next start does not route it.
+      await assert.rejects(allocator.release(released), (err: unknown) => isAllocatorError(err) && err.code === 'NGINX_FAILED' && err.retryable);
+      const row = (await allocator.list()).find((g) => g.organizationId === released);
+      assert.equal(row?.state, 'releasing', 'the gateway stays releasing until the removal is confirmed');
     } finally {
       nginx.start();
     }
@@ -145,6 +148,9 @@ describe('stage-1 route table (real nginx, lua_shared_dict loaded from the route
     assert.equal(r.status, 200, r.body);
     assert.equal(JSON.parse(r.body).gatewayAddress, gw.host);
     assertNoGateway(await get(released), released);
+    // The failed release ended its lease: reconcile finishes it now that nginx answers.
+    const report = await allocator.reconcile();
+    assert.deepEqual(report.recovered.map((r) => r.organizationId), [released]);
     await allocator.release(kept);
     assertNoGateway(await get(kept), kept);
   });
