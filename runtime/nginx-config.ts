@@ -23,12 +23,16 @@
  *    load reads the files as they are when it runs, so the last load after the
  *    last write of a file leaves the table equal to the file, whatever the
  *    order in which concurrent writers' loads arrive;
- *  - a fresh nginx (new master: an empty zone) loads every route file once in
- *    `init_by_lua` (the master, before it listens) and marks the table loaded;
- *    a HUP reload keeps the zone (same name and size), so it does not read the
- *    files again (that read could race a writer's load and bring back a route
- *    just removed). The zone's size is therefore fixed (ROUTES_DICT_SIZE):
- *    changing it starts an empty zone at that reload, loaded from the files;
+ *  - a fresh nginx (new master: an empty zone) loads every route file once, in
+ *    one worker's `init_worker` (after the master bound its sockets, before that
+ *    worker accepts; every load waits for it) and marks the table loaded. So a
+ *    removal whose status request is refused (nothing bound) is honoured by the
+ *    initial load to come, and a removal nginx answers not at all fails the
+ *    release (runtime/nginx-route-files.ts). A HUP reload keeps the zone (same
+ *    name and size), so it does not read the files again (that read could race
+ *    a writer's load and bring back a route just removed). The zone's size is
+ *    therefore fixed (ROUTES_DICT_SIZE): changing it starts an empty zone at
+ *    that reload, loaded from the files;
  *  - a miss is a miss: no lazy fill from the file on an unknown org (a fill
  *    racing a release could read the file just before its removal and put a
  *    stale route back after the release's load — gateways are reused by other

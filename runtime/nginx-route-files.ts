@@ -14,7 +14,7 @@ import { FencedBatchWriter, type ActionCondition, type Guard, type OwnedEntry } 
 import { orgIdOfRouteFile, renderRoute, routeFileName, routeOwnerLine } from './nginx-config';
 import { nginxLockFailure, nginxLockKey } from './nginx-lock';
 import { readOwnedFiles, removeAbandonedTempFiles, writeAtomic } from './owned-files';
-import type { LookupAnswer, Stage1Status } from './stage1-status';
+import { NOT_LISTENING, type LookupAnswer, type Stage1Status } from './stage1-status';
 
 export interface RouteChange {
   orgId: string;
@@ -75,10 +75,12 @@ export class RouteFiles extends FencedBatchWriter<RouteChange, string> {
    * loaded the batch under the lock); later ones load the files again: safe outside the lock, as nginx
    * serializes loads and each reads the files as they are then, so the last load always wins (an answer to
    * a load made after the removal reflects the files, a later writer's re-addition included).
-   * A removal nginx does not answer is NOT taken as done, even when nginx looks stopped: a starting nginx
-   * may have read the files before the removal, and a release that resolved while its route came back
-   * would send the organization's traffic to a gateway another organization gets next. A release while
-   * stage 1 is down therefore fails (the gateway stays `releasing`; a retry or reconcile() finishes it).
+   * A removal-only batch also holds when nothing listens on the status address (connection refused):
+   * nginx is stopped, or not yet bound, and its initial load runs in a worker after binding, so it reads
+   * the files after this removal (runtime/nginx-route-table.ts). Any other silence (a timeout, an error
+   * answer) is NOT taken as done: a running nginx that did not load the removal would keep routing the
+   * organization to a gateway another organization gets next. Then the release fails with NGINX_FAILED
+   * (retryable; the gateway stays `releasing`, and a retry or reconcile() finishes it).
    */
   protected async confirm(written: RouteChange[]): Promise<void> {
     if (written.length === 0) return;
@@ -88,9 +90,11 @@ export class RouteFiles extends FencedBatchWriter<RouteChange, string> {
     let last: LookupAnswer | undefined;
     let loaded = false;
     const check = async (): Promise<boolean> => {
-      last = await (loaded ? this.status.load(ids) : this.status.lookup(ids));
+      const got = await (loaded ? this.status.loadOrNotListening(ids) : this.status.lookup(ids));
       const fromLoad = loaded;
       loaded = true;
+      if (got === NOT_LISTENING) return want.size === 0;
+      last = got;
       if (!last) return false;
       const answer = last;
       return [...want].every(([id, target]) => answer.routes[id] === target) && (fromLoad || removed.every((id) => answer.routes[id] === ''));

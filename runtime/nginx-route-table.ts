@@ -110,6 +110,9 @@ const LUA_HANDLERS = `
             return ngx.exit(405)
         end
         local ids = ids_of(ngx.var.arg_ids)
+        if not wait_loaded() then
+            return ngx.exit(503)
+        end
         local waited = 0
         while not routes:add(LOCK, ngx.worker.pid(), 5) do
             if waited > 5 then
@@ -163,11 +166,8 @@ const LUA_COMPACT_DECODER = `
 
 /** The first load of a fresh zone (readdir through LuaJIT's FFI: glibc's 64-bit struct dirent). */
 const LUA_INITIAL_LOAD = `
-    -- A fresh nginx (a new, empty zone): every route file, once, here in the master before it listens.
-    -- A HUP reload keeps the zone and its LOADED mark, and must not read the files again: that read
-    -- could race a writer's load and put back a route it just removed. (nginx -t runs this too, in its
-    -- own zone: it reads the files and changes nothing.)
-    if not routes:get(LOADED) then
+    -- Every route file into the table (a fresh zone only).
+    local function load_all()
         local ffi = require("ffi")
         pcall(ffi.cdef, [[
             typedef struct demiurge_dir demiurge_dir;
@@ -199,6 +199,38 @@ const LUA_INITIAL_LOAD = `
         routes:set(LOADED, true)
         ngx.log(ngx.NOTICE, "demiurge: ", n, " routes loaded from ", ROUTES)
     end
+
+    -- A fresh nginx (a new, empty zone): ONE worker loads every route file, in init_worker, i.e. after
+    -- the master has bound its sockets, and before that worker accepts; every load waits for it (below).
+    -- So a writer whose status request is refused (nothing bound yet, or nginx stopped) knows that any
+    -- initial load reads the files after its change: a refused removal is a removal nginx will honour.
+    -- (Loading in the master, before it binds, would read a file a writer could remove before nginx
+    -- answers, and bring its route back.) A HUP reload keeps the zone and its LOADED mark and never
+    -- reads the files again (the same race); nginx -t reads nothing. While the first load runs, the other
+    -- worker may already answer requests: for those few milliseconds a miss is the no-gateway page.
+    function demiurge.start_worker()
+        if routes:get(LOADED) or not routes:add(LOADING, ngx.worker.pid(), 60) then
+            return
+        end
+        load_all()
+    end
+
+    -- Loads wait for the initial load; should its worker have died in it (LOADING expires), a load does it.
+    local function wait_loaded()
+        local waited = 0
+        while not routes:get(LOADED) do
+            if routes:add(LOADING, ngx.worker.pid(), 60) then
+                load_all()
+                return true
+            end
+            if waited > 5 then
+                return false
+            end
+            ngx.sleep(0.001)
+            waited = waited + 0.001
+        end
+        return true
+    end
 `;
 
 /** nginx (http context): the table's zone and the init block that defines the `demiurge` handlers. */
@@ -216,9 +248,13 @@ init_by_lua_block {
     local VERSION = ${luaString(o.version)}
     local CERTS, BASE_CERT, BASE_KEY = ${certs}
     local ID = "^${LUA_UUID}$"
-    local LOCK, LOADED = "~load-lock", "~loaded"
+    local LOCK, LOADED, LOADING = "~load-lock", "~loaded", "~loading"
     demiurge = {}
-${LUA_HELPERS}${LUA_HANDLERS}${o.flat ? LUA_COMPACT_DECODER : ''}${LUA_INITIAL_LOAD}}
+${LUA_HELPERS}${LUA_INITIAL_LOAD}${LUA_HANDLERS}${o.flat ? LUA_COMPACT_DECODER : ''}}
+
+init_worker_by_lua_block {
+    demiurge.start_worker()
+}
 `;
 }
 

@@ -23,6 +23,9 @@ const LOOKUP_CHUNK = 100;
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
+/** A status request was refused: nothing is bound to the status address. */
+export const NOT_LISTENING = 'not-listening';
+
 export class Stage1Status {
   constructor(
     /** Loopback address of the status server, `host:port`. */
@@ -33,7 +36,7 @@ export class Stage1Status {
 
   /** Asks nginx's workers how they route the given organizations; undefined if nginx does not answer. */
   lookup(orgIds: string[]): Promise<LookupAnswer | undefined> {
-    return this.ask('GET', '/__demiurge/routes', orgIds);
+    return this.ask('GET', '/__demiurge/routes', orgIds).then((a) => (a === NOT_LISTENING ? undefined : a));
   }
 
   /**
@@ -41,16 +44,25 @@ export class Stage1Status {
    * the entry); answers what the table then holds, as `lookup` does; undefined if nginx does not answer.
    */
   load(orgIds: string[]): Promise<LookupAnswer | undefined> {
+    return this.ask('POST', '/__demiurge/routes/load', orgIds).then((a) => (a === NOT_LISTENING ? undefined : a));
+  }
+
+  /**
+   * As `load`, but tells "nothing listens on the status address" (connection refused: nginx stopped,
+   * or not yet bound, so its initial load is still to come) from any other failure.
+   */
+  loadOrNotListening(orgIds: string[]): Promise<LookupAnswer | typeof NOT_LISTENING | undefined> {
     return this.ask('POST', '/__demiurge/routes/load', orgIds);
   }
 
-  private async ask(method: 'GET' | 'POST', urlPath: string, orgIds: string[]): Promise<LookupAnswer | undefined> {
+  private async ask(method: 'GET' | 'POST', urlPath: string, orgIds: string[]): Promise<LookupAnswer | typeof NOT_LISTENING | undefined> {
     if (orgIds.length <= LOOKUP_CHUNK) return this.askOnce(method, urlPath, orgIds);
     // nginx answers 414 to a request line over 8 KiB (~215 ids): ask in chunks, in parallel.
     const chunks: string[][] = [];
     for (let i = 0; i < orgIds.length; i += LOOKUP_CHUNK) chunks.push(orgIds.slice(i, i + LOOKUP_CHUNK));
     const answers = await Promise.all(chunks.map((c) => this.askOnce(method, urlPath, c)));
-    if (answers.some((a) => a === undefined)) return undefined;
+    if (answers.every((a) => a === NOT_LISTENING)) return NOT_LISTENING;
+    if (answers.some((a) => a === undefined || a === NOT_LISTENING)) return undefined;
     const [first, ...rest] = answers as LookupAnswer[];
     return rest.reduce<LookupAnswer>(
       (acc, a) => ({ ...acc, routes: { ...acc.routes, ...a.routes }, ...(a.certs ? { certs: { ...acc.certs, ...a.certs } } : {}) }),
@@ -67,7 +79,7 @@ export class Stage1Status {
     }
   }
 
-  private askOnce(method: 'GET' | 'POST', urlPath: string, orgIds: string[]): Promise<LookupAnswer | undefined> {
+  private askOnce(method: 'GET' | 'POST', urlPath: string, orgIds: string[]): Promise<LookupAnswer | typeof NOT_LISTENING | undefined> {
     const i = this.listen.lastIndexOf(':');
     const host = this.listen.slice(0, i);
     const port = Number(this.listen.slice(i + 1));
@@ -84,7 +96,7 @@ export class Stage1Status {
           }
         });
       });
-      req.on('error', () => resolve(undefined));
+      req.on('error', (err: NodeJS.ErrnoException) => resolve(err.code === 'ECONNREFUSED' ? NOT_LISTENING : undefined));
       req.on('timeout', () => req.destroy());
       req.end();
     });

@@ -53,10 +53,16 @@ describe('runtime pure logic', () => {
     const init = /init_by_lua_block \{\n([\s\S]+?)\n\}\n/.exec(conf)?.[1] ?? '';
     assert.ok(init, 'one init_by_lua_block');
     assert.match(init, /local ROUTES = "\/etc\/nginx\/demiurge\/routes\/"/);
-    // A fresh start loads every file once; a HUP (zone kept, LOADED set) does not read them again.
-    assert.match(init, /if not routes:get\(LOADED\) then[\s\S]+opendir\(ROUTES\)[\s\S]+routes:set\(LOADED, true\)\n[^\n]*\n    end$/);
-    // A load holds the cross-worker lock around its reads and writes.
-    const load = /function demiurge\.load\(\)([\s\S]+?)\n    end\n/.exec(init)?.[1] ?? '';
+    // A fresh start loads every file once, in ONE worker (init_worker: after the master bound its sockets), never
+    // in the master; a HUP (zone kept, LOADED set) does not read them again.
+    assert.match(conf, /init_worker_by_lua_block \{\n    demiurge\.start_worker\(\)\n\}/);
+    const start = /function demiurge\.start_worker\(\)([\s\S]+?)\n    end\n/.exec(init)?.[1] ?? '';
+    assert.match(start, /if routes:get\(LOADED\) or not routes:add\(LOADING, [^\n]+\n\s+return\n\s+end\n\s+load_all\(\)$/);
+    assert.match(init, /local function load_all\(\)[\s\S]+opendir\(ROUTES\)[\s\S]+routes:set\(LOADED, true\)/);
+    assert.doesNotMatch(init.replace(/function [\s\S]+?\n    end\n/g, ''), /load_all\(\)/, 'the init block itself (the master) loads nothing');
+    // A load waits for the initial load, then holds the cross-worker lock around its reads and writes.
+    const load = /function demiurge\.load\(\)([\s\S]+?)\n    end(?:\n|$)/.exec(init)?.[1] ?? '';
+    assert.ok(load.indexOf('wait_loaded()') >= 0 && load.indexOf('wait_loaded()') < load.indexOf('routes:add(LOCK'));
     assert.ok(load.indexOf('routes:add(LOCK') < load.indexOf('read_route(id)') && load.indexOf('read_route(id)') < load.indexOf('routes:delete(LOCK)'));
     assert.doesNotMatch(init, /routes:set\(id/, 'entries use safe_set: a full table never evicts another route');
     // The request path reads the table only: a miss is never filled from a file.
