@@ -338,7 +338,7 @@ server {
 
     location / {
         # One shared-dict get per request; "" (no route, or no org id) answers the no-gateway page.
-        ${routeLookupDirective(flat)}
+        ${routeLookupDirective()}
         if ($demiurge_gateway = "") {
             return 404;
         }

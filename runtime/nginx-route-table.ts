@@ -93,8 +93,22 @@ const LUA_HELPERS = `
     end
 `;
 
-/** The status server's handlers. */
+/** The per-request lookup, then the status server's handlers. */
 const LUA_HANDLERS = `
+    -- The org location's route, once per request (set_by_lua_block, routeLookupDirective): the gateway's
+    -- host:port, "" when there is none. A function defined here, with the table, its get and ngx.var as
+    -- upvalues, because LuaJIT compiles it; the same code inline in the set_by_lua chunk is never
+    -- compiled (its ngx.var read aborts every trace, "NYI: return to lower frame") and runs interpreted,
+    -- about twice the Lua CPU per request (docs/bench.md, row 5).
+    local var, get = ngx.var, routes.get
+    function demiurge.route()
+        local id = var.demiurge_org_id
+        if FLAT and #id == 26 then
+            id = demiurge.uuid_of(id)
+        end
+        return get(routes, id) or ""
+    end
+
     -- GET /__demiurge/routes?ids=a,b: the table's entries.
     function demiurge.lookup()
         ngx.header["Content-Type"] = "application/json"
@@ -248,6 +262,7 @@ init_by_lua_block {
     local VERSION = ${luaString(o.version)}
     local CERTS, BASE_CERT, BASE_KEY = ${certs}
     local ID = "^${LUA_UUID}$"
+    local FLAT = ${o.flat ? 'true' : 'false'}
     local LOCK, LOADED, LOADING = "~load-lock", "~loaded", "~loading"
     demiurge = {}
 ${LUA_HELPERS}${LUA_INITIAL_LOAD}${LUA_HANDLERS}${o.flat ? LUA_COMPACT_DECODER : ''}}
@@ -259,7 +274,6 @@ init_worker_by_lua_block {
 }
 
 /** The org location's per-request lookup: one shared-dict get ("" when there is no route or no org id). */
-export function routeLookupDirective(flat: boolean): string {
-  const id = flat ? 'local id = ngx.var.demiurge_org_id; if #id == 26 then id = demiurge.uuid_of(id) end; ' : '';
-  return `set_by_lua_block $demiurge_gateway { ${id}return ngx.shared.${ROUTES_DICT}:get(${flat ? 'id' : 'ngx.var.demiurge_org_id'}) or "" }`;
+export function routeLookupDirective(): string {
+  return 'set_by_lua_block $demiurge_gateway { return demiurge.route() }';
 }

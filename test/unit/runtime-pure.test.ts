@@ -27,7 +27,10 @@ describe('runtime pure logic', () => {
     assert.match(conf, /org-\[0-9a-f\]\{8\}.*\\\.a\\\.b-c\\\.local\$"/);
     assert.equal((conf.match(/^server \{/gm) ?? []).length, 2, 'one org server plus the loopback status server');
     // The route is one shared-dict get per request (no njs per request), in the org location.
-    assert.match(conf, /location \/ \{\n\s+#[^\n]*\n\s+set_by_lua_block \$demiurge_gateway \{ return ngx\.shared\.demiurge_routes:get\(ngx\.var\.demiurge_org_id\) or "" \}/);
+    // It calls a function of the init block (LuaJIT compiles that one; the same code inline never is).
+    assert.match(conf, /location \/ \{\n\s+#[^\n]*\n\s+set_by_lua_block \$demiurge_gateway \{ return demiurge\.route\(\) \}/);
+    assert.match(conf, /local var, get = ngx\.var, routes\.get\n\s+function demiurge\.route\(\)\n\s+local id = var\.demiurge_org_id\n[\s\S]*?return get\(routes, id\) or ""/);
+    assert.match(conf, /local FLAT = false$/m);
     assert.doesNotMatch(conf, /js_set \$demiurge_gateway/);
     assert.match(conf, /^lua_shared_dict demiurge_routes 32m;$/m);
     assert.match(conf, /location = \/__demiurge\/routes \{\n\s+content_by_lua_block \{ demiurge\.lookup\(\) \}/);
@@ -68,7 +71,12 @@ describe('runtime pure logic', () => {
     // The request path reads the table only: a miss is never filled from a file.
     const location = /location \/ \{([\s\S]+?)\n    \}/.exec(conf)?.[1] ?? '';
     assert.doesNotMatch(location, /read_route|io\.open|load/);
-    assert.match(renderOrgsConf({ ...o, naming: 'flat' }), /if #id == 26 then id = demiurge\.uuid_of\(id\) end/);
+    const route = /function demiurge\.route\(\)([\s\S]+?)\n    end/.exec(conf)?.[1] ?? '';
+    assert.match(route, /get\(routes, id\)/);
+    assert.doesNotMatch(route, /read_route|io\.open|load/);
+    const flat = renderOrgsConf({ ...o, naming: 'flat' });
+    assert.match(flat, /local FLAT = true$/m);
+    assert.match(flat, /if FLAT and #id == 26 then\n\s+id = demiurge\.uuid_of\(id\)/);
   });
 
   it('classifies failures that certainly changed nothing', () => {
