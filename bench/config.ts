@@ -56,6 +56,13 @@ export interface BenchConfig {
   /** Row 5: seconds of each wrk run, and its connections. */
   wrkSeconds: number;
   wrkConnections: number;
+  /**
+   * Row 5: back-to-back pairs (stage 1 and the static proxy) of saturating runs, then of one-connection
+   * runs. Each pair's order alternates, so a machine that speeds up or slows down within a pair (a VM's
+   * host, a neighbour) counts against each side equally often.
+   */
+  wrkThroughputPairs: number;
+  wrkLatencyPairs: number;
 }
 
 export const CONFIG: BenchConfig = QUICK
@@ -72,6 +79,8 @@ export const CONFIG: BenchConfig = QUICK
       profile: args.has('--profile'),
       wrkSeconds: 1,
       wrkConnections: 16,
+      wrkThroughputPairs: 4,
+      wrkLatencyPairs: 2,
     }
   : {
       poolSize: 1000,
@@ -84,8 +93,10 @@ export const CONFIG: BenchConfig = QUICK
       seedOpsPerRep: 100,
       patchProbes: 2,
       profile: true,
-      wrkSeconds: 5,
+      wrkSeconds: 3,
       wrkConnections: 32,
+      wrkThroughputPairs: 12,
+      wrkLatencyPairs: 6,
     };
 export const scalePoolSize = Math.max(CONFIG.poolSize, Math.max(...CONFIG.scaleOrgs) + CONFIG.scaleBurstOps + 72);
 

@@ -104,53 +104,57 @@ export async function concurrencyPhase(ctx: PhaseContext, baseline: { allocate: 
 }
 
 /**
- * Row 5: wrk through stage 1 (one allocated organization) vs the static proxy, alternating. Requests/s come
- * from a saturating run (CONFIG.wrkConnections); latency from a one-connection run, where a request never
- * queues behind another, so its p99 is the routing's own added time and not the queue of a saturated server.
+ * Row 5: wrk through stage 1 (one allocated organization) vs the static proxy. Requests/s come from
+ * saturating runs (CONFIG.wrkConnections); latency from one-connection runs, where a request never queues
+ * behind another, so its p99 is the routing's own added time and not the queue of a saturated server.
+ * Each kind of run comes in back-to-back pairs, all of a kind in one block (the machine stays in the same
+ * state between them), and each pair's order alternates: on a VM whose speed drifts, whichever side ran
+ * first would otherwise be favoured in every pair (measured: docs/bench.md, row 5).
  */
 export async function routingPhase(ctx: PhaseContext): Promise<RoutingFigures> {
   const [org] = orgsOf(1);
   await ctx.run('allocate', [org], 1, 'routing: allocate the measured organization');
   const host = `org-${org}.${ctx.domain}`;
-  const stage1Url = `https://127.0.0.1:${HTTPS_PORT}/`;
-  const staticUrl = `https://127.0.0.1:${STATIC_PROXY_PORT}/`;
-  const runs = { stage1: { thr: [] as WrkRun[], lat: [] as WrkRun[] }, staticProxy: { thr: [] as WrkRun[], lat: [] as WrkRun[] } };
+  const urls = { stage1: `https://127.0.0.1:${HTTPS_PORT}/`, staticProxy: `https://127.0.0.1:${STATIC_PROXY_PORT}/` };
+  type Side = keyof typeof urls;
+  const runs = { stage1: { thr: [] as WrkRun[], lat: [] as WrkRun[], cpuUs: [] as number[] }, staticProxy: { thr: [] as WrkRun[], lat: [] as WrkRun[], cpuUs: [] as number[] } };
+  const orderOf = (pair: number): Side[] => (pair % 2 === 0 ? ['staticProxy', 'stage1'] : ['stage1', 'staticProxy']);
   try {
     // One short unmeasured run each: TLS session set-up, worker warm-up.
-    await runWrk(stage1Url, host, 1, CONFIG.wrkConnections);
-    await runWrk(staticUrl, host, 1, CONFIG.wrkConnections);
-    for (let rep = 0; rep < CONFIG.reps; rep++) {
-      const c0 = workersCpuUs(ctx.nginx);
-      const st = await runWrk(staticUrl, host, CONFIG.wrkSeconds, CONFIG.wrkConnections);
-      const c1 = workersCpuUs(ctx.nginx);
-      const s1 = await runWrk(stage1Url, host, CONFIG.wrkSeconds, CONFIG.wrkConnections);
-      const c2 = workersCpuUs(ctx.nginx);
-      const cpu = `worker CPU/request stage 1 ${((c2 - c1) / s1.requests).toFixed(1)} µs vs static ${((c1 - c0) / st.requests).toFixed(1)} µs`;
-      const stL = await runWrk(staticUrl, host, CONFIG.wrkSeconds, 1);
-      const s1L = await runWrk(stage1Url, host, CONFIG.wrkSeconds, 1);
-      runs.staticProxy.thr.push(st);
-      runs.stage1.thr.push(s1);
-      runs.staticProxy.lat.push(stL);
-      runs.stage1.lat.push(s1L);
+    for (const side of ['stage1', 'staticProxy'] as const) await runWrk(urls[side], host, 1, CONFIG.wrkConnections);
+    for (let pair = 0; pair < CONFIG.wrkThroughputPairs; pair++) {
+      for (const side of orderOf(pair)) {
+        const c0 = workersCpuUs(ctx.nginx);
+        const w = await runWrk(urls[side], host, CONFIG.wrkSeconds, CONFIG.wrkConnections);
+        runs[side].cpuUs.push((workersCpuUs(ctx.nginx) - c0) / w.requests);
+        runs[side].thr.push(w);
+      }
+      const [s1, st] = [runs.stage1.thr[pair], runs.staticProxy.thr[pair]];
       log(
-        `  routing rep ${rep + 1}: c=${CONFIG.wrkConnections} stage 1 ${s1.requestsPerS.toFixed(0)}/s vs static ${st.requestsPerS.toFixed(0)}/s` +
-          ` | c=1 p50/p99 stage 1 ${s1L.p50Ms.toFixed(3)}/${s1L.p99Ms.toFixed(3)} ms vs static ${stL.p50Ms.toFixed(3)}/${stL.p99Ms.toFixed(3)} ms | ${cpu} | errors ${s1.errors + s1L.errors}/${st.errors + stL.errors}`,
+        `  routing pair ${pair + 1} (${orderOf(pair)[0] === 'stage1' ? 'stage 1 first' : 'static first'}): c=${CONFIG.wrkConnections} stage 1 ${s1.requestsPerS.toFixed(0)}/s vs static ${st.requestsPerS.toFixed(0)}/s ` +
+          `(${((s1.requestsPerS / st.requestsPerS) * 100).toFixed(1)} %) | worker CPU/request stage 1 ${runs.stage1.cpuUs[pair].toFixed(1)} µs vs static ${runs.staticProxy.cpuUs[pair].toFixed(1)} µs | errors ${s1.errors}/${st.errors}`,
       );
+    }
+    for (let pair = 0; pair < CONFIG.wrkLatencyPairs; pair++) {
+      for (const side of orderOf(pair)) runs[side].lat.push(await runWrk(urls[side], host, CONFIG.wrkSeconds, 1));
+      const [s1, st] = [runs.stage1.lat[pair], runs.staticProxy.lat[pair]];
+      log(`  routing latency pair ${pair + 1}: c=1 p50/p99 stage 1 ${s1.p50Ms.toFixed(3)}/${s1.p99Ms.toFixed(3)} ms vs static ${st.p50Ms.toFixed(3)}/${st.p99Ms.toFixed(3)} ms | errors ${s1.errors}/${st.errors}`);
     }
   } finally {
     await ctx.run('release', [org], 1, 'routing: release the measured organization');
   }
-  const fig = (r: { thr: WrkRun[]; lat: WrkRun[] }): RoutingFigures['stage1'] => ({
+  const fig = (r: { thr: WrkRun[]; lat: WrkRun[]; cpuUs: number[] }): RoutingFigures['stage1'] => ({
     requestsPerS: spread(r.thr.map((x) => x.requestsPerS)),
     p50Ms: spread(r.lat.map((x) => x.p50Ms)),
     p99Ms: spread(r.lat.map((x) => x.p99Ms)),
     saturatedP99Ms: spread(r.thr.map((x) => x.p99Ms)),
+    workerCpuUsPerRequest: spread(r.cpuUs),
     errors: [...r.thr, ...r.lat].reduce((n, x) => n + x.errors, 0),
   });
   return {
     method:
-      `wrk over HTTPS on loopback (kept-alive TLS connections, Host = the organization's name), one thread: requests/s from -c${CONFIG.wrkConnections} runs (saturating), p50/p99 from -c1 runs (no queueing), ${CONFIG.wrkSeconds} s each; ` +
-      `stage 1 (regex server_name, map, shared-dict route lookup per request) and the same nginx's static-proxy server (same certificate and proxy directives, proxy_pass to one stand-in gateway), alternating, ${CONFIG.reps} runs of each kind`,
+      `wrk over HTTPS on loopback (kept-alive TLS connections, Host = the organization's name), one thread, ${CONFIG.wrkSeconds} s per run: requests/s from ${CONFIG.wrkThroughputPairs} back-to-back pairs of -c${CONFIG.wrkConnections} runs (saturating), p50/p99 from ${CONFIG.wrkLatencyPairs} pairs of -c1 runs (no queueing), each pair's order alternating; ` +
+      `stage 1 (regex server_name, map, shared-dict route lookup per request) and the same nginx's static-proxy server (same certificate and proxy directives, proxy_pass to one stand-in gateway)`,
     seconds: CONFIG.wrkSeconds,
     connections: CONFIG.wrkConnections,
     stage1: fig(runs.stage1),
@@ -158,6 +162,7 @@ export async function routingPhase(ctx: PhaseContext): Promise<RoutingFigures> {
     pairs: {
       requestsPerSRatio: spread(runs.stage1.thr.map((x, i) => x.requestsPerS / runs.staticProxy.thr[i].requestsPerS)),
       addedP99Ms: spread(runs.stage1.lat.map((x, i) => x.p99Ms - runs.staticProxy.lat[i].p99Ms)),
+      addedCpuUs: spread(runs.stage1.cpuUs.map((x, i) => x - runs.staticProxy.cpuUs[i])),
     },
   };
 }

@@ -97,10 +97,13 @@ export function renderMarkdown(r: BenchResults, h = '###'): string {
   const rt = r.routing;
   L.push(`${h}# Stage-1 routing overhead (row 5)`);
   L.push('');
-  L.push(`| | requests/s (c=${rt.connections}) | p99 at c=${rt.connections} (ms, queueing included) | p50, one connection (ms) | p99, one connection (ms) | errors |`);
-  L.push('| --- | --- | --- | --- | --- | --- |');
-  L.push(`| stage 1 (TLS, regex server_name, njs route lookup per request) | ${sp(rt.stage1.requestsPerS, 0)} | ${sp(rt.stage1.saturatedP99Ms, 2)} | ${sp(rt.stage1.p50Ms, 3)} | ${sp(rt.stage1.p99Ms, 3)} | ${rt.stage1.errors} |`);
-  L.push(`| same nginx, static upstream (same TLS and proxy directives) | ${sp(rt.staticProxy.requestsPerS, 0)} | ${sp(rt.staticProxy.saturatedP99Ms, 2)} | ${sp(rt.staticProxy.p50Ms, 3)} | ${sp(rt.staticProxy.p99Ms, 3)} | ${rt.staticProxy.errors} |`);
+  L.push(`| | requests/s (c=${rt.connections}) | p99 at c=${rt.connections} (ms, queueing included) | worker CPU per request (µs) | p50, one connection (ms) | p99, one connection (ms) | errors |`);
+  L.push('| --- | --- | --- | --- | --- | --- | --- |');
+  L.push(`| stage 1 (TLS, regex server_name, shared-dict route lookup per request) | ${sp(rt.stage1.requestsPerS, 0)} | ${sp(rt.stage1.saturatedP99Ms, 2)} | ${sp(rt.stage1.workerCpuUsPerRequest, 1)} | ${sp(rt.stage1.p50Ms, 3)} | ${sp(rt.stage1.p99Ms, 3)} | ${rt.stage1.errors} |`);
+  L.push(`| same nginx, static upstream (same TLS and proxy directives) | ${sp(rt.staticProxy.requestsPerS, 0)} | ${sp(rt.staticProxy.saturatedP99Ms, 2)} | ${sp(rt.staticProxy.workerCpuUsPerRequest, 1)} | ${sp(rt.staticProxy.p50Ms, 3)} | ${sp(rt.staticProxy.p99Ms, 3)} | ${rt.staticProxy.errors} |`);
+  const pct = (x: Spread): Spread => ({ ...x, median: x.median * 100, min: x.min * 100, max: x.max * 100 });
+  const signed = (x: Spread, digits: number): string => `${x.median >= 0 ? '+' : ''}${sp(x, digits)}`;
+  L.push(`| paired: stage 1 against the static proxy of the same pair | ${sp(pct(rt.pairs.requestsPerSRatio), 1)} % | | ${signed(rt.pairs.addedCpuUs, 1)} | | ${signed(rt.pairs.addedP99Ms, 3)} | |`);
   L.push('');
   L.push(`Method: ${rt.method}.`);
   L.push('');

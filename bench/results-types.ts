@@ -56,15 +56,25 @@ export interface RoutingFigures {
   method: string;
   seconds: number;
   connections: number;
-  /** requestsPerS and saturatedP99Ms from the saturating runs; p50Ms and p99Ms from the one-connection runs. */
-  stage1: { requestsPerS: Spread; p50Ms: Spread; p99Ms: Spread; saturatedP99Ms: Spread; errors: number };
-  staticProxy: { requestsPerS: Spread; p50Ms: Spread; p99Ms: Spread; saturatedP99Ms: Spread; errors: number };
+  stage1: RoutingSide;
+  staticProxy: RoutingSide;
   /**
    * Per repetition, the two servers measured back to back: stage 1's requests/s over the static proxy's, and
    * its one-connection p99 minus the static proxy's. The targets use the medians of these pairs, so a change
    * of the machine's load between repetitions does not count as routing cost.
    */
-  pairs: { requestsPerSRatio: Spread; addedP99Ms: Spread };
+  pairs: { requestsPerSRatio: Spread; addedP99Ms: Spread; /** Stage 1's worker CPU per request minus the static proxy's (µs). */ addedCpuUs: Spread };
+}
+
+/** One server of row 5. requestsPerS, saturatedP99Ms and workerCpuUsPerRequest from the saturating runs; p50Ms and p99Ms from the one-connection runs. */
+export interface RoutingSide {
+  requestsPerS: Spread;
+  p50Ms: Spread;
+  p99Ms: Spread;
+  saturatedP99Ms: Spread;
+  /** The stage-1 nginx's workers' CPU (user + system, /proc) per request, µs. */
+  workerCpuUsPerRequest: Spread;
+  errors: number;
 }
 
 export interface StageRow {

@@ -309,7 +309,7 @@ map $host $demiurge_org_id {
 ${hostMap}
 }
 
-${renderRouteTable({ routesDir: `${o.confDir}/${ROUTES_SUBDIR}`, version, flat, certDir: o.orgCertDir, certPath: o.certPath, keyPath: o.keyPath })}${certs}
+${renderRouteTable({ domain: o.domain, routesDir: `${o.confDir}/${ROUTES_SUBDIR}`, version, flat, certDir: o.orgCertDir, certPath: o.certPath, keyPath: o.keyPath })}${certs}
 map $http_upgrade $demiurge_connection_upgrade {
     default upgrade;
     "" close;

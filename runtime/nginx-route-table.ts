@@ -14,6 +14,8 @@ export const ROUTES_DICT = 'demiurge_routes';
 export const ROUTES_DICT_SIZE = '32m';
 
 export interface RouteTableOptions {
+  /** The environment's domain (org names end in `.<domain>`). */
+  domain: string;
   /** `<confDir>/routes`, without the trailing slash. */
   routesDir: string;
   /** Base configuration version the status server reports. */
@@ -95,18 +97,37 @@ const LUA_HELPERS = `
 
 /** The per-request lookup, then the status server's handlers. */
 const LUA_HANDLERS = `
-    -- The org location's route, once per request (set_by_lua_block, routeLookupDirective): the gateway's
-    -- host:port, "" when there is none. A function defined here, with the table, its get and ngx.var as
-    -- upvalues, because LuaJIT compiles it; the same code inline in the set_by_lua chunk is never
-    -- compiled (its ngx.var read aborts every trace, "NYI: return to lower frame") and runs interpreted,
-    -- about twice the Lua CPU per request (docs/bench.md, row 5).
-    local var, get = ngx.var, routes.get
+    -- The org location's route, once per request (set_by_lua_block, routeLookupDirective): the gateway
+    -- (host:port) of the organization whose name $host is, "" when there is none. An organization's names
+    -- are org-<uuid>.<domain> and *.org-<uuid>.<domain> (what its DNS records cover), and with flat names
+    -- also <name>--org-<uuid or compact id>.<domain>: the id sits at a fixed place before the domain, so it
+    -- is cut out here instead of by the map's regex (measured, user-space instructions per request over
+    -- the static proxy: map + lookup ≈ 9,500, this ≈ 7,000, of which ≈ 3,300 are proxy_pass with a
+    -- variable; docs/bench.md, row 5). The table's keys are org ids only, so any other 36 characters
+    -- miss. $host is lowercase and has no port (nginx). A function of this block, its locals upvalues,
+    -- because LuaJIT compiles it: the same code inline in the set_by_lua chunk is never compiled (its
+    -- ngx.var read aborts every trace, "NYI: return to lower frame") and runs interpreted.
+    local var, get, sub, byte, find = ngx.var, routes.get, string.sub, string.byte, string.find
+    local SUFFIX = "." .. DOMAIN
+    local S = #SUFFIX
     function demiurge.route()
-        local id = var.demiurge_org_id
-        if FLAT and #id == 26 then
-            id = demiurge.uuid_of(id)
+        local h = var.host
+        local last = #h - S
+        if last < 33 or not find(h, SUFFIX, last + 1, true) then
+            return ""
         end
-        return get(routes, id) or ""
+        local at = last - 36 -- the "-" of "org-"
+        if at >= 4 and sub(h, at - 3, at) == "org-" and (at == 4 or (at > 5 and byte(h, at - 4) == 46) or (FLAT and at > 6 and sub(h, at - 5, at - 4) == "--")) then
+            return get(routes, sub(h, at + 1, last)) or ""
+        end
+        at = last - 26
+        if FLAT and at > 6 and sub(h, at - 5, at) == "--org-" then
+            local compact = sub(h, at + 1, last)
+            if find(compact, "^[a-z2-7]+$") then
+                return get(routes, demiurge.uuid_of(compact)) or ""
+            end
+        end
+        return ""
     end
 
     -- GET /__demiurge/routes?ids=a,b: the table's entries.
@@ -263,6 +284,7 @@ init_by_lua_block {
     local CERTS, BASE_CERT, BASE_KEY = ${certs}
     local ID = "^${LUA_UUID}$"
     local FLAT = ${o.flat ? 'true' : 'false'}
+    local DOMAIN = ${luaString(o.domain)}
     local LOCK, LOADED, LOADING = "~load-lock", "~loaded", "~loading"
     demiurge = {}
 ${LUA_HELPERS}${LUA_INITIAL_LOAD}${LUA_HANDLERS}${o.flat ? LUA_COMPACT_DECODER : ''}}

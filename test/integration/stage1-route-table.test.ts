@@ -49,12 +49,12 @@ describe('stage-1 route table (real nginx, lua_shared_dict loaded from the route
     await removeZoneAndSchemas(s, domain, [schema]);
   });
 
-  /** One HTTPS request through stage 1 (CA-verified, a new connection), Accept: JSON. */
-  function get(org: string): Promise<{ status: number; body: string }> {
+  /** One HTTPS request through stage 1 (CA-verified for the org's name, a new connection), Accept: JSON; `host` is the Host header. */
+  function get(org: string, host = `org-${org}.${domain}`): Promise<{ status: number; body: string }> {
     const name = `org-${org}.${domain}`;
     return new Promise((resolve, reject) => {
       const req = https.get(
-        { host: '127.0.0.1', port: nginx.httpsPort, servername: name, headers: { host: name, accept: 'application/json' }, path: '/', ca: readFileSync(nginx.caFile), agent: false },
+        { host: '127.0.0.1', port: nginx.httpsPort, servername: name, headers: { host, accept: 'application/json' }, path: '/', ca: readFileSync(nginx.caFile), agent: false },
         (res) => {
           let body = '';
           res.on('data', (c) => (body += c));
@@ -102,6 +102,27 @@ describe('stage-1 route table (real nginx, lua_shared_dict loaded from the route
     await allocator.release(org);
     assert.equal((await status.lookup([org]))?.routes[org], '', 'the entry is removed before release resolves');
     assertNoGateway(await get(org), org);
+  });
+
+  it("routes exactly the organization's names: org-<uuid>.<domain> and *.org-<uuid>.<domain> (the id is cut out of the Host)", async () => {
+    const org = randomOrg();
+    const gw = await allocator.allocate(org);
+    try {
+      const id = `org-${org}`;
+      const sameLengthDomain = `${domain.slice(0, -1)}${domain.endsWith('x') ? 'y' : 'x'}`;
+      for (const host of [`${id}.${domain}`, `a.${id}.${domain}`, `uc-1.b-2.${id}.${domain}`, `${id.toUpperCase()}.${domain.toUpperCase()}`, `${id}.${domain}:443`]) {
+        const r = await get(org, host);
+        assert.equal(r.status, 200, `${host}: ${r.body}`);
+        assert.equal(JSON.parse(r.body).gatewayAddress, gw.host, host);
+      }
+      for (const host of [`x${id}.${domain}`, `${id}.${sameLengthDomain}`, `${id}.x${domain}`, `${id}x.${domain}`, `${org}.${domain}`, `.${id}.${domain}`, `a--${id}.${domain}`, domain, `ganymede.${domain}`]) {
+        const r = await get(org, host);
+        assert.equal(r.status, 404, `${host} must not reach the organization's gateway: ${r.body}`);
+        assert.equal(JSON.parse(r.body).code, 'NO_GATEWAY', host);
+      }
+    } finally {
+      await allocator.release(org);
+    }
   });
 
   it('an unknown organization gets the no-gateway page (a miss is not filled from a file)', async () => {

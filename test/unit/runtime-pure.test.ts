@@ -29,8 +29,9 @@ describe('runtime pure logic', () => {
     // The route is one shared-dict get per request (no njs per request), in the org location.
     // It calls a function of the init block (LuaJIT compiles that one; the same code inline never is).
     assert.match(conf, /location \/ \{\n\s+#[^\n]*\n\s+set_by_lua_block \$demiurge_gateway \{ return demiurge\.route\(\) \}/);
-    assert.match(conf, /local var, get = ngx\.var, routes\.get\n\s+function demiurge\.route\(\)\n\s+local id = var\.demiurge_org_id\n[\s\S]*?return get\(routes, id\) or ""/);
-    assert.match(conf, /local FLAT = false$/m);
+    // The id is cut out of $host at its fixed place before the domain (no regex per request).
+    assert.match(conf, /function demiurge\.route\(\)\n\s+local h = var\.host\n/);
+    assert.match(conf, /local FLAT = false\n\s+local DOMAIN = "a\.b-c\.local"$/m);
     assert.doesNotMatch(conf, /js_set \$demiurge_gateway/);
     assert.match(conf, /^lua_shared_dict demiurge_routes 32m;$/m);
     assert.match(conf, /location = \/__demiurge\/routes \{\n\s+content_by_lua_block \{ demiurge\.lookup\(\) \}/);
@@ -72,11 +73,11 @@ describe('runtime pure logic', () => {
     const location = /location \/ \{([\s\S]+?)\n    \}/.exec(conf)?.[1] ?? '';
     assert.doesNotMatch(location, /read_route|io\.open|load/);
     const route = /function demiurge\.route\(\)([\s\S]+?)\n    end/.exec(conf)?.[1] ?? '';
-    assert.match(route, /get\(routes, id\)/);
-    assert.doesNotMatch(route, /read_route|io\.open|load/);
+    assert.match(route, /get\(routes, sub\(h, at \+ 1, last\)\)/);
+    assert.doesNotMatch(route, /read_route|io\.open|load|demiurge_org_id/);
     const flat = renderOrgsConf({ ...o, naming: 'flat' });
     assert.match(flat, /local FLAT = true$/m);
-    assert.match(flat, /if FLAT and #id == 26 then\n\s+id = demiurge\.uuid_of\(id\)/);
+    assert.match(flat, /get\(routes, demiurge\.uuid_of\(compact\)\)/);
   });
 
   it('classifies failures that certainly changed nothing', () => {
