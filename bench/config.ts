@@ -93,10 +93,10 @@ export const CONFIG: BenchConfig = QUICK
       seedOpsPerRep: 100,
       patchProbes: 2,
       profile: true,
-      wrkSeconds: 3,
+      wrkSeconds: 2,
       wrkConnections: 32,
-      wrkThroughputPairs: 12,
-      wrkLatencyPairs: 6,
+      wrkThroughputPairs: 16,
+      wrkLatencyPairs: 8,
     };
 export const scalePoolSize = Math.max(CONFIG.poolSize, Math.max(...CONFIG.scaleOrgs) + CONFIG.scaleBurstOps + 72);
 

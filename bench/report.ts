@@ -25,7 +25,7 @@ function ratio(x: number): string {
 
 export function machineLine(r: BenchResults): string {
   const m = r.machine;
-  return `${m.cores} cores (${m.cpuModel}), ${num(m.memoryGiB, 1)} GiB RAM, ${m.kernel}; Node.js ${m.node}, nginx ${m.nginx} with njs ${m.njs}, PostgreSQL ${m.postgres}, PowerDNS ${m.powerdns}`;
+  return `${m.cores} cores (${m.cpuModel}), ${num(m.memoryGiB, 1)} GiB RAM, ${m.kernel}; Node.js ${m.node}, nginx ${m.nginx} with njs ${m.njs} and lua-nginx-module ${m.lua ?? 'unknown'}, PostgreSQL ${m.postgres}, PowerDNS ${m.powerdns}`;
 }
 
 function opRow(label: string, o: OpFigures, extra: string[]): string {
@@ -90,7 +90,7 @@ export function renderMarkdown(r: BenchResults, h = '###'): string {
     );
   }
   L.push('');
-  L.push(`Sequential: ${c.scaleSequentialOps} allocations then their releases per repetition. Routes are files read per request by njs, so a reload's cost does not depend on the number of organizations, and allocations never need one.`);
+  L.push(`Sequential: ${c.scaleSequentialOps} allocations then their releases per repetition. Routes live in stage 1's shared-memory table (loaded from the route files), so a reload's cost does not depend on the number of organizations, and allocations never need one.`);
   L.push(`PowerDNS zone: ${c.zone}. The last three columns are a one-organization PATCH measured at that zone size as the zone is created, with SOA-EDIT-API switched back to \`DEFAULT\`, and with PowerDNS's defaults (SOA edit and API rectify on).`);
   L.push('');
 

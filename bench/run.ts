@@ -94,7 +94,7 @@ async function main(): Promise<void> {
     const postgresVersion = (await pg.query<{ server_version: string }>('SHOW server_version')).rows[0].server_version;
     const pdnsInfo = (await axios.get(`${s.pdnsApiUrl}/api/v1/servers/localhost`, { headers: { 'X-API-Key': s.pdnsApiKey } })).data as { version?: string };
     const machine = machineFacts(postgresVersion, pdnsInfo.version ?? 'unknown');
-    log(`machine: ${machine.cores} cores (${machine.cpuModel}), ${machine.memoryGiB} GiB, node ${machine.node}, nginx ${machine.nginx}, njs ${machine.njs}, PostgreSQL ${machine.postgres}, PowerDNS ${machine.powerdns}`);
+    log(`machine: ${machine.cores} cores (${machine.cpuModel}), ${machine.memoryGiB} GiB, node ${machine.node}, nginx ${machine.nginx}, njs ${machine.njs}, lua-nginx-module ${machine.lua}, PostgreSQL ${machine.postgres}, PowerDNS ${machine.powerdns}`);
 
     await createBenchZone(s, domain);
     cleanups.push(() => deleteZone(s, domain));

@@ -13,6 +13,8 @@ export interface MachineFacts {
   node: string;
   nginx: string;
   njs: string;
+  /** lua-nginx-module (stage 1's route table), Debian's package version. */
+  lua: string;
   postgres: string;
   powerdns: string;
 }
@@ -30,6 +32,7 @@ export function machineFacts(postgres: string, powerdns: string): MachineFacts {
   // nginx -v prints on stderr.
   const nginxOut = tryRun('sh', ['-c', 'nginx -v 2>&1']);
   const njs = tryRun('sh', ['-c', "dpkg-query -W -f='${Version}' libnginx-mod-http-js 2>/dev/null"]);
+  const lua = tryRun('sh', ['-c', "dpkg-query -W -f='${Version}' libnginx-mod-http-lua 2>/dev/null"]);
   return {
     hostname: os.hostname(),
     cores: os.cpus().length,
@@ -39,6 +42,7 @@ export function machineFacts(postgres: string, powerdns: string): MachineFacts {
     node: process.version,
     nginx: nginxOut.replace(/^nginx version:\s*(nginx\/)?/, ''),
     njs: njs || 'unknown',
+    lua: lua || 'unknown',
     postgres,
     powerdns,
   };

@@ -55,7 +55,7 @@ describe('bench: wrk output and the report', () => {
     const dir = mkdtempSync(path.join(os.tmpdir(), 'bench-report-'));
     try {
       const file = path.join(dir, 'README.md');
-      const r = { ...results, date: '2026-12-02T01:00:00.000Z', machine: { cores: 2, cpuModel: 'cpu', memoryGiB: 4, kernel: 'Linux', node: 'v20', nginx: '1.22', njs: '0.7', postgres: '15', powerdns: '4.7' } } as unknown as BenchResults;
+      const r = { ...results, date: '2026-12-02T01:00:00.000Z', machine: { cores: 2, cpuModel: 'cpu', memoryGiB: 4, kernel: 'Linux', node: 'v20', nginx: '1.22', njs: '0.7', lua: '0.10', postgres: '15', powerdns: '4.7' } } as unknown as BenchResults;
       writeFileSync(file, 'before\n<!-- BEGIN bench-headline -->\nold\n<!-- END bench-headline -->\nafter\n');
       assert.equal(updateReadme(file, r, 'headline'), true);
       const text = readFileSync(file, 'utf8');
