@@ -57,12 +57,14 @@ export interface BenchConfig {
   wrkSeconds: number;
   wrkConnections: number;
   /**
-   * Row 5: back-to-back pairs (stage 1 and the static proxy) of saturating runs, then of one-connection
-   * runs. Each pair's order alternates, so a machine that speeds up or slows down within a pair (a VM's
-   * host, a neighbour) counts against each side equally often.
+   * Row 5: back-to-back pairs (stage 1 and the static proxy) of saturating wrk runs. Each pair's order
+   * alternates, so a machine that speeds up or slows down within a pair (a VM's host, a neighbour) counts
+   * against each side equally often.
    */
   wrkThroughputPairs: number;
-  wrkLatencyPairs: number;
+  /** Row 5: runs of the alternating one-connection latency client (bench/routing.ts, alternatingLatency). */
+  latencyRounds: number;
+  latencySeconds: number;
 }
 
 export const CONFIG: BenchConfig = QUICK
@@ -80,7 +82,8 @@ export const CONFIG: BenchConfig = QUICK
       wrkSeconds: 1,
       wrkConnections: 16,
       wrkThroughputPairs: 4,
-      wrkLatencyPairs: 2,
+      latencyRounds: 2,
+      latencySeconds: 1,
     }
   : {
       poolSize: 1000,
@@ -96,7 +99,8 @@ export const CONFIG: BenchConfig = QUICK
       wrkSeconds: 2,
       wrkConnections: 32,
       wrkThroughputPairs: 16,
-      wrkLatencyPairs: 8,
+      latencyRounds: 4,
+      latencySeconds: 5,
     };
 export const scalePoolSize = Math.max(CONFIG.poolSize, Math.max(...CONFIG.scaleOrgs) + CONFIG.scaleBurstOps + 72);
 

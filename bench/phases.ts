@@ -9,7 +9,7 @@ import { PDNS_DEFAULTS, SOA_EDIT_ONLY, measurePatch } from './pdns-probes';
 import type { BurstResult, ProfileSummary } from './protocol';
 import type { ReloadProbe, ReloadTiming } from './reload-probe';
 import type { ConcurrencyFigures, OpFigures, RoutingFigures, ScaleFigures } from './results-types';
-import { runWrk, workersCpuUs, type WrkRun } from './routing';
+import { alternatingLatency, runWrk, workersCpuUs, type AlternatingSide, type WrkRun } from './routing';
 import { latencySummary, spread } from './stats';
 import { cpuMs, postgresPids, powerDnsPid, resetPeakRss, rssMiB } from './system';
 import type { Worker } from './worker-client';
@@ -103,6 +103,13 @@ export async function concurrencyPhase(ctx: PhaseContext, baseline: { allocate: 
   return { concurrency, reps64, cpu64, profileSummary };
 }
 
+/** An alternating run's side as a WrkRun (requests/s is not measured there: sequential requests). */
+function latencyRun(side: AlternatingSide): WrkRun {
+  const sorted = [...side.latenciesMs].sort((x, y) => x - y);
+  const at = (q: number): number => sorted[Math.min(sorted.length - 1, Math.ceil(q * sorted.length) - 1)] ?? Number.NaN;
+  return { requestsPerS: Number.NaN, p50Ms: at(0.5), p99Ms: at(0.99), requests: sorted.length, errors: side.errors };
+}
+
 /**
  * Row 5: wrk through stage 1 (one allocated organization) vs the static proxy. Requests/s come from
  * saturating runs (CONFIG.wrkConnections); latency from one-connection runs, where a request never queues
@@ -135,10 +142,12 @@ export async function routingPhase(ctx: PhaseContext): Promise<RoutingFigures> {
           `(${((s1.requestsPerS / st.requestsPerS) * 100).toFixed(1)} %) | worker CPU/request stage 1 ${runs.stage1.cpuUs[pair].toFixed(1)} µs vs static ${runs.staticProxy.cpuUs[pair].toFixed(1)} µs | errors ${s1.errors}/${st.errors}`,
       );
     }
-    for (let pair = 0; pair < CONFIG.wrkLatencyPairs; pair++) {
-      for (const side of orderOf(pair)) runs[side].lat.push(await runWrk(urls[side], host, CONFIG.wrkSeconds, 1));
-      const [s1, st] = [runs.stage1.lat[pair], runs.staticProxy.lat[pair]];
-      log(`  routing latency pair ${pair + 1}: c=1 p50/p99 stage 1 ${s1.p50Ms.toFixed(3)}/${s1.p99Ms.toFixed(3)} ms vs static ${st.p50Ms.toFixed(3)}/${st.p99Ms.toFixed(3)} ms | errors ${s1.errors}/${st.errors}`);
+    for (let round = 0; round < CONFIG.latencyRounds; round++) {
+      const { a, b } = await alternatingLatency(urls.stage1, urls.staticProxy, host, CONFIG.latencySeconds);
+      const [s1, st] = [latencyRun(a), latencyRun(b)];
+      runs.stage1.lat.push(s1);
+      runs.staticProxy.lat.push(st);
+      log(`  routing latency round ${round + 1} (${s1.requests} + ${st.requests} requests alternating): p50/p99 stage 1 ${s1.p50Ms.toFixed(3)}/${s1.p99Ms.toFixed(3)} ms vs static ${st.p50Ms.toFixed(3)}/${st.p99Ms.toFixed(3)} ms | errors ${s1.errors}/${st.errors}`);
     }
   } finally {
     await ctx.run('release', [org], 1, 'routing: release the measured organization');
@@ -153,7 +162,8 @@ export async function routingPhase(ctx: PhaseContext): Promise<RoutingFigures> {
   });
   return {
     method:
-      `wrk over HTTPS on loopback (kept-alive TLS connections, Host = the organization's name), one thread, ${CONFIG.wrkSeconds} s per run: requests/s from ${CONFIG.wrkThroughputPairs} back-to-back pairs of -c${CONFIG.wrkConnections} runs (saturating), p50/p99 from ${CONFIG.wrkLatencyPairs} pairs of -c1 runs (no queueing), each pair's order alternating; ` +
+      `HTTPS on loopback (kept-alive TLS connections, Host = the organization's name), ${CONFIG.wrkSeconds} s per run: requests/s from ${CONFIG.wrkThroughputPairs} back-to-back pairs of wrk runs (one thread, -c${CONFIG.wrkConnections}, saturating), each pair's order alternating; ` +
+      `p50/p99 from ${CONFIG.latencyRounds} runs of ${CONFIG.latencySeconds} s of one client with one connection to each server, sequential requests alternating between the two (no queueing; a stall of the machine falls on both sides alike); ` +
       `stage 1 (regex server_name, map, shared-dict route lookup per request) and the same nginx's static-proxy server (same certificate and proxy directives, proxy_pass to one stand-in gateway)`,
     seconds: CONFIG.wrkSeconds,
     connections: CONFIG.wrkConnections,

@@ -7,6 +7,7 @@
  * gateway nginx.
  */
 import { execFile } from 'child_process';
+import * as tls from 'tls';
 import { readFileSync, readdirSync, writeFileSync } from 'fs';
 import * as path from 'path';
 import { proxyDirectives } from '../runtime/nginx-config';
@@ -100,4 +101,114 @@ export function workersCpuUs(nginx: { prefix: string }): number {
     }
   }
   return (ticks * 1e6) / hz;
+}
+
+/** One side's latencies of an alternating run (ms, in request order), and its failed requests. */
+export interface AlternatingSide {
+  latenciesMs: number[];
+  errors: number;
+}
+
+/** One kept-alive TLS connection doing sequential GETs; resolves each with the status code. */
+class KeptAliveClient {
+  private buf: Buffer = Buffer.alloc(0);
+  /** The server said `Connection: close` (nginx's keepalive_requests): open a new connection before the next request. */
+  closing = false;
+  private pending?: { resolve: (status: number) => void; reject: (e: Error) => void };
+  private readonly request: Buffer;
+
+  private constructor(
+    private readonly socket: tls.TLSSocket,
+    host: string,
+  ) {
+    this.request = Buffer.from(`GET / HTTP/1.1\r\nHost: ${host}\r\nUser-Agent: demiurge-bench\r\n\r\n`);
+    socket.on('data', (d: Buffer) => this.onData(d));
+    socket.on('error', (e) => this.fail(e));
+    socket.on('close', () => this.fail(new Error('connection closed before the answer')));
+  }
+
+  static open(url: string, host: string): Promise<KeptAliveClient> {
+    const u = new URL(url);
+    return new Promise((resolve, reject) => {
+      const socket = tls.connect({ host: u.hostname, port: Number(u.port), servername: host, rejectUnauthorized: false }, () => resolve(new KeptAliveClient(socket, host)));
+      socket.once('error', reject);
+    });
+  }
+
+  get(): Promise<number> {
+    return new Promise((resolve, reject) => {
+      this.pending = { resolve, reject };
+      this.socket.write(this.request);
+    });
+  }
+
+  close(): void {
+    this.pending = undefined;
+    this.socket.destroy();
+  }
+
+  private onData(d: Buffer): void {
+    this.buf = this.buf.length ? Buffer.concat([this.buf, d]) : d;
+    const end = this.buf.indexOf('\r\n\r\n');
+    if (end < 0 || !this.pending) return;
+    const head = this.buf.subarray(0, end).toString('latin1');
+    const length = Number(/\r\ncontent-length:\s*(\d+)/i.exec(head)?.[1] ?? NaN);
+    if (!Number.isFinite(length)) return this.fail(new Error(`no Content-Length in the answer: ${head.slice(0, 200)}`));
+    if (this.buf.length < end + 4 + length) return;
+    this.buf = this.buf.subarray(end + 4 + length);
+    if (/\r\nconnection:\s*close/i.test(head)) this.closing = true;
+    const p = this.pending;
+    this.pending = undefined;
+    p.resolve(Number(head.slice(9, 12)));
+  }
+
+  private fail(e: Error): void {
+    const p = this.pending;
+    this.pending = undefined;
+    p?.reject(e);
+  }
+}
+
+/**
+ * Latency of two servers measured together: one client, one kept-alive TLS connection to each, sequential
+ * requests alternating between them (a, b, then b, a, …) for `seconds`. Whatever stalls the machine (a VM's
+ * host, a GC pause, another process) falls on either side alike, so the difference of their p99s is the
+ * routing's own time; measured one after the other, each p99 is the stalls of its own seconds (on a shared VM,
+ * ±1 ms from run to run, five times the 0.2-ms target). The client's own time is in both sides.
+ */
+export async function alternatingLatency(urlA: string, urlB: string, host: string, seconds: number): Promise<{ a: AlternatingSide; b: AlternatingSide }> {
+  const clients = { a: await KeptAliveClient.open(urlA, host), b: await KeptAliveClient.open(urlB, host) };
+  const sides = { a: { latenciesMs: [] as number[], errors: 0 }, b: { latenciesMs: [] as number[], errors: 0 } };
+  const one = async (which: 'a' | 'b', side: AlternatingSide): Promise<void> => {
+    if (clients[which].closing) {
+      clients[which].close();
+      clients[which] = await KeptAliveClient.open(which === 'a' ? urlA : urlB, host); // not timed
+    }
+    const c = clients[which];
+    const t0 = process.hrtime.bigint();
+    const status = await c.get();
+    side.latenciesMs.push(Number(process.hrtime.bigint() - t0) / 1e6);
+    if (status !== 200) side.errors++;
+  };
+  try {
+    const warmUp = { latenciesMs: [], errors: 0 }; // not kept
+    for (let i = 0; i < 50; i++) {
+      await one('a', warmUp);
+      await one('b', warmUp);
+    }
+    const until = performance.now() + seconds * 1000;
+    for (let i = 0; performance.now() < until; i++) {
+      if (i % 2 === 0) {
+        await one('a', sides.a);
+        await one('b', sides.b);
+      } else {
+        await one('b', sides.b);
+        await one('a', sides.a);
+      }
+    }
+  } finally {
+    clients.a.close();
+    clients.b.close();
+  }
+  return sides;
 }

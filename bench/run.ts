@@ -171,7 +171,7 @@ async function main(): Promise<void> {
       const r = await routingPhase(ctx);
       const med = (x: { median: number }): string => x.median.toFixed(3);
       log(
-        `row 5 (medians of ${CONFIG.wrkThroughputPairs} and ${CONFIG.wrkLatencyPairs} pairs): requests/s stage 1 ${r.stage1.requestsPerS.median.toFixed(0)} vs static ${r.staticProxy.requestsPerS.median.toFixed(0)}, ` +
+        `row 5 (medians of ${CONFIG.wrkThroughputPairs} pairs and ${CONFIG.latencyRounds} latency runs): requests/s stage 1 ${r.stage1.requestsPerS.median.toFixed(0)} vs static ${r.staticProxy.requestsPerS.median.toFixed(0)}, ` +
           `paired ratio ${med(r.pairs.requestsPerSRatio)} [${r.pairs.requestsPerSRatio.min.toFixed(3)}–${r.pairs.requestsPerSRatio.max.toFixed(3)}], worker CPU/request +${r.pairs.addedCpuUs.median.toFixed(1)} µs; c=1 p50 ${med(r.stage1.p50Ms)} vs ${med(r.staticProxy.p50Ms)} ms, p99 ${med(r.stage1.p99Ms)} vs ${med(r.staticProxy.p99Ms)} ms, ` +
           `paired added p99 ${med(r.pairs.addedP99Ms)} ms; errors ${r.stage1.errors}/${r.staticProxy.errors}`,
       );
@@ -182,7 +182,7 @@ async function main(): Promise<void> {
     const conc = await concurrencyPhase(ctx, seed);
     ctx.rssByPhase['concurrency phase'] = rssMiB(worker.pid).peak;
 
-    log(`routing: wrk through stage 1 vs the static proxy, ${CONFIG.wrkThroughputPairs} + ${CONFIG.wrkLatencyPairs} pairs x ${CONFIG.wrkSeconds} s each`);
+    log(`routing: wrk through stage 1 vs the static proxy, ${CONFIG.wrkThroughputPairs} pairs + ${CONFIG.latencyRounds} alternating latency runs, ${CONFIG.wrkSeconds} s each`);
     const routing = await routingPhase(ctx);
 
     const scale = await scalePhase(ctx, seed.allocate.p50.median);
