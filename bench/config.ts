@@ -98,7 +98,7 @@ export const CONFIG: BenchConfig = QUICK
       profile: true,
       wrkSeconds: 2,
       wrkConnections: 32,
-      wrkThroughputPairs: 16,
+      wrkThroughputPairs: 32,
       latencyRounds: 4,
       latencySeconds: 5,
     };
