@@ -102,8 +102,8 @@ const LUA_HANDLERS = `
     -- are org-<uuid>.<domain> and *.org-<uuid>.<domain> (what its DNS records cover), and with flat names
     -- also <name>--org-<uuid or compact id>.<domain>: the id sits at a fixed place before the domain, so it
     -- is cut out here instead of by the map's regex (measured, user-space instructions per request over
-    -- the static proxy: map + lookup ≈ 9,500, this ≈ 7,000, of which ≈ 3,300 are proxy_pass with a
-    -- variable; docs/bench.md, row 5). The table's keys are org ids only, so any other 36 characters
+    -- the static proxy: the map + this lookup ≈ 9,400, this alone ≈ 6,500, of which ≈ 3,200 are
+    -- proxy_pass with a variable; bench/routing-probe.ts --instructions, docs/bench.md, row 5). The table's keys are org ids only, so any other 36 characters
     -- miss. $host is lowercase and has no port (nginx). A function of this block, its locals upvalues,
     -- because LuaJIT compiles it: the same code inline in the set_by_lua chunk is never compiled (its
     -- ngx.var read aborts every trace, "NYI: return to lower frame") and runs interpreted.
