@@ -1,7 +1,7 @@
 /**
  * Row 5 probe (docs/bench.md, "Row 5"): what each piece of stage 1's per-request
  * routing costs. One throwaway nginx (own prefix, own ports, loopback) with
- * servers that reach the same stand-in gateway nginx:
+ * servers that reach the same stand-in gateway nginx (bench/stand-in-gateways.ts):
  *   static     — the static proxy of bench/routing.ts (no lookup, no variable upstream)
  *   stage1     — stage 1 as rendered by runtime/nginx-config.ts today (its route table loaded
  *                from one route file by its own init_worker)
@@ -29,6 +29,7 @@ import * as path from 'path';
 import { NJS_MODULE_PATH, ORGS_CONF, ROUTES_JS, ROUTES_SUBDIR, proxyDirectives, renderOrgsConf, renderRoute, renderRoutesJs, routeFileName } from '../runtime/nginx-config';
 import { ROUTES_DICT } from '../runtime/nginx-route-table';
 import { runWrk, workersCpuUs } from './routing';
+import { StandInGateways } from './stand-in-gateways';
 
 const INSTRUCTIONS = process.argv.includes('--instructions');
 const positional = process.argv.slice(2).filter((a) => !a.startsWith('--'));
@@ -51,7 +52,6 @@ function median(xs: number[]): number {
 
 interface Probe {
   prefix: string;
-  gwPrefix: string;
   conf: string;
 }
 
@@ -59,33 +59,12 @@ interface Probe {
 function writeConfigs(singleProcess: boolean): Probe {
   const prefix = mkdtempSync(path.join(os.tmpdir(), 'demiurge-routing-probe-'));
   chmodSync(prefix, 0o755); // nginx workers (nobody) read the route file
-  const gwPrefix = path.join(prefix, 'gw');
   const confDir = path.join(prefix, 'demiurge');
-  for (const d of [gwPrefix, path.join(gwPrefix, 'logs'), path.join(prefix, 'logs'), confDir, path.join(confDir, ROUTES_SUBDIR)]) mkdirSync(d, { recursive: true, mode: 0o755 });
+  for (const d of [path.join(prefix, 'logs'), confDir, path.join(confDir, ROUTES_SUBDIR)]) mkdirSync(d, { recursive: true, mode: 0o755 });
   const cert = path.join(prefix, 'cert.pem');
   const key = path.join(prefix, 'key.pem');
   execFileSync('mkcert', ['-cert-file', cert, '-key-file', key, DOMAIN, `*.${DOMAIN}`], { env: { ...process.env, CAROOT: path.join(prefix, 'ca') }, stdio: 'ignore' });
   chmodSync(key, 0o644);
-
-  writeFileSync(
-    path.join(gwPrefix, 'nginx.conf'),
-    `worker_processes 1;
-pid ${gwPrefix}/nginx.pid;
-error_log ${gwPrefix}/logs/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 1000000;
-    client_body_temp_path ${gwPrefix}/tmp-body;
-    proxy_temp_path ${gwPrefix}/tmp-proxy;
-    server {
-        listen ${UPSTREAM} backlog=4096;
-        default_type application/json;
-        location / { return 200 '{"gatewayAddress":"$server_addr","host":"$host"}'; }
-    }
-}
-`,
-  );
 
   const render = { confDir, domain: DOMAIN, listen: `127.0.0.1:${PORTS.stage1} ssl`, certPath: cert, keyPath: key, statusListen: `127.0.0.1:${PORTS.status}` };
   writeFileSync(path.join(confDir, ORGS_CONF), renderOrgsConf(render));
@@ -133,7 +112,7 @@ ${server(PORTS.varProxy, viaVariable(`set $probe_gw ${UPSTREAM};`))}
 }
 `,
   );
-  return { prefix, gwPrefix, conf };
+  return { prefix, conf };
 }
 
 function stop(p: string): void {
@@ -231,12 +210,13 @@ async function throughput(p: Probe): Promise<void> {
 
 async function main(): Promise<void> {
   const p = writeConfigs(INSTRUCTIONS);
-  execFileSync('nginx', ['-p', p.gwPrefix, '-c', path.join(p.gwPrefix, 'nginx.conf')], { stdio: 'pipe' });
+  const standIn = new StandInGateways(PORTS.standIn); // the row's own stand-in gateway nginx
+  standIn.start();
   try {
     await (INSTRUCTIONS ? instructions(p) : throughput(p));
   } finally {
     if (!INSTRUCTIONS) stop(p.prefix);
-    stop(p.gwPrefix);
+    standIn.close();
     rmSync(p.prefix, { recursive: true, force: true });
   }
 }
