@@ -5,13 +5,14 @@ import { readEnvFile, testServicesOf, type TestServices } from '../test/helpers/
 
 export const ROOT = path.resolve(__dirname, '..');
 export const RESULTS_DIR = path.join(ROOT, 'bench', 'results');
-// Ports of this suite only (other suites use 58xxx, 57xxx, 60xxx-62xxx).
-export const HTTPS_PORT = 59443;
-export const STATUS_PORT = 59099;
+// Ports of this suite only. Like every fixed port of the test set-up they lie below Linux's
+// ephemeral range (test/unit/fixed-ports.test.ts), so no outgoing connection can hold one.
+export const HTTPS_PORT = 29443;
+export const STATUS_PORT = 29099;
 /** Row 5: the same stage-1 nginx proxying to one static upstream (no njs, no map). */
-export const STATIC_PROXY_PORT = 59444;
+export const STATIC_PROXY_PORT = 29444;
 /** The stand-in gateways (one nginx on every 127.0.x.y). */
-export const STAND_IN_PORT = 59180;
+export const STAND_IN_PORT = 29180;
 export const SCALE_BURST_CONCURRENCY = 64;
 /** Every Nth allocation is also looked up in PowerDNS (UDP) the moment it resolves. */
 export const DNS_SAMPLE_EVERY = 8;

@@ -2,22 +2,22 @@
 # The soak (issue #9): allocator workers under injected faults, invariants checked throughout.
 #   npm run soak -- --ops 20000     full run (>= 52 faults of every kind)
 #   bash scripts/soak.sh --ci        CI mode: ~1,000 operations, >= 6 faults of every kind, < 3 min
-# It starts its OWN PostgreSQL cluster and PowerDNS (SERVICES_PROFILE=soak: ports 55433, 55354/58082)
-# and its own stage-1 nginx (60443, status 60099), because it restarts and stops them on purpose.
+# It starts its OWN PostgreSQL cluster and PowerDNS (SERVICES_PROFILE=soak: ports 25433, 25354/28082)
+# and its own stage-1 nginx (30443, status 30099), because it restarts and stops them on purpose.
 # Options: see soak/run.ts (--workers, --lanes, --pool, --orgs, --faults-per-kind, --lease-ms, --seed).
 # Exit status: 0 with zero violations, 1 with violations, 2 if the soak itself failed.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-# The soak restarts PowerDNS and PostgreSQL ~100 times each, and their ports lie in Linux's
-# ephemeral range (32768-60999): an outgoing connection that happens to get 127.0.0.1:55354
-# as its source port makes the next PowerDNS start fail with "Address already in use"
-# (seen: PowerDNS down for ~50 s). Reserving the soak's ports (only these; existing
-# reservations are kept) stops the kernel from handing them out as source ports.
+# The soak restarts PowerDNS and PostgreSQL ~100 times each. Their ports (like every fixed
+# port of the test set-up) lie below Linux's default ephemeral range (32768-60999), so an
+# outgoing connection can never hold one as its source port; when they were at 55354 that
+# happened (PowerDNS could not bind for ~50 s). On a machine whose ephemeral range is wider,
+# reserving the soak's ports (only these; existing reservations are kept) has the same effect.
 reserve_ports() {
   local f=/proc/sys/net/ipv4/ip_local_reserved_ports cur add=() parts=() p part lo hi found
   cur=$(cat "$f" 2>/dev/null) || return 0
-  for p in 55354 55433 58082 60099 60443; do
+  for p in 25354 25433 28082 30099 30443; do
     found=0
     IFS=, read -ra parts <<< "$cur"
     for part in "${parts[@]}"; do

@@ -5,8 +5,8 @@
 #
 # Idempotent, root on Debian 12, no systemd. Everything runs on non-default
 # ports so it never collides with services a user already runs:
-#   PostgreSQL 55432 (own cluster "demiurge_test"), PowerDNS DNS 55353 (udp+tcp),
-#   PowerDNS API 58081 (loopback only).
+#   PostgreSQL 25432 (own cluster "demiurge_test"), PowerDNS DNS 25353 (udp+tcp),
+#   PowerDNS API 28081 (loopback only).
 # nginx is started per suite by the tests themselves (their configs differ).
 #
 # Usage: scripts/test-services.sh [up|down|status|pdns-start|pdns-stop|pdns-restart|pg-restart]
@@ -15,7 +15,7 @@
 # SERVICES_PROFILE=soak selects a second, fully separate set for the soak
 # (scripts/soak.sh), which restarts and stops its services on purpose and must
 # not disturb suites running against the default set at the same time:
-#   PostgreSQL 55433 (cluster "demiurge_soak"), PowerDNS DNS 55354, API 58082,
+#   PostgreSQL 25433 (cluster "demiurge_soak"), PowerDNS DNS 25354, API 28082,
 #   state in .test-services/soak/ (facts in .test-services/soak/env).
 set -euo pipefail
 
@@ -29,9 +29,9 @@ case "$PROFILE" in
   test)
     STATE="$ROOT/.test-services"
     PG_CLUSTER=demiurge_test
-    PG_PORT="${TEST_PG_PORT:-55432}"
-    PDNS_DNS_PORT="${TEST_PDNS_DNS_PORT:-55353}"
-    PDNS_API_PORT="${TEST_PDNS_API_PORT:-58081}"
+    PG_PORT="${TEST_PG_PORT:-25432}"
+    PDNS_DNS_PORT="${TEST_PDNS_DNS_PORT:-25353}"
+    PDNS_API_PORT="${TEST_PDNS_API_PORT:-28081}"
     PG_USER=demiurge_test
     PG_DB=demiurge_test
     PDNS_DB=pdns_test
@@ -39,9 +39,9 @@ case "$PROFILE" in
   soak)
     STATE="$ROOT/.test-services/soak"
     PG_CLUSTER=demiurge_soak
-    PG_PORT="${SOAK_PG_PORT:-55433}"
-    PDNS_DNS_PORT="${SOAK_PDNS_DNS_PORT:-55354}"
-    PDNS_API_PORT="${SOAK_PDNS_API_PORT:-58082}"
+    PG_PORT="${SOAK_PG_PORT:-25433}"
+    PDNS_DNS_PORT="${SOAK_PDNS_DNS_PORT:-25354}"
+    PDNS_API_PORT="${SOAK_PDNS_API_PORT:-28082}"
     PG_USER=demiurge_soak
     PG_DB=demiurge_soak
     PDNS_DB=pdns_soak
@@ -110,6 +110,17 @@ listen_addresses = '127.0.0.1'
 max_connections = 300
 fsync = on
 EOF
+  fi
+  # A cluster created by an older checkout may listen elsewhere (the ports moved below the
+  # ephemeral range): set this checkout's port, restarting the cluster if it runs.
+  local have_port
+  have_port=$(pg_lsclusters -h | awk -v c="$PG_CLUSTER" '$2 == c {print $3}')
+  if [ "$have_port" != "$PG_PORT" ]; then
+    log "moving PostgreSQL cluster $PG_CLUSTER from port $have_port to $PG_PORT"
+    pg_conftool "$PG_VERSION" "$PG_CLUSTER" set port "$PG_PORT"
+    if pg_lsclusters -h | awk -v c="$PG_CLUSTER" '$2 == c {print $4}' | grep -qx online; then
+      pg_ctlcluster "$PG_VERSION" "$PG_CLUSTER" restart -m fast
+    fi
   fi
   if ! pg_running; then
     log "starting PostgreSQL cluster $PG_CLUSTER"

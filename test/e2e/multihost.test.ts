@@ -63,7 +63,7 @@ import { Realiser } from './realise/realise';
 import type { PackResult } from '../../tools/lib/pack';
 import type { ReloadSummary } from '../../tools/lib/reload';
 import { checkoutId } from './helpers/checkout';
-import { REPO_ROOT, RunResult, buildImageCached, docker, run, waitFor } from './helpers/docker';
+import { REPO_ROOT, RunResult, bridgeAddress, buildImageCached, docker, run, waitFor } from './helpers/docker';
 import { requireDocker } from './helpers/require-docker';
 import { SecondHost, startSecondHost } from './helpers/second-host';
 import { note, step } from './helpers/steps';
@@ -292,8 +292,7 @@ describe('multi-host: pack and reload on two Docker hosts (unix://, tcp://, ssh:
 
     // Stage 1, DNS and the PowerDNS API of the main host's half; Pebble validates DNS-01 against that PowerDNS.
     const [http, https, dns, pdnsApi, acmePort, managementPort] = await freePorts(6);
-    const bridge = (await docker(['network', 'inspect', 'bridge', '-f', '{{(index .IPAM.Config 0).Gateway}}'])).trim();
-    assert.match(bridge, /^\d+\.\d+\.\d+\.\d+$/, `docker0's address: ${bridge}`);
+    const bridge = await bridgeAddress();
     pebble = new Pebble({ acmePort, managementPort, listenHost: bridge, dnsServer: `127.0.0.1:${dns}` });
     await step(`Pebble on ${bridge} (docker0: containers reach it), validating DNS-01 against the environment's PowerDNS (127.0.0.1:${dns})`, () => (pebble as Pebble).start());
     const realised = await step('the program\'s prod-shaped graph realised: main host here (dev, PowerDNS, build server, TLS renewer via Pebble, gateway 0), second host there (ssh://root@<addr>)', () =>

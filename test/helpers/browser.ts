@@ -34,7 +34,7 @@ export function trustCaInHome(home: string, caFile: string, nickname: string): v
 
 export interface BrowserOptions {
   /**
-   * Chromium `--host-resolver-rules`, e.g. `MAP * 127.0.0.1:57443` to send every
+   * Chromium `--host-resolver-rules`, e.g. `MAP * 127.0.0.1:27443` to send every
    * name to one loopback port (no DNS, no /etc/hosts). Without it names resolve normally.
    */
   hostResolverRules?: string;

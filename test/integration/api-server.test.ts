@@ -10,14 +10,16 @@ import { callApi, FakeGateway } from '../helpers/fake-gateway';
 import { randomOrg } from '../helpers/fixtures';
 import { ApiServerProcess, bundleRuntime, suiteRuntimeFiles, writeRuntimeFiles, type LogLine } from '../helpers/runtime-process';
 import { TestServices, requireServices } from '../helpers/services';
+import { freePorts } from '../helpers/ports';
 import { Stage1Nginx, curlThroughStage1, dig } from '../helpers/stage1-nginx';
 import { suiteNames, zoneWithStage1, removeZoneAndSchemas } from '../helpers/suite-setup';
 
-const HTTPS_PORT = 57643;
-const STATUS_PORT = 57699;
-const API_PORT = 57680;
-const API_URL = `http://127.0.0.1:${API_PORT}`;
-const APP_PORT = 57681;
+// Ports come from the kernel in the before-all hook (test/helpers/ports.ts), never fixed numbers.
+let httpsPort = 0;
+let statusPort = 0;
+let apiPort = 0;
+let apiUrl = '';
+let appPort = 0;
 const OPERATOR_TOKEN = randomBytes(24).toString('base64url');
 
 interface Answer {
@@ -28,7 +30,7 @@ interface Answer {
 async function http(method: 'GET' | 'POST', urlPath: string, token: string | null = OPERATOR_TOKEN, body?: unknown): Promise<Answer> {
   const res = await axios.request({
     method,
-    url: `${API_URL}${urlPath}`,
+    url: `${apiUrl}${urlPath}`,
     data: body,
     headers: token ? { authorization: `Bearer ${token}` } : {},
     validateStatus: () => true,
@@ -61,7 +63,7 @@ describe('built-in API server (bundled runtime/server/main.ts as a child process
     const tokens = only ? { [only.name]: only.token } : Object.fromEntries(gateways.map((g) => [g.name, g.registrationToken]));
     const files = suiteRuntimeFiles(s, nginx, { env, domain, schema }, inventory, tokens, {
       operatorToken: OPERATOR_TOKEN,
-      apiPort: API_PORT,
+      apiPort,
       tls: { mode: 'mkcert', caroot: path.dirname(nginx.caFile) },
       orgCertificateKey: randomBytesKey,
       api,
@@ -109,11 +111,13 @@ describe('built-in API server (bundled runtime/server/main.ts as a child process
   before(async function () {
     s = requireServices(this);
     ({ domain, schema, env } = suiteNames('srv'));
-    nginx = await zoneWithStage1(s, domain, [HTTPS_PORT, STATUS_PORT]);
+    [httpsPort, statusPort, apiPort, appPort] = await freePorts(4);
+    apiUrl = `http://127.0.0.1:${apiPort}`;
+    nginx = await zoneWithStage1(s, domain, [httpsPort, statusPort]);
     // Per-organization certificates are loaded by nginx's workers (user nobody) per handshake, so they must read the base key.
     execFileSync('chown', [`${execFileSync('id', ['-u', 'nobody']).toString().trim()}:${execFileSync('id', ['-g', 'nobody']).toString().trim()}`, nginx.keyFile]);
     for (let i = 0; i < 3; i += 1) {
-      const g = new FakeGateway(`gw-pool-${env}-${i}`, randomBytes(24).toString('base64url'), API_URL);
+      const g = new FakeGateway(`gw-pool-${env}-${i}`, randomBytes(24).toString('base64url'), apiUrl);
       await g.listen();
       gateways.push(g);
     }
@@ -167,7 +171,7 @@ describe('built-in API server (bundled runtime/server/main.ts as a child process
   });
 
   it('gateways become ready through /gateway/ready with their registration token', async () => {
-    const wrong = await callApi(API_URL, '/ready', { gateway_id: gateways[0].name }, { authorization: `Bearer ${gateways[1].registrationToken}` });
+    const wrong = await callApi(apiUrl, '/ready', { gateway_id: gateways[0].name }, { authorization: `Bearer ${gateways[1].registrationToken}` });
     assert.equal(wrong.status, 401);
     await readyAll();
     const st = await http('GET', '/operator/status');
@@ -180,7 +184,7 @@ describe('built-in API server (bundled runtime/server/main.ts as a child process
     assert.equal(body.gateway_url, `https://org-${org}.${domain}`);
     assert.equal(body.certificate, 'ready');
     assert.equal(gw.lastConfig?.organization_id, org);
-    assert.equal(gw.lastStart?.ganymede_url, API_URL, '/collab/start carries api.gatewayUrl as ganymede_url');
+    assert.equal(gw.lastStart?.ganymede_url, apiUrl, '/collab/start carries api.gatewayUrl as ganymede_url');
     const again = await http('POST', `/operator/organizations/${org}/start`);
     assert.deepEqual([again.status, again.body.status, again.body.created], [200, 'ready', false]);
     const fqdn = `org-${org}.${domain}`;
@@ -223,7 +227,7 @@ describe('built-in API server (bundled runtime/server/main.ts as a child process
       assert.deepEqual([st.status, st.body.code], [401, 'UNAUTHENTICATED']);
       const start = await http('POST', `/operator/organizations/${randomOrg()}/start`, token);
       assert.deepEqual([start.status, start.body.code], [401, 'UNAUTHENTICATED']);
-      const user = await callApi(API_URL, '/start', { organization_id: randomOrg() }, token ? { authorization: `Bearer ${token}` } : {});
+      const user = await callApi(apiUrl, '/start', { organization_id: randomOrg() }, token ? { authorization: `Bearer ${token}` } : {});
       assert.deepEqual([user.status, user.body.code], [401, 'UNAUTHENTICATED']);
     }
     for (const bad of ['not-a-uuid', randomOrg().toUpperCase()]) {
@@ -232,7 +236,7 @@ describe('built-in API server (bundled runtime/server/main.ts as a child process
       const stop = await http('POST', `/operator/organizations/${bad}/stop`);
       assert.deepEqual([stop.status, stop.body.code], [400, 'INVALID_ORGANIZATION_ID']);
     }
-    const user = await callApi(API_URL, '/start', { organization_id: 'not-a-uuid' }, { authorization: `Bearer ${OPERATOR_TOKEN}` });
+    const user = await callApi(apiUrl, '/start', { organization_id: 'not-a-uuid' }, { authorization: `Bearer ${OPERATOR_TOKEN}` });
     assert.deepEqual([user.status, user.body.code], [400, 'INVALID_REQUEST']);
     assert.equal((await http('GET', '/operator/nope')).status, 404);
     assert.equal((await http('GET', '/operator/status')).body.allocatedOrganizations, allocatedBefore);
@@ -307,11 +311,11 @@ describe('built-in API server (bundled runtime/server/main.ts as a child process
   });
 
   it("the gateway image's default app (runtime/gateway-app, bundled) against it: ready at boot, serves an org, pushes and releases itself when idle", async () => {
-    const app = { name: `gw-pool-${env}-app`, port: APP_PORT, token: randomBytes(24).toString('base64url') };
+    const app = { name: `gw-pool-${env}-app`, port: appPort, token: randomBytes(24).toString('base64url') };
     const appBundle = await bundleRuntime('runtime/gateway-app/main.ts', tmp, 'gateway-app.js');
     const from = await restart('SIGTERM', {}, gateways.length, app);
     const child = spawn(process.execPath, [appBundle], {
-      env: { PATH: process.env.PATH, GANYMEDE_URL: API_URL, GATEWAY_ID: app.name, GATEWAY_TOKEN: app.token, APP_LISTEN: `127.0.0.1:${APP_PORT}`, GATEWAY_IDLE_TIMEOUT_MS: '1500', GATEWAY_PUSH_INTERVAL_MS: '300' },
+      env: { PATH: process.env.PATH, GANYMEDE_URL: apiUrl, GATEWAY_ID: app.name, GATEWAY_TOKEN: app.token, APP_LISTEN: `127.0.0.1:${appPort}`, GATEWAY_IDLE_TIMEOUT_MS: '1500', GATEWAY_PUSH_INTERVAL_MS: '300' },
       stdio: ['ignore', 'ignore', 'inherit'],
     });
     try {

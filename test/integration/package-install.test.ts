@@ -18,13 +18,12 @@ import { Pool } from 'pg';
 import type { GatewaySpec } from '../../runtime';
 import { createZone, deleteZone, gatewayHost, randomOrg, startStandInGateways, suiteId } from '../helpers/fixtures';
 import { TestServices, requireServices } from '../helpers/services';
+import { freePorts } from '../helpers/ports';
 import { Stage1Nginx } from '../helpers/stage1-nginx';
 import { testAllocatorOptions } from '../helpers/allocator-settings';
 
 const ROOT = path.resolve(__dirname, '..', '..');
 const SNIPPET = path.join(ROOT, 'docs', 'examples', 'ganymede.ts');
-const HTTPS_PORT = 59643;
-const STATUS_PORT = 59699;
 /** Ours is 8.23.x (package-lock.json); the consumer brings an older minor. */
 const CONSUMER_PG = 'pg@8.16.3';
 /** The consumer's own dependencies, as an Express + TypeScript API server has them. */
@@ -197,7 +196,8 @@ console.log(JSON.stringify({ loaded, pulumi }));
     before(async () => {
       domain = `pkg-${suiteId()}.test`;
       await createZone(s, domain);
-      nginx = new Stage1Nginx(domain, HTTPS_PORT, STATUS_PORT);
+      const [httpsPort, statusPort] = await freePorts(2);
+      nginx = new Stage1Nginx(domain, httpsPort, statusPort);
       nginx.start();
       standIn = await startStandInGateways();
       // A database only the consumer's pool is pointed at; the test role cannot create databases, the cluster's admin can.

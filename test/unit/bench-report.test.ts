@@ -7,7 +7,7 @@ import { targetsTable, updateReadme } from '../../bench/report';
 import type { BenchResults } from '../../bench/results-types';
 import { parseWrk } from '../../bench/routing';
 
-const WRK_OUT = `Running 5s test @ https://127.0.0.1:59443/
+const WRK_OUT = `Running 5s test @ https://127.0.0.1:29443/
   1 threads and 32 connections
   Thread Stats   Avg      Stdev     Max   +/- Stdev
     Latency     2.31ms    1.02ms  25.19ms   90.12%

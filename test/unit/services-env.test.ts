@@ -28,7 +28,7 @@ describe('services env file (scripts/test-services.sh facts)', () => {
       pdnsDbUrl: 'postgres://pdns_soak:p@127.0.0.1:5433/pdns_soak?x=1',
       servicesScript: '/r/scripts/test-services.sh',
     });
-    assert.equal(testServicesOf({ ...env, TEST_PDNS_DB_URL: 'postgres://pdns_test:q@127.0.0.1:55432/pdns_test' }).pdnsDbUrl, 'postgres://pdns_test:q@127.0.0.1:55432/pdns_test');
+    assert.equal(testServicesOf({ ...env, TEST_PDNS_DB_URL: 'postgres://pdns_test:q@127.0.0.1:25432/pdns_test' }).pdnsDbUrl, 'postgres://pdns_test:q@127.0.0.1:25432/pdns_test');
   });
 
   it('a missing file fails with the caller\'s message', () => {

@@ -38,6 +38,25 @@ export async function docker(args: string[], opts: { input?: string; timeoutMs?:
   return r.stdout.trim();
 }
 
+/**
+ * The IPv4 address of the default bridge on this host (docker0: containers reach it, it stays on
+ * this machine). The engine reports it as the bridge network's IPAM gateway, but not always: a
+ * freshly started dockerd 20.10 lists only the subnet (seen in CI), so the address is then read
+ * from the bridge interface itself.
+ */
+export async function bridgeAddress(): Promise<string> {
+  const ipv4 = /^\d+\.\d+\.\d+\.\d+$/;
+  const gateway = await docker(['network', 'inspect', 'bridge', '-f', '{{range .IPAM.Config}}{{.Gateway}} {{end}}']);
+  const reported = gateway.split(/\s+/).find((a) => ipv4.test(a));
+  if (reported) return reported;
+  const iface = (await docker(['network', 'inspect', 'bridge', '-f', '{{index .Options "com.docker.network.bridge.name"}}'])).replace('<no value>', '') || 'docker0';
+  const r = await run('ip', ['-j', '-4', 'addr', 'show', 'dev', iface]);
+  const links = r.code === 0 ? (JSON.parse(r.stdout || '[]') as Array<{ addr_info?: Array<{ family: string; local: string }> }>) : [];
+  const local = links.flatMap((l) => l.addr_info ?? []).find((a) => a.family === 'inet' && ipv4.test(a.local))?.local;
+  if (!local) throw new Error(`the default bridge has no IPv4 address: IPAM gateway "${gateway}", interface ${iface}: ${r.stderr.trim() || r.stdout.trim() || 'no inet address'}`);
+  return local;
+}
+
 export async function dockerOk(args: string[]): Promise<boolean> {
   return (await run('docker', args)).code === 0;
 }
