@@ -9,7 +9,7 @@ export const RESULTS_DIR = path.join(ROOT, 'bench', 'results');
 // ephemeral range (test/unit/fixed-ports.test.ts), so no outgoing connection can hold one.
 export const HTTPS_PORT = 29443;
 export const STATUS_PORT = 29099;
-/** Row 5: the same stage-1 nginx proxying to one static upstream (no njs, no map). */
+/** Row 5: the same stage-1 nginx proxying to one static upstream (no route lookup). */
 export const STATIC_PROXY_PORT = 29444;
 /** The stand-in gateways (one nginx on every 127.0.x.y). */
 export const STAND_IN_PORT = 29180;

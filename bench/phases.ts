@@ -105,18 +105,18 @@ export async function concurrencyPhase(ctx: PhaseContext, baseline: { allocate: 
 
 /** An alternating run's side as a WrkRun (requests/s is not measured there: sequential requests). */
 function latencyRun(side: AlternatingSide): WrkRun {
-  const sorted = [...side.latenciesMs].sort((x, y) => x - y);
-  const at = (q: number): number => sorted[Math.min(sorted.length - 1, Math.ceil(q * sorted.length) - 1)] ?? Number.NaN;
-  return { requestsPerS: Number.NaN, p50Ms: at(0.5), p99Ms: at(0.99), requests: sorted.length, errors: side.errors };
+  const l = latencySummary(side.latenciesMs);
+  return { requestsPerS: Number.NaN, p50Ms: l.p50, p99Ms: l.p99, requests: l.n, errors: side.errors };
 }
 
 /**
  * Row 5: wrk through stage 1 (one allocated organization) vs the static proxy. Requests/s come from
- * saturating runs (CONFIG.wrkConnections); latency from one-connection runs, where a request never queues
- * behind another, so its p99 is the routing's own added time and not the queue of a saturated server.
- * Each kind of run comes in back-to-back pairs, all of a kind in one block (the machine stays in the same
- * state between them), and each pair's order alternates: on a VM whose speed drifts, whichever side ran
- * first would otherwise be favoured in every pair (measured: docs/bench.md, row 5).
+ * saturating wrk runs (CONFIG.wrkConnections) in back-to-back pairs, each pair's order alternating: on a
+ * VM whose speed drifts, whichever side ran first would otherwise be favoured in every pair (measured:
+ * docs/bench.md, row 5). Latency comes from one client with one kept-alive connection to each server
+ * whose sequential requests alternate between the two (alternatingLatency): a request never queues
+ * behind another, so its p99 is the routing's own added time, and a stall of the machine falls on both
+ * sides alike.
  */
 export async function routingPhase(ctx: PhaseContext): Promise<RoutingFigures> {
   const [org] = orgsOf(1);
@@ -164,7 +164,7 @@ export async function routingPhase(ctx: PhaseContext): Promise<RoutingFigures> {
     method:
       `HTTPS on loopback (kept-alive TLS connections, Host = the organization's name), ${CONFIG.wrkSeconds} s per run: requests/s from ${CONFIG.wrkThroughputPairs} back-to-back pairs of wrk runs (one thread, -c${CONFIG.wrkConnections}, saturating), each pair's order alternating; ` +
       `p50/p99 from ${CONFIG.latencyRounds} runs of ${CONFIG.latencySeconds} s of one client with one connection to each server, sequential requests alternating between the two (no queueing; a stall of the machine falls on both sides alike); ` +
-      `stage 1 (regex server_name, map, shared-dict route lookup per request) and the same nginx's static-proxy server (same certificate and proxy directives, proxy_pass to one stand-in gateway)`,
+      `stage 1 (regex server_name; the route looked up per request by demiurge.route(): the organization id cut out of the Host, then the shared dict) and the same nginx's static-proxy server (same certificate and proxy directives, proxy_pass to one stand-in gateway)`,
     seconds: CONFIG.wrkSeconds,
     connections: CONFIG.wrkConnections,
     stage1: fig(runs.stage1),

@@ -76,3 +76,24 @@ export function listenControl(server: http.Server, socketPath: string): Promise<
     });
   });
 }
+
+/**
+ * Tells the waiting gateway-reload that this candidate listens: one line `ready <pid>` on the FIFO
+ * the supervisor names in APP_READY_FIFO (the image's candidate.events). Never blocks and never
+ * fails the app: without a FIFO there, or with no reader (ENXIO) or a full pipe (EAGAIN), the reload
+ * notices the listening port by itself within 50 ms. Returns whether the line was written.
+ */
+export function notifyReady(fifo: string): boolean {
+  let fd: number | undefined;
+  try {
+    // A regular file of that name is left alone (O_WRONLY on it would overwrite its start).
+    if (!fs.statSync(fifo).isFIFO()) return false;
+    fd = fs.openSync(fifo, fs.constants.O_WRONLY | fs.constants.O_NONBLOCK);
+    fs.writeSync(fd, `ready ${process.pid}\n`);
+    return true;
+  } catch {
+    return false;
+  } finally {
+    if (fd !== undefined) fs.closeSync(fd);
+  }
+}

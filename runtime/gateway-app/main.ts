@@ -6,13 +6,13 @@
  * Environment: GANYMEDE_URL (or GANYMEDE_FQDN), GATEWAY_ID, GATEWAY_TOKEN,
  * GATEWAY_IDLE_TIMEOUT_MS, GATEWAY_PUSH_INTERVAL_MS,
  * GATEWAY_HEARTBEAT_INTERVAL_MS, APP_LISTEN (default 127.0.0.1:8888), BUILD_INFO_FILE,
- * APP_CONTROL_SOCKET and GATEWAY_APP_STANDBY (hot reload: control.ts).
+ * APP_CONTROL_SOCKET, GATEWAY_APP_STANDBY and APP_READY_FIFO (hot reload: control.ts).
  */
 import * as http from 'http';
 import type { AddressInfo } from 'net';
 import { GatewayAgent, GatewayClient } from '../gateway-client';
 import { readBuildInfo } from './build-info';
-import { createControlServer, listenControl } from './control';
+import { createControlServer, listenControl, notifyReady } from './control';
 import { DefaultApp } from './server';
 import { loadSettings, SettingsError } from './settings';
 
@@ -65,6 +65,8 @@ function main(): void {
       log({ event: 'app.listening', host: addr.address, port: addr.port, gateway_id: settings.gatewayId, build: buildInfo.buildId, api: settings.ganymedeUrl, standby: settings.standby });
       // A reload's new app registers only when the old one hands over (POST /adopt on the control socket).
       if (!settings.standby) void agent.start();
+      // ... and the reload waiting for it hears at once that it listens.
+      if (settings.readyFifo) notifyReady(settings.readyFifo);
     });
   };
   // The control socket listens first: an app that answers HTTP can always be handed over.

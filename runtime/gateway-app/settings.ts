@@ -19,6 +19,8 @@ export interface AppSettings {
   controlSocket: string | undefined;
   /** GATEWAY_APP_STANDBY=1: a reload's new app; it waits for a hand-off (`adopt`) instead of registering. */
   standby: boolean;
+  /** APP_READY_FIFO: where a reload's new app writes `ready <pid>` once it listens (control.ts, notifyReady). */
+  readyFifo: string | undefined;
 }
 
 export class SettingsError extends Error {
@@ -72,5 +74,6 @@ export function loadSettings(env: NodeJS.ProcessEnv): AppSettings {
     buildInfoFile: env.BUILD_INFO_FILE || undefined,
     controlSocket: env.APP_CONTROL_SOCKET || undefined,
     standby: env.GATEWAY_APP_STANDBY === '1',
+    readyFifo: env.APP_READY_FIFO || undefined,
   };
 }

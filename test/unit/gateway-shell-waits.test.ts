@@ -1,6 +1,6 @@
 /**
  * The gateway image's fork-free wait helpers (images/gateway/.../common.sh: now_ms, tick/past, nap,
- * read_first, alive_pid, glog, nginx_workers_of, wake_supervisor, rm_absent), run in bash as the image's scripts source them. The scripts' behaviour with
+ * read_first, alive_pid, glog, nginx_workers_of, wake_supervisor, post_event, rm_absent), run in bash as the image's scripts source them. The scripts' behaviour with
  * them (reload, supervisor) is covered by test/e2e/images.test.ts.
  */
 import { strict as assert } from 'assert';
@@ -93,6 +93,26 @@ describe('gateway image: waits without a fork (common.sh)', () => {
     assert.ok(m, `the nap was not woken: ${first}`);
     assert.ok(Number(m[1]) >= 90 && Number(m[1]) < 2000, `woken after ${m[1]} ms, not once written (≈100 ms)`);
     assert.equal(second, 'no-fifo-ok');
+  });
+
+  it('post_event puts a line on the candidate-events FIFO for a reload holding it open, never blocks without one, does nothing without the FIFO', () => {
+    const out = sh([
+      'mkfifo "$CANDIDATE_EVENTS"',
+      't=$(now_ms); post_event "dropped 1"; echo "unread $(( $(now_ms) - t ))"',
+      'exec {r}<>"$CANDIDATE_EVENTS"',
+      '(nap 0.1; post_event "started 42") & true',
+      't=$(now_ms); read -r -t 5 -u $r line; echo "$line $(( $(now_ms) - t ))"',
+      'read -r -t 0 -u $r && echo stale || echo empty',
+      'exec {r}>&-; rm -f "$CANDIDATE_EVENTS"; post_event x && echo no-fifo-ok',
+    ].join('; '));
+    const [unread, got, queue, none] = out.split('\n');
+    const u = /^unread (\d+)$/.exec(unread);
+    assert.ok(u && Number(u[1]) < 1000, `post_event without a reader: ${unread}`);
+    const m = /^started 42 (\d+)$/.exec(got);
+    assert.ok(m, `the reader did not get the line: ${got}`);
+    assert.ok(Number(m[1]) >= 90 && Number(m[1]) < 2000, `woken after ${m[1]} ms, not once written (≈100 ms)`);
+    assert.equal(queue, 'empty', 'the line written while nobody held the FIFO open must be gone');
+    assert.equal(none, 'no-fifo-ok');
   });
 
   it('rm_absent removes the files that exist and needs no rm when none does', () => {

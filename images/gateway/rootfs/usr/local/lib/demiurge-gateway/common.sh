@@ -18,6 +18,10 @@ CANDIDATE_REQUEST="$RUN_DIR/candidate.request"  # "<port> <release>": gateway-re
 UPSTREAM_CONF="${UPSTREAM_CONF:-/etc/nginx/gateway-app-upstream.conf}"  # stage-2 nginx: upstream gateway_app
 SUPERVISOR_PIDFILE="$RUN_DIR/supervisor.pid"
 SUPERVISOR_WAKE="$RUN_DIR/supervisor.wake"   # FIFO: a line written there ends the supervisor's nap at once
+# FIFO of candidate events, read by gateway-reload: the supervisor writes "started <pid>" and
+# "exited <pid> <rc>", a candidate app that knows APP_READY_FIFO "ready <pid>" once it listens. Only
+# wake-ups: what happened is always read from the slot files, so a lost or stale line costs one turn.
+CANDIDATE_EVENTS="$RUN_DIR/candidate.events"
 APP_LOCK="$RUN_DIR/app.lock"            # serializes "start app" (supervisor) and "signal app" (reload)
 BUILD_LOCK="$RUN_DIR/build.lock"        # serializes fetch + swap
 RELOAD_LOCK="$RUN_DIR/reload.lock"      # one reload at a time
@@ -59,6 +63,15 @@ wake_supervisor() {
   local fd
   { exec {fd}<>"$SUPERVISOR_WAKE"; } 2>/dev/null || return 0
   printf 'wake\n' >&"$fd" 2>/dev/null
+  exec {fd}>&-
+}
+# post_event <line>: one line on the candidate-events FIFO. Opened read-write, so neither the open nor
+# the write blocks; while no reload holds the FIFO open the line is dropped (nobody waits for it).
+post_event() {
+  [ -p "$CANDIDATE_EVENTS" ] || return 0
+  local fd
+  { exec {fd}<>"$CANDIDATE_EVENTS"; } 2>/dev/null || return 0
+  printf '%s\n' "$1" >&"$fd" 2>/dev/null
   exec {fd}>&-
 }
 # rm_absent <file>...: rm -f, without the `rm` process when none of the files exists (the usual case).
