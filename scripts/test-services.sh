@@ -118,9 +118,7 @@ EOF
   if [ "$have_port" != "$PG_PORT" ]; then
     log "moving PostgreSQL cluster $PG_CLUSTER from port $have_port to $PG_PORT"
     pg_conftool "$PG_VERSION" "$PG_CLUSTER" set port "$PG_PORT"
-    if pg_lsclusters -h | awk -v c="$PG_CLUSTER" '$2 == c {print $4}' | grep -qx online; then
-      pg_ctlcluster "$PG_VERSION" "$PG_CLUSTER" restart -m fast
-    fi
+    if pg_running; then pg_ctlcluster "$PG_VERSION" "$PG_CLUSTER" restart -m fast; fi
   fi
   if ! pg_running; then
     log "starting PostgreSQL cluster $PG_CLUSTER"

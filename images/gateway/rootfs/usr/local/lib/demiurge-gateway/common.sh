@@ -56,24 +56,20 @@ nap() {
   [ -n "${NAP_FD:-}" ] || exec {NAP_FD}<> <(:)
   read -r -t "$1" -u "$NAP_FD" _ 2>/dev/null || true
 }
+# fifo_line <fifo> <line>: one line on a FIFO, opened read-write so neither the open nor the write
+# blocks; nothing without the FIFO. While nobody else holds the FIFO open the line is dropped.
+fifo_line() {
+  [ -p "$1" ] || return 0
+  local fd
+  { exec {fd}<>"$1"; } 2>/dev/null || return 0
+  printf '%s\n' "$2" >&"$fd" 2>/dev/null
+  exec {fd}>&-
+}
 # wake_supervisor: ends the supervisor's nap now (it naps on the SUPERVISOR_WAKE FIFO, held open
-# read-write, so neither side ever blocks on open; without a supervisor the line stays unread).
-wake_supervisor() {
-  [ -p "$SUPERVISOR_WAKE" ] || return 0
-  local fd
-  { exec {fd}<>"$SUPERVISOR_WAKE"; } 2>/dev/null || return 0
-  printf 'wake\n' >&"$fd" 2>/dev/null
-  exec {fd}>&-
-}
-# post_event <line>: one line on the candidate-events FIFO. Opened read-write, so neither the open nor
-# the write blocks; while no reload holds the FIFO open the line is dropped (nobody waits for it).
-post_event() {
-  [ -p "$CANDIDATE_EVENTS" ] || return 0
-  local fd
-  { exec {fd}<>"$CANDIDATE_EVENTS"; } 2>/dev/null || return 0
-  printf '%s\n' "$1" >&"$fd" 2>/dev/null
-  exec {fd}>&-
-}
+# read-write; without a supervisor the line stays unread).
+wake_supervisor() { fifo_line "$SUPERVISOR_WAKE" wake; }
+# post_event <line>: a line for the reload waiting on CANDIDATE_EVENTS (dropped when none waits).
+post_event() { fifo_line "$CANDIDATE_EVENTS" "$1"; }
 # rm_absent <file>...: rm -f, without the `rm` process when none of the files exists (the usual case).
 rm_absent() { local f; for f in "$@"; do [ -e "$f" ] || [ -L "$f" ] || continue; rm -f "$@"; return; done; }
 # read_first <var> <file>: the file's first line into var ("" if absent), without a `cat`.
