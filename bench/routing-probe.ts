@@ -9,6 +9,11 @@
  *                `set_by_lua_block` shared-dict get (LuaJIT never compiles it)
  *   mapFloor   — the map and a static map org id → upstream: no table lookup at all
  *   varProxy   — the static proxy with `proxy_pass http://$variable` (no lookup)
+ *   setConst   — varProxy with the variable set by a `set_by_lua_block` returning a constant: the
+ *                Lua entry stage 1 pays, without the lookup
+ *   balancer   — stage 1's lookup in `balancer_by_lua` of a fixed upstream block (no variable, no
+ *                `set_by_lua`; a miss would need a page of its own: not how stage 1 is built)
+ *   balancerConst — the same with a constant peer: that design's floor
  *
  * Two measures:
  *   (default)        wrk one thread, kept-alive TLS, -c32 for requests/s and the workers' CPU per
@@ -37,12 +42,12 @@ const ROUNDS = Number(positional[0] ?? 6);
 const SECONDS = Number(positional[1] ?? 3);
 const REQUESTS = Number(positional[0] ?? 2000);
 const CONNECTIONS = 32;
-const PORTS = { stage1: 29743, static: 29744, mapLookup: 29745, mapFloor: 29748, varProxy: 29749, status: 29799, standIn: 29780 };
+const PORTS = { stage1: 29743, static: 29744, mapLookup: 29745, mapFloor: 29748, varProxy: 29749, balancer: 29750, balancerConst: 29752, setConst: 29753, status: 29799, standIn: 29780 };
 const ORG = '0b9c1d2e-3f40-4a5b-8c6d-7e8f90a1b2c3';
 const DOMAIN = 'routing-probe.test';
 const UPSTREAM = `127.0.0.1:${PORTS.standIn}`;
-type Kind = 'static' | 'stage1' | 'mapLookup' | 'mapFloor' | 'varProxy';
-const KINDS: Kind[] = ['static', 'stage1', 'mapLookup', 'mapFloor', 'varProxy'];
+type Kind = 'static' | 'stage1' | 'mapLookup' | 'mapFloor' | 'varProxy' | 'balancer' | 'balancerConst' | 'setConst';
+const KINDS: Kind[] = ['static', 'stage1', 'mapLookup', 'mapFloor', 'varProxy', 'balancer', 'balancerConst', 'setConst'];
 const HOST = `org-${ORG}.${DOMAIN}`;
 
 function median(xs: number[]): number {
@@ -109,6 +114,20 @@ ${server(PORTS.static, `proxy_pass http://${UPSTREAM};`)}
 ${server(PORTS.mapLookup, viaVariable(`set_by_lua_block $probe_gw { return ngx.shared.${ROUTES_DICT}:get(ngx.var.demiurge_org_id) or "" }`), stage1Name)}
 ${server(PORTS.mapFloor, viaVariable('set $probe_gw $probe_floor_gw;'), stage1Name)}
 ${server(PORTS.varProxy, viaVariable(`set $probe_gw ${UPSTREAM};`))}
+    # balancer_by_lua (one Lua entry, a fixed upstream block): the peer from demiurge.route(), or a
+    # constant. Each function is made once per worker, as a closure (LuaJIT compiles it; an inline
+    # chunk's code runs interpreted, see runtime/nginx-route-table.ts).
+    upstream probe_balancer {
+        server 0.0.0.1;
+        balancer_by_lua_block { local f = demiurge.probe_balance; if not f then local set, route = require("ngx.balancer").set_current_peer, demiurge.route; f = function() set(route()) end; demiurge.probe_balance = f end; f() }
+    }
+    upstream probe_balancer_const {
+        server 0.0.0.1;
+        balancer_by_lua_block { local f = demiurge.probe_balance_const; if not f then local set = require("ngx.balancer").set_current_peer; f = function() set("${UPSTREAM}") end; demiurge.probe_balance_const = f end; f() }
+    }
+${server(PORTS.balancer, 'proxy_pass http://probe_balancer;', stage1Name)}
+${server(PORTS.balancerConst, 'proxy_pass http://probe_balancer_const;')}
+${server(PORTS.setConst, viaVariable(`set_by_lua_block $probe_gw { return "${UPSTREAM}" }`))}
 }
 `,
   );
@@ -164,7 +183,7 @@ async function instructions(p: Probe): Promise<void> {
   try {
     await waitServing('nginx under valgrind', PORTS.static, 120_000);
     await waitServing('stage 1 under valgrind', PORTS.stage1, 30_000);
-    const per: Record<Kind, number[]> = { static: [], stage1: [], mapLookup: [], mapFloor: [], varProxy: [] };
+    const per = Object.fromEntries(KINDS.map((k) => [k, [] as number[]])) as Record<Kind, number[]>;
     for (let round = 0; round < 2; round++) {
       for (const k of KINDS) {
         curlSequential(PORTS[k], 200, p.prefix); // warm: LuaJIT traces, pools
