@@ -55,8 +55,9 @@ export function realisedTargets(r: RealisedResults): TargetResult[] {
     {
       id: 'cold-start-c16',
       row: 1,
-      description: 'organization cold start, concurrency 16 (reported)',
-      target: 'reported',
+      description: 'organization cold start, concurrency 16 (latencies reported)',
+      // Its latencies have no target; what it does check is that every organization served.
+      target: 'every organization serving within 30 s',
       measured: cold(c16),
       pass: !!c16 && c16.failures === 0,
     },
