@@ -26,7 +26,7 @@ import { describeDeployment, parseOutputs, type Deployment } from '../../test/e2
 import { Engine } from '../../test/e2e/realise/engine';
 import { Realiser } from '../../test/e2e/realise/realise';
 import { DockerApi } from '../../tools/lib/docker-api';
-import { RELOAD_COMMAND } from '../../tools/lib/reload';
+import { reloadContainer } from '../../tools/lib/reload';
 import { startLoad, webSocketsOpen } from './load';
 import { ColdStartProbe, POLL_INTERVAL_MS, type ProbeMode, type ProbeTimes } from './probe';
 import { profileColdStarts, renderProfile, type ColdStartProfile } from './profile';
@@ -170,19 +170,16 @@ async function pack(envName: string, workspace: string, buildsVolume: string): P
 let slowestReloadLog: string[] = [];
 
 /**
- * gateway-reload in each container at once, as `demiurge-gateway reload` runs it (tools/lib/reload.ts:
- * an exec through the Docker Engine API, not a `docker` CLI process per gateway); the slowest wall time.
+ * gateway-reload in each container at once, as `demiurge-gateway reload` runs it (tools/lib/reload.ts's
+ * reloadContainer: an exec through the Docker Engine API, not a `docker` CLI process per gateway); the
+ * slowest wall time. A failed reload fails the bench with the script's stable code.
  */
 async function reloadGateways(containers: string[]): Promise<number> {
   const docker = new DockerApi();
   const t0 = Date.now();
-  const results = await Promise.all(containers.map(async (c) => {
-    const r = await docker.exec(c, RELOAD_COMMAND, 120_000);
-    return { code: r.exitCode, stdout: r.stdout, ms: Date.now() - t0 };
-  }));
-  results.forEach((r, i) => {
-    if (r.code !== 0) throw new Error(`${containers[i]}: gateway-reload exit ${r.code}: ${r.stdout.trim().split('\n').pop()}`);
-  });
+  const results = await Promise.all(containers.map((c) => reloadContainer(docker, { id: c, name: c }, 120_000)));
+  const failed = results.find((r) => !r.ok);
+  if (failed) throw new Error(`${failed.container}: gateway-reload failed (${failed.code}): ${failed.message}`);
   const slowest = results.reduce((a, b) => (b.ms > a.ms ? b : a));
   slowestReloadLog = slowest.stdout.trim().split('\n').filter((l) => !l.startsWith('RELOAD_RESULT')).map((l) => l.replace(/^\d{4}-\d\d-\d\dT/, ''));
   return Date.now() - t0;

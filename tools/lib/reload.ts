@@ -107,32 +107,43 @@ export async function findGateways(docker: DockerApi, env: string): Promise<Cont
   return found.sort((a, b) => containerName(a).localeCompare(containerName(b), 'en', { numeric: true }));
 }
 
-async function reloadOneRaw(docker: DockerApi, c: ContainerSummary, timeoutMs: number): Promise<Omit<GatewayReloadResult, 'host'>> {
-  const name = containerName(c);
+/** One gateway-reload as the CLI reads it, plus the script's whole output (its own log, with times). */
+export type ContainerReloadResult = Omit<GatewayReloadResult, 'host'> & { stdout: string };
+
+/**
+ * gateway-reload in one container (its id or name; `name` is what the result reports), through the
+ * Docker Engine API, its RELOAD_RESULT line read into a result with a stable code. The bench's
+ * reload row runs exactly this, so it measures what `demiurge-gateway reload` does.
+ */
+export async function reloadContainer(docker: DockerApi, c: { id: string; name: string }, timeoutMs: number): Promise<ContainerReloadResult> {
+  const name = c.name;
   const t0 = Date.now();
   let exec: Awaited<ReturnType<DockerApi['exec']>>;
   try {
-    exec = await docker.exec(c.Id, RELOAD_COMMAND, timeoutMs);
+    exec = await docker.exec(c.id, RELOAD_COMMAND, timeoutMs);
   } catch (err) {
-    return { container: name, ok: false, code: 'EXEC_FAILED', ms: Date.now() - t0, message: (err as Error).message };
+    return { container: name, ok: false, code: 'EXEC_FAILED', ms: Date.now() - t0, message: (err as Error).message, stdout: '' };
   }
   const ms = Date.now() - t0;
+  const stdout = exec.stdout;
   const parsed = parseReloadOutput(exec.stdout);
   const output = (exec.stdout + exec.stderr).trim();
   if (!parsed) {
-    return { container: name, ok: false, code: 'NO_RESULT', ms, message: `gateway-reload exited ${exec.exitCode} without a RELOAD_RESULT line`, output };
+    return { container: name, ok: false, code: 'NO_RESULT', ms, message: `gateway-reload exited ${exec.exitCode} without a RELOAD_RESULT line`, output, stdout };
   }
   if (exec.exitCode !== 0 || !parsed.ok) {
     // A script that exits non-zero with ok:true (or without a code) is a failure nonetheless.
-    return { container: name, ok: false, code: parsed.code ?? 'NO_RESULT', buildId: parsed.buildId || undefined, ms, message: parsed.message || `gateway-reload exited ${exec.exitCode}`, output };
+    return { container: name, ok: false, code: parsed.code ?? 'NO_RESULT', buildId: parsed.buildId || undefined, ms, message: parsed.message || `gateway-reload exited ${exec.exitCode}`, output, stdout };
   }
   // The script reports the pid it saw listening and the build the supervisor recorded for it; the
   // app may crash again right after (the supervisor restarts it), which does not undo the reload.
-  return { container: name, ok: true, buildId: parsed.buildId || undefined, pid: parsed.pid ?? undefined, ms, message: parsed.message };
+  return { container: name, ok: true, buildId: parsed.buildId || undefined, pid: parsed.pid ?? undefined, ms, message: parsed.message, stdout };
 }
 
 async function reloadOne(host: string, docker: DockerApi, c: ContainerSummary, timeoutMs: number): Promise<GatewayReloadResult> {
-  return { host, ...(await reloadOneRaw(docker, c, timeoutMs)) };
+  // The CLI reports the script's output only for a failure (`output`).
+  const { stdout: _log, ...result } = await reloadContainer(docker, { id: c.Id, name: containerName(c) }, timeoutMs);
+  return { host, ...result };
 }
 
 /** A Docker host to reload on: its report name and its API client. */
