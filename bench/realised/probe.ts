@@ -16,6 +16,8 @@ export type ProbeMode = 'cold' | 'warm';
 
 /** Gap between two polls of the warm probe (its average cost: half of it). */
 export const POLL_INTERVAL_MS = 5;
+/** How long an organization may take from its start to serving before the probe counts it as failed. */
+export const COLD_START_BOUND_MS = 30_000;
 
 export interface ProbeTimes {
   organizationId: string;

@@ -116,28 +116,30 @@ export type ContainerReloadResult = Omit<GatewayReloadResult, 'host'> & { stdout
  * reload row runs exactly this, so it measures what `demiurge-gateway reload` does.
  */
 export async function reloadContainer(docker: DockerApi, c: { id: string; name: string }, timeoutMs: number): Promise<ContainerReloadResult> {
-  const name = c.name;
   const t0 = Date.now();
   let exec: Awaited<ReturnType<DockerApi['exec']>>;
   try {
     exec = await docker.exec(c.id, RELOAD_COMMAND, timeoutMs);
   } catch (err) {
-    return { container: name, ok: false, code: 'EXEC_FAILED', ms: Date.now() - t0, message: (err as Error).message, stdout: '' };
+    return { container: c.name, ok: false, code: 'EXEC_FAILED', ms: Date.now() - t0, message: (err as Error).message, stdout: '' };
   }
-  const ms = Date.now() - t0;
-  const stdout = exec.stdout;
+  return { ...readReload(c.name, exec, Date.now() - t0), stdout: exec.stdout };
+}
+
+/** What a finished gateway-reload exec says: its RELOAD_RESULT line, checked against its exit code. */
+function readReload(name: string, exec: Awaited<ReturnType<DockerApi['exec']>>, ms: number): Omit<GatewayReloadResult, 'host'> {
   const parsed = parseReloadOutput(exec.stdout);
   const output = (exec.stdout + exec.stderr).trim();
   if (!parsed) {
-    return { container: name, ok: false, code: 'NO_RESULT', ms, message: `gateway-reload exited ${exec.exitCode} without a RELOAD_RESULT line`, output, stdout };
+    return { container: name, ok: false, code: 'NO_RESULT', ms, message: `gateway-reload exited ${exec.exitCode} without a RELOAD_RESULT line`, output };
   }
   if (exec.exitCode !== 0 || !parsed.ok) {
     // A script that exits non-zero with ok:true (or without a code) is a failure nonetheless.
-    return { container: name, ok: false, code: parsed.code ?? 'NO_RESULT', buildId: parsed.buildId || undefined, ms, message: parsed.message || `gateway-reload exited ${exec.exitCode}`, output, stdout };
+    return { container: name, ok: false, code: parsed.code ?? 'NO_RESULT', buildId: parsed.buildId || undefined, ms, message: parsed.message || `gateway-reload exited ${exec.exitCode}`, output };
   }
   // The script reports the pid it saw listening and the build the supervisor recorded for it; the
   // app may crash again right after (the supervisor restarts it), which does not undo the reload.
-  return { container: name, ok: true, buildId: parsed.buildId || undefined, pid: parsed.pid ?? undefined, ms, message: parsed.message, stdout };
+  return { container: name, ok: true, buildId: parsed.buildId || undefined, pid: parsed.pid ?? undefined, ms, message: parsed.message };
 }
 
 async function reloadOne(host: string, docker: DockerApi, c: ContainerSummary, timeoutMs: number): Promise<GatewayReloadResult> {
