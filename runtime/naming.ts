@@ -23,6 +23,14 @@ export type ContainerRole = 'dev' | 'pdns' | 'build-server' | 'gateway' | 'tls-r
 
 export const ROLE_LABEL = 'demiurge.role';
 export const ENVIRONMENT_LABEL = 'environment';
+/**
+ * Image label of a gateway image whose entrypoint runs gateway-reload on this signal (value: the
+ * signal's name). `demiurge-gateway reload` sends it instead of a `docker exec` and reads the result
+ * from the container's log (docs/CONTRACTS.md, "Gateway reload"); an image without the label (older
+ * images: the signal would stop them) is reloaded by exec.
+ */
+export const RELOAD_SIGNAL_LABEL = 'demiurge.reload-signal';
+export const RELOAD_SIGNAL = 'SIGUSR1';
 
 /** Lowercase DNS label: letters, digits, inner hyphens; 1..63 chars. */
 const DNS_LABEL_RE = /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/;

@@ -25,8 +25,8 @@ import { REPO_ROOT, checkoutId, e2eConfig, preview, publishedPorts, up, type E2e
 import { describeDeployment, parseOutputs, type Deployment } from '../../test/e2e/realise/deployment';
 import { Engine } from '../../test/e2e/realise/engine';
 import { Realiser } from '../../test/e2e/realise/realise';
-import { DockerApi } from '../../tools/lib/docker-api';
-import { reloadContainer } from '../../tools/lib/reload';
+import { DockerApi, containerName } from '../../tools/lib/docker-api';
+import { findGateways, reloadContainer, reloadTarget } from '../../tools/lib/reload';
 import { startLoad, webSocketsOpen } from './load';
 import { COLD_START_BOUND_MS, ColdStartProbe, POLL_INTERVAL_MS, type ProbeMode, type ProbeTimes } from './probe';
 import { profileColdStarts, renderProfile, type ColdStartProfile } from './profile';
@@ -170,13 +170,16 @@ let slowestReloadLog: string[] = [];
 
 /**
  * gateway-reload in each container at once, as `demiurge-gateway reload` runs it (tools/lib/reload.ts's
- * reloadContainer: an exec through the Docker Engine API, not a `docker` CLI process per gateway); the
- * slowest wall time. A failed reload fails the bench with the script's stable code.
+ * reloadContainer: the image's signal, or an exec, through the Docker Engine API, not a `docker` CLI
+ * process per gateway); the slowest wall time. A failed reload fails the bench with the script's
+ * stable code.
  */
-async function reloadGateways(containers: string[]): Promise<number> {
+async function reloadGateways(envName: string, containers: string[]): Promise<number> {
   const docker = new DockerApi();
+  const byName = new Map((await findGateways(docker, envName)).map((c) => [containerName(c), reloadTarget(c)]));
+  const targets = containers.map((c) => byName.get(c) ?? { id: c, name: c });
   const t0 = Date.now();
-  const results = await Promise.all(containers.map((c) => reloadContainer(docker, { id: c, name: c }, 120_000)));
+  const results = await Promise.all(targets.map((c) => reloadContainer(docker, c, 120_000)));
   const failed = results.find((r) => !r.ok);
   if (failed) throw new Error(`${failed.container}: gateway-reload failed (${failed.code}): ${failed.message}`);
   const slowest = results.reduce((a, b) => (b.ms > a.ms ? b : a));
@@ -199,7 +202,7 @@ async function reloads(d: Deployment, token: string, tmp: string, notes: string[
   const ws = await defaultAppWorkspace(path.join(tmp, 'ws'));
   // Warm-up (not measured): from the image's default app to a packed build of it.
   await pack(d.outputs.envName, ws, d.buildsVolume);
-  await reloadGateways(orgs.map((o) => gatewayOf.get(o) as string));
+  await reloadGateways(d.outputs.envName, orgs.map((o) => gatewayOf.get(o) as string));
   const rows: ReloadRow[] = [];
   const ca = d.caFile ? fs.readFileSync(d.caFile) : undefined;
   for (const n of sizes) {
@@ -221,7 +224,7 @@ async function reloads(d: Deployment, token: string, tmp: string, notes: string[
     try {
       await webSocketsOpen(load, 15_000);
       reloadStart = Date.now();
-      const reloadMs = await reloadGateways(reloaded.map((o) => gatewayOf.get(o) as string));
+      const reloadMs = await reloadGateways(d.outputs.envName, reloaded.map((o) => gatewayOf.get(o) as string));
       const deadline = Date.now() + 15_000;
       while (reloaded.some((o) => !firstNew.has(o)) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
       const toNewBuildMs = Math.max(...reloaded.map((o) => firstNew.get(o) ?? NaN));

@@ -39,7 +39,9 @@ import {
   renderRoutesJs,
   routeFileName,
 } from '../../runtime/nginx-config';
+import { reloadContainer } from '../../tools/lib/reload';
 import type { GatewayReloadResult, ReloadSummary } from '../../tools/lib/reload';
+import { DockerApi } from '../../tools/lib/docker-api';
 import type { PackResult } from '../../tools/lib/pack';
 import {
   REPO_ROOT,
@@ -509,6 +511,45 @@ describe('images and the daily build loop (real Docker engine)', function () {
     note(`  reload: CLI ${r.ms} ms (engine side ${summary.ms} ms); both gateways serve build B ${total} ms after the command started`);
     timings['reload (CLI incl. ts-node start / per gateway)'] = `${r.ms} ms / ${summary.results.map((g) => `${g.ms} ms`).join(', ')}`;
     assert.ok(total < 15_000, `took ${total} ms`);
+    // The image's label made the CLI signal (no exec): the entrypoint framed the reload in the
+    // container's log, and the script's lines are there once (not also copied by glog).
+    for (const gw of GATEWAYS) {
+      const log = (await containerLog(gw)).split('\n');
+      const begin = log.map((l, i) => (/^RELOAD_BEGIN \d+$/.test(l) ? i : -1)).filter((i) => i >= 0).pop();
+      assert.ok(begin !== undefined, `${gw}: no RELOAD_BEGIN in its log (reloaded by exec?)`);
+      const frame = log.slice(begin);
+      const end = frame.findIndex((l) => /^RELOAD_END \d+ 0$/.test(l));
+      assert.ok(end > 0 && frame.slice(0, end).some((l) => l.startsWith('RELOAD_RESULT {"ok":true')), `${gw}: the last frame is not a reload ending 0:\n${frame.join('\n')}`);
+      const reloaded = frame.filter((l) => l.includes('[gateway:reload] reloaded: build='));
+      assert.equal(reloaded.length, 1, `${gw}: the reload's last log line appears ${reloaded.length} times in its frame`);
+    }
+  });
+
+  it('2b. two reloads at once both end with the newest build; an image without the signal label is reloaded by exec', async () => {
+    const build = await ensureServing();
+    // Two CLIs at once: one signal may arrive during the other's reload (it then runs once more after
+    // it) or both coalesce into one; either way each CLI reports a reload that began after it started.
+    const [a, b] = await step('two `demiurge-gateway reload` at once', () => Promise.all([
+      cli(['reload', '--env', ENV, '--json']), cli(['reload', '--env', ENV, '--json']),
+    ]));
+    for (const r of [a, b]) {
+      assert.equal(r.code, 0, r.stderr + r.stdout);
+      for (const g of lastJson<ReloadSummary>(r.stdout).results) {
+        assert.ok(g.ok, `${g.container}: ${g.code}: ${g.message}`);
+        assert.equal(g.buildId, build.buildId, `${g.container} reports ${g.buildId}`);
+      }
+    }
+    // The exec path (images older than the label): the same script, the same result.
+    const docker = new DockerApi();
+    try {
+      const g = await step(`reload ${GATEWAYS[0]} by exec`, () => reloadContainer(docker, { id: GATEWAYS[0], name: GATEWAYS[0] }, 60_000));
+      assert.ok(g.ok, `${g.code}: ${g.message}`);
+      assert.equal(g.buildId, build.buildId);
+      assert.ok(!g.stdout.includes('RELOAD_BEGIN'), 'an exec reload is not framed by the entrypoint');
+    } finally {
+      docker.close();
+    }
+    await waitForBuildEverywhere(build.buildId, 15_000);
   });
 
   it('3. a crashed app is back within 5 s; a reload in the same window never leaves two apps', async () => {

@@ -11,7 +11,10 @@ import axios, { AxiosInstance, AxiosResponse } from 'axios';
 import { ChildProcess, spawn } from 'child_process';
 import * as http from 'http';
 import * as net from 'net';
-import { Duplex } from 'stream';
+import { Duplex, Readable } from 'stream';
+import { DockerLineDecoder, demuxDockerStream } from './docker-stream';
+
+export { demuxDockerStream } from './docker-stream';
 
 export interface ContainerSummary {
   Id: string;
@@ -283,19 +286,17 @@ export interface DockerApiOptions {
 }
 
 /** Splits Docker's multiplexed raw stream (8-byte frame headers) into stdout and stderr. */
-export function demuxDockerStream(buf: Buffer): { stdout: string; stderr: string } {
-  const out: Buffer[] = [];
-  const err: Buffer[] = [];
-  let off = 0;
-  while (off + 8 <= buf.length) {
-    const type = buf[off];
-    const size = buf.readUInt32BE(off + 4);
-    const payload = buf.subarray(off + 8, off + 8 + size);
-    if (type === 2) err.push(payload);
-    else out.push(payload);
-    off += 8 + size;
-  }
-  return { stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(err).toString('utf8') };
+/** A followed container log (DockerApi.followLogs). */
+export interface LogFollower {
+  /** Settles when the stream ended (the container stopped, the connection broke, or close()). */
+  readonly ended: Promise<void>;
+  close(): void;
+}
+
+async function readWhole(stream: Readable): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  for await (const c of stream) chunks.push(Buffer.from(c as Buffer));
+  return Buffer.concat(chunks);
 }
 
 function messageOf(res: AxiosResponse<unknown>): string {
@@ -351,6 +352,9 @@ export class DockerApi {
     raw?: boolean;
     headers?: Record<string, string>;
     timeoutMs?: number;
+    /** The body as a stream (a followed log); an error status still reads it whole for its message. */
+    stream?: boolean;
+    signal?: AbortSignal;
   } = {}): Promise<AxiosResponse<T>> {
     let res: AxiosResponse<T>;
     try {
@@ -361,7 +365,8 @@ export class DockerApi {
         params: opts.params,
         headers: opts.headers,
         timeout: opts.timeoutMs,
-        responseType: opts.raw ? 'arraybuffer' : 'json',
+        signal: opts.signal,
+        responseType: opts.stream ? 'stream' : opts.raw ? 'arraybuffer' : 'json',
       });
     } catch (err) {
       const e = err as NodeJS.ErrnoException;
@@ -372,6 +377,7 @@ export class DockerApi {
       throw new DockerApiError(`${this.host.url}: ${what}: ${e.message}`, undefined, 'DOCKER_ERROR', this.host.url);
     }
     const ok = opts.ok ?? [200, 201, 204];
+    if (opts.stream && !ok.includes(res.status)) res = { ...res, data: await readWhole(res.data as Readable) as T };
     if (!ok.includes(res.status)) {
       throw new DockerApiError(`${this.host.url}: ${what}: HTTP ${res.status}: ${messageOf(res as AxiosResponse<unknown>)}`, res.status, 'DOCKER_ERROR', this.host.url);
     }
@@ -403,6 +409,40 @@ export class DockerApi {
     const { stdout, stderr } = demuxDockerStream(Buffer.from(started.data));
     const inspected = await this.call<{ ExitCode: number | null; Running: boolean }>('GET', `/exec/${execId}/json`, 'exec inspect');
     return { exitCode: inspected.data.ExitCode ?? -1, stdout, stderr };
+  }
+
+  /** Sends a signal (e.g. SIGUSR1) to a running container's main process. */
+  async kill(containerId: string, signal: string): Promise<void> {
+    await this.call<unknown>('POST', `/containers/${encodeURIComponent(containerId)}/kill`, `signal ${signal} to ${containerId}`, { params: { signal } });
+  }
+
+  /**
+   * Follows a container's log (stdout and stderr of a container without a TTY) from now on: resolves
+   * once the engine answered, so every line written after that reaches `onLine`, in order. `ended`
+   * settles when the stream ends (the container stopped, the connection broke, or close()).
+   */
+  async followLogs(containerId: string, onLine: (line: string) => void): Promise<LogFollower> {
+    const abort = new AbortController();
+    const what = `follow the log of ${containerId}`;
+    const res = await this.call<Readable>('GET', `/containers/${encodeURIComponent(containerId)}/logs`, what, {
+      params: { follow: '1', stdout: '1', stderr: '1', tail: '0' },
+      stream: true,
+      signal: abort.signal,
+      timeoutMs: 0,
+    });
+    const body = res.data;
+    const decoder = new DockerLineDecoder();
+    const ended = new Promise<void>((resolve) => {
+      body.on('data', (chunk: Buffer) => decoder.push(chunk).forEach(onLine));
+      const done = (): void => {
+        decoder.end().forEach(onLine);
+        resolve();
+      };
+      body.on('end', done);
+      body.on('error', done);
+      body.on('close', done);
+    });
+    return { ended, close: () => abort.abort() };
   }
 
   async inspectVolume(name: string): Promise<VolumeInfo | undefined> {
