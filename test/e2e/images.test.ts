@@ -744,6 +744,43 @@ describe('images and the daily build loop (real Docker engine)', function () {
     }
   });
 
+  it('4b. gateway-fetch-build refuses an archive with absolute, \'..\' or symlinked member names, without its files, or not a tar.gz, and changes nothing', async () => {
+    // In a throwaway container of the gateway image (no network): a loopback server answers
+    // /<case>/gateway-t.tar.gz with archives GNU tar makes here (-P keeps '/' and '..' as given).
+    const script = [
+      'set -u; w=/tmp/ft; mkdir -p $w/src/app-gateway $w/srv/good $w/srv/abs $w/srv/dots $w/srv/sym $w/srv/nomain $w/srv/noinfo $w/srv/junk',
+      'cd $w/src; echo build_id=good-1 > BUILD_INFO.txt; echo "console.log(1)" > app-gateway/main.js; echo evil > /tmp/evil',
+      'tar -czf $w/srv/good/gateway-t.tar.gz BUILD_INFO.txt app-gateway',
+      'tar -czPf $w/srv/abs/gateway-t.tar.gz BUILD_INFO.txt app-gateway /tmp/evil',
+      'tar -czPf $w/srv/dots/gateway-t.tar.gz BUILD_INFO.txt app-gateway app-gateway/../../../../tmp/evil',
+      'mkdir -p $w/l && cd $w/l && ln -s /etc x && tar -cf $w/sym.tar x && cd $w/src && mkdir -p x && echo pwned > x/passwd && tar -rf $w/sym.tar BUILD_INFO.txt app-gateway x/passwd && gzip -c $w/sym.tar > $w/srv/sym/gateway-t.tar.gz',
+      'tar -czf $w/srv/nomain/gateway-t.tar.gz BUILD_INFO.txt; tar -czf $w/srv/noinfo/gateway-t.tar.gz app-gateway; echo junk > $w/srv/junk/gateway-t.tar.gz',
+      `node -e 'require("http").createServer((q, s) => require("fs").createReadStream(process.argv[1] + q.url).on("error", () => { s.statusCode = 404; s.end(); }).pipe(s)).listen(9999, "127.0.0.1")' $w/srv &`,
+      'for i in $(seq 100); do curl -fso /dev/null http://127.0.0.1:9999/good/gateway-t.tar.gz && break; sleep 0.05; done',
+      'fetch() { ENV_NAME=t BUILD_SERVER_URL=http://127.0.0.1:9999/$1 gateway-fetch-build 2>&1; echo "rc=$?"; }',
+      'echo "== good"; fetch good; before=$(readlink /opt/gateway)',
+      'for c in abs dots sym nomain noinfo junk; do echo "== $c"; fetch $c; echo "root=$([ "$(readlink /opt/gateway)" = "$before" ] && echo same || echo changed)"; done',
+      'echo "== leftovers"; ls -A /opt/gateway-releases | grep -c "^\\." || true; echo "passwd=$(grep -c pwned /etc/passwd || true)"',
+    ].join('\n');
+    const out = await docker(['run', '--rm', '--network', 'none', '--entrypoint', 'bash', IMAGES.gateway.tag, '-c', script], { timeoutMs: 60_000 });
+    const cases = new Map(out.split('== ').slice(1).map((c) => [c.split('\n')[0], c.split('\n').slice(1).join('\n')]));
+    note(`  fetch refusals:\n${out.split('\n').filter((l) => /^(==|rc=|root=|GET|unpacking)/.test(l)).map((l) => `    ${l}`).join('\n')}`);
+    assert.match(cases.get('good') ?? '', /FETCHED build_id=good-1 [^]*rc=0/);
+    const refused: Record<string, RegExp> = {
+      abs: /absolute or '\.\.' member names; refused\nrc=4/,
+      dots: /absolute or '\.\.' member names; refused\nrc=4/,
+      sym: /unpacking failed: tar: x\/passwd: Cannot open: Not a directory\nrc=5/,
+      nomain: /lacks app-gateway\/main\.js; refused\nrc=4/,
+      noinfo: /lacks BUILD_INFO\.txt; refused\nrc=4/,
+      junk: /not a valid \.tar\.gz \(5 bytes\): gzip: stdin: not in gzip format\nrc=4/,
+    };
+    for (const [c, re] of Object.entries(refused)) {
+      assert.match(cases.get(c) ?? '', re, `case ${c}:\n${cases.get(c)}`);
+      assert.match(cases.get(c) ?? '', /root=same/, `case ${c} moved /opt/gateway`);
+    }
+    assert.match(cases.get('leftovers') ?? '', /^0\npasswd=0/, `leftover download or release directories, or /etc/passwd written:\n${cases.get('leftovers')}`);
+  });
+
   it('4. the build server serves only regular *.tar.gz files in its directory and is not published', async () => {
     const build = await ensureServing();
     // Hostile fixtures next to the real tarball.
