@@ -5,9 +5,9 @@
  * fake; the real entrypoint and engine are covered by test/e2e/images.test.ts (tests 2 and 2b).
  */
 import { strict as assert } from 'assert';
-import { DockerApiError, DockerApi, ExecResult, LogFollower } from '../../tools/lib/docker-api';
+import { ContainerSummary, DockerApiError, DockerApi, ExecResult, LogFollower } from '../../tools/lib/docker-api';
 import { DockerLineDecoder } from '../../tools/lib/docker-stream';
-import { ReloadLogFrame, reloadContainer } from '../../tools/lib/reload';
+import { ReloadLogFrame, reloadContainer, reloadGateways } from '../../tools/lib/reload';
 import { RELOAD_SIGNAL, RELOAD_SIGNAL_LABEL } from '../../runtime/naming';
 
 const frame = (type: 1 | 2, text: string): Buffer => {
@@ -104,6 +104,30 @@ describe('signalled gateway reload (tools/lib/reload.ts)', () => {
     const stopped = await reloadContainer(fakeEngine({ afterSignal: ['RELOAD_BEGIN 1'], closeAfter: true }).api, { id: 'g', name: 'g', labels: LABELLED }, 5_000);
     assert.equal(stopped.code, 'EXEC_FAILED');
     assert.match(stopped.message, /its log ended \(the container stopped\?\) and the reload began but did not end/);
+  });
+
+  it('keeps fewer logs followed at once than the host has connections, so every signal gets through', async () => {
+    let open = 0;
+    let most = 0;
+    const names = ['gw-0', 'gw-1', 'gw-2', 'gw-3', 'gw-4'];
+    const lines = new Map<string, (l: string) => void>();
+    const api = {
+      maxConnections: 3,
+      listContainers: async (): Promise<ContainerSummary[]> => names.map((n) => ({ Id: n, Names: [`/${n}`], Image: 'img', State: 'running', Status: 'Up', Labels: LABELLED })),
+      followLogs: async (id: string, cb: (l: string) => void): Promise<LogFollower> => {
+        open += 1;
+        most = Math.max(most, open);
+        lines.set(id, cb);
+        return { ended: new Promise<void>(() => undefined), close: () => { open -= 1; } };
+      },
+      kill: async (id: string): Promise<void> => {
+        setImmediate(() => ['RELOAD_BEGIN 1', RESULT_OK, 'RELOAD_END 1 0'].forEach((l) => lines.get(id)?.(l)));
+      },
+    };
+    const summary = await reloadGateways('dev', { docker: api as unknown as DockerApi, timeoutMs: 5_000 });
+    assert.equal(summary.ok, true, JSON.stringify(summary.results));
+    assert.deepEqual(summary.results.map((r) => r.container), names);
+    assert.equal(most, 2, 'at most maxConnections - 1 logs followed at once');
   });
 
   it('an image without the label is reloaded by exec; a log that cannot be read back falls back to exec', async () => {

@@ -335,6 +335,15 @@ export class DockerApi {
     });
   }
 
+  /**
+   * Connections this client opens to its host at most (more requests queue). A followed log holds
+   * one for as long as it is followed: callers keep fewer streams open than this, so the requests
+   * that end them (a signal) still get through.
+   */
+  get maxConnections(): number {
+    return this.agent.maxSockets;
+  }
+
   /** The host URL, as given (for reports and messages). */
   get url(): string {
     return this.host.url;

@@ -236,6 +236,20 @@ async function reloadOne(host: string, docker: DockerApi, c: ContainerSummary, t
   return { host, ...result };
 }
 
+/** fn over items, at most `limit` at once, results in the items' order. */
+async function mapLimited<T, R>(items: readonly T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
+  const results: R[] = new Array<R>(items.length);
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < items.length) {
+      const i = next++;
+      results[i] = await fn(items[i]);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return results;
+}
+
 /** A Docker host to reload on: its report name and its API client. */
 export interface ReloadHost {
   name: string;
@@ -252,7 +266,10 @@ async function reloadHost(env: string, h: ReloadHost, timeoutMs: number): Promis
     const code = err instanceof DockerApiError && err.code === 'HOST_UNREACHABLE' ? 'HOST_UNREACHABLE' : 'DOCKER_ERROR';
     return { host: { host: h.name, url, ok: false, code, message: (err as Error).message, gateways: 0, ms: Date.now() - t0 }, results: [] };
   }
-  const results = await Promise.all(gateways.map((g) => reloadOne(h.name, h.docker, g, timeoutMs)));
+  // A signalled reload holds a connection (its followed log) until it ended, and its signal needs
+  // another: at most all but one of the host's connections at once, or the signals would queue
+  // behind the logs they end (8 over ssh; 32 for a socket or TCP).
+  const results = await mapLimited(gateways, Math.max(1, (h.docker.maxConnections ?? 32) - 1), (g) => reloadOne(h.name, h.docker, g, timeoutMs));
   return { host: { host: h.name, url, ok: true, gateways: gateways.length, ms: Date.now() - t0 }, results };
 }
 
