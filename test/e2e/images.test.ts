@@ -755,8 +755,10 @@ describe('images and the daily build loop (real Docker engine)', function () {
       'tar -czPf $w/srv/dots/gateway-t.tar.gz BUILD_INFO.txt app-gateway app-gateway/../../../../tmp/evil',
       'mkdir -p $w/l && cd $w/l && ln -s /etc x && tar -cf $w/sym.tar x && cd $w/src && mkdir -p x && echo pwned > x/passwd && tar -rf $w/sym.tar BUILD_INFO.txt app-gateway x/passwd && gzip -c $w/sym.tar > $w/srv/sym/gateway-t.tar.gz',
       'tar -czf $w/srv/nomain/gateway-t.tar.gz BUILD_INFO.txt; tar -czf $w/srv/noinfo/gateway-t.tar.gz app-gateway; echo junk > $w/srv/junk/gateway-t.tar.gz',
-      `node -e 'require("http").createServer((q, s) => require("fs").createReadStream(process.argv[1] + q.url).on("error", () => { s.statusCode = 404; s.end(); }).pipe(s)).listen(9999, "127.0.0.1")' $w/srv &`,
-      'for i in $(seq 100); do curl -fso /dev/null http://127.0.0.1:9999/good/gateway-t.tar.gz && break; sleep 0.05; done',
+      // The server says when it listens, through a FIFO the script reads (bounded): no polling.
+      'mkfifo $w/up',
+      `node -e 'require("http").createServer((q, s) => require("fs").createReadStream(process.argv[1] + q.url).on("error", () => { s.statusCode = 404; s.end(); }).pipe(s)).listen(9999, "127.0.0.1", () => console.log("listening"))' $w/srv > $w/up &`,
+      'read -r -t 20 up < $w/up && [ "$up" = listening ] || { echo "the archive server did not listen within 20 s"; exit 1; }',
       'fetch() { ENV_NAME=t BUILD_SERVER_URL=http://127.0.0.1:9999/$1 gateway-fetch-build 2>&1; echo "rc=$?"; }',
       'echo "== good"; fetch good; before=$(readlink /opt/gateway)',
       'for c in abs dots sym nomain noinfo junk; do echo "== $c"; fetch $c; echo "root=$([ "$(readlink /opt/gateway)" = "$before" ] && echo same || echo changed)"; done',
