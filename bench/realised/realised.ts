@@ -177,7 +177,11 @@ let slowestReloadLog: string[] = [];
 async function reloadGateways(envName: string, containers: string[]): Promise<number> {
   const docker = new DockerApi();
   const byName = new Map((await findGateways(docker, envName)).map((c) => [containerName(c), reloadTarget(c)]));
-  const targets = containers.map((c) => byName.get(c) ?? { id: c, name: c });
+  const targets = containers.map((c) => {
+    const t = byName.get(c);
+    if (!t) throw new Error(`${c} is not a running gateway of ${envName} (found: ${[...byName.keys()].join(', ') || 'none'})`);
+    return t;
+  });
   const t0 = Date.now();
   const results = await Promise.all(targets.map((c) => reloadContainer(docker, c, 120_000)));
   const failed = results.find((r) => !r.ok);

@@ -48,11 +48,6 @@ export interface CreateContainerSpec {
   HostConfig?: { Binds?: string[]; AutoRemove?: boolean; NetworkMode?: string };
 }
 
-/**
- * HOST_UNREACHABLE  no connection to the engine (refused, no route, timed out, ssh failed, no daemon behind ssh)
- * INVALID_HOST      the Docker host URL is not one of the supported forms
- * DOCKER_ERROR      the engine answered with an error, or the connection broke mid-request
- */
 export interface DockerApiOptions {
   /** Per-request timeout (ms) unless a call sets its own. */
   timeoutMs?: number;
@@ -61,7 +56,6 @@ export interface DockerApiOptions {
   env?: NodeJS.ProcessEnv;
 }
 
-/** Splits Docker's multiplexed raw stream (8-byte frame headers) into stdout and stderr. */
 /** A followed container log (DockerApi.followLogs). */
 export interface LogFollower {
   /** Settles when the stream ended (the container stopped, the connection broke, or close()). */

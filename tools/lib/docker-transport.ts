@@ -9,6 +9,11 @@ import * as http from 'http';
 import * as net from 'net';
 import { Duplex } from 'stream';
 
+/**
+ * HOST_UNREACHABLE  no connection to the engine (refused, no route, timed out, ssh failed, no daemon behind ssh)
+ * INVALID_HOST      the Docker host URL is not one of the supported forms
+ * DOCKER_ERROR      the engine answered with an error, or the connection broke mid-request
+ */
 export type DockerErrorCode = 'HOST_UNREACHABLE' | 'INVALID_HOST' | 'DOCKER_ERROR';
 
 export class DockerApiError extends Error {
