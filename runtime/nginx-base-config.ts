@@ -90,7 +90,15 @@ export class BaseConfig {
         throw err;
       }
     });
-    await this.status.waitFor(async () => (await this.status.lookup([]))?.version === this.version, () => `nginx did not load base configuration ${this.version}`);
+    let seen: string | undefined;
+    await this.status.waitFor(
+      async () => (seen = (await this.status.lookup([]))?.version) === this.version,
+      () =>
+        `nginx did not load base configuration ${this.version} (nginx -t passed, the reload was signalled): ` +
+        (seen === undefined
+          ? `its status server ${this.status.listen} does not answer; nginx's error log says why the reload was refused (e.g. a listen address in use)`
+          : `its workers still run ${seen}; nginx's error log says why the reload was refused`),
+    );
     // nginx's master keeps old workers accepting for ~100 ms after new ones start; let them go.
     await sleep(150);
     await this.checkBaseCertificateReadable();

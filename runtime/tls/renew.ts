@@ -300,7 +300,7 @@ async function awaitServed(probe: NonNullable<RenewOptions['probe']>, fingerprin
       seen = (err as Error).message;
     }
     if (Date.now() > deadline) {
-      throw new RenewError(`nginx was reloaded but still presents ${seen} for ${probe.servername}, not ${fingerprint256}`, false);
+      throw new RenewError(`nginx was reloaded but still presents ${seen} for ${probe.servername}, not ${fingerprint256}: nginx reports a refused reload only in its error log`, false);
     }
     await new Promise((r) => setTimeout(r, 100));
   }

@@ -2,7 +2,7 @@ import { ChildProcess, execFile, spawn } from 'child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { freePort } from './free-port';
+import { freePort } from './ports';
 import { stopChild } from './stop-child';
 
 export interface DnsAnswer {

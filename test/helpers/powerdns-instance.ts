@@ -4,7 +4,7 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'fs'
 import * as os from 'os';
 import * as path from 'path';
 import axios from 'axios';
-import { freePort } from './free-port';
+import { freePort } from './ports';
 import { stopChild } from './stop-child';
 
 const ROOT = path.resolve(__dirname, '..', '..');

@@ -6,6 +6,13 @@ import type { NginxOptions } from '../../runtime';
 import { STAGE1_LOAD_MODULES } from '../../runtime/nginx-config';
 import { portClosed, processGone, waitFor } from './wait-for';
 
+/** Instances not yet destroyed: test/helpers/nginx-failure-report.ts shows their new error-log lines after a failed test. */
+const live = new Set<Stage1Nginx>();
+
+export function liveStage1Nginx(): Stage1Nginx[] {
+  return [...live];
+}
+
 /** A real stage-1 nginx for one suite: own prefix, own ports, mkcert-issued wildcard for the suite's domain. */
 export class Stage1Nginx {
   readonly prefix: string;
@@ -16,6 +23,8 @@ export class Stage1Nginx {
   /** Extra server blocks of a suite (not the allocator's confDir): included after it. */
   readonly sitesDir: string;
   private readonly conf: string;
+  /** How much of the error log `newErrorLogLines` has already returned. */
+  private errorLogSeen = 0;
 
   constructor(
     readonly domain: string,
@@ -23,6 +32,7 @@ export class Stage1Nginx {
     readonly statusPort: number,
   ) {
     this.prefix = mkdtempSync(path.join(os.tmpdir(), 'demiurge-stage1-'));
+    live.add(this);
     // nginx workers (user nobody) read route files when the allocator has them loaded: the tree must be world-readable.
     chmodSync(this.prefix, 0o755);
     this.confDir = path.join(this.prefix, 'demiurge');
@@ -82,6 +92,23 @@ http {
     execFileSync('nginx', ['-s', 'reload', '-p', this.prefix, '-c', this.conf], { stdio: 'pipe' });
   }
 
+  /** nginx's error log so far (a refused reload is reported only there). */
+  errorLog(): string {
+    try {
+      return readFileSync(path.join(this.prefix, 'logs', 'error.log'), 'utf8');
+    } catch {
+      return '';
+    }
+  }
+
+  /** The error log's lines written since the last call (at most the last `max`). */
+  newErrorLogLines(max = 20): string[] {
+    const log = this.errorLog();
+    const fresh = log.slice(this.errorLogSeen);
+    this.errorLogSeen = log.length;
+    return fresh.split('\n').filter(Boolean).slice(-max);
+  }
+
   /** The master's pid (from its pid file). */
   masterPid(): number {
     return Number(readFileSync(path.join(this.prefix, 'nginx.pid'), 'utf8'));
@@ -109,6 +136,7 @@ http {
   }
 
   destroy(): void {
+    live.delete(this);
     this.stop();
     rmSync(this.prefix, { recursive: true, force: true });
   }

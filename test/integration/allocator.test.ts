@@ -2,6 +2,7 @@ import { strict as assert } from 'assert';
 import { spawnSync } from 'child_process';
 import { existsSync, readdirSync, writeFileSync, rmSync } from 'fs';
 import * as https from 'https';
+import * as net from 'net';
 import { hostname } from 'os';
 import * as path from 'path';
 import { readFileSync } from 'fs';
@@ -14,6 +15,7 @@ import { Stage1Nginx, curlThroughStage1, dig } from '../helpers/stage1-nginx';
 import { testAllocatorOptions } from '../helpers/allocator-settings';
 import { waitLeasesExpired } from '../helpers/pool-state';
 import { zoneWithStage1, removeZoneAndSchemas } from '../helpers/suite-setup';
+import { freePorts } from '../helpers/ports';
 
 describe('GatewayAllocator (real PostgreSQL, PowerDNS, nginx)', function () {
   this.timeout(180_000);
@@ -335,6 +337,31 @@ describe('GatewayAllocator (real PostgreSQL, PowerDNS, nginx)', function () {
         rmSync(broken);
       }
       await allocator.release(served);
+    });
+
+    it('a reload nginx refuses although nginx -t passed (its status address is taken): NGINX_FAILED naming the status server and the error log, rolled back', async () => {
+      // What a port picked long before nginx binds it can meet (docs in test/helpers/ports.ts): nginx -t never binds, the reload does.
+      const [httpsPort, statusPort] = await freePorts(2);
+      const holder = net.createServer((c) => c.destroy());
+      await new Promise<void>((r) => holder.listen(statusPort, '127.0.0.1', r));
+      const refusing = new Stage1Nginx(domain, httpsPort, statusPort);
+      refusing.start();
+      try {
+        const { make, schema, env } = await freshPool(1);
+        const allocator = make({ nginx: { ...refusing.nginxOptions(), liveTimeoutMs: 1000 } });
+        const before = await sqlState(schema);
+        const org = randomOrg();
+        await assert.rejects(
+          allocator.allocate(org),
+          (e: unknown) => isAllocatorError(e, 'NGINX_FAILED') && new RegExp(`status server 127\\.0\\.0\\.1:${statusPort} does not answer.*error log`).test((e as Error).message),
+        );
+        assert.match(refusing.errorLog(), new RegExp(`bind\\(\\) to 127\\.0\\.0\\.1:${statusPort} failed \\(98: Address already in use\\)`));
+        assert.deepEqual(await sqlState(schema), before, 'the pool is unchanged');
+        assert.ok(!(await ownedOrgsInDns(env)).has(org), 'no DNS record is left');
+      } finally {
+        await new Promise<void>((r) => holder.close(() => r()));
+        refusing.destroy();
+      }
     });
 
     it('nginx not serving: allocate fails with NGINX_FAILED and is rolled back (DNS, route file, pool)', async () => {

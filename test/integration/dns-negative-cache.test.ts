@@ -6,7 +6,7 @@ import { RECORDS_CREATE_SCRIPT, ZONE_CREATE_SCRIPT, ZONE_DELETE_SCRIPT, soaConte
 import { testAllocatorOptions } from '../helpers/allocator-settings';
 import { CachingResolver, DnsAnswer, digQuery } from '../helpers/caching-resolver';
 import { dropSchema, gatewayHost, randomOrg, startStandInGateways } from '../helpers/fixtures';
-import { freePort } from '../helpers/free-port';
+import { freePort } from '../helpers/ports';
 import { PowerDnsInstance, imageCacheSettings } from '../helpers/powerdns-instance';
 import { TestServices, requireServices } from '../helpers/services';
 import { Stage1Nginx } from '../helpers/stage1-nginx';

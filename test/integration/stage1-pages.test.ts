@@ -8,7 +8,7 @@ import { testAllocatorOptions } from '../helpers/allocator-settings';
 import { TestBrowser, screenshot } from '../helpers/browser';
 import { DEV_PAGES_DIR, renderDevSites } from '../helpers/dev-sites';
 import { createZone, gatewayHost, randomOrg, startStandInGateways } from '../helpers/fixtures';
-import { freePort } from '../helpers/free-port';
+import { freePort } from '../helpers/ports';
 import { TestServices, requireServices } from '../helpers/services';
 import { Stage1Nginx } from '../helpers/stage1-nginx';
 import { requireTool } from '../helpers/tools';
