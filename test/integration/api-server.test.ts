@@ -14,7 +14,7 @@ import { freePorts } from '../helpers/ports';
 import { Stage1Nginx, curlThroughStage1, dig } from '../helpers/stage1-nginx';
 import { suiteNames, zoneWithStage1, removeZoneAndSchemas } from '../helpers/suite-setup';
 
-// Ports come from the kernel in the before-all hook (test/helpers/ports.ts), never fixed numbers.
+// Ports are picked in the before-all hook (test/helpers/ports.ts: free, below the ephemeral range), never fixed numbers.
 let httpsPort = 0;
 let statusPort = 0;
 let apiPort = 0;

@@ -7,8 +7,8 @@ import * as path from 'path';
  * ephemeral range (32768-60999). Inside it, an outgoing connection (PowerDNS's persistent
  * PostgreSQL connections, a test's client) can get the port as its source port, and the listener's
  * bind() then fails with EADDRINUSE: CI of 7c258e4 lost the bench smoke to 127.0.0.1:59444 that way.
- * Suites that can take free ports from the kernel do (test/helpers/ports.ts); these are the ones
- * whose port is part of a documented set-up.
+ * Suites that can pick their ports at run time do (test/helpers/ports.ts: random free ports, also
+ * below the ephemeral range); these are the ones whose port is part of a documented set-up.
  */
 const ROOT = path.resolve(__dirname, '..', '..');
 const EPHEMERAL_LOW = 32768;
@@ -30,7 +30,7 @@ describe('fixed ports of the test set-up', () => {
     });
   }
 
-  it('integration suites take their nginx ports from the kernel, not fixed numbers', () => {
+  it('integration suites pick their nginx ports at run time (test/helpers/ports.ts), not fixed numbers', () => {
     const dir = path.join(ROOT, 'test', 'integration');
     const fixed = readdirSync(dir)
       .filter((f) => f.endsWith('.ts'))
