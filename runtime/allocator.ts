@@ -214,13 +214,14 @@ export class GatewayAllocator {
     return new PoolReconciler({ store, dns, routes, certs, desired, log, recover: (row, force) => this.lifecycle.recover(row, force) }).run(options.force ?? false);
   }
 
-  /** Waits for in-flight batches, then closes the pg pool if the allocator created it. */
+  /** Waits for in-flight batches, unlinks its spare route files, then closes the pg pool if the allocator created it. */
   async close(): Promise<void> {
     if (!this.c.open.close()) return;
     // Background certificate results and retries are ignored from now on, as before any close.
     this.c.certificates.close();
     await this.lifecycle.settle();
     await Promise.all([this.c.dns.idle(), this.c.routes.idle()]);
+    await this.c.routes.close();
     await this.ownedCertificates?.close();
     if (this.c.ownsPool) await this.c.pool.end();
     if (this.c.pdnsPool?.owned) await this.c.pdnsPool.pool.end();

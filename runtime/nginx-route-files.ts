@@ -1,6 +1,7 @@
 /**
  * Stage-1 route files: one per organization, written atomically; they are the
- * durable routes. nginx serves from its shared-memory route table, which the
+ * durable routes. A removed file's inode is reused by a later write
+ * (spare-files.ts: no inode created or freed per allocation). nginx serves from its shared-memory route table, which the
  * writer has load exactly the batch's files after writing them (status
  * server, `load`), so a route is live without a reload. A written route
  * counts once nginx answers that its table holds it; a removed one once nginx
@@ -13,7 +14,8 @@ import type { AllocatorError } from './errors';
 import { FencedBatchWriter, type ActionCondition, type Guard, type OwnedEntry } from './fenced-batch-writer';
 import { orgIdOfRouteFile, renderRoute, routeFileName, routeOwnerLine } from './nginx-config';
 import { nginxLockFailure, nginxLockKey } from './nginx-lock';
-import { readOwnedFiles, removeAbandonedTempFiles, writeAtomic } from './owned-files';
+import { readOwnedFiles, removeAbandonedTempFiles } from './owned-files';
+import { SpareFiles } from './spare-files';
 import { NOT_LISTENING, type LookupAnswer, type Stage1Status } from './stage1-status';
 
 export interface RouteChange {
@@ -29,6 +31,8 @@ export type OwnedRoute = OwnedEntry<string>;
 
 export class RouteFiles extends FencedBatchWriter<RouteChange, string> {
   protected readonly lockKey: string;
+  /** Removed routes' files, reused by later writes (no inode created or freed per allocation). */
+  private readonly spares: SpareFiles;
 
   constructor(
     pool: Pool,
@@ -41,11 +45,17 @@ export class RouteFiles extends FencedBatchWriter<RouteChange, string> {
   ) {
     super(pool, guard);
     this.lockKey = nginxLockKey(confDir);
+    this.spares = new SpareFiles(dir);
   }
 
   /** Route files this allocator owns for this environment. */
   listOwned(): Promise<OwnedRoute[]> {
     return readOwnedFiles(this.dir, orgIdOfRouteFile, (orgId) => `${routeOwnerLine(this.envName, orgId)} `);
+  }
+
+  /** Unlinks the spares this writer kept (spare-files.ts); called when the allocator closes, after its batches. */
+  clearSpares(): Promise<void> {
+    return this.spares.clear();
   }
 
   /** Temp files of route writes whose writer died before its rename (owned-files.ts); their names. */
@@ -60,8 +70,8 @@ export class RouteFiles extends FencedBatchWriter<RouteChange, string> {
       changes.map(async (c) => {
         const file = path.join(this.dir, routeFileName(c.orgId));
         const t = c.target;
-        if (t === undefined) await fs.rm(file, { force: true });
-        else await writeAtomic(file, renderRoute(this.envName, c.orgId, t.gatewayName, t.host, t.port));
+        if (t === undefined) await this.spares.remove(file);
+        else await this.spares.write(file, renderRoute(this.envName, c.orgId, t.gatewayName, t.host, t.port));
       }),
     );
     // Still under the lock: nginx's table follows the files within the locked section, so whoever holds the

@@ -158,4 +158,9 @@ export class NginxRoutes {
   idle(): Promise<void> {
     return Promise.all([this.routes.idle(), this.certs?.idle()]).then(() => undefined);
   }
+
+  /** After idle(), when the allocator closes: the retired route files kept for reuse are unlinked. */
+  close(): Promise<void> {
+    return this.routes.clearSpares();
+  }
 }

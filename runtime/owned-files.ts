@@ -12,6 +12,9 @@ import type { OwnedEntry } from './fenced-batch-writer';
 const TEMP_INFIX = '.tmp-';
 const TEMP_NAME = /\.tmp-(.+)\.(\d+)-[a-z0-9]+$/;
 
+/** Final-name stem of retired files kept for reuse (spare-files.ts): `<dir>/.spare.tmp-<host>.<pid>-<random>`. */
+export const SPARE_STEM = '.spare';
+
 /** A temp file older than this is abandoned whoever wrote it: a write + rename takes milliseconds. */
 export const ABANDONED_TEMP_FILE_AGE_MS = 60_000;
 
@@ -104,15 +107,16 @@ export function isAbandonedTempFile(name: string, ageMs: number, here = { host: 
 
 /**
  * Removes the abandoned temp files of `dir` whose final name `isOwnedName`
- * accepts (this environment's org files), and returns their names. Idempotent;
- * a missing directory holds none.
+ * accepts (this environment's org files), and the abandoned spares
+ * (spare-files.ts), and returns their names. Idempotent; a missing directory
+ * holds none.
  */
 export async function removeAbandonedTempFiles(dir: string, isOwnedName: (finalName: string) => boolean, now = Date.now()): Promise<string[]> {
   const names = await namesIn(dir);
   const removed: string[] = [];
   for (const name of names) {
     const at = name.indexOf(TEMP_INFIX);
-    if (at <= 0 || !isOwnedName(name.slice(0, at))) continue;
+    if (at <= 0 || (name.slice(0, at) !== SPARE_STEM && !isOwnedName(name.slice(0, at)))) continue;
     const file = path.join(dir, name);
     const stat = await fs.stat(file).catch(() => undefined);
     if (!stat || !isAbandonedTempFile(name, now - stat.mtimeMs)) continue;

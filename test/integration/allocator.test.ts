@@ -1,6 +1,6 @@
 import { strict as assert } from 'assert';
 import { spawnSync } from 'child_process';
-import { existsSync, readdirSync, writeFileSync, rmSync } from 'fs';
+import { existsSync, readdirSync, statSync, writeFileSync, rmSync } from 'fs';
 import * as https from 'https';
 import * as net from 'net';
 import { hostname } from 'os';
@@ -16,6 +16,7 @@ import { testAllocatorOptions } from '../helpers/allocator-settings';
 import { waitLeasesExpired } from '../helpers/pool-state';
 import { zoneWithStage1, removeZoneAndSchemas } from '../helpers/suite-setup';
 import { freePorts } from '../helpers/ports';
+import { SPARE_STEM } from '../../runtime/owned-files';
 
 describe('GatewayAllocator (real PostgreSQL, PowerDNS, nginx)', function () {
   this.timeout(180_000);
@@ -67,10 +68,10 @@ describe('GatewayAllocator (real PostgreSQL, PowerDNS, nginx)', function () {
     return (await pgAdmin.query(`SELECT name, state, organization_id FROM "${schema}".gateways ORDER BY name`)).rows;
   }
 
-  /** Route files in stage-1 nginx (none before any allocator has created the directory). */
+  /** Route files in stage-1 nginx (none before any allocator has created the directory); retired files kept for reuse (runtime/spare-files.ts) are not routes. */
   function routeFiles(): string[] {
     const dir = path.join(nginx.confDir, 'routes');
-    return existsSync(dir) ? readdirSync(dir) : [];
+    return existsSync(dir) ? readdirSync(dir).filter((n) => !n.startsWith(`${SPARE_STEM}.tmp-`)) : [];
   }
 
   async function ownedOrgsInDns(env: string): Promise<Set<string>> {
@@ -140,6 +141,31 @@ describe('GatewayAllocator (real PostgreSQL, PowerDNS, nginx)', function () {
       assert.ok(!routeFiles().includes(`org-${org}.conf`));
       assert.deepEqual((await sqlState(schema)).find((r) => r.name === gw.name), { name: gw.name, state: 'ready', organization_id: null });
       await assert.rejects(allocator.release(org), (e: unknown) => isAllocatorError(e, 'NOT_ALLOCATED'));
+    });
+
+    it("a release keeps its route file's inode and the next allocation reuses it (routed at once); close() leaves no spare", async () => {
+      const { allocator } = await freshPool(2);
+      const routesDir = path.join(nginx.confDir, 'routes');
+      const spares = (): string[] => readdirSync(routesDir).filter((n) => n.startsWith(`${SPARE_STEM}.tmp-`));
+      const [first, second] = [randomOrg(), randomOrg()];
+      await allocator.allocate(first);
+      const inode = statSync(path.join(routesDir, `org-${first}.conf`)).ino;
+      const before = new Set(spares());
+      await allocator.release(first);
+      const kept = spares().filter((n) => !before.has(n));
+      assert.equal(kept.length, 1, 'the released file is kept as a spare');
+      const gw = await allocator.allocate(second);
+      assert.equal(statSync(path.join(routesDir, `org-${second}.conf`)).ino, inode, 'the next route file is the same inode');
+      assert.ok(!spares().includes(kept[0]), 'the spare was taken');
+      const res = await httpsGet(`org-${second}.${domain}`);
+      assert.equal(res.status, 200, res.body);
+      assert.equal(JSON.parse(res.body).gatewayAddress, gw.host);
+      assert.equal((await curlThroughStage1(nginx, `org-${first}.${domain}`)).status, 404);
+      await allocator.release(second);
+      const last = spares().filter((n) => !before.has(n));
+      assert.equal(last.length, 1);
+      await allocator.close();
+      assert.ok(!spares().includes(last[0]), 'close() unlinked its spare');
     });
 
     it('is idempotent per organization: twice, and 50 times concurrently from two processes, one gateway', async () => {
