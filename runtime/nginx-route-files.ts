@@ -3,8 +3,8 @@
  * durable routes. A removed file's inode is reused by a later write
  * (spare-files.ts: no inode created or freed per allocation). nginx serves
  * from its shared-memory route table, which the writer has load exactly the
- * batch's files after writing them (status
- * server, `load`), so a route is live without a reload. A written route
+ * batch's files after writing them (status server, `load`), so a route is
+ * live without a reload. A written route
  * counts once nginx answers that its table holds it; a removed one once nginx
  * answers after reloading its (absent) file. Design: runtime/nginx-config.ts.
  */
